@@ -1,0 +1,24 @@
+//! Pure codecs of the E2B template storage format (FORMAT.md): header
+//! metadata, mappings, frame tables, headers V1–V5 and object keys.
+//!
+//! No I/O and no panics on input: every length, count and offset read from a
+//! file is checked against the bytes present and the caps of FORMAT.md before
+//! it is used or sized into an allocation.
+
+mod error;
+mod frame_table;
+mod header;
+mod keys;
+mod mapping;
+mod metadata;
+mod varint;
+
+pub use error::FormatError;
+pub use frame_table::{Compression, Frame, FrameTable, MAX_FRAMES};
+pub use header::{BuildEntry, Header, MAX_INNER_LEN};
+pub use keys::{FileKind, ObjectKey, ObjectName};
+pub use mapping::{MAX_V5_BUILDS, MAX_V5_MAPPINGS, Mapping, MappingHit, Mappings};
+pub use metadata::{METADATA_LEN, Metadata};
+
+/// The unit of alignment of mappings and storage offsets (FORMAT.md).
+pub const PAGE_SIZE: u64 = 4096;

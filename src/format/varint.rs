@@ -1,0 +1,1 @@
+//! Go's `encoding/binary` uvarint (LEB128) and varint (zig-zag, then LEB128).

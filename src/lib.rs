@@ -1,0 +1,16 @@
+//! tdfs: a read-only FUSE filesystem that shows E2B-format VM template builds
+//! (memory snapshot and rootfs, stored as diffs over base builds in an object
+//! store) as plain files.
+//!
+//! Layers, each depending only on those below it (see DESIGN.md):
+//! `cli` → `fs` → `template` → `chunker` → `store` → `format`; `pack` is the
+//! write side and sits beside `template`.
+
+pub mod chunker;
+pub mod cli;
+pub mod format;
+pub mod fs;
+pub mod metrics;
+pub mod pack;
+pub mod store;
+pub mod template;

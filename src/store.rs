@@ -1,0 +1,94 @@
+//! Object stores: the size and ranged reads of an object key, listing of
+//! builds, and writes. The local directory store is the embedded default;
+//! S3/GCS go through `object_store`; a fault-injecting wrapper serves tests.
+
+mod error;
+mod local;
+
+use std::io::Read;
+use std::path::Path;
+
+use uuid::Uuid;
+
+pub use error::StoreError;
+pub use local::{LocalStore, parse_build_id};
+
+use crate::format::ObjectKey;
+
+/// Extra facts stored with an object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Uncompressed size of a compressed diff (object metadata
+    /// `uncompressed-size`; the local store writes a sidecar file).
+    pub uncompressed_size: Option<u64>,
+}
+
+/// A backing store of template objects. Implementations are synchronous and
+/// shareable across threads; a remote store runs its own async client inside.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Where this store is, for messages (`/srv/templates`, `s3://bucket/p`).
+    fn location(&self) -> String;
+
+    /// Size in bytes of the object; `StoreError::NotFound` when absent.
+    fn size(&self, key: &ObjectKey) -> Result<u64, StoreError>;
+
+    /// The `uncompressed-size` recorded with a compressed object, if any.
+    fn uncompressed_size(&self, key: &ObjectKey) -> Result<Option<u64>, StoreError>;
+
+    /// A stream of bytes `[offset, offset+len)` of the object. The stream may
+    /// end early (a short read): callers check they got `len` bytes.
+    fn read_range(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send>, StoreError>;
+
+    /// The whole object, refused with `StoreError::TooLarge` over `max_len`.
+    fn read_all(&self, key: &ObjectKey, max_len: u64) -> Result<Vec<u8>, StoreError>;
+
+    /// The build ids present (names under the root that are UUIDs; anything
+    /// else is skipped).
+    fn list_builds(&self) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Store the file at `path` as `key`, atomically: readers see either no
+    /// object or the whole of it.
+    fn put_file(&self, key: &ObjectKey, path: &Path, opts: PutOptions) -> Result<(), StoreError>;
+
+    /// Store `data` as `key`, atomically.
+    fn put_bytes(&self, key: &ObjectKey, data: &[u8]) -> Result<(), StoreError>;
+
+    /// True when the object exists.
+    fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError> {
+        match self.size(key) {
+            Ok(_) => Ok(true),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read exactly `[offset, offset+len)` into a new buffer; a short object
+    /// is `StoreError::ShortRead`.
+    fn read_exact_range(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut stream = self.read_range(key, offset, len)?;
+        let mut buf = Vec::with_capacity(len.min(64 << 20) as usize);
+        stream
+            .by_ref()
+            .take(len)
+            .read_to_end(&mut buf)
+            .map_err(|source| StoreError::io(key, source))?;
+        if (buf.len() as u64) < len {
+            return Err(StoreError::ShortRead {
+                key: key.to_string(),
+                expected: len,
+                got: buf.len() as u64,
+            });
+        }
+        Ok(buf)
+    }
+}
