@@ -1,0 +1,505 @@
+//! `tdfs mount STORE MOUNTPOINT`: mount a store's builds read-only, in the
+//! foreground or as a daemon, and unmount cleanly on SIGINT, SIGTERM or
+//! SIGHUP (or when unmounted from outside).
+
+use std::env;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use log::LevelFilter;
+use sha2::{Digest, Sha256};
+
+use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs, chain};
+use crate::store::{LocalStore, Store, StoreError};
+use crate::template::{Builds, TemplateConfig};
+
+/// How long the root listing is trusted (new builds show up within it).
+const LISTING_TTL: Duration = Duration::from_secs(5);
+/// How long a stop waits for the session to wind down.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Chunks or frames fetched ahead of a sequential reader.
+const READAHEAD_CHUNKS: usize = 4;
+/// Concurrent store requests.
+const FETCH_WORKERS: usize = 16;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MountArgs {
+    /// The store: a directory holding build folders, or a URL
+    /// (s3://bucket/prefix, gs://bucket/prefix).
+    pub store: String,
+
+    /// An empty directory to mount on.
+    pub mountpoint: PathBuf,
+
+    /// Where cache files go; each mount uses its own subdirectory.
+    /// [default: $XDG_CACHE_HOME/tdfs, /var/cache/tdfs for root, else
+    /// ~/.cache/tdfs]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Bound on the bytes kept in cache files: a number with an optional
+    /// K, M, G or T suffix (powers of 1024), e.g. 20G; 0 = no bound.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub max_cache_size: u64,
+
+    /// FUSE worker threads. Each blocks while its read waits for a fetch,
+    /// so keep enough that cache hits never queue behind misses.
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
+
+    /// Let users other than the mounting one read the mount (for a
+    /// non-root mounter this needs user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Owner shown for every file [default: the mounting user].
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// Group shown for every file [default: the mounting user's group].
+    #[arg(long, value_name = "GID")]
+    pub gid: Option<u32>,
+
+    /// Stay in the foreground instead of running as a daemon.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+
+    /// Append logs to FILE (a daemon has no terminal to log to).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Log at debug level (RUST_LOG is respected otherwise).
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+}
+
+/// Run `tdfs mount`: returns once the mount is up (daemon) or after it has
+/// been unmounted (foreground).
+pub fn run(args: MountArgs) -> Result<(), FsError> {
+    init_logging(&args)?;
+    fs::check_fuse_device()?;
+    let mountpoint = fs::prepare_mountpoint(&args.mountpoint)?;
+    let store = absolute_store(&args.store);
+    let cache_dir = mount_cache_dir(args.cache_dir.as_deref(), &mountpoint)?;
+    let setup = Setup {
+        store,
+        mountpoint,
+        cache_dir,
+        args,
+    };
+    if setup.args.foreground {
+        serve(&setup, || {
+            log::info!(
+                "serving {} at {} (Ctrl-C or `umount {}` to stop)",
+                setup.store,
+                setup.mountpoint.display(),
+                setup.mountpoint.display()
+            )
+        })
+    } else {
+        daemonize(&setup)
+    }
+}
+
+/// What `serve` needs, resolved before any fork so errors reach the terminal.
+struct Setup {
+    store: String,
+    mountpoint: PathBuf,
+    cache_dir: PathBuf,
+    args: MountArgs,
+}
+
+/// The one place a STORE argument becomes a `Store`.
+fn open_store(location: &str) -> Result<Arc<dyn Store>, FsError> {
+    if location.contains("://") {
+        return Err(FsError::Open(
+            StoreError::BadLocation(format!(
+                "{location}: this build of tdfs mounts local directory stores only"
+            ))
+            .into(),
+        ));
+    }
+    let store = LocalStore::open(location).map_err(|e| FsError::Open(e.into()))?;
+    Ok(Arc::new(store))
+}
+
+/// A local store path made absolute: the daemon changes directory to `/`.
+fn absolute_store(location: &str) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    std::path::absolute(location)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| location.to_string())
+}
+
+/// Mount and serve until a stop signal or an outside unmount; `ready` runs
+/// once the mount is usable.
+fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
+    // Before any thread exists, so every thread inherits the mask and the
+    // signals are only ever taken by `sigwait` below.
+    let signals = block_stop_signals()?;
+    let args = &setup.args;
+    let store = open_store(&setup.store)?;
+    let config = TemplateConfig {
+        cache_dir: setup.cache_dir.clone(),
+        max_cache_size: args.max_cache_size,
+        fetch_timeout: FETCH_TIMEOUT,
+        readahead: READAHEAD_CHUNKS,
+        fetch_workers: FETCH_WORKERS,
+    };
+    let builds = Builds::new(store, config).map_err(FsError::Open)?;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let options = FsOptions {
+        uid: args.uid.unwrap_or(uid),
+        gid: args.gid.unwrap_or(gid),
+        listing_ttl: LISTING_TTL,
+    };
+    let tree = Arc::new(TemplateFs::new(builds, options));
+    let mount_options = MountOptions {
+        allow_other: args.allow_other,
+        threads: usize::from(args.threads),
+    };
+    let mounted = fs::mount(tree, &setup.mountpoint, &mount_options)?;
+    log::info!(
+        "mounted {} on {} ({} threads, cache {})",
+        setup.store,
+        setup.mountpoint.display(),
+        args.threads,
+        setup.cache_dir.display()
+    );
+    ready();
+    let stop = wait_for_signals(signals)?;
+    crossbeam_channel::select! {
+        recv(stop) -> signal => {
+            log::info!(
+                "{}: unmounting {}",
+                signal_name(signal.unwrap_or(0)),
+                setup.mountpoint.display()
+            );
+            mounted.unmount(UNMOUNT_GRACE)
+        }
+        recv(mounted.ended()) -> result => {
+            log::info!("{} was unmounted", setup.mountpoint.display());
+            result
+                .unwrap_or(Ok(()))
+                .map_err(|source| FsError::Mount { path: setup.mountpoint.clone(), source })
+        }
+    }
+}
+
+/// Fork; the child sets up and serves the mount and tells the parent,
+/// through a pipe, "ok" once the mount is up or why it failed. The parent
+/// returns that outcome, so `tdfs mount` exits 0 only with a working mount.
+///
+/// The child does the setup, not the parent: opening a store and building
+/// the read path start threads, and threads do not survive a fork.
+fn daemonize(setup: &Setup) -> Result<(), FsError> {
+    let daemon_error = |what: &str, e: io::Error| FsError::Daemon(format!("{what}: {e}"));
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(daemon_error("creating a pipe", io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the process is single-threaded here (nothing has spawned a
+    // thread yet), so the child is a complete copy.
+    match unsafe { libc::fork() } {
+        -1 => Err(daemon_error("fork", io::Error::last_os_error())),
+        0 => {
+            drop(read_end);
+            run_daemon(setup, File::from(write_end))
+        }
+        child => {
+            drop(write_end);
+            let mut message = String::new();
+            let read = File::from(read_end).read_to_string(&mut message);
+            match (read, message.as_str()) {
+                (Ok(_), "ok") => {
+                    log::debug!("daemon {child} serves {}", setup.mountpoint.display());
+                    Ok(())
+                }
+                (Ok(_), "") | (Err(_), _) => Err(FsError::Daemon(format!(
+                    "the tdfs daemon exited while starting ({}); run with --foreground to see why",
+                    child_status(child)
+                ))),
+                (Ok(_), why) => Err(FsError::Daemon(why.to_string())),
+            }
+        }
+    }
+}
+
+/// The daemon child: never returns.
+fn run_daemon(setup: &Setup, pipe: File) -> ! {
+    // SAFETY: plain syscalls without pointers.
+    unsafe {
+        libc::setsid();
+    }
+    let _ = env::set_current_dir("/");
+    let mut pipe = Some(pipe);
+    let result = serve(setup, || {
+        if let Some(mut p) = pipe.take() {
+            let _ = p.write_all(b"ok");
+        }
+        detach_stdio();
+    });
+    match (result, pipe) {
+        (Err(e), Some(mut p)) => {
+            let _ = p.write_all(chain(&e).as_bytes());
+            std::process::exit(1);
+        }
+        (Err(e), None) => {
+            log::error!("{}", chain(&e));
+            std::process::exit(1);
+        }
+        (Ok(()), _) => std::process::exit(0),
+    }
+}
+
+/// Point stdin, stdout and stderr at /dev/null: the daemon outlives the
+/// terminal that started it.
+fn detach_stdio() {
+    let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    for fd in [0, 1, 2] {
+        // SAFETY: dup2 onto the standard descriptors, which we own.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}
+
+fn child_status(pid: libc::pid_t) -> String {
+    let mut status = 0;
+    // SAFETY: waits for our own child; status is a valid out pointer.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        return "status unknown".into();
+    }
+    if libc::WIFEXITED(status) {
+        format!("exit code {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by {}", signal_name(libc::WTERMSIG(status)))
+    } else {
+        format!("status {status}")
+    }
+}
+
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn block_stop_signals() -> Result<libc::sigset_t, FsError> {
+    // SAFETY: sigset_t is plain data, initialized by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(FsError::Daemon(format!(
+                "blocking signals: {}",
+                io::Error::from_raw_os_error(rc)
+            )));
+        }
+        Ok(set)
+    }
+}
+
+/// A thread that takes the (blocked) stop signals with sigwait and sends
+/// them on the returned channel.
+fn wait_for_signals(set: libc::sigset_t) -> Result<Receiver<libc::c_int>, FsError> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let mut signal = 0;
+                // SAFETY: set is a valid, initialized signal set.
+                if unsafe { libc::sigwait(&set, &mut signal) } == 0 && tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| FsError::Daemon(format!("starting the signal thread: {e}")))?;
+    Ok(rx)
+}
+
+fn signal_name(signal: libc::c_int) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        other => format!("signal {other}"),
+    }
+}
+
+/// Logs go to stderr, or appended to `--log-file`; level info, RUST_LOG
+/// filters, `-d` makes debug the default level.
+fn init_logging(args: &MountArgs) -> Result<(), FsError> {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(LevelFilter::Info);
+    if let Ok(filters) = env::var("RUST_LOG") {
+        builder.parse_filters(&filters);
+    }
+    if args.debug {
+        builder.filter_level(LevelFilter::Debug);
+    }
+    if let Some(path) = &args.log_file {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| FsError::File {
+                what: "opening the log file",
+                path: path.clone(),
+                source,
+            })?;
+        builder.target(env_logger::Target::Pipe(Box::new(file)));
+    }
+    // A logger set up earlier by the caller stays in charge.
+    let _ = builder.try_init();
+    Ok(())
+}
+
+/// This mount's cache directory (created, mode 0700): a subdirectory of
+/// `--cache-dir` or the default root, named after the mountpoint so a
+/// remount finds its own cache and two mounts never share one.
+fn mount_cache_dir(root: Option<&Path>, mountpoint: &Path) -> Result<PathBuf, FsError> {
+    let root = match root {
+        Some(r) => std::path::absolute(r).map_err(|source| FsError::File {
+            what: "cache directory",
+            path: r.to_path_buf(),
+            source,
+        })?,
+        None => default_cache_root(),
+    };
+    let dir = root.join(cache_subdir_name(mountpoint));
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| FsError::File {
+            what: "creating the cache directory",
+            path: dir.clone(),
+            source,
+        })?;
+    Ok(dir)
+}
+
+fn default_cache_root() -> PathBuf {
+    if let Some(xdg) = env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("tdfs");
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/tdfs");
+    }
+    match env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".cache/tdfs"),
+        None => env::temp_dir().join("tdfs-cache"),
+    }
+}
+
+/// `mnt-<readable part of the path>-<hash of the whole path>`.
+fn cache_subdir_name(mountpoint: &Path) -> String {
+    let text = mountpoint.to_string_lossy();
+    let readable: String = text
+        .trim_matches('/')
+        .chars()
+        .map(|c| match c {
+            '/' => '-',
+            c if c.is_ascii_alphanumeric() || c == '.' || c == '_' => c,
+            _ => '_',
+        })
+        .take(48)
+        .collect();
+    let hash = Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
+    let short: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("mnt-{readable}-{short}")
+}
+
+/// A byte count with an optional binary unit: `4096`, `512K`, `20G`, `1TiB`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "invalid size {text:?}: give a number with an optional K, M, G or T suffix \
+             (powers of 1024), e.g. 20G"
+        )
+    };
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("20g"), Ok(20 << 30));
+        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
+        assert_eq!(parse_size("3 MB"), Ok(3 << 20));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn cache_subdirs_are_distinct_and_safe() {
+        let a = cache_subdir_name(Path::new("/mnt/tdfs"));
+        let b = cache_subdir_name(Path::new("/mnt-tdfs"));
+        assert!(a.starts_with("mnt-mnt-tdfs-"), "{a}");
+        assert_ne!(a, b);
+        let odd = cache_subdir_name(Path::new("/srv/a b/../é"));
+        assert!(
+            odd.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "{odd}"
+        );
+        assert!(!odd.contains('/'));
+    }
+
+    #[test]
+    fn remote_locations_are_refused_clearly() {
+        let err = open_store("s3://bucket/prefix").unwrap_err().to_string();
+        assert!(err.contains("s3://bucket/prefix"), "{err}");
+        let err = open_store("/nonexistent/tdfs-store")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a directory"), "{err}");
+    }
+}

@@ -1,0 +1,502 @@
+//! The filesystem as the kernel sees it, minus the kernel: a tree of nodes
+//! over `Builds` (root → build directories → template files and passed-through
+//! objects, plus `.stats`), their attributes, directory listings, open
+//! handles and reads. Every call returns a `Result` the FUSE adapter replies
+//! with, so all of it can be driven by tests without a mount.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use fuser::{FileAttr, FileType, FopenFlags, INodeNo};
+use uuid::Uuid;
+
+use super::error::FsError;
+use super::inode::{BuildFile, InodeTable, Node, ROOT_INO, STATS_INO, STATS_NAME};
+use super::xattr;
+use crate::format::{FileKind, ObjectKey};
+use crate::store::{StoreError, parse_build_id};
+use crate::template::{Builds, TemplateFile};
+
+/// Attribute and entry lifetime of what never changes: a build, once
+/// written, is immutable.
+pub const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What the mount shows besides the store's content.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    /// Owner of every node.
+    pub uid: u32,
+    pub gid: u32,
+    /// How long the root listing (and a build's missing objects) are
+    /// trusted before the store is asked again.
+    pub listing_ttl: Duration,
+}
+
+/// A node's attributes and how long the kernel may keep them.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub attr: FileAttr,
+    pub ttl: Duration,
+}
+
+/// One name in a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: FileType,
+    pub name: String,
+}
+
+/// Answer to an open: the handle and the kernel caching flags.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    pub flags: FopenFlags,
+}
+
+/// What an open handle reads from.
+enum Handle {
+    Template {
+        kind: FileKind,
+        file: Arc<TemplateFile>,
+    },
+    Object {
+        key: ObjectKey,
+        size: u64,
+    },
+    /// `.stats` as rendered when it was opened, so one reader sees one
+    /// consistent snapshot.
+    Stats(Vec<u8>),
+    /// A directory listing taken at opendir, so paging through it with
+    /// offsets stays consistent while the store changes.
+    Dir(Vec<DirEntry>),
+}
+
+/// Which of a build's objects exist (and their sizes), as last probed.
+#[derive(Debug, Clone, Copy)]
+struct BuildObjects {
+    /// Indexed like `BuildFile::ALL`.
+    sizes: [Option<u64>; 4],
+    probed: Instant,
+}
+
+impl BuildObjects {
+    fn size(&self, file: BuildFile) -> Option<u64> {
+        let i = BuildFile::ALL.iter().position(|f| *f == file)?;
+        self.sizes[i]
+    }
+
+    fn any(&self) -> bool {
+        self.sizes.iter().any(Option::is_some)
+    }
+
+    /// A build with every object cannot change any more.
+    fn complete(&self) -> bool {
+        self.sizes.iter().all(Option::is_some)
+    }
+}
+
+struct Listing {
+    builds: Arc<Vec<Uuid>>,
+    fetched: Instant,
+}
+
+/// The filesystem. See the module docs.
+pub struct TemplateFs {
+    builds: Arc<Builds>,
+    options: FsOptions,
+    inodes: InodeTable,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_handle: AtomicU64,
+    listing: Mutex<Option<Listing>>,
+    objects: RwLock<HashMap<Uuid, BuildObjects>>,
+    /// Timestamp of every node: the store keeps none.
+    mounted_at: SystemTime,
+}
+
+impl TemplateFs {
+    pub fn new(builds: Arc<Builds>, options: FsOptions) -> Self {
+        TemplateFs {
+            builds,
+            options,
+            inodes: InodeTable::default(),
+            handles: RwLock::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            listing: Mutex::new(None),
+            objects: RwLock::new(HashMap::new()),
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    pub fn builds(&self) -> &Arc<Builds> {
+        &self.builds
+    }
+
+    /// The entry `name` in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
+        let text = || name.to_string_lossy().into_owned();
+        let name = name.to_str().ok_or_else(|| FsError::NoEntry(text()))?;
+        match self.node(parent)? {
+            Node::Root if name == STATS_NAME => self.entry(STATS_INO, Node::Stats),
+            Node::Root => {
+                // Any canonical build id resolves, listed or not: listing a
+                // big store is slow, probing one build is not.
+                let build = parse_build_id(name).ok_or_else(|| FsError::NoEntry(text()))?;
+                if !self.build_objects(build)?.any() {
+                    return Err(FsError::NoEntry(text()));
+                }
+                let ino = self.inodes.build_ino(build);
+                self.entry(ino, Node::Build(build))
+            }
+            Node::Build(build) => {
+                let file = BuildFile::from_name(name).ok_or_else(|| FsError::NoEntry(text()))?;
+                let ino = InodeTable::file_ino(self.inodes.build_ino(build), file);
+                self.entry(ino, Node::File(build, file))
+            }
+            Node::Stats | Node::File(..) => Err(FsError::NotADirectory),
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Entry, FsError> {
+        let node = self.node(ino)?;
+        self.entry(ino, node)
+    }
+
+    /// Snapshot the listing of directory `ino` into a new handle.
+    pub fn opendir(&self, ino: u64) -> Result<Opened, FsError> {
+        let mut flags = FopenFlags::empty();
+        let entries = match self.node(ino)? {
+            Node::Root => {
+                let mut entries = vec![
+                    dir_entry(ROOT_INO, FileType::Directory, "."),
+                    dir_entry(ROOT_INO, FileType::Directory, ".."),
+                    dir_entry(STATS_INO, FileType::RegularFile, STATS_NAME),
+                ];
+                for build in self.list_builds()?.iter() {
+                    let ino = self.inodes.build_ino(*build);
+                    entries.push(dir_entry(ino, FileType::Directory, &build.to_string()));
+                }
+                entries
+            }
+            Node::Build(build) => {
+                let objects = self.build_objects(build)?;
+                if objects.complete() {
+                    // Nothing can be added to it: let the kernel keep the listing.
+                    flags = FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                let mut entries = vec![
+                    dir_entry(ino, FileType::Directory, "."),
+                    dir_entry(ROOT_INO, FileType::Directory, ".."),
+                ];
+                for file in BuildFile::ALL {
+                    if objects.size(file).is_some() {
+                        let file_ino = InodeTable::file_ino(ino, file);
+                        entries.push(dir_entry(file_ino, FileType::RegularFile, file.name()));
+                    }
+                }
+                entries
+            }
+            Node::Stats | Node::File(..) => return Err(FsError::NotADirectory),
+        };
+        Ok(Opened {
+            fh: self.add_handle(Handle::Dir(entries)),
+            flags,
+        })
+    }
+
+    /// The entries of an open directory from position `offset` on; the
+    /// offset of entry `i` is `i + 1`.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+        match &*self.handle(fh)? {
+            Handle::Dir(entries) => Ok(entries
+                .iter()
+                .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+                .cloned()
+                .collect()),
+            _ => Err(FsError::NotADirectory),
+        }
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(FsError::ReadOnly);
+        }
+        let (handle, flags) = match self.node(ino)? {
+            Node::Root | Node::Build(_) => return Err(FsError::IsADirectory),
+            // Direct I/O: the size is not known before the content exists.
+            Node::Stats => (
+                Handle::Stats(self.builds.stats().render_prometheus().into_bytes()),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            Node::File(build, BuildFile::Template(kind)) => (
+                Handle::Template {
+                    kind,
+                    file: self.open_template(build, kind)?,
+                },
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Node::File(build, file) => {
+                let key = file.object_key(build);
+                let size = self
+                    .build_objects(build)?
+                    .size(file)
+                    .ok_or_else(|| FsError::NoEntry(file.name().to_string()))?;
+                (Handle::Object { key, size }, FopenFlags::FOPEN_KEEP_CACHE)
+            }
+        };
+        Ok(Opened {
+            fh: self.add_handle(handle),
+            flags,
+        })
+    }
+
+    /// Read up to `len` bytes at `offset` of open file `fh` into `buf`
+    /// (grown as needed, never shrunk, so a worker thread reuses one), and
+    /// return the bytes read: all `len` unless the file ends first.
+    pub fn read<'b>(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u32,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], FsError> {
+        let handle = self.handle(fh)?;
+        let size = match &*handle {
+            Handle::Template { file, .. } => file.size(),
+            Handle::Object { size, .. } => *size,
+            Handle::Stats(text) => text.len() as u64,
+            Handle::Dir(_) => return Err(FsError::IsADirectory),
+        };
+        let want = size.saturating_sub(offset).min(u64::from(len)) as usize;
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let out = &mut buf[..want];
+        if want == 0 {
+            return Ok(out);
+        }
+        match &*handle {
+            Handle::Template { kind, file } => {
+                let started = Instant::now();
+                let result = file.read_at(out, offset);
+                let stats = self.builds.stats();
+                let n = *result.as_ref().unwrap_or(&0);
+                stats.record_read(n as u64, started.elapsed(), result.is_ok());
+                let n = result.map_err(|source| FsError::Template {
+                    build: file.build_id(),
+                    file: *kind,
+                    offset: Some(offset),
+                    source,
+                })?;
+                Ok(&out[..n])
+            }
+            Handle::Object { key, .. } => {
+                let object_error = |source| FsError::Object {
+                    key: key.to_string(),
+                    offset: Some(offset),
+                    source,
+                };
+                let mut stream = self
+                    .builds
+                    .store()
+                    .read_range(key, offset, want as u64)
+                    .map_err(object_error)?;
+                let mut got = 0;
+                while got < want {
+                    match stream.read(&mut out[got..]) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(object_error(StoreError::io(key, e))),
+                    }
+                }
+                if got < want {
+                    return Err(object_error(StoreError::ShortRead {
+                        key: key.to_string(),
+                        expected: want as u64,
+                        got: got as u64,
+                    }));
+                }
+                Ok(out)
+            }
+            Handle::Stats(text) => {
+                let start = offset as usize;
+                out.copy_from_slice(&text[start..start + want]);
+                Ok(out)
+            }
+            Handle::Dir(_) => Err(FsError::IsADirectory),
+        }
+    }
+
+    /// Forget an open file or directory.
+    pub fn release(&self, fh: u64) {
+        self.handles.write().expect("handle table lock").remove(&fh);
+    }
+
+    /// The NUL-separated attribute names of `ino`.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        match self.node(ino)? {
+            Node::File(build, BuildFile::Template(kind)) => {
+                // Listing names of a build whose header is unreadable would
+                // promise values getxattr cannot give.
+                self.open_template(build, kind)?;
+                Ok(xattr::names())
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, FsError> {
+        let missing = || FsError::NoXattr(name.to_string_lossy().into_owned());
+        match self.node(ino)? {
+            Node::File(build, BuildFile::Template(kind)) => {
+                let name = name.to_str().ok_or_else(missing)?;
+                let file = self.open_template(build, kind)?;
+                xattr::value(&file, name)
+                    .map(String::into_bytes)
+                    .ok_or_else(missing)
+            }
+            _ => Err(missing()),
+        }
+    }
+
+    fn node(&self, ino: u64) -> Result<Node, FsError> {
+        self.inodes.node(ino).ok_or(FsError::NoInode(ino))
+    }
+
+    fn entry(&self, ino: u64, node: Node) -> Result<Entry, FsError> {
+        let (kind, size, blksize, ttl) = match node {
+            Node::Root => (FileType::Directory, 0, 4096, self.options.listing_ttl),
+            Node::Build(_) => (FileType::Directory, 0, 4096, IMMUTABLE_TTL),
+            // Size 0 like procfs: `.stats` is opened with direct I/O.
+            Node::Stats => (FileType::RegularFile, 0, 4096, Duration::ZERO),
+            Node::File(build, BuildFile::Template(kind)) => {
+                let file = self.open_template(build, kind)?;
+                let blksize = u32::try_from(file.block_size()).unwrap_or(u32::MAX);
+                (FileType::RegularFile, file.size(), blksize, IMMUTABLE_TTL)
+            }
+            Node::File(build, file) => {
+                let size = self
+                    .build_objects(build)?
+                    .size(file)
+                    .ok_or_else(|| FsError::NoEntry(file.name().to_string()))?;
+                (FileType::RegularFile, size, 4096, IMMUTABLE_TTL)
+            }
+        };
+        let (perm, nlink) = match kind {
+            FileType::Directory => (0o555, 2),
+            _ => (0o444, 1),
+        };
+        let attr = FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: self.mounted_at,
+            mtime: self.mounted_at,
+            ctime: self.mounted_at,
+            crtime: self.mounted_at,
+            kind,
+            perm,
+            nlink,
+            uid: self.options.uid,
+            gid: self.options.gid,
+            rdev: 0,
+            blksize,
+            flags: 0,
+        };
+        Ok(Entry { attr, ttl })
+    }
+
+    fn open_template(&self, build: Uuid, kind: FileKind) -> Result<Arc<TemplateFile>, FsError> {
+        self.builds
+            .open(build, kind)
+            .map_err(|source| FsError::Template {
+                build,
+                file: kind,
+                offset: None,
+                source,
+            })
+    }
+
+    /// The store's builds, listed at most once per `listing_ttl`.
+    fn list_builds(&self) -> Result<Arc<Vec<Uuid>>, FsError> {
+        let mut listing = self.listing.lock().expect("listing lock");
+        if let Some(l) = &*listing {
+            if l.fetched.elapsed() < self.options.listing_ttl {
+                return Ok(l.builds.clone());
+            }
+        }
+        let builds = Arc::new(self.builds.list().map_err(FsError::List)?);
+        *listing = Some(Listing {
+            builds: builds.clone(),
+            fetched: Instant::now(),
+        });
+        Ok(builds)
+    }
+
+    /// Which objects `build` has. A complete build is probed once; one with
+    /// objects missing again after `listing_ttl` (it may be mid-upload).
+    fn build_objects(&self, build: Uuid) -> Result<BuildObjects, FsError> {
+        if let Some(known) = self.objects.read().expect("objects lock").get(&build) {
+            if known.complete() || known.probed.elapsed() < self.options.listing_ttl {
+                return Ok(*known);
+            }
+        }
+        let mut sizes = [None; 4];
+        for (size, file) in sizes.iter_mut().zip(BuildFile::ALL) {
+            let key = file.object_key(build);
+            *size = match self.builds.store().size(&key) {
+                Ok(n) => Some(n),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(source) => {
+                    return Err(FsError::Object {
+                        key: key.to_string(),
+                        offset: None,
+                        source,
+                    });
+                }
+            };
+        }
+        let objects = BuildObjects {
+            sizes,
+            probed: Instant::now(),
+        };
+        if objects.any() {
+            self.objects
+                .write()
+                .expect("objects lock")
+                .insert(build, objects);
+        }
+        Ok(objects)
+    }
+
+    fn add_handle(&self, handle: Handle) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .write()
+            .expect("handle table lock")
+            .insert(fh, Arc::new(handle));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>, FsError> {
+        self.handles
+            .read()
+            .expect("handle table lock")
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::NoHandle(fh))
+    }
+}
+
+fn dir_entry(ino: u64, kind: FileType, name: &str) -> DirEntry {
+    DirEntry {
+        ino,
+        kind,
+        name: name.to_string(),
+    }
+}
