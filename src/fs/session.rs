@@ -191,7 +191,6 @@ pub fn mount(
                 source,
             }
         })?;
-    raise_readahead(mountpoint);
     let unmounter = session.unmount_callable();
     let (tx, ended) = crossbeam_channel::bounded(1);
     let session = thread::Builder::new()
@@ -203,6 +202,9 @@ pub fn mount(
             path: mountpoint.to_path_buf(),
             source,
         })?;
+    // Only now: finding the mount's device stats its root, which needs the
+    // session serving.
+    raise_readahead(mountpoint);
     Ok(Mounted {
         path: mountpoint.to_path_buf(),
         unmounter,
