@@ -47,22 +47,21 @@ pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, FsError> {
         reason,
     };
     let absolute = std::path::absolute(path).map_err(|e| bad(e.to_string()))?;
-    match std::fs::metadata(&absolute) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            log::warn!(
-                "{}: clearing a stale mount left by a tdfs process that exited without unmounting \
-                 (\"{e}\")",
+    if let Err(e) = statfs(&absolute)
+        && e.raw_os_error() == Some(libc::ENOTCONN)
+    {
+        log::warn!(
+            "{}: clearing a stale mount left by a tdfs process that exited without unmounting \
+             (\"{e}\")",
+            absolute.display()
+        );
+        detach(&absolute).map_err(|e| {
+            bad(format!(
+                "is a stale mount (transport endpoint is not connected) that could not be \
+                 cleared: {e}; run `umount -l {}` and retry",
                 absolute.display()
-            );
-            detach(&absolute).map_err(|e| {
-                bad(format!(
-                    "is a stale mount (transport endpoint is not connected) that could not be \
-                     cleared: {e}; run `umount -l {}` and retry",
-                    absolute.display()
-                ))
-            })?;
-        }
-        _ => {}
+            ))
+        })?;
     }
     let meta = std::fs::metadata(&absolute).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => bad(format!(
@@ -91,6 +90,21 @@ pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, FsError> {
         ));
     }
     Ok(canonical)
+}
+
+/// statfs(2) of `path`. Unlike stat, which the kernel may answer from its
+/// attribute cache, a FUSE statfs always reaches the daemon, so a dead one
+/// shows as ENOTCONN.
+fn statfs(path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statfs is plain data; c_path is NUL-terminated.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out pointer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Mount points of this process's mount namespace.
