@@ -470,3 +470,35 @@ fn mount_helper_turns_options_into_flags() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_option"));
 }
+
+#[test]
+fn other_users_get_in_only_with_allow_other() {
+    if !fuse_available() {
+        return;
+    }
+    let store = fixture_store("v3-none");
+    let as_nobody = |mount: &MountGuard| {
+        run(
+            "setpriv",
+            [
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "ls",
+                mount.path().to_str().unwrap(),
+            ],
+        )
+    };
+    let private = MountGuard::start(&store, &[]);
+    let out = as_nobody(&private);
+    assert!(!out.status.success(), "another user read a private mount");
+    drop(private);
+    let shared = MountGuard::start(&store, &["--allow-other"]);
+    let out = as_nobody(&shared);
+    assert!(
+        out.status.success(),
+        "allow_other: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+}
