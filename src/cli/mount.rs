@@ -204,7 +204,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
 /// The child does the setup, not the parent: opening a store and building
 /// the read path start threads, and threads do not survive a fork.
 fn daemonize(setup: &Setup) -> Result<(), FsError> {
-    let daemon_error = |what: &str, e: io::Error| FsError::Daemon(format!("{what}: {e}"));
+    let daemon_error = |what: &str, e: io::Error| FsError::Process(format!("{what}: {e}"));
     let mut fds = [0; 2];
     // SAFETY: fds has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -230,11 +230,11 @@ fn daemonize(setup: &Setup) -> Result<(), FsError> {
                     log::debug!("daemon {child} serves {}", setup.mountpoint.display());
                     Ok(())
                 }
-                (Ok(_), "") | (Err(_), _) => Err(FsError::Daemon(format!(
+                (Ok(_), "") | (Err(_), _) => Err(FsError::Process(format!(
                     "the tdfs daemon exited while starting ({}); run with --foreground to see why",
                     child_status(child)
                 ))),
-                (Ok(_), why) => Err(FsError::Daemon(why.to_string())),
+                (Ok(_), why) => Err(FsError::Process(why.to_string())),
             }
         }
     }
@@ -309,7 +309,7 @@ fn block_stop_signals() -> Result<libc::sigset_t, FsError> {
         }
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
-            return Err(FsError::Daemon(format!(
+            return Err(FsError::Process(format!(
                 "blocking signals: {}",
                 io::Error::from_raw_os_error(rc)
             )));
@@ -333,7 +333,7 @@ fn wait_for_signals(set: libc::sigset_t) -> Result<Receiver<libc::c_int>, FsErro
                 }
             }
         })
-        .map_err(|e| FsError::Daemon(format!("starting the signal thread: {e}")))?;
+        .map_err(|e| FsError::Process(format!("starting the signal thread: {e}")))?;
     Ok(rx)
 }
 
@@ -354,8 +354,16 @@ fn signal_name(signal: libc::c_int) -> String {
 fn init_logging(args: &MountArgs) -> Result<(), FsError> {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(LevelFilter::Info);
-    if let Ok(filters) = env::var("RUST_LOG") {
-        builder.parse_filters(&filters);
+    match env::var("RUST_LOG") {
+        Ok(filters) => {
+            builder.parse_filters(&filters);
+        }
+        // fuser warns when a session it did not unmount ends, which is
+        // every plain `umount` of the mountpoint: not worth a warning.
+        Err(_) if !args.debug => {
+            builder.filter_module("fuser::session", LevelFilter::Error);
+        }
+        Err(_) => {}
     }
     if args.debug {
         builder.filter_level(LevelFilter::Debug);

@@ -71,8 +71,9 @@ pub enum FsError {
         #[source]
         source: io::Error,
     },
+    /// Starting or running the daemon process (fork, pipe, signals).
     #[error("{0}")]
-    Daemon(String),
+    Process(String),
 }
 
 fn at_offset(offset: Option<u64>) -> String {
@@ -120,7 +121,7 @@ impl ToErrno for FsError {
             | FsError::Mountpoint { .. }
             | FsError::Mount { .. }
             | FsError::File { .. }
-            | FsError::Daemon(_) => Errno::EIO,
+            | FsError::Process(_) => Errno::EIO,
         }
     }
 }
