@@ -120,14 +120,11 @@ struct Setup {
 /// The one place a STORE argument becomes a `Store`.
 fn open_store(location: &str) -> Result<Arc<dyn Store>, FsError> {
     if location.contains("://") {
-        return Err(FsError::Open(
-            StoreError::BadLocation(format!(
-                "{location}: this build of tdfs mounts local directory stores only"
-            ))
-            .into(),
-        ));
+        return Err(FsError::open(StoreError::BadLocation(format!(
+            "{location}: this build of tdfs mounts local directory stores only"
+        ))));
     }
-    let store = LocalStore::open(location).map_err(|e| FsError::Open(e.into()))?;
+    let store = LocalStore::open(location).map_err(FsError::open)?;
     Ok(Arc::new(store))
 }
 
@@ -156,7 +153,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         readahead: READAHEAD_CHUNKS,
         fetch_workers: FETCH_WORKERS,
     };
-    let builds = Builds::new(store, config).map_err(FsError::Open)?;
+    let builds = Builds::new(store, config).map_err(FsError::open)?;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let options = FsOptions {

@@ -36,7 +36,7 @@ pub enum FsError {
         file: FileKind,
         offset: Option<u64>,
         #[source]
-        source: TemplateError,
+        source: Box<TemplateError>,
     },
     /// An object passed through unchanged (`snapfile`, `metadata.json`).
     #[error("{key}{}: {source}", at_offset(*.offset))]
@@ -44,10 +44,10 @@ pub enum FsError {
         key: String,
         offset: Option<u64>,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
     #[error("listing the builds of the store: {0}")]
-    List(#[source] TemplateError),
+    List(#[source] Box<TemplateError>),
 
     // Setting up the mount; these reach the user, not the kernel.
     #[error(
@@ -63,7 +63,7 @@ pub enum FsError {
         source: io::Error,
     },
     #[error("opening the store: {0}")]
-    Open(#[source] TemplateError),
+    Open(#[source] Box<TemplateError>),
     #[error("{what} {}: {source}", .path.display())]
     File {
         what: &'static str,
@@ -74,6 +74,35 @@ pub enum FsError {
     /// Starting or running the daemon process (fork, pipe, signals).
     #[error("{0}")]
     Process(String),
+}
+
+// Sources are boxed: errors stay small, so every `Result` carrying one does.
+impl FsError {
+    pub fn template(
+        build: Uuid,
+        file: FileKind,
+        offset: Option<u64>,
+        source: TemplateError,
+    ) -> Self {
+        FsError::Template {
+            build,
+            file,
+            offset,
+            source: Box::new(source),
+        }
+    }
+
+    pub fn object(key: String, offset: Option<u64>, source: StoreError) -> Self {
+        FsError::Object {
+            key,
+            offset,
+            source: Box::new(source),
+        }
+    }
+
+    pub fn open(source: impl Into<TemplateError>) -> Self {
+        FsError::Open(Box::new(source.into()))
+    }
 }
 
 fn at_offset(offset: Option<u64>) -> String {
@@ -112,10 +141,9 @@ impl ToErrno for FsError {
             FsError::Template { source, .. } | FsError::List(source) | FsError::Open(source) => {
                 source.errno()
             }
-            FsError::Object {
-                source: StoreError::NotFound { .. },
-                ..
-            } => Errno::ENOENT,
+            FsError::Object { source, .. } if matches!(**source, StoreError::NotFound { .. }) => {
+                Errno::ENOENT
+            }
             FsError::Object { .. }
             | FsError::FuseUnavailable(_)
             | FsError::Mountpoint { .. }
@@ -164,66 +192,67 @@ mod tests {
     #[test]
     fn template_errors_map_to_errnos() {
         let build = Uuid::from_u128(7);
-        let not_found = FsError::Template {
+        let not_found = FsError::template(
             build,
-            file: FileKind::Memfile,
-            offset: None,
-            source: TemplateError::NotFound {
+            FileKind::Memfile,
+            None,
+            TemplateError::NotFound {
                 build,
                 file: FileKind::Memfile,
             },
-        };
+        );
         assert_eq!(not_found.errno(), Errno::ENOENT);
-        let corrupt = FsError::Template {
+        let corrupt = FsError::template(
             build,
-            file: FileKind::Rootfs,
-            offset: Some(4096),
-            source: TemplateError::CorruptHeader {
+            FileKind::Rootfs,
+            Some(4096),
+            TemplateError::CorruptHeader {
                 key: format!("{build}/rootfs.ext4.header"),
                 source: FormatError::UnsupportedVersion(9),
             },
-        };
+        );
         assert_eq!(corrupt.errno(), Errno::EIO);
         let text = chain(&corrupt);
         assert!(text.contains(&build.to_string()), "{text}");
         assert!(text.contains("rootfs.ext4"), "{text}");
         assert!(text.contains("at offset 4096"), "{text}");
-        let store = FsError::Template {
+        let store = FsError::template(
             build,
-            file: FileKind::Memfile,
-            offset: Some(0),
-            source: TemplateError::Store(StoreError::ShortRead {
+            FileKind::Memfile,
+            Some(0),
+            TemplateError::Store(StoreError::ShortRead {
                 key: "k".into(),
                 expected: 2,
                 got: 1,
             }),
-        };
+        );
         assert_eq!(store.errno(), Errno::EIO);
     }
 
     #[test]
     fn passthrough_and_request_errors_map_to_errnos() {
-        let missing = FsError::Object {
-            key: "b/snapfile".into(),
-            offset: None,
-            source: StoreError::NotFound {
+        let missing = FsError::object(
+            "b/snapfile".into(),
+            None,
+            StoreError::NotFound {
                 key: "b/snapfile".into(),
             },
-        };
+        );
         assert_eq!(missing.errno(), Errno::ENOENT);
-        let io = FsError::Object {
-            key: "b/snapfile".into(),
-            offset: Some(3),
-            source: StoreError::Io {
+        let io = FsError::object(
+            "b/snapfile".into(),
+            Some(3),
+            StoreError::Io {
                 key: "b/snapfile".into(),
                 source: io::Error::other("disk on fire"),
             },
-        };
+        );
         assert_eq!(io.errno(), Errno::EIO);
         assert!(chain(&io).contains("disk on fire"));
         assert_eq!(FsError::ReadOnly.errno(), Errno::EROFS);
         assert_eq!(FsError::NoXattr("user.x".into()).errno(), Errno::NO_XATTR);
         assert_eq!(FsError::NoEntry("x".into()).errno(), Errno::ENOENT);
         assert_eq!(FsError::IsADirectory.errno(), Errno::EISDIR);
+        assert!(std::mem::size_of::<FsError>() <= 64, "errors stay small");
     }
 }

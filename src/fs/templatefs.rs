@@ -289,20 +289,12 @@ impl TemplateFs {
                 let stats = self.builds.stats();
                 let n = *result.as_ref().unwrap_or(&0);
                 stats.record_read(n as u64, started.elapsed(), result.is_ok());
-                let n = result.map_err(|source| FsError::Template {
-                    build: file.build_id(),
-                    file: *kind,
-                    offset: Some(offset),
-                    source,
-                })?;
+                let n = result
+                    .map_err(|e| FsError::template(file.build_id(), *kind, Some(offset), e))?;
                 Ok(&out[..n])
             }
             Handle::Object { key, .. } => {
-                let object_error = |source| FsError::Object {
-                    key: key.to_string(),
-                    offset: Some(offset),
-                    source,
-                };
+                let object_error = |source| FsError::object(key.to_string(), Some(offset), source);
                 let mut stream = self
                     .builds
                     .store()
@@ -417,12 +409,7 @@ impl TemplateFs {
     fn open_template(&self, build: Uuid, kind: FileKind) -> Result<Arc<TemplateFile>, FsError> {
         self.builds
             .open(build, kind)
-            .map_err(|source| FsError::Template {
-                build,
-                file: kind,
-                offset: None,
-                source,
-            })
+            .map_err(|e| FsError::template(build, kind, None, e))
     }
 
     /// The store's builds, listed at most once per `listing_ttl`.
@@ -433,7 +420,7 @@ impl TemplateFs {
                 return Ok(l.builds.clone());
             }
         }
-        let builds = Arc::new(self.builds.list().map_err(FsError::List)?);
+        let builds = Arc::new(self.builds.list().map_err(|e| FsError::List(Box::new(e)))?);
         *listing = Some(Listing {
             builds: builds.clone(),
             fetched: Instant::now(),
@@ -455,13 +442,7 @@ impl TemplateFs {
             *size = match self.builds.store().size(&key) {
                 Ok(n) => Some(n),
                 Err(StoreError::NotFound { .. }) => None,
-                Err(source) => {
-                    return Err(FsError::Object {
-                        key: key.to_string(),
-                        offset: None,
-                        source,
-                    });
-                }
+                Err(e) => return Err(FsError::object(key.to_string(), None, e)),
             };
         }
         let objects = BuildObjects {
