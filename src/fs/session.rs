@@ -247,10 +247,6 @@ fn raise_readahead(mountpoint: &Path) {
 }
 
 impl Mounted {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Yields once when the session ends (unmounted by us or from outside,
     /// or failed).
     pub fn ended(&self) -> &Receiver<io::Result<()>> {

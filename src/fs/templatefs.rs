@@ -132,10 +132,6 @@ impl TemplateFs {
         }
     }
 
-    pub fn builds(&self) -> &Arc<Builds> {
-        &self.builds
-    }
-
     /// The entry `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
         let text = || name.to_string_lossy().into_owned();
