@@ -473,4 +473,24 @@ mod tests {
         short.extend_from_slice(&[0; 24]);
         assert!(matches!(err(&short), FormatError::Truncated { .. }));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics_and_locate_agrees_with_a_scan(
+            head in proptest::collection::vec(0u8..4, 8),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            probes in proptest::collection::vec(0u64..1 << 40, 16),
+        ) {
+            // A small type and count up front so some inputs get past them.
+            let mut bytes = vec![head[0] % 3, 0, 0, 0, head[1] % 8, 0, 0, 0];
+            bytes.extend_from_slice(&body);
+            if let Ok((t, used)) = FrameTable::decode(&bytes) {
+                proptest::prop_assert_eq!(used, 8 + 24 * t.frames().len());
+                for off in probes {
+                    let scan = t.frames().iter().position(|f| f.range_u().contains(&off));
+                    proptest::prop_assert_eq!(t.locate(off).ok(), scan);
+                }
+            }
+        }
+    }
 }
