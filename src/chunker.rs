@@ -431,9 +431,13 @@ impl Inner {
                     offset: off,
                 })?;
         self.note_access(units.start);
-        if let Some(block) = self.try_hit(off..end, &units) {
+        let range = off..end;
+        // Pinned from here on, misses included: a unit fetched for this
+        // reader cannot be evicted before the reader has it.
+        let mut block = self.pin(&units);
+        if self.range_present(&range, &units) {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(block);
+            return Ok(self.fill(block, &range, &units));
         }
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + self.fetch_timeout;
@@ -446,7 +450,7 @@ impl Inner {
         loop {
             let mut waits = Vec::new();
             for u in units.clone() {
-                let part = clamp(&(off..end), &self.layout.unit_range(u));
+                let part = clamp(&range, &self.layout.unit_range(u));
                 if let Some(session) = self.join_or_start(u, &part, deadline)? {
                     waits.push((u, part, session));
                 }
@@ -462,7 +466,8 @@ impl Inner {
                     Waited::TimedOut => return Err(timeout()),
                 }
             }
-            if let Some(block) = self.try_hit(off..end, &units) {
+            if self.range_present(&range, &units) {
+                block = self.fill(block, &range, &units);
                 return Ok(block);
             }
             if Instant::now() >= deadline {
@@ -471,22 +476,30 @@ impl Inner {
         }
     }
 
-    /// The block for `range` if all of it is present, pinned when under a
-    /// budget.
-    fn try_hit(&self, range: Range<u64>, units: &Range<usize>) -> Option<Block<'_>> {
+    /// An empty block holding the eviction pins of `units` (none without a
+    /// budget). Waits out an eviction in progress on one of them, which is
+    /// short (it runs under the session lock, no I/O but a hole punch).
+    fn pin(&self, units: &Range<usize>) -> Block<'_> {
         let mut block = Block {
             bytes: &[],
             pinned: None,
         };
         if let Some(lru) = &self.lru {
-            if !lru.pin(units.clone()) {
-                return None;
+            while !lru.pin(units.clone()) {
+                std::thread::yield_now();
             }
             block.pinned = Some((lru, units.clone()));
         }
-        if !self.range_present(&range, units) {
-            return None;
-        }
+        block
+    }
+
+    /// Point a pinned block at `range`, which is present.
+    fn fill<'a>(
+        &'a self,
+        mut block: Block<'a>,
+        range: &Range<u64>,
+        units: &Range<usize>,
+    ) -> Block<'a> {
         if let Some(lru) = &self.lru {
             lru.touch(units.clone());
         }
@@ -494,7 +507,7 @@ impl Inner {
         // complete and nothing writes them while they are present; the pin
         // keeps the evictor away while the block lives.
         block.bytes = unsafe { self.cache.slice(range.start, range.end - range.start) };
-        Some(block)
+        block
     }
 
     fn range_present(&self, range: &Range<u64>, units: &Range<usize>) -> bool {
