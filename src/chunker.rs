@@ -609,7 +609,9 @@ impl Inner {
         if prev.wrapping_add(1) != u {
             return;
         }
-        let last = (u + self.readahead).min(self.layout.units() - 1);
+        let last = u
+            .saturating_add(self.readahead)
+            .min(self.layout.units().saturating_sub(1));
         let mut sessions = None;
         for v in u + 1..=last {
             if self.unit_complete(v) {

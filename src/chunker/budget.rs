@@ -2,21 +2,27 @@
 //! bytes they place in their cache files to one `CacheBudget`; when the total
 //! goes over the limit, the fetch worker that pushed it over evicts the least
 //! recently used whole units (chunks or frames) of any member until the total
-//! is back under 90% of the limit.
+//! is back under 90% of the limit: it clears their present bits and punches
+//! holes in the cache file (`fallocate(PUNCH_HOLE)`).
 //!
-//! Eviction is safe against readers holding a `Block`, through a per-unit
-//! pin word (`Lru::pins`): a reader increments the pin of every unit its
-//! block touches *before* it checks the present bits, and decrements it when
-//! the `Block` is dropped. The evictor claims a unit by swapping its pin word
-//! from 0 (no reader) to `EVICTING`, under the Chunker's session lock (so no
-//! fetch of that unit runs or starts), and only then clears the present bits
-//! and punches the hole. Both sides are read-modify-writes of the same word,
-//! so exactly one of them wins: a reader that pinned first makes the evictor
-//! skip the unit; a reader that comes during eviction sees `EVICTING` (or the
-//! cleared bits after it) and takes the miss path. A reader never waits for
-//! an evictor and the evictor never waits for a reader: a pinned unit is just
-//! not a candidate this round. The budget is therefore soft: pinned units and
-//! fetches in flight may keep the total above the limit for a moment.
+//! Eviction is safe against readers holding a `Block`, through one pin word
+//! per unit (`Lru::pins`): a reader increments the pin of every unit its
+//! block touches *before* it tests the present bits, keeps it while it waits
+//! for a fetch, and decrements it when the `Block` is dropped. The evictor
+//! claims a unit by swapping its pin word from 0 (no reader) to `EVICTING`,
+//! under the Chunker's session lock (so no fetch of that unit runs or
+//! starts), and only then clears the bits and punches the hole. Both sides
+//! are read-modify-writes of the same word, so exactly one wins: a reader
+//! that pinned first makes the evictor skip the unit; a reader that comes
+//! during an eviction waits (yields) until it is over, then sees the cleared
+//! bits and fetches again. The evictor never waits for a reader: a pinned unit
+//! is just not a candidate this round, and a unit fetched for a waiting
+//! reader cannot be evicted before that reader got it. The budget is
+//! therefore soft: pinned units and fetches in flight may keep the total
+//! above the limit for a while.
+//!
+//! Without a budget there are no pins and no eviction: the hit path is the
+//! bitmap test alone.
 
 use std::fmt;
 use std::ops::Range;
