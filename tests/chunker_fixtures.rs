@@ -114,10 +114,10 @@ fn fixture_diffs_read_exactly() {
                     stats.clone(),
                 )
                 .unwrap();
-                let ranges: Vec<_> = if frames.is_compressed() {
+                let ranges: Vec<std::ops::Range<u64>> = if frames.is_compressed() {
                     frames.frames().iter().map(|f| f.range_u()).collect()
                 } else {
-                    vec![0..diff.len() as u64]
+                    std::iter::once(0..diff.len() as u64).collect()
                 };
                 for range in ranges {
                     let (start, end) = (range.start as usize, range.end as usize);
