@@ -15,6 +15,12 @@
 //!   the next read starts a new session.
 //! - A reader whose lookups move from one unit to the next queues fetches of
 //!   the following `readahead` units, when the pool has spare room.
+//! - A store request that never answers keeps its session: its readers time
+//!   out, and no second fetch of the unit starts (two writers cannot share
+//!   the unit's place in the cache). The store bounds its own requests.
+//! - `block` returns a `Block` guard rather than a bare slice: under a
+//!   `CacheBudget` it pins its units against eviction while it lives (see
+//!   `budget`); without a budget it is just the slice.
 
 mod budget;
 mod cache;
