@@ -3,6 +3,7 @@
 //! S3/GCS go through `object_store`; a fault-injecting wrapper serves tests.
 
 mod error;
+mod fault;
 mod local;
 
 use std::io::Read;
@@ -11,6 +12,7 @@ use std::path::Path;
 use uuid::Uuid;
 
 pub use error::StoreError;
+pub use fault::{Fault, FaultStore};
 pub use local::{LocalStore, parse_build_id};
 
 use crate::format::ObjectKey;
