@@ -4,6 +4,8 @@
 
 mod error;
 mod local;
+mod location;
+mod object;
 
 use std::io::Read;
 use std::path::Path;
@@ -12,6 +14,8 @@ use uuid::Uuid;
 
 pub use error::StoreError;
 pub use local::{LocalStore, parse_build_id};
+pub use location::{StoreLocation, StoreOptions, open_store};
+pub use object::RemoteStore;
 
 use crate::format::ObjectKey;
 
