@@ -84,7 +84,7 @@ fn diagnose(err: &object_store::Error) -> Diagnosis {
         status_text,
         status,
         detail,
-        transport: is_transport(err),
+        transport: is_transport(err, &text),
     }
 }
 
@@ -139,7 +139,7 @@ fn xml_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// True when a transport failure (connect, timeout, reset) is behind `err`.
-fn is_transport(err: &(dyn StdError + 'static)) -> bool {
+fn is_transport(err: &(dyn StdError + 'static), text: &str) -> bool {
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = source {
         if let Some(http) = e.downcast_ref::<HttpError>() {
@@ -152,7 +152,7 @@ fn is_transport(err: &(dyn StdError + 'static)) -> bool {
             );
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            return matches!(
+            if matches!(
                 io.kind(),
                 io::ErrorKind::ConnectionRefused
                     | io::ErrorKind::ConnectionReset
@@ -161,11 +161,16 @@ fn is_transport(err: &(dyn StdError + 'static)) -> bool {
                     | io::ErrorKind::BrokenPipe
                     | io::ErrorKind::TimedOut
                     | io::ErrorKind::UnexpectedEof
-            );
+            ) {
+                return true;
+            }
         }
         source = e.source();
     }
-    false
+    // A request that failed without a response: object_store keeps its
+    // `HttpError` behind a private retry error, out of the source chain, so
+    // only its text is left to go by.
+    text.contains("HTTP error: ")
 }
 
 /// The `io::Error` a streaming reader returns for `err`: its kind says
@@ -250,6 +255,14 @@ mod tests {
             generic("Server returned non-2xx status code: 400 Bad Request: nope"),
         );
         assert!(!e.is_transient(), "{e}");
+        let e = store_error(
+            "s3://b",
+            "k",
+            generic(
+                "Error performing HEAD http://h/b/k in 2s - HTTP error: error sending request: operation timed out",
+            ),
+        );
+        assert!(e.is_transient(), "{e}");
         let e = store_error("s3://b", "k", generic("XML parse error"));
         assert!(matches!(
             e,
