@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use garage::Garage;
 use tdfs::format::{FileKind, ObjectKey};
-use tdfs::store::{Store, StoreError, StoreOptions, open_store};
+use tdfs::store::{StoreError, StoreOptions, open_store};
 use uuid::Uuid;
 
 #[test]
