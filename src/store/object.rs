@@ -9,9 +9,10 @@
 //! store. A large ranged read is split into parts fetched concurrently and
 //! delivered in order; a large upload goes up in parts (multipart upload).
 //!
-//! GCS is reached through the same code with `object_store`'s GCS client; the
-//! tests exercise it only through the shared code paths, against an S3 server
-//! (Garage): no GCS emulator from the package registries was used here.
+//! S3 is tested against Garage (tests/s3_store.rs, s3_faults.rs). GCS shares
+//! all the code above `object_store`'s client; tests/s3_gcs.rs reads through
+//! it from fake-gcs-server, which cannot take `object_store`'s (XML API)
+//! uploads, so GCS writes are untested here.
 
 mod errors;
 mod reader;
