@@ -115,3 +115,22 @@ fn a_stalled_server_times_out_instead_of_hanging() {
     garage.freeze(false);
     assert_eq!(store.read_all(&key, 2 * MIB as u64).unwrap(), data);
 }
+
+#[test]
+fn a_slow_reader_of_a_large_range_outlasts_the_request_timeout() {
+    let Some(garage) = Garage::start() else {
+        return;
+    };
+    let store = garage.store_with("faults", &garage.options(TIMEOUT));
+    let key = ObjectKey::data(Uuid::new_v4(), FileKind::Memfile, Compression::None);
+    let data = pattern(32 * MIB);
+    store.put_bytes(&key, &data).unwrap();
+    let mut reader = store.read_range(&key, 0, data.len() as u64).unwrap();
+    let mut got = vec![0u8; MIB];
+    reader.read_exact(&mut got).unwrap();
+    // Each part is a request of its own, timed on its own: a pause longer
+    // than the timeout between parts is fine.
+    std::thread::sleep(TIMEOUT + Duration::from_millis(500));
+    reader.read_to_end(&mut got).unwrap();
+    assert!(got == data, "bytes differ");
+}

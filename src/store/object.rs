@@ -234,7 +234,8 @@ impl RemoteStore {
     }
 
     /// Parts of `READ_PART_SIZE` fetched `READ_PARTS_IN_FLIGHT` at a time and
-    /// delivered in order; the first part's failure is returned here.
+    /// delivered in order; the first part's failure is returned here. Each
+    /// part is its own task, so parts keep arriving while the reader is busy.
     fn split_range(
         &self,
         key: &ObjectKey,
@@ -244,20 +245,33 @@ impl RemoteStore {
         let name = key.to_string();
         let location = self.location.clone();
         let client = Arc::clone(&self.client);
+        let runtime = self.runtime.handle().clone();
         let parts = split_parts(range);
         let mut stream = futures::stream::iter(parts)
             .map(move |part| {
                 let (client, path) = (Arc::clone(&client), path.clone());
-                let (location, name) = (location.clone(), name.clone());
-                async move {
+                let (part_location, part_name) = (location.clone(), name.clone());
+                let fetch = runtime.spawn(async move {
                     let wanted = part.end - part.start;
                     match client.get_range(&path, part).await {
                         Ok(bytes) => Ok((bytes, wanted)),
-                        Err(e) => match store_error(&location, &name, e) {
+                        Err(e) => match store_error(&part_location, &part_name, e) {
                             e if is_past_end(&e) => Ok((Bytes::new(), wanted)),
                             e => Err(e),
                         },
                     }
+                });
+                let (location, name) = (location.clone(), name.clone());
+                async move {
+                    fetch.await.unwrap_or_else(|stopped| {
+                        Err(StoreError::Remote {
+                            location,
+                            key: name,
+                            status: None,
+                            message: format!("fetch of a part stopped: {stopped}"),
+                            transient: false,
+                        })
+                    })
                 }
             })
             .buffered(READ_PARTS_IN_FLIGHT)
