@@ -46,7 +46,7 @@ use super::location::StoreOptions;
 use super::{PutOptions, Store, StoreError, parse_build_id};
 use crate::format::ObjectKey;
 use errors::store_error;
-use reader::ChannelReader;
+use reader::{Ahead, ChannelReader};
 
 /// Object metadata key holding a compressed object's uncompressed size.
 const UNCOMPRESSED_SIZE: &str = "uncompressed-size";
@@ -58,9 +58,6 @@ const SPLIT_READ_THRESHOLD: u64 = 8 << 20;
 const READ_PART_SIZE: u64 = 4 << 20;
 /// Parts of one split read in flight at once.
 const READ_PARTS_IN_FLIGHT: usize = 4;
-/// Chunks of a streamed body buffered ahead of the reader (a body chunk is
-/// a few KiB to tens of KiB).
-const STREAM_CHUNKS_AHEAD: usize = 64;
 /// Files from this size on are uploaded in parts.
 const MULTIPART_THRESHOLD: u64 = 16 << 20;
 /// Size of one uploaded part (S3 wants at least 5 MiB but for the last).
@@ -226,10 +223,12 @@ impl RemoteStore {
             .into_stream()
             .map(move |chunk| chunk.map_err(|e| store_error(&location, &name, e)))
             .boxed();
+        // The read is under SPLIT_READ_THRESHOLD: let it arrive whatever the
+        // reader does, so a busy reader cannot make it time out.
         Ok(Box::new(ChannelReader::spawn(
             &self.runtime,
             stream,
-            STREAM_CHUNKS_AHEAD,
+            Ahead::Everything,
         )))
     }
 
@@ -293,7 +292,11 @@ impl RemoteStore {
         let stream = futures::stream::once(futures::future::ready(Ok(first)))
             .chain(stream)
             .boxed();
-        Ok(Box::new(ChannelReader::spawn(&self.runtime, stream, 1)))
+        Ok(Box::new(ChannelReader::spawn(
+            &self.runtime,
+            stream,
+            Ahead::Chunks(1),
+        )))
     }
 
     /// Upload `file` in parts, in order, a few at a time; the parts become

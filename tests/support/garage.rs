@@ -157,6 +157,22 @@ impl Garage {
         // SAFETY: signals the server process this helper started.
         let rc = unsafe { libc::kill(pid, signal) };
         assert_eq!(rc, 0, "signal garage: {}", std::io::Error::last_os_error());
+        // The signal lands asynchronously: wait until the state shows it.
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let text = fs::read_to_string(&stat).expect("read the server's /proc stat");
+            // The state follows the parenthesised command name.
+            let state = text
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            if (state == Some("T")) == frozen {
+                return;
+            }
+            assert!(Instant::now() < deadline, "garage never became {state:?}");
+            sleep(Duration::from_millis(5));
+        }
     }
 
     /// Start the stopped server again on the same ports and data.

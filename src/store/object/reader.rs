@@ -1,7 +1,7 @@
 //! A blocking `Read` over an async byte stream. A task on the store's
-//! runtime pulls the stream and hands chunks through a bounded channel, so
-//! the reader gets bytes as they arrive while the network keeps a little
-//! ahead of it, and a reader that stops early cancels the transfer.
+//! runtime pulls the stream and hands chunks through a channel, so the reader
+//! gets bytes as they arrive, the transfer does not wait on a busy reader (up
+//! to what the channel may hold), and a reader that stops early cancels it.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -15,34 +15,76 @@ use tokio::sync::mpsc;
 use super::errors::io_error;
 use crate::store::StoreError;
 
+type Chunk = Result<Bytes, StoreError>;
+
+/// How far the transfer may run ahead of the reader.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ahead {
+    /// At most this many chunks.
+    Chunks(usize),
+    /// The whole stream: only for streams of a bounded, small size.
+    Everything,
+}
+
+enum Chunks {
+    Bounded(mpsc::Receiver<Chunk>),
+    Unbounded(mpsc::UnboundedReceiver<Chunk>),
+}
+
+impl Chunks {
+    fn blocking_recv(&mut self) -> Option<Chunk> {
+        match self {
+            Chunks::Bounded(rx) => rx.blocking_recv(),
+            Chunks::Unbounded(rx) => rx.blocking_recv(),
+        }
+    }
+}
+
 /// Bytes of one ranged read, in order; ends early when the object does.
 pub(crate) struct ChannelReader {
-    chunks: mpsc::Receiver<Result<Bytes, StoreError>>,
+    chunks: Chunks,
     current: Bytes,
     /// Keeps the runtime that drives the transfer alive while reading.
     _runtime: Arc<Runtime>,
 }
 
 impl ChannelReader {
-    /// Start pumping `stream` into a channel of `capacity` chunks. The
-    /// stream's first error is the last item delivered.
+    /// Start pumping `stream` into the channel. The stream's first error is
+    /// the last item delivered; a send fails when the reader was dropped,
+    /// which stops the transfer.
     pub(crate) fn spawn(
         runtime: &Arc<Runtime>,
-        mut stream: BoxStream<'static, Result<Bytes, StoreError>>,
-        capacity: usize,
+        mut stream: BoxStream<'static, Chunk>,
+        ahead: Ahead,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(capacity);
-        runtime.spawn(async move {
-            while let Some(item) = stream.next().await {
-                let failed = item.is_err();
-                // A send fails when the reader was dropped: stop fetching.
-                if tx.send(item).await.is_err() || failed {
-                    break;
-                }
+        let chunks = match ahead {
+            Ahead::Chunks(capacity) => {
+                let (tx, rx) = mpsc::channel(capacity);
+                runtime.spawn(async move {
+                    while let Some(item) = stream.next().await {
+                        let failed = item.is_err();
+                        if tx.send(item).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                Chunks::Bounded(rx)
             }
-        });
+            Ahead::Everything => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                runtime.spawn(async move {
+                    while let Some(item) = stream.next().await {
+                        let failed = item.is_err();
+                        if tx.send(item).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                Chunks::Unbounded(rx)
+            }
+        };
         ChannelReader {
-            chunks: rx,
+            chunks,
             current: Bytes::new(),
             _runtime: Arc::clone(runtime),
         }
@@ -85,7 +127,7 @@ mod tests {
     #[test]
     fn delivers_chunks_in_order_then_the_error() {
         let rt = runtime();
-        let items: Vec<Result<Bytes, StoreError>> = vec![
+        let items: Vec<Chunk> = vec![
             Ok(Bytes::from_static(b"abc")),
             Ok(Bytes::new()),
             Ok(Bytes::from_static(b"defg")),
@@ -98,7 +140,8 @@ mod tests {
             }),
             Ok(Bytes::from_static(b"never")),
         ];
-        let mut reader = ChannelReader::spawn(&rt, futures::stream::iter(items).boxed(), 1);
+        let mut reader =
+            ChannelReader::spawn(&rt, futures::stream::iter(items).boxed(), Ahead::Chunks(1));
         let mut small = [0u8; 2];
         assert_eq!(reader.read(&mut small).unwrap(), 2);
         assert_eq!(&small, b"ab");
@@ -119,7 +162,7 @@ mod tests {
             Ok(Bytes::from_static(b"x"))
         })
         .boxed();
-        let mut reader = ChannelReader::spawn(&rt, endless, 4);
+        let mut reader = ChannelReader::spawn(&rt, endless, Ahead::Chunks(4));
         let mut five = Vec::new();
         (&mut reader).take(5).read_to_end(&mut five).unwrap();
         assert_eq!(five, b"xxxxx");
@@ -133,7 +176,7 @@ mod tests {
 
         let finite = futures::stream::iter([Ok(Bytes::from_static(b"end"))]).boxed();
         let mut all = Vec::new();
-        ChannelReader::spawn(&rt, finite, 4)
+        ChannelReader::spawn(&rt, finite, Ahead::Everything)
             .read_to_end(&mut all)
             .unwrap();
         assert_eq!(all, b"end");
