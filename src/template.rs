@@ -49,10 +49,7 @@ pub struct Builds {
 }
 
 impl Builds {
-    pub fn new(
-        store: Arc<dyn Store>,
-        config: TemplateConfig,
-    ) -> Result<Arc<Builds>, TemplateError> {
+    pub fn new(store: Arc<dyn Store>, config: TemplateConfig) -> Result<Arc<Builds>, TemplateError> {
         todo!("{store:?} {config:?}")
     }
 
