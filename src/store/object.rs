@@ -71,6 +71,10 @@ const MAX_RETRIES: usize = 10;
 
 /// A store in a bucket of S3, an S3-compatible server or GCS, with every
 /// object under `prefix/{build}/{name}`.
+///
+/// Its methods block, so call them from plain threads, not from inside an
+/// async runtime. A reader from `read_range` holds one of the `max_requests`
+/// slots while its transfer runs: read it to the end or drop it.
 pub struct RemoteStore {
     /// `s3://bucket/prefix`, for messages.
     location: String,
