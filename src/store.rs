@@ -5,6 +5,8 @@
 mod error;
 mod fault;
 mod local;
+mod location;
+mod object;
 
 use std::io::Read;
 use std::path::Path;
@@ -14,6 +16,8 @@ use uuid::Uuid;
 pub use error::StoreError;
 pub use fault::{Fault, FaultStore};
 pub use local::{LocalStore, parse_build_id};
+pub use location::{StoreLocation, StoreOptions, open_store};
+pub use object::RemoteStore;
 
 use crate::format::ObjectKey;
 
