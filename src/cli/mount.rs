@@ -15,8 +15,11 @@ use crossbeam_channel::Receiver;
 use log::LevelFilter;
 use sha2::{Digest, Sha256};
 
+use uuid::Uuid;
+
+use crate::format::{FileKind, ObjectKey};
 use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs, chain};
-use crate::store::{LocalStore, Store, StoreError};
+use crate::store::{self, Store, StoreError, StoreLocation, StoreOptions};
 use crate::template::{Builds, TemplateConfig};
 
 /// How long the root listing is trusted (new builds show up within it).
@@ -79,6 +82,14 @@ pub struct MountArgs {
     /// Log at debug level (RUST_LOG is respected otherwise).
     #[arg(short = 'd', long)]
     pub debug: bool,
+
+    /// S3-compatible server to use instead of AWS (s3:// stores).
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// S3 region (s3:// stores).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
 }
 
 /// Run `tdfs mount`: returns once the mount is up (daemon) or after it has
@@ -117,25 +128,31 @@ struct Setup {
     args: MountArgs,
 }
 
-/// The one place a STORE argument becomes a `Store`.
-fn open_store(location: &str) -> Result<Arc<dyn Store>, FsError> {
-    if location.contains("://") {
-        return Err(FsError::open(StoreError::BadLocation(format!(
-            "{location}: this build of tdfs mounts local directory stores only"
-        ))));
+/// The one place a STORE argument becomes a `Store`; a first request shows
+/// now, not at the first read, that the store answers (remote stores
+/// connect lazily).
+fn open_store(args: &MountArgs, location: &str) -> Result<Arc<dyn Store>, FsError> {
+    let options = StoreOptions {
+        endpoint_url: args.endpoint_url.clone(),
+        region: args.region.clone(),
+        ..StoreOptions::default()
+    };
+    let store = store::open_store(location, &options).map_err(FsError::open)?;
+    let probe = ObjectKey::header(Uuid::nil(), FileKind::Memfile);
+    match store.size(&probe) {
+        Ok(_) | Err(StoreError::NotFound { .. }) => Ok(store),
+        Err(e) => Err(FsError::open(e)),
     }
-    let store = LocalStore::open(location).map_err(FsError::open)?;
-    Ok(Arc::new(store))
 }
 
 /// A local store path made absolute: the daemon changes directory to `/`.
 fn absolute_store(location: &str) -> String {
-    if location.contains("://") {
-        return location.to_string();
+    match StoreLocation::parse(location) {
+        Ok(StoreLocation::Local(dir)) => std::path::absolute(&dir)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| location.to_string()),
+        _ => location.to_string(),
     }
-    std::path::absolute(location)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| location.to_string())
 }
 
 /// Mount and serve until a stop signal or an outside unmount; `ready` runs
@@ -145,7 +162,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     // signals are only ever taken by `sigwait` below.
     let signals = block_stop_signals()?;
     let args = &setup.args;
-    let store = open_store(&setup.store)?;
+    let store = open_store(args, &setup.store)?;
     let config = TemplateConfig {
         cache_dir: setup.cache_dir.clone(),
         max_cache_size: args.max_cache_size,
@@ -499,12 +516,40 @@ mod tests {
     }
 
     #[test]
-    fn remote_locations_are_refused_clearly() {
-        let err = open_store("s3://bucket/prefix").unwrap_err().to_string();
-        assert!(err.contains("s3://bucket/prefix"), "{err}");
-        let err = open_store("/nonexistent/tdfs-store")
+    fn bad_stores_are_refused_clearly() {
+        let args = |extra: &[&str]| {
+            use clap::Parser;
+            #[derive(clap::Parser)]
+            struct Wrapper {
+                #[command(flatten)]
+                args: MountArgs,
+            }
+            let mut argv = vec!["tdfs", "STORE", "/mnt"];
+            argv.extend_from_slice(extra);
+            Wrapper::parse_from(argv).args
+        };
+        let err = open_store(&args(&[]), "/nonexistent/tdfs-store")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not a directory"), "{err}");
+        assert!(err.contains("/nonexistent/tdfs-store"), "{err}");
+        let err = open_store(&args(&["--region", "x"]), "/tmp")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--region"), "{err}");
+        let err = open_store(&args(&[]), "ftp://host/x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unsupported"), "{err}");
+    }
+
+    #[test]
+    fn local_stores_become_absolute() {
+        assert_eq!(absolute_store("s3://b/p"), "s3://b/p");
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute_store("rel/store"),
+            here.join("rel/store").display().to_string()
+        );
+        assert_eq!(absolute_store("/srv/t"), "/srv/t");
     }
 }
