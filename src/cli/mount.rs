@@ -3,17 +3,15 @@
 //! SIGHUP (or when unmounted from outside).
 
 use std::env;
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use log::LevelFilter;
-use sha2::{Digest, Sha256};
 
 use uuid::Uuid;
 
@@ -99,7 +97,7 @@ pub fn run(args: MountArgs) -> Result<(), FsError> {
     fs::check_fuse_device()?;
     let mountpoint = fs::prepare_mountpoint(&args.mountpoint)?;
     let store = absolute_store(&args.store);
-    let cache_dir = mount_cache_dir(args.cache_dir.as_deref(), &mountpoint)?;
+    let cache_dir = cache_root(args.cache_dir.as_deref())?;
     let setup = Setup {
         store,
         mountpoint,
@@ -171,6 +169,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         fetch_workers: FETCH_WORKERS,
     };
     let builds = Builds::new(store, config).map_err(FsError::open)?;
+    let cache_path = builds.cache_path().to_path_buf();
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let options = FsOptions {
@@ -189,7 +188,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         setup.store,
         setup.mountpoint.display(),
         args.threads,
-        setup.cache_dir.display()
+        cache_path.display()
     );
     ready();
     let stop = wait_for_signals(signals)?;
@@ -399,29 +398,18 @@ fn init_logging(args: &MountArgs) -> Result<(), FsError> {
     Ok(())
 }
 
-/// This mount's cache directory (created, mode 0700): a subdirectory of
-/// `--cache-dir` or the default root, named after the mountpoint so a
-/// remount finds its own cache and two mounts never share one.
-fn mount_cache_dir(root: Option<&Path>, mountpoint: &Path) -> Result<PathBuf, FsError> {
-    let root = match root {
+/// The parent of this mount's cache directory (`--cache-dir` or the
+/// default), absolute: the daemon changes directory to `/`. The read path
+/// makes its own session subdirectory there, so mounts never share files.
+fn cache_root(root: Option<&Path>) -> Result<PathBuf, FsError> {
+    match root {
         Some(r) => std::path::absolute(r).map_err(|source| FsError::File {
             what: "cache directory",
             path: r.to_path_buf(),
             source,
-        })?,
-        None => default_cache_root(),
-    };
-    let dir = root.join(cache_subdir_name(mountpoint));
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|source| FsError::File {
-            what: "creating the cache directory",
-            path: dir.clone(),
-            source,
-        })?;
-    Ok(dir)
+        }),
+        None => Ok(default_cache_root()),
+    }
 }
 
 fn default_cache_root() -> PathBuf {
@@ -436,24 +424,6 @@ fn default_cache_root() -> PathBuf {
         Some(home) => PathBuf::from(home).join(".cache/tdfs"),
         None => env::temp_dir().join("tdfs-cache"),
     }
-}
-
-/// `mnt-<readable part of the path>-<hash of the whole path>`.
-fn cache_subdir_name(mountpoint: &Path) -> String {
-    let text = mountpoint.to_string_lossy();
-    let readable: String = text
-        .trim_matches('/')
-        .chars()
-        .map(|c| match c {
-            '/' => '-',
-            c if c.is_ascii_alphanumeric() || c == '.' || c == '_' => c,
-            _ => '_',
-        })
-        .take(48)
-        .collect();
-    let hash = Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
-    let short: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("mnt-{readable}-{short}")
 }
 
 /// A byte count with an optional binary unit: `4096`, `512K`, `20G`, `1TiB`.
@@ -498,21 +468,6 @@ mod tests {
         assert!(parse_size("-1").is_err());
         assert!(parse_size("10X").is_err());
         assert!(parse_size("99999999999T").is_err());
-    }
-
-    #[test]
-    fn cache_subdirs_are_distinct_and_safe() {
-        let a = cache_subdir_name(Path::new("/mnt/tdfs"));
-        let b = cache_subdir_name(Path::new("/mnt-tdfs"));
-        assert!(a.starts_with("mnt-mnt-tdfs-"), "{a}");
-        assert_ne!(a, b);
-        let odd = cache_subdir_name(Path::new("/srv/a b/../é"));
-        assert!(
-            odd.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
-            "{odd}"
-        );
-        assert!(!odd.contains('/'));
     }
 
     #[test]

@@ -123,6 +123,8 @@ impl ToErrno for TemplateError {
             // A corrupt header, an unreachable store, a failed or timed out
             // fetch: the data exists but cannot be served right now.
             TemplateError::CorruptHeader { .. }
+            | TemplateError::Inconsistent { .. }
+            | TemplateError::Cache { .. }
             | TemplateError::Store(_)
             | TemplateError::Chunker(_) => Errno::EIO,
         }

@@ -60,10 +60,7 @@ pub struct Opened {
 
 /// What an open handle reads from.
 enum Handle {
-    Template {
-        kind: FileKind,
-        file: Arc<TemplateFile>,
-    },
+    Template(Arc<TemplateFile>),
     Object {
         key: ObjectKey,
         size: u64,
@@ -232,10 +229,7 @@ impl TemplateFs {
                 FopenFlags::FOPEN_DIRECT_IO,
             ),
             Node::File(build, BuildFile::Template(kind)) => (
-                Handle::Template {
-                    kind,
-                    file: self.open_template(build, kind)?,
-                },
+                Handle::Template(self.open_template(build, kind)?),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Node::File(build, file) => {
@@ -265,7 +259,7 @@ impl TemplateFs {
     ) -> Result<&'b [u8], FsError> {
         let handle = self.handle(fh)?;
         let size = match &*handle {
-            Handle::Template { file, .. } => file.size(),
+            Handle::Template(file) => file.size(),
             Handle::Object { size, .. } => *size,
             Handle::Stats(text) => text.len() as u64,
             Handle::Dir(_) => return Err(FsError::IsADirectory),
@@ -279,14 +273,10 @@ impl TemplateFs {
             return Ok(out);
         }
         match &*handle {
-            Handle::Template { kind, file } => {
-                let started = Instant::now();
-                let result = file.read_at(out, offset);
-                let stats = self.builds.stats();
-                let n = *result.as_ref().unwrap_or(&0);
-                stats.record_read(n as u64, started.elapsed(), result.is_ok());
-                let n = result
-                    .map_err(|e| FsError::template(file.build_id(), *kind, Some(offset), e))?;
+            Handle::Template(file) => {
+                let n = file.read_at(out, offset).map_err(|e| {
+                    FsError::template(file.build_id(), file.file(), Some(offset), e)
+                })?;
                 Ok(&out[..n])
             }
             Handle::Object { key, .. } => {
