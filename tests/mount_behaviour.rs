@@ -174,7 +174,7 @@ fn everything_is_read_only() {
     if !fuse_available() {
         return;
     }
-    let mount = MountGuard::start(&fixture_store("v4-lz4"), &[]);
+    let mount = MountGuard::start(fixture_store("v4-lz4"), &[]);
     let build = std::fs::read_dir(mount.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -331,7 +331,7 @@ fn sigterm_unmounts_and_exits_zero() {
     if !fuse_available() {
         return;
     }
-    let mut mount = MountGuard::start(&fixture_store("v3-none"), &[]);
+    let mut mount = MountGuard::start(fixture_store("v3-none"), &[]);
     let status = mount.signal_and_wait(libc::SIGTERM).expect("was running");
     assert!(status.success(), "exit status after SIGTERM: {status}");
     assert!(!is_mounted(mount.path()), "still mounted after SIGTERM");

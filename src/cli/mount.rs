@@ -13,11 +13,8 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use log::LevelFilter;
 
-use uuid::Uuid;
-
-use crate::format::{FileKind, ObjectKey};
 use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs, chain};
-use crate::store::{self, Store, StoreError, StoreLocation, StoreOptions};
+use crate::store::{self, Store, StoreLocation, StoreOptions};
 use crate::template::{Builds, TemplateConfig};
 
 /// How long the root listing is trusted (new builds show up within it).
@@ -126,21 +123,19 @@ struct Setup {
     args: MountArgs,
 }
 
-/// The one place a STORE argument becomes a `Store`; a first request shows
-/// now, not at the first read, that the store answers (remote stores
-/// connect lazily).
-fn open_store(args: &MountArgs, location: &str) -> Result<Arc<dyn Store>, FsError> {
+/// The one place a STORE argument becomes a `Store`. Listing its builds
+/// shows now, not at the first read, that the store answers (remote stores
+/// connect lazily, and only a listing tells a missing bucket from a missing
+/// object); returns the store and how many builds it has.
+fn open_store(args: &MountArgs, location: &str) -> Result<(Arc<dyn Store>, usize), FsError> {
     let options = StoreOptions {
         endpoint_url: args.endpoint_url.clone(),
         region: args.region.clone(),
         ..StoreOptions::default()
     };
     let store = store::open_store(location, &options).map_err(FsError::open)?;
-    let probe = ObjectKey::header(Uuid::nil(), FileKind::Memfile);
-    match store.size(&probe) {
-        Ok(_) | Err(StoreError::NotFound { .. }) => Ok(store),
-        Err(e) => Err(FsError::open(e)),
-    }
+    let builds = store.list_builds().map_err(FsError::open)?;
+    Ok((store, builds.len()))
 }
 
 /// A local store path made absolute: the daemon changes directory to `/`.
@@ -160,7 +155,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     // signals are only ever taken by `sigwait` below.
     let signals = block_stop_signals()?;
     let args = &setup.args;
-    let store = open_store(args, &setup.store)?;
+    let (store, build_count) = open_store(args, &setup.store)?;
     let config = TemplateConfig {
         cache_dir: setup.cache_dir.clone(),
         max_cache_size: args.max_cache_size,
@@ -184,7 +179,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     };
     let mounted = fs::mount(tree, &setup.mountpoint, &mount_options)?;
     log::info!(
-        "mounted {} on {} ({} threads, cache {})",
+        "mounted {} ({build_count} builds) on {} ({} threads, cache {})",
         setup.store,
         setup.mountpoint.display(),
         args.threads,

@@ -109,19 +109,38 @@ pub struct MountGuard {
 
 impl MountGuard {
     /// Mount `store` on a new temporary mountpoint.
-    pub fn start(store: &Path, extra: &[&str]) -> MountGuard {
+    pub fn start(store: impl AsRef<OsStr>, extra: &[&str]) -> MountGuard {
+        Self::start_with_env(store, extra, &[])
+    }
+
+    /// `start`, with extra environment variables for tdfs.
+    pub fn start_with_env(
+        store: impl AsRef<OsStr>,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> MountGuard {
         let dir = tempfile::tempdir().expect("temp dir");
         let mountpoint = dir.path().join("mnt");
         std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
-        Self::start_at(dir, mountpoint, store, extra)
+        Self::launch(dir, mountpoint, store.as_ref(), extra, env)
     }
 
     /// Mount `store` on `mountpoint` (inside `dir`, which the guard keeps).
     pub fn start_at(
         dir: tempfile::TempDir,
         mountpoint: PathBuf,
-        store: &Path,
+        store: impl AsRef<OsStr>,
         extra: &[&str],
+    ) -> MountGuard {
+        Self::launch(dir, mountpoint, store.as_ref(), extra, &[])
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        mountpoint: PathBuf,
+        store: &OsStr,
+        extra: &[&str],
+        env: &[(&str, String)],
     ) -> MountGuard {
         let mountpoint = std::path::absolute(&mountpoint).expect("absolute mountpoint");
         let log = dir.path().join(format!("tdfs-{}.log", unique()));
@@ -137,6 +156,7 @@ impl MountGuard {
             .arg(store)
             .arg(&mountpoint)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
