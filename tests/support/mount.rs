@@ -190,10 +190,12 @@ impl MountGuard {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait until this process says it has mounted (mountinfo alone cannot
+    /// tell a new mount from a stale one it is about to replace).
     fn wait_mounted(&mut self) {
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
-            if is_mounted(&self.mountpoint) {
+            if self.log().contains("] mounted ") && is_mounted(&self.mountpoint) {
                 return;
             }
             let child = self.child.as_mut().expect("running");
