@@ -103,8 +103,8 @@ pub fn run(args: MountArgs) -> Result<(), FsError> {
     };
     if setup.args.foreground {
         serve(&setup, || {
-            log::info!(
-                "serving {} at {} (Ctrl-C or `umount {}` to stop)",
+            eprintln!(
+                "tdfs: serving {} at {}; Ctrl-C or `umount {}` stops it",
                 setup.store,
                 setup.mountpoint.display(),
                 setup.mountpoint.display()
@@ -178,6 +178,9 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         threads: usize::from(args.threads),
     };
     let mounted = fs::mount(tree, &setup.mountpoint, &mount_options)?;
+    // After `ready`: a daemon's terminal should not get log lines once it
+    // is told the mount is up.
+    ready();
     log::info!(
         "mounted {} ({build_count} builds) on {} ({} threads, cache {})",
         setup.store,
@@ -185,7 +188,6 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         args.threads,
         cache_path.display()
     );
-    ready();
     let stop = wait_for_signals(signals)?;
     crossbeam_channel::select! {
         recv(stop) -> signal => {
