@@ -49,7 +49,10 @@ pub struct Builds {
 }
 
 impl Builds {
-    pub fn new(store: Arc<dyn Store>, config: TemplateConfig) -> Result<Arc<Builds>, TemplateError> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: TemplateConfig,
+    ) -> Result<Arc<Builds>, TemplateError> {
         todo!("{store:?} {config:?}")
     }
 
