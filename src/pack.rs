@@ -194,24 +194,31 @@ struct StagedFile {
     report: FileReport,
 }
 
-/// A private scratch directory, removed on drop.
-struct Staging {
+/// A private scratch directory (staged objects, a read cache), removed on
+/// drop.
+#[derive(Debug)]
+pub struct ScratchDir {
     path: PathBuf,
 }
 
-impl Staging {
-    fn new(parent: Option<&Path>) -> Result<Self, PackError> {
+impl ScratchDir {
+    /// A new directory under `parent`, or under the system temp directory.
+    pub fn new(parent: Option<&Path>) -> Result<Self, PackError> {
         let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
         let path = parent.join(format!("tdfs-pack-{}", Uuid::new_v4().simple()));
         fs::create_dir_all(&path).map_err(|source| PackError::Io {
             path: path.clone(),
             source,
         })?;
-        Ok(Staging { path })
+        Ok(ScratchDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
-impl Drop for Staging {
+impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
     }
@@ -236,7 +243,7 @@ pub fn pack_build(
             return Err(PackError::BuildExists(build_id));
         }
     }
-    let staging = Staging::new(opts.work_dir.as_deref())?;
+    let staging = ScratchDir::new(opts.work_dir.as_deref())?;
     let threads = if opts.threads == 0 {
         default_threads()
     } else {
@@ -528,8 +535,8 @@ fn default_metadata(build_id: Uuid, base: Option<Uuid>) -> Vec<u8> {
     serde_json::to_vec_pretty(&value).expect("a JSON value serializes")
 }
 
-/// Read-path settings for reading a base build from a one-shot tool.
-fn template_config(cache_dir: PathBuf) -> TemplateConfig {
+/// Read-path settings for a one-shot tool (pack's base, export, the demo).
+pub fn template_config(cache_dir: PathBuf) -> TemplateConfig {
     TemplateConfig {
         cache_dir,
         max_cache_size: 0,
