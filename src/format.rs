@@ -5,6 +5,7 @@
 //! file is checked against the bytes present and the caps of FORMAT.md before
 //! it is used or sized into an allocation.
 
+mod cursor;
 mod error;
 mod frame_table;
 mod header;
