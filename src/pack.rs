@@ -460,6 +460,9 @@ fn stage_file(
     };
     let frame_count = own_frames.frames().len();
 
+    let mappings = Mappings::new(scanned.mappings, size)
+        .map_err(|source| PackError::Encode { file, source })?
+        .normalized();
     let own = BuildEntry {
         build_id,
         file_size: scanned.diff_size,
@@ -469,9 +472,9 @@ fn stage_file(
     let builds = match base {
         Some(b) => {
             let mut ancestors = layout::AncestorEntries::new(store, file, b.header());
-            layout::builds_section(&scanned.mappings, own, |id| ancestors.entry(id))?
+            layout::builds_section(mappings.as_slice(), own, |id| ancestors.entry(id))?
         }
-        None => layout::builds_section(&scanned.mappings, own, |id| {
+        None => layout::builds_section(mappings.as_slice(), own, |id| {
             Err(PackError::Internal(format!(
                 "a fresh build references build {id}"
             )))
@@ -485,7 +488,7 @@ fn stage_file(
         ),
         None => (0, build_id),
     };
-    let mapping_count = scanned.mappings.len();
+    let mapping_count = mappings.len();
     let header = Header {
         metadata: Metadata {
             version: u64::from(version),
@@ -496,8 +499,7 @@ fn stage_file(
             base_build_id,
         },
         builds: if version >= 4 { builds } else { Vec::new() },
-        mappings: Mappings::new(scanned.mappings, size)
-            .map_err(|source| PackError::Encode { file, source })?,
+        mappings,
     };
     let header_bytes = header
         .encode(version)

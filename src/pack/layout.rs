@@ -1,4 +1,5 @@
-//! A layer's header contents: merged and normalized mappings, and the V4/V5
+//! A layer's header contents: the base's mappings kept for unchanged
+//! blocks, and the V4/V5
 //! builds section with every referenced ancestor's frame table trimmed to
 //! the frames those mappings touch (FORMAT.md "sparse" tables).
 
@@ -15,29 +16,6 @@ use crate::store::{Store, StoreError};
 
 /// Largest header the packer will load to resolve an ancestor's frame table.
 const MAX_HEADER_LEN: u64 = 512 << 20;
-
-/// Merge neighbours that continue each other: zero ranges with zero ranges,
-/// and ranges of one build whose storage offsets are contiguous. Zero
-/// mappings get storage offset 0 (the format says it is meaningless).
-pub fn normalize(items: Vec<Mapping>) -> Vec<Mapping> {
-    let mut out: Vec<Mapping> = Vec::with_capacity(items.len());
-    for mut m in items.into_iter().filter(|m| m.length > 0) {
-        if m.is_zero() {
-            m.storage_offset = 0;
-        }
-        if let Some(last) = out.last_mut() {
-            let continues = last.end() == m.offset
-                && last.build_id == m.build_id
-                && (m.is_zero() || last.storage_offset + last.length == m.storage_offset);
-            if continues {
-                last.length += m.length;
-                continue;
-            }
-        }
-        out.push(m);
-    }
-    out
-}
 
 /// Append the base's mappings of template range `[start, end)`, clipped to
 /// it. Offsets past the base's mappings (a base smaller than the new image)
@@ -114,7 +92,7 @@ impl<'a> AncestorEntries<'a> {
             return Ok(e.clone());
         }
         let entry = if self.base.version() >= 4 {
-            self.from_own_header(build)?
+            self.entry_in_own_header(build)?
         } else {
             self.uncompressed(build)?
         };
@@ -122,7 +100,7 @@ impl<'a> AncestorEntries<'a> {
         Ok(entry)
     }
 
-    fn from_own_header(&self, build: Uuid) -> Result<BuildEntry, PackError> {
+    fn entry_in_own_header(&self, build: Uuid) -> Result<BuildEntry, PackError> {
         let key = ObjectKey::header(build, self.file);
         let bytes = self.store.read_all(&key, MAX_HEADER_LEN)?;
         let header = Header::decode(&bytes).map_err(|source| PackError::CorruptHeader {
@@ -219,28 +197,6 @@ mod tests {
             build_id: Uuid::from_u128(build),
             storage_offset,
         }
-    }
-
-    #[test]
-    fn normalize_merges_continuations_only() {
-        let merged = normalize(vec![
-            m(0, 4096, 0, 77),
-            m(4096, 4096, 0, 5),
-            m(8192, 4096, 1, 0),
-            m(12288, 4096, 1, 4096),
-            m(16384, 4096, 1, 12288),
-            m(20480, 0, 2, 0),
-            m(20480, 4096, 2, 12288),
-        ]);
-        assert_eq!(
-            merged,
-            vec![
-                m(0, 8192, 0, 0),
-                m(8192, 8192, 1, 0),
-                m(16384, 4096, 1, 12288),
-                m(20480, 4096, 2, 12288),
-            ]
-        );
     }
 
     #[test]

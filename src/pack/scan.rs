@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::PackError;
-use super::layout::{copy_base_range, normalize};
+use super::layout::copy_base_range;
 use super::parallel::ordered_map;
 use crate::format::{FileKind, Mapping, PAGE_SIZE};
 use crate::template::TemplateFile;
@@ -39,7 +39,8 @@ struct Segment {
 /// The outcome of diffing one image.
 #[derive(Debug, Clone)]
 pub struct ScanResult {
-    /// Normalized mappings covering `[0, size)`.
+    /// Mappings covering `[0, size)`, one or more per run of blocks (not
+    /// yet merged).
     pub mappings: Vec<Mapping>,
     pub diff_size: u64,
     pub diff_sha256: [u8; 32],
@@ -129,7 +130,7 @@ pub fn scan(
             Ok::<(), PackError>(())
         },
     )?;
-    result.mappings = normalize(mappings);
+    result.mappings = mappings;
     result.diff_sha256 = hasher.finalize().into();
     Ok(result)
 }
