@@ -8,6 +8,7 @@
 //! is not shown by readers.
 
 mod codec;
+pub mod demo;
 mod frames;
 mod layout;
 mod parallel;
