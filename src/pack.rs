@@ -18,6 +18,7 @@ mod scan;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use uuid::Uuid;
 
@@ -294,6 +295,7 @@ pub fn pack_build(
         )?);
     }
 
+    let started = Instant::now();
     for s in &staged {
         store.put_file(
             &s.data_key,
@@ -318,6 +320,7 @@ pub fn pack_build(
     for s in &staged {
         store.put_bytes(&ObjectKey::header(build_id, s.file), &s.header)?;
     }
+    log::debug!("uploaded build {build_id} in {:?}", started.elapsed());
 
     let (generation, base_build_id) = match &bases {
         Some((mem, _)) => (
@@ -416,6 +419,7 @@ fn stage_file(
         .open(&diff_path)
         .map_err(io_err(&diff_path))?;
     let bar = byte_bar(opts.progress, size, &format!("diff {}", file.name()));
+    let started = Instant::now();
     let scanned = scan::scan(
         &scan::ScanInput {
             file,
@@ -431,6 +435,13 @@ fn stage_file(
         &bar,
     )?;
     bar.finish_and_clear();
+    log::debug!(
+        "{file}: diffed {size} bytes in {:?}: {} changed, {} kept, {} zeros",
+        started.elapsed(),
+        scanned.changed_bytes,
+        scanned.unchanged_bytes,
+        scanned.zero_bytes
+    );
 
     let (data_path, own_frames, stored_size) = if opts.compression == Compression::None {
         (diff_path, FrameTable::uncompressed(), scanned.diff_size)
@@ -442,6 +453,7 @@ fn stage_file(
             scanned.diff_size,
             &format!("{} {}", opts.compression.name(), file.name()),
         );
+        let started = Instant::now();
         let compressed = frames::compress_diff(
             &frames::FrameJob {
                 diff: &diff,
@@ -455,6 +467,12 @@ fn stage_file(
             &bar,
         )?;
         bar.finish_and_clear();
+        log::debug!(
+            "{file}: compressed {} bytes to {} in {:?}",
+            scanned.diff_size,
+            compressed.size,
+            started.elapsed()
+        );
         drop(diff);
         let _ = fs::remove_file(&diff_path);
         (packed_path, compressed.frames, compressed.size)

@@ -38,7 +38,10 @@ fn demo_store_has_three_sound_builds_with_real_ext4() {
         assert_eq!(mem["base_build_id"], ids[0]);
         assert_eq!(json["files"][1]["size"], DEMO_ROOTFS_SIZE);
         let zero = mem["mappings"]["zero_bytes"].as_u64().unwrap();
-        assert!(zero > DEMO_MEMFILE_SIZE / 4, "a guest's memory is largely free");
+        assert!(
+            zero > DEMO_MEMFILE_SIZE / 4,
+            "a guest's memory is largely free"
+        );
         if layer > 0 {
             // A layer stores a small part of the image and keeps the rest.
             let own = mem["mappings"]["by_build"]

@@ -281,6 +281,10 @@ fn write_tree(root: &Path, rng: &mut Rng) -> Result<(), PackError> {
                 text(rng, 256 << 10),
             ),
             ("var/log/boot.log".to_string(), text(rng, 64 << 10)),
+            (
+                "opt/README".to_string(),
+                b"Applications installed by later layers.\n".to_vec(),
+            ),
         ];
         for i in 0..8 {
             let mut bin = vec![0u8; (96 + 32 * i) << 10];
