@@ -36,6 +36,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write a build from raw images, as a layer on a base build or fresh.
+    ///
+    /// Only blocks that differ from the base's view are stored; zero blocks
+    /// are stored nowhere. Objects are written atomically, data first and
+    /// the two .header objects last: a build without headers is an
+    /// interrupted pack, not a build.
     Pack(pack::Args),
     /// Show a build's headers: metadata, mappings, builds section, frames.
     Inspect(inspect::Args),
