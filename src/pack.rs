@@ -524,11 +524,19 @@ fn stage_file(
         .encode(version)
         .map_err(|source| PackError::Encode { file, source })?;
 
+    // An empty diff has no frames, which the format reads as "uncompressed":
+    // store it as an empty uncompressed object so the header and the object
+    // agree (a zero-length .zstd/.lz4 object is not a valid stream either).
+    let stored_as = if scanned.diff_size == 0 {
+        Compression::None
+    } else {
+        opts.compression
+    };
     Ok(StagedFile {
         file,
-        data_key: ObjectKey::data(build_id, file, opts.compression),
+        data_key: ObjectKey::data(build_id, file, stored_as),
         data_path,
-        uncompressed_size: (opts.compression != Compression::None).then_some(scanned.diff_size),
+        uncompressed_size: (stored_as != Compression::None).then_some(scanned.diff_size),
         header: header_bytes,
         report: FileReport {
             file,
