@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-pub use codec::{DEFAULT_ZSTD_LEVEL, compress_frame, decode_frame};
+pub use codec::{DEFAULT_ZSTD_LEVEL, Lz4Frames, compress_frame, decode_frame};
 pub use parallel::{default_threads, ordered_map};
 pub use progress::byte_bar;
 

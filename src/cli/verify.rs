@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::inspect::hex;
 use super::{CliError, human_bytes, load_header, open_store, parse_build};
 use crate::format::{Compression, FileKind, FrameTable, Header, ObjectKey};
-use crate::pack::{decode_frame, default_threads, ordered_map};
+use crate::pack::{Lz4Frames, decode_frame, default_threads, ordered_map};
 use crate::store::{Store, StoreError};
 
 /// Largest frame verify will decode (the format allows up to 2 GiB; tdfs
@@ -351,7 +351,7 @@ fn check_compressed(
             // A sparse table: decode the whole object as a stream of frames.
             let reader = store.read_range(key, 0, object_size)?;
             let stream: Box<dyn Read> = match frames.compression() {
-                Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(reader)),
+                Compression::Lz4 => Box::new(Lz4Frames::new(reader)),
                 _ => match zstd::stream::read::Decoder::new(reader) {
                     Ok(d) => Box::new(d),
                     Err(e) => {

@@ -79,6 +79,43 @@ pub fn decode_frame(compression: Compression, frame: &[u8], out: &mut [u8]) -> i
     Ok(())
 }
 
+/// A reader of a whole LZ4 object: the frames one after another.
+/// (`lz4_flex`'s decoder reports the end of each frame as end of input.)
+pub struct Lz4Frames<R: Read> {
+    decoder: FrameDecoder<R>,
+    frame_ended: bool,
+}
+
+impl<R: Read> Lz4Frames<R> {
+    pub fn new(reader: R) -> Self {
+        Lz4Frames {
+            decoder: FrameDecoder::new(reader),
+            frame_ended: false,
+        }
+    }
+}
+
+impl<R: Read> Read for Lz4Frames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let n = self.decoder.read(buf)?;
+            if n > 0 {
+                self.frame_ended = false;
+                return Ok(n);
+            }
+            // A frame ended; a second empty read means the input did too
+            // (frames of a diff are never empty).
+            if self.frame_ended {
+                return Ok(0);
+            }
+            self.frame_ended = true;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +153,18 @@ mod tests {
         assert_eq!(&frame[..4], &[0x04, 0x22, 0x4d, 0x18]);
         assert_eq!(frame[4], 0x70, "v01, independent blocks, block checksums");
         assert_eq!(frame[5], 0x70, "4 MiB blocks");
+    }
+
+    #[test]
+    fn lz4_objects_read_through_all_frames() {
+        let data = sample();
+        let mut object = Vec::new();
+        for part in data.chunks(70_000) {
+            object.extend(compress_frame(Compression::Lz4, 0, part).unwrap());
+        }
+        let mut out = Vec::new();
+        Lz4Frames::new(&object[..]).read_to_end(&mut out).unwrap();
+        assert!(out == data);
     }
 
     #[test]

@@ -101,9 +101,13 @@ pub fn whole_diff(store: &dyn Store, build: Uuid, file: FileKind) -> Vec<u8> {
                     .unwrap();
             }
             Compression::Lz4 => {
-                lz4_flex::frame::FrameDecoder::new(&raw[..])
-                    .read_to_end(&mut out)
-                    .unwrap();
+                // One decoder per frame: lz4_flex stops at a frame's end.
+                let mut rest = &raw[..];
+                while !rest.is_empty() {
+                    lz4_flex::frame::FrameDecoder::new(&mut rest)
+                        .read_to_end(&mut out)
+                        .unwrap();
+                }
             }
         }
         return out;
