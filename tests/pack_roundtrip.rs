@@ -469,6 +469,12 @@ fn layers_on_the_fixture_stores_read_back() {
         assert_eq!(report.generation, last["generation"].as_u64().unwrap() + 1);
         check_build(&store_dir, &report, FileKind::Memfile, &images[0]);
         check_build(&store_dir, &report, FileKind::Rootfs, &images[1]);
+        tdfs_ok(&[
+            "verify",
+            "--store",
+            store_dir.to_str().unwrap(),
+            &report.build_id.to_string(),
+        ]);
     }
 }
 
