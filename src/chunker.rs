@@ -3,23 +3,139 @@
 //! chunks (uncompressed objects) or single frames (compressed objects) from
 //! the store on first use: single-flight, on a bounded pool, verified before
 //! anything is marked present.
+//!
+//! - Hit path: pin (only under a cache budget), test the present bits with
+//!   Acquire, hand out a slice of the mapping. No lock, no allocation.
+//! - Miss path: join the fetch session of each missing unit, or start one on
+//!   the shared `FetchPool`; wait (at most `fetch_timeout`) until the range
+//!   is present. A chunk streams into the mapping and its pages become
+//!   readable as they arrive; a frame is decoded into its place and becomes
+//!   readable once whole and verified.
+//! - A failed fetch marks nothing new present; every waiter gets the error and
+//!   the next read starts a new session.
+//! - A reader whose lookups move from one unit to the next queues fetches of
+//!   the following `readahead` units, when the pool has spare room.
+//! - A store request that never answers keeps its session: its readers time
+//!   out, and no second fetch of the unit starts (two writers cannot share
+//!   the unit's place in the cache). The store bounds its own requests.
+//! - `block` returns a `Block` guard rather than a bare slice: under a
+//!   `CacheBudget` it pins its units against eviction while it lives (see
+//!   `budget`); without a budget it is just the slice.
 
+mod budget;
+mod cache;
+mod decode;
+mod layout;
+mod pool;
+mod session;
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::ops::{Deref, Range};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
-use crate::format::{FrameTable, ObjectKey};
+pub use budget::CacheBudget;
+pub use pool::FetchPool;
+
+use crate::format::{Compression, FrameTable, ObjectKey, PAGE_SIZE};
 use crate::metrics::Stats;
 use crate::store::{Store, StoreError};
+use budget::Lru;
+use cache::{CacheFile, PresentBits};
+use layout::Layout;
+use session::{Session, Waited};
 
 /// Fetch unit of uncompressed objects (E2B's MemoryChunkSize).
 pub const CHUNK_SIZE: u64 = 4 << 20;
 
-/// Why a block could not be served.
-#[derive(Debug, thiserror::Error)]
+/// Largest diff a Chunker serves: bounds the present bitmap (32 MiB at most)
+/// whatever size a header claims.
+pub const MAX_DIFF_SIZE: u64 = 1 << 40;
+
+/// Largest frame (either size) a Chunker fetches: bounds the buffer of one
+/// compressed frame per fetch worker. E2B writes 2 MiB multiples.
+pub const MAX_FRAME_SIZE: u32 = 64 << 20;
+
+/// Bytes of a streaming chunk fetch read before its pages are published.
+const STREAM_PIECE: usize = 256 << 10;
+
+/// Why a block could not be served. Every variant names the object and the
+/// offset (uncompressed, in the diff) it concerns. Cloneable so that every
+/// waiter of a failed fetch gets the error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ChunkerError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("{key} at offset {offset}: {source}")]
+    Store {
+        key: ObjectKey,
+        offset: u64,
+        #[source]
+        source: Arc<StoreError>,
+    },
+    #[error(
+        "{key} at offset {offset}: the store returned {got} of {expected} bytes; the object is \
+         shorter than its header says (an incomplete upload, or a header of another object)"
+    )]
+    ShortRead {
+        key: ObjectKey,
+        offset: u64,
+        expected: u64,
+        got: u64,
+    },
+    #[error(
+        "{key}: the frame at offset {offset} is corrupt: {detail}; the object is damaged \
+         (`tdfs verify` checks every frame)"
+    )]
+    CorruptFrame {
+        key: ObjectKey,
+        offset: u64,
+        detail: String,
+    },
+    #[error("{key}: {len} bytes at offset {offset} reach past the end of the {size}-byte diff")]
+    OutOfRange {
+        key: ObjectKey,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("{key}: block offset {offset} is not a multiple of the 4096-byte page")]
+    Unaligned { key: ObjectKey, offset: u64 },
+    #[error(
+        "{key}: offset {offset} is in no frame of the frame table (a sparse table without the \
+         frame holding it; the header does not reference these bytes)"
+    )]
+    NotInFrameTable { key: ObjectKey, offset: u64 },
+    #[error(
+        "{key} at offset {offset}: no data within {timeout:?}; the store is slow or unreachable \
+         (the fetch goes on; retry the read)"
+    )]
+    Timeout {
+        key: ObjectKey,
+        offset: u64,
+        timeout: Duration,
+    },
+    #[error(
+        "{key} at offset {offset}: cache file {}: {source} (check free space and permissions \
+         of the cache directory)", path.display()
+    )]
+    Cache {
+        key: ObjectKey,
+        offset: u64,
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    #[error("{key}: cannot serve this diff: {detail}")]
+    BadSpec { key: ObjectKey, detail: String },
+    #[error("{key} at offset {offset}: the fetch failed unexpectedly ({detail}); this is a bug")]
+    Internal {
+        key: ObjectKey,
+        offset: u64,
+        detail: String,
+    },
 }
 
 /// What a Chunker serves: one diff object.
@@ -39,16 +155,696 @@ pub struct DiffSpec {
 pub struct ChunkerConfig {
     /// Where cache files are created (0700 dir, 0600 files).
     pub cache_dir: PathBuf,
-    /// Upper bound on one fetch, waiters included.
+    /// How long a reader waits for a fetch before it gets a timeout error
+    /// (the fetch itself goes on for other readers; the store bounds its own
+    /// requests).
     pub fetch_timeout: Duration,
     /// Chunks/frames fetched ahead of a sequential reader (0 = off).
     pub readahead: usize,
     /// Fetch worker threads (bounds concurrent store requests).
     pub fetch_workers: usize,
+    /// Limit on the bytes cached by all Chunkers sharing it
+    /// (`--max-cache-size`); `None` = unbounded, and no eviction cost.
+    pub cache_budget: Option<Arc<CacheBudget>>,
 }
 
-/// A Chunker. See the module docs.
+/// One block (or range) of the diff: a slice of the cache mapping. While it
+/// lives, the units it covers cannot be evicted (see `CacheBudget`).
+pub struct Block<'a> {
+    bytes: &'a [u8],
+    pinned: Option<(&'a Lru, Range<usize>)>,
+}
+
+impl Deref for Block<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl AsRef<[u8]> for Block<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl Drop for Block<'_> {
+    fn drop(&mut self) {
+        if let Some((lru, units)) = self.pinned.take() {
+            lru.unpin(units);
+        }
+    }
+}
+
+impl std::fmt::Debug for Block<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// A Chunker. See the module docs. The cache file is deleted on drop.
 pub struct Chunker {
-    _store: Arc<dyn Store>,
-    _stats: Arc<Stats>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Chunker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunker")
+            .field("key", &self.inner.key)
+            .field("size", &self.inner.size)
+            .field("cached_bytes", &self.cached_bytes())
+            .finish()
+    }
+}
+
+/// The shared state of a Chunker; fetch jobs hold it while they run.
+struct Inner {
+    key: ObjectKey,
+    size: u64,
+    block_size: u64,
+    compression: Compression,
+    layout: Layout,
+    cache: CacheFile,
+    present: PresentBits,
+    /// Bytes present in the cache file.
+    cached: AtomicU64,
+    /// The fetch in flight per unit (single-flight).
+    sessions: Mutex<HashMap<usize, Arc<Session>>>,
+    store: Arc<dyn Store>,
+    pool: Arc<FetchPool>,
+    stats: Arc<Stats>,
+    fetch_timeout: Duration,
+    readahead: usize,
+    /// Unit of the latest lookup, to spot sequential readers.
+    last_unit: AtomicUsize,
+    lru: Option<Lru>,
+    /// Set when the Chunker is dropped: queued fetches are skipped.
+    closed: AtomicBool,
+}
+
+impl Chunker {
+    /// A Chunker for `spec`, with a fresh cache file in `config.cache_dir`.
+    pub fn new(
+        spec: DiffSpec,
+        store: Arc<dyn Store>,
+        pool: Arc<FetchPool>,
+        config: &ChunkerConfig,
+        stats: Arc<Stats>,
+    ) -> Result<Chunker, ChunkerError> {
+        let key = spec.key;
+        let bad = |detail: String| ChunkerError::BadSpec { key, detail };
+        if spec.block_size == 0 || spec.block_size % PAGE_SIZE != 0 {
+            return Err(bad(format!(
+                "block size {} is not a positive multiple of 4096",
+                spec.block_size
+            )));
+        }
+        if spec.size > MAX_DIFF_SIZE {
+            return Err(bad(format!(
+                "size {} is over the limit of {MAX_DIFF_SIZE} bytes",
+                spec.size
+            )));
+        }
+        let layout = if spec.frames.is_compressed() {
+            for (i, f) in spec.frames.frames().iter().enumerate() {
+                if f.end_u() > spec.size {
+                    return Err(bad(format!(
+                        "frame {i} ends at {}, past the diff size {}",
+                        f.end_u(),
+                        spec.size
+                    )));
+                }
+                if f.size_u > MAX_FRAME_SIZE || f.size_c > MAX_FRAME_SIZE {
+                    return Err(bad(format!(
+                        "frame {i} ({} bytes, {} compressed) is over the limit of \
+                         {MAX_FRAME_SIZE} bytes",
+                        f.size_u, f.size_c
+                    )));
+                }
+            }
+            Layout::Frames {
+                table: spec.frames.clone(),
+            }
+        } else {
+            Layout::Chunks { size: spec.size }
+        };
+        let name = format!("{}-{}.cache", key.build, key.name.as_string());
+        let cache = CacheFile::create(&config.cache_dir, &name, spec.size).map_err(|e| {
+            ChunkerError::Cache {
+                key,
+                offset: 0,
+                path: config.cache_dir.join(&name),
+                source: Arc::new(e),
+            }
+        })?;
+        let units = layout.units();
+        let inner = Arc::new(Inner {
+            key,
+            size: spec.size,
+            block_size: spec.block_size,
+            compression: spec.frames.compression(),
+            present: PresentBits::new(layout.bits()),
+            layout,
+            cache,
+            cached: AtomicU64::new(0),
+            sessions: Mutex::new(HashMap::new()),
+            store,
+            pool,
+            stats,
+            fetch_timeout: config.fetch_timeout,
+            readahead: config.readahead,
+            last_unit: AtomicUsize::new(usize::MAX),
+            lru: config
+                .cache_budget
+                .as_ref()
+                .map(|b| Lru::new(Arc::clone(b), units)),
+            closed: AtomicBool::new(false),
+        });
+        if let Some(budget) = &config.cache_budget {
+            budget.register(Arc::downgrade(&inner));
+        }
+        Ok(Chunker { inner })
+    }
+
+    /// The block at `off`: exactly `min(block_size, size - off)` bytes, or
+    /// fewer in a compressed object whose (sparse) frame table has a gap
+    /// inside that span: the block then ends at the gap. `off` must be
+    /// page-aligned (not block-aligned: storage offsets are page-granular).
+    pub fn block(&self, off: u64) -> Result<Block<'_>, ChunkerError> {
+        let inner = &self.inner;
+        if off % PAGE_SIZE != 0 {
+            return Err(ChunkerError::Unaligned {
+                key: inner.key,
+                offset: off,
+            });
+        }
+        if off >= inner.size {
+            return Err(inner.out_of_range(off, 1));
+        }
+        let len = inner.block_size.min(inner.size - off);
+        inner.get(off, off + len, usize::MAX, off + len)
+    }
+
+    /// Fill `buf` with the diff's bytes at `off` (any offset and length
+    /// inside the diff): all of it, or an error.
+    pub fn read_blocks(&self, buf: &mut [u8], off: u64) -> Result<(), ChunkerError> {
+        let inner = &self.inner;
+        let end = off
+            .checked_add(buf.len() as u64)
+            .filter(|&end| end <= inner.size)
+            .ok_or_else(|| inner.out_of_range(off, buf.len() as u64))?;
+        let mut pos = off;
+        while pos < end {
+            // One unit at a time; on a miss, `get` starts the fetches of the
+            // whole rest of the range so they run in parallel.
+            let block = inner.get(pos, end, 1, end)?;
+            let at = (pos - off) as usize;
+            buf[at..at + block.len()].copy_from_slice(&block);
+            pos += block.len() as u64;
+        }
+        Ok(())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.inner.block_size
+    }
+
+    pub fn key(&self) -> &ObjectKey {
+        &self.inner.key
+    }
+
+    /// Uncompressed bytes present in the cache file.
+    pub fn cached_bytes(&self) -> u64 {
+        self.inner.cached.load(Ordering::Relaxed)
+    }
+
+    pub fn is_compressed(&self) -> bool {
+        matches!(self.inner.layout, Layout::Frames { .. })
+    }
+}
+
+impl Drop for Chunker {
+    fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        self.inner.cache.unlink();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(lru) = &self.lru {
+            lru.budget.release(self.cached.load(Ordering::Relaxed));
+        }
+    }
+}
+
+impl Inner {
+    fn out_of_range(&self, offset: u64, len: u64) -> ChunkerError {
+        ChunkerError::OutOfRange {
+            key: self.key,
+            offset,
+            len,
+            size: self.size,
+        }
+    }
+
+    fn lock_sessions(&self) -> MutexGuard<'_, HashMap<usize, Arc<Session>>> {
+        // The map stays consistent even if a holder panicked.
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `[off, end)` or a prefix of it held by at most `max_units` units,
+    /// waiting for fetches as needed. On a miss, the fetches of all units up
+    /// to `prefetch_end` are started too.
+    fn get(
+        self: &Arc<Self>,
+        off: u64,
+        end: u64,
+        max_units: usize,
+        prefetch_end: u64,
+    ) -> Result<Block<'_>, ChunkerError> {
+        let (units, end) =
+            self.layout
+                .span(off, end, max_units)
+                .map_err(|_| ChunkerError::NotInFrameTable {
+                    key: self.key,
+                    offset: off,
+                })?;
+        self.note_access(units.start);
+        let range = off..end;
+        // Pinned from here on, misses included: a unit fetched for this
+        // reader cannot be evicted before the reader has it.
+        let mut block = self.pin(&units);
+        if self.range_present(&range, &units) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.fill(block, &range, &units));
+        }
+        self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.fetch_timeout;
+        let timeout = || ChunkerError::Timeout {
+            key: self.key,
+            offset: off,
+            timeout: self.fetch_timeout,
+        };
+        let mut prefetched = false;
+        loop {
+            let mut waits = Vec::new();
+            for u in units.clone() {
+                let part = clamp(&range, &self.layout.unit_range(u));
+                if let Some(session) = self.join_or_start(u, &part, deadline)? {
+                    waits.push((u, part, session));
+                }
+            }
+            if !prefetched {
+                prefetched = true;
+                self.start_fetches(end..prefetch_end, deadline);
+            }
+            for (u, part, session) in waits {
+                match session.wait(|| self.range_present(&part, &(u..u + 1)), deadline) {
+                    Waited::Ready | Waited::Ended => {}
+                    Waited::Failed(e) => return Err(e),
+                    Waited::TimedOut => return Err(timeout()),
+                }
+            }
+            if self.range_present(&range, &units) {
+                block = self.fill(block, &range, &units);
+                return Ok(block);
+            }
+            if Instant::now() >= deadline {
+                return Err(timeout());
+            }
+        }
+    }
+
+    /// An empty block holding the eviction pins of `units` (none without a
+    /// budget). Waits out an eviction in progress on one of them, which is
+    /// short (it runs under the session lock, no I/O but a hole punch).
+    fn pin(&self, units: &Range<usize>) -> Block<'_> {
+        let mut block = Block {
+            bytes: &[],
+            pinned: None,
+        };
+        if let Some(lru) = &self.lru {
+            while !lru.pin(units.clone()) {
+                std::thread::yield_now();
+            }
+            block.pinned = Some((lru, units.clone()));
+        }
+        block
+    }
+
+    /// Point a pinned block at `range`, which is present.
+    fn fill<'a>(
+        &'a self,
+        mut block: Block<'a>,
+        range: &Range<u64>,
+        units: &Range<usize>,
+    ) -> Block<'a> {
+        if let Some(lru) = &self.lru {
+            lru.touch(units.clone());
+        }
+        // SAFETY: the range is inside the file and present: its bytes are
+        // complete and nothing writes them while they are present; the pin
+        // keeps the evictor away while the block lives.
+        block.bytes = unsafe { self.cache.slice(range.start, range.end - range.start) };
+        block
+    }
+
+    fn range_present(&self, range: &Range<u64>, units: &Range<usize>) -> bool {
+        self.present.all_set(self.layout.bits_of(range, units))
+    }
+
+    fn unit_complete(&self, u: usize) -> bool {
+        self.range_present(&self.layout.unit_range(u), &(u..u + 1))
+    }
+
+    /// Bytes of unit `u` present in the cache.
+    fn unit_cached_bytes(&self, u: usize) -> u64 {
+        let range = self.layout.unit_range(u);
+        match self.layout {
+            Layout::Frames { .. } => {
+                if self.present.all_set(u..u + 1) {
+                    range.end - range.start
+                } else {
+                    0
+                }
+            }
+            Layout::Chunks { .. } => {
+                let pages = self.layout.bits_of(&range, &(u..u + 1));
+                let last = pages.end - 1;
+                let count = self.present.count(pages) as u64;
+                // The object's last page may be partial.
+                let tail_gap = (last as u64 + 1) * PAGE_SIZE - range.end;
+                count * PAGE_SIZE
+                    - if self.present.all_set(last..last + 1) {
+                        tail_gap
+                    } else {
+                        0
+                    }
+            }
+        }
+    }
+
+    /// The session to wait on for `part` of unit `u`: the running one, or a
+    /// new one queued on the pool; `None` when `part` is already present.
+    fn join_or_start(
+        self: &Arc<Self>,
+        u: usize,
+        part: &Range<u64>,
+        deadline: Instant,
+    ) -> Result<Option<Arc<Session>>, ChunkerError> {
+        let mut sessions = self.lock_sessions();
+        if let Some(s) = sessions.get(&u) {
+            return Ok(Some(Arc::clone(s)));
+        }
+        // Checked under the lock: a fetch ends (removes its session) only
+        // after publishing its bits.
+        if self.range_present(part, &(u..u + 1)) {
+            return Ok(None);
+        }
+        let session = Arc::new(Session::new());
+        sessions.insert(u, Arc::clone(&session));
+        drop(sessions);
+        if self.pool.submit(self.job(u, &session), deadline).is_err() {
+            let offset = self.layout.unit_range(u).start;
+            let err = ChunkerError::Timeout {
+                key: self.key,
+                offset,
+                timeout: self.fetch_timeout,
+            };
+            self.end_session(u, &session, Err(err.clone()));
+            return Err(err);
+        }
+        Ok(Some(session))
+    }
+
+    /// Start fetches of the missing units of `range` (best effort: errors
+    /// surface when the range itself is read).
+    fn start_fetches(self: &Arc<Self>, range: Range<u64>, deadline: Instant) {
+        let mut pos = range.start;
+        while pos < range.end {
+            let Ok((units, end)) = self.layout.span(pos, range.end, 1) else {
+                return;
+            };
+            if self
+                .join_or_start(units.start, &(pos..end), deadline)
+                .is_err()
+            {
+                return;
+            }
+            pos = end;
+        }
+    }
+
+    /// Spot a reader moving on to the next unit and fetch ahead of it.
+    fn note_access(self: &Arc<Self>, u: usize) {
+        if self.readahead == 0 {
+            return;
+        }
+        let prev = self.last_unit.load(Ordering::Relaxed);
+        if prev == u {
+            return;
+        }
+        self.last_unit.store(u, Ordering::Relaxed);
+        if prev.wrapping_add(1) != u {
+            return;
+        }
+        let last = u
+            .saturating_add(self.readahead)
+            .min(self.layout.units().saturating_sub(1));
+        let mut sessions = None;
+        for v in u + 1..=last {
+            if self.unit_complete(v) {
+                continue;
+            }
+            if !self.pool.has_spare_room() {
+                break;
+            }
+            let sessions = sessions.get_or_insert_with(|| self.lock_sessions());
+            if sessions.contains_key(&v) || self.unit_complete(v) {
+                continue;
+            }
+            let session = Arc::new(Session::new());
+            // Queued while holding the session lock, so the job cannot end
+            // its session before it is in the map.
+            if self.pool.try_submit(self.job(v, &session)).is_err() {
+                break;
+            }
+            sessions.insert(v, session);
+            self.stats.readahead_fetches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn job(self: &Arc<Self>, u: usize, session: &Arc<Session>) -> pool::Job {
+        let inner = Arc::clone(self);
+        let session = Arc::clone(session);
+        Box::new(move || inner.run_fetch(u, &session))
+    }
+
+    /// Body of a fetch job: fetch, then end the session whatever happened.
+    fn run_fetch(&self, u: usize, session: &Arc<Session>) {
+        let result = if self.closed.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            catch_unwind(AssertUnwindSafe(|| self.fetch_unit(u, session))).unwrap_or_else(|panic| {
+                let detail = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".to_string());
+                Err(ChunkerError::Internal {
+                    key: self.key,
+                    offset: self.layout.unit_range(u).start,
+                    detail,
+                })
+            })
+        };
+        if let Err(e) = &result {
+            self.stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
+            log::warn!("{e}");
+        }
+        let ok = result.is_ok();
+        self.end_session(u, session, result);
+        if let Some(lru) = &self.lru {
+            if ok {
+                lru.fetched(u);
+            }
+            lru.budget.enforce();
+        }
+    }
+
+    /// Remove the session from the map (so the next read starts afresh),
+    /// then wake its waiters with the result.
+    fn end_session(&self, u: usize, session: &Arc<Session>, result: Result<(), ChunkerError>) {
+        {
+            let mut sessions = self.lock_sessions();
+            if sessions.get(&u).is_some_and(|s| Arc::ptr_eq(s, session)) {
+                sessions.remove(&u);
+            }
+        }
+        session.finish(result);
+    }
+
+    fn fetch_unit(&self, u: usize, session: &Session) -> Result<(), ChunkerError> {
+        match self.layout {
+            Layout::Chunks { .. } => self.fetch_chunk(u, session),
+            Layout::Frames { .. } => self.fetch_frame(u),
+        }
+    }
+
+    fn store_error(&self, offset: u64, e: StoreError) -> ChunkerError {
+        match e {
+            StoreError::ShortRead { expected, got, .. } => ChunkerError::ShortRead {
+                key: self.key,
+                offset,
+                expected,
+                got,
+            },
+            e => ChunkerError::Store {
+                key: self.key,
+                offset,
+                source: Arc::new(e),
+            },
+        }
+    }
+
+    fn cache_error(&self, offset: u64, e: io::Error) -> ChunkerError {
+        ChunkerError::Cache {
+            key: self.key,
+            offset,
+            path: self.cache.path().to_path_buf(),
+            source: Arc::new(e),
+        }
+    }
+
+    /// Account `bytes` newly present.
+    fn placed(&self, bytes: u64) {
+        self.cached.fetch_add(bytes, Ordering::Relaxed);
+        self.stats.cached_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(lru) = &self.lru {
+            lru.budget.charge(bytes);
+        }
+    }
+
+    /// Stream chunk `u` from its first missing page to its end into the
+    /// mapping, publishing pages as they complete. Present pages of a chunk
+    /// always form a prefix (fetches fill forward, eviction clears whole
+    /// chunks), so a retry after a failure resumes where the last one stopped.
+    fn fetch_chunk(&self, u: usize, session: &Session) -> Result<(), ChunkerError> {
+        let range = self.layout.unit_range(u);
+        let pages = self.layout.bits_of(&range, &(u..u + 1));
+        let Some(first_missing) = self.present.first_clear(pages.clone()) else {
+            return Ok(());
+        };
+        let from = first_missing as u64 * PAGE_SIZE;
+        let len = range.end - from;
+        self.cache
+            .allocate(from..range.end)
+            .map_err(|e| self.cache_error(from, e))?;
+        self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
+        let mut stream = self
+            .store
+            .read_range(&self.key, from, len)
+            .map_err(|e| self.store_error(from, e))?;
+        let mut done = 0u64;
+        let mut published = first_missing;
+        while done < len {
+            let piece = (len - done).min(STREAM_PIECE as u64);
+            // SAFETY: inside the file, not yet present (pages from
+            // `first_missing` on), and this session is the only writer of the
+            // unit; the slice ends before any of it is published.
+            let dst = unsafe { self.cache.slice_mut(from + done, piece) };
+            let (got, error) = read_full(&mut stream, dst);
+            done += got as u64;
+            self.stats
+                .store_bytes
+                .fetch_add(got as u64, Ordering::Relaxed);
+            // Publish the pages now complete (the object's last page counts
+            // once the object's end is reached).
+            let upto = if from + done == self.size {
+                pages.end
+            } else {
+                ((from + done) / PAGE_SIZE) as usize
+            };
+            if upto > published {
+                self.present.set(published..upto);
+                self.placed(
+                    (upto as u64 * PAGE_SIZE).min(self.size) - published as u64 * PAGE_SIZE,
+                );
+                published = upto;
+                session.progress();
+            }
+            if let Some(e) = error {
+                return Err(self.store_error(from + done, StoreError::io(&self.key, e)));
+            }
+            if (got as u64) < piece {
+                return Err(ChunkerError::ShortRead {
+                    key: self.key,
+                    offset: from,
+                    expected: len,
+                    got: done,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetch frame `u` whole, decode it into its place, verify, publish.
+    fn fetch_frame(&self, u: usize) -> Result<(), ChunkerError> {
+        let frame = *self.layout.frame(u).expect("frame units are frame indices");
+        let range = frame.range_u();
+        self.cache
+            .allocate(range.clone())
+            .map_err(|e| self.cache_error(range.start, e))?;
+        self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
+        let src = self
+            .store
+            .read_exact_range(&self.key, frame.start_c, u64::from(frame.size_c))
+            .map_err(|e| self.store_error(range.start, e))?;
+        self.stats
+            .store_bytes
+            .fetch_add(src.len() as u64, Ordering::Relaxed);
+        // SAFETY: inside the file, not present, and this session is the only
+        // writer of the frame; the slice ends before the frame is published.
+        let dst = unsafe { self.cache.slice_mut(range.start, u64::from(frame.size_u)) };
+        decode::decode_frame(self.compression, &src, dst).map_err(|detail| {
+            ChunkerError::CorruptFrame {
+                key: self.key,
+                offset: range.start,
+                detail: format!(
+                    "frame {u} (compressed bytes {}..{}): {detail}",
+                    frame.start_c,
+                    frame.end_c()
+                ),
+            }
+        })?;
+        self.present.set(u..u + 1);
+        self.placed(u64::from(frame.size_u));
+        Ok(())
+    }
+}
+
+/// Read until `buf` is full, the stream ends, or an error; returns the bytes
+/// read and the error, if any.
+fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut n = 0;
+    while n < buf.len() {
+        match stream.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (n, Some(e)),
+        }
+    }
+    (n, None)
+}
+
+fn clamp(range: &Range<u64>, to: &Range<u64>) -> Range<u64> {
+    range.start.max(to.start)..range.end.min(to.end)
 }

@@ -106,7 +106,7 @@ impl Stats {
             ),
             (
                 "tdfs_cache_evictions_total",
-                "cache files evicted",
+                "cached chunks or frames evicted",
                 &self.evictions,
             ),
         ];

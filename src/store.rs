@@ -3,7 +3,10 @@
 //! S3/GCS go through `object_store`; a fault-injecting wrapper serves tests.
 
 mod error;
+mod fault;
 mod local;
+mod location;
+mod object;
 
 use std::io::Read;
 use std::path::Path;
@@ -11,7 +14,10 @@ use std::path::Path;
 use uuid::Uuid;
 
 pub use error::StoreError;
+pub use fault::{Fault, FaultStore};
 pub use local::{LocalStore, parse_build_id};
+pub use location::{StoreLocation, StoreOptions, open_store};
+pub use object::RemoteStore;
 
 use crate::format::ObjectKey;
 

@@ -1,0 +1,217 @@
+//! The cache budget (`--max-cache-size`): all Chunkers of a mount charge the
+//! bytes they place in their cache files to one `CacheBudget`; when the total
+//! goes over the limit, the fetch worker that pushed it over evicts the least
+//! recently used whole units (chunks or frames) of any member until the total
+//! is back under 90% of the limit: it clears their present bits and punches
+//! holes in the cache file (`fallocate(PUNCH_HOLE)`).
+//!
+//! Eviction is safe against readers holding a `Block`, through one pin word
+//! per unit (`Lru::pins`): a reader increments the pin of every unit its
+//! block touches *before* it tests the present bits, keeps it while it waits
+//! for a fetch, and decrements it when the `Block` is dropped. The evictor
+//! claims a unit by swapping its pin word from 0 (no reader) to `EVICTING`,
+//! under the Chunker's session lock (so no fetch of that unit runs or
+//! starts), and only then clears the bits and punches the hole. Both sides
+//! are read-modify-writes of the same word, so exactly one wins: a reader
+//! that pinned first makes the evictor skip the unit; a reader that comes
+//! during an eviction waits (yields) until it is over, then sees the cleared
+//! bits and fetches again. The evictor never waits for a reader: a pinned unit
+//! is just not a candidate this round, and a unit fetched for a waiting
+//! reader cannot be evicted before that reader got it. The budget is
+//! therefore soft: pinned units and fetches in flight may keep the total
+//! above the limit for a while.
+//!
+//! Without a budget there are no pins and no eviction: the hit path is the
+//! bitmap test alone.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use super::Inner;
+
+/// Pin-word flag: the unit is being evicted.
+const EVICTING: u32 = 1 << 31;
+
+/// A byte limit shared by the cache files of all Chunkers of a mount.
+pub struct CacheBudget {
+    limit: u64,
+    used: AtomicU64,
+    /// Logical time of last use, advanced by each completed fetch.
+    clock: AtomicU64,
+    members: Mutex<Vec<Weak<Inner>>>,
+    /// Held by the one thread evicting at a time.
+    evicting: Mutex<()>,
+}
+
+impl fmt::Debug for CacheBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheBudget")
+            .field("limit", &self.limit)
+            .field("used", &self.used())
+            .finish()
+    }
+}
+
+impl CacheBudget {
+    /// A budget of `limit` bytes of cached (uncompressed) data.
+    pub fn new(limit: u64) -> Arc<CacheBudget> {
+        Arc::new(CacheBudget {
+            limit,
+            used: AtomicU64::new(0),
+            clock: AtomicU64::new(0),
+            members: Mutex::new(Vec::new()),
+            evicting: Mutex::new(()),
+        })
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes currently cached by all members.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn register(&self, member: Weak<Inner>) {
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        members.retain(|m| m.strong_count() > 0);
+        members.push(member);
+    }
+
+    pub(super) fn charge(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(super) fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Evict least recently used units while over the limit. Called by fetch
+    /// workers after a fetch; a second caller while one evicts returns at once.
+    pub(super) fn enforce(&self) {
+        if self.used() <= self.limit {
+            return;
+        }
+        let Ok(_evicting) = self.evicting.try_lock() else {
+            return;
+        };
+        let members: Vec<Arc<Inner>> = {
+            let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+            members.retain(|m| m.strong_count() > 0);
+            members.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut candidates: Vec<(u64, usize, usize)> = Vec::new();
+        for (i, member) in members.iter().enumerate() {
+            let Some(lru) = &member.lru else { continue };
+            for u in 0..member.layout.units() {
+                if member.unit_cached_bytes(u) > 0 {
+                    candidates.push((lru.last_use[u].load(Ordering::Relaxed), i, u));
+                }
+            }
+        }
+        candidates.sort_unstable();
+        let target = self.limit - self.limit / 10;
+        for (_, i, u) in candidates {
+            if self.used() <= target {
+                break;
+            }
+            members[i].try_evict(u);
+        }
+    }
+}
+
+/// Per-unit eviction state of one Chunker under a budget.
+pub(super) struct Lru {
+    pub(super) budget: Arc<CacheBudget>,
+    pins: Box<[AtomicU32]>,
+    last_use: Box<[AtomicU64]>,
+}
+
+impl Lru {
+    pub(super) fn new(budget: Arc<CacheBudget>, units: usize) -> Lru {
+        Lru {
+            budget,
+            pins: (0..units).map(|_| AtomicU32::new(0)).collect(),
+            last_use: (0..units).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Pin `units` against eviction; false (nothing left pinned) when one of
+    /// them is being evicted.
+    pub(super) fn pin(&self, units: Range<usize>) -> bool {
+        for u in units.clone() {
+            if self.pins[u].fetch_add(1, Ordering::Acquire) & EVICTING != 0 {
+                self.unpin(units.start..u + 1);
+                return false;
+            }
+        }
+        true
+    }
+
+    pub(super) fn unpin(&self, units: Range<usize>) {
+        for u in units {
+            self.pins[u].fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Record a use of `units` now (cheap: the clock moves only per fetch).
+    pub(super) fn touch(&self, units: Range<usize>) {
+        let now = self.budget.clock.load(Ordering::Relaxed);
+        for u in units {
+            if self.last_use[u].load(Ordering::Relaxed) != now {
+                self.last_use[u].store(now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Record a completed fetch of `u`, advancing the clock.
+    pub(super) fn fetched(&self, u: usize) {
+        let now = self.budget.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        self.last_use[u].store(now, Ordering::Relaxed);
+    }
+
+    /// Claim `u` for eviction: only when no reader has it pinned.
+    fn begin_evict(&self, u: usize) -> bool {
+        self.pins[u]
+            .compare_exchange(0, EVICTING, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Keep other readers' transient pins, which `pin` undoes itself.
+    fn end_evict(&self, u: usize) {
+        self.pins[u].fetch_sub(EVICTING, Ordering::Release);
+    }
+}
+
+impl Inner {
+    /// Evict unit `u` if no reader pins it and no fetch of it runs; returns
+    /// the bytes freed.
+    fn try_evict(&self, u: usize) -> u64 {
+        let Some(lru) = &self.lru else { return 0 };
+        let sessions = self.lock_sessions();
+        if sessions.contains_key(&u) || !lru.begin_evict(u) {
+            return 0;
+        }
+        let bytes = self.unit_cached_bytes(u);
+        if bytes > 0 {
+            let range = self.layout.unit_range(u);
+            self.present.clear(self.layout.bits_of(&range, &(u..u + 1)));
+            if let Err(e) = self.cache.punch_hole(range) {
+                log::warn!(
+                    "{}: freeing evicted bytes of {}: {e}",
+                    self.cache.path().display(),
+                    self.key
+                );
+            }
+            self.cached.fetch_sub(bytes, Ordering::Relaxed);
+            lru.budget.release(bytes);
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        lru.end_evict(u);
+        drop(sessions);
+        bytes
+    }
+}

@@ -1,0 +1,260 @@
+//! The cache file of one Chunker: a sparse file of the diff's uncompressed
+//! size, mapped shared, plus the present bitmap that says which parts of it
+//! hold verified bytes.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+/// A sparse cache file mapped into memory. Writes go through the mapping into
+/// ranges no reader can see yet; reads are slices of ranges already marked
+/// present. The file is flock'ed so two processes never share one.
+pub(super) struct CacheFile {
+    path: PathBuf,
+    file: File,
+    map: MmapRaw,
+    len: u64,
+}
+
+impl CacheFile {
+    /// Create (or take over and empty) `dir/name` with `len` bytes of hole.
+    /// `dir` is created 0700 when missing; the file is 0600. A stale file of
+    /// the same name is truncated first: its bytes are never trusted.
+    pub(super) fn create(dir: &Path, name: &str, len: u64) -> io::Result<CacheFile> {
+        if !dir.is_dir() {
+            DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        }
+        let path = dir.join(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        // SAFETY: flock on a valid open descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "in use by another reader of the same object (another tdfs process on the \
+                     same cache directory?); give each mount its own --cache-dir",
+                ));
+            }
+            return Err(err);
+        }
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.set_len(0)?;
+        file.set_len(len)?;
+        let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
+        Ok(CacheFile {
+            path,
+            file,
+            map,
+            len,
+        })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes `[off, off+len)`.
+    ///
+    /// # Safety
+    /// The range must be inside the file and hold present bytes that no one
+    /// writes for as long as the slice lives (the present bitmap and the
+    /// eviction pins guarantee this).
+    pub(super) unsafe fn slice(&self, off: u64, len: u64) -> &[u8] {
+        debug_assert!(off + len <= self.len);
+        // SAFETY: in bounds of the mapping (caller), which lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off as usize), len as usize) }
+    }
+
+    /// Writable bytes `[off, off+len)`.
+    ///
+    /// # Safety
+    /// The range must be inside the file, not present, and owned by the one
+    /// fetch session writing it: no other slice of it may exist.
+    #[allow(clippy::mut_from_ref)]
+    pub(super) unsafe fn slice_mut(&self, off: u64, len: u64) -> &mut [u8] {
+        debug_assert!(off + len <= self.len);
+        // SAFETY: in bounds and exclusively owned (caller).
+        unsafe {
+            std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off as usize), len as usize)
+        }
+    }
+
+    /// Reserve disk blocks for a range before writing it through the mapping,
+    /// so a full disk is an error here rather than a SIGBUS on the write.
+    pub(super) fn allocate(&self, range: Range<u64>) -> io::Result<()> {
+        self.fallocate(0, range)
+            .or_else(|e| match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) => Ok(()),
+                _ => Err(e),
+            })
+    }
+
+    /// Give a range's disk blocks back; it then reads as zeros. Partial pages
+    /// at the ends are zeroed only within the range.
+    pub(super) fn punch_hole(&self, range: Range<u64>) -> io::Result<()> {
+        self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            range,
+        )
+    }
+
+    fn fallocate(&self, mode: libc::c_int, range: Range<u64>) -> io::Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: fallocate on a valid descriptor with an in-file range.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                mode,
+                range.start as libc::off_t,
+                (range.end - range.start) as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Unlink the file; the mapping stays valid until the last user drops it.
+    pub(super) fn unlink(&self) {
+        if let Err(e) = fs::remove_file(&self.path) {
+            log::warn!("removing cache file {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// A fixed-size bitmap of atomic words. Bits are set with Release once the
+/// bytes they stand for are complete and verified, and tested with Acquire, so
+/// a reader that sees a bit also sees the bytes.
+pub(super) struct PresentBits {
+    words: Box<[AtomicU64]>,
+}
+
+impl PresentBits {
+    pub(super) fn new(bits: usize) -> PresentBits {
+        PresentBits {
+            words: (0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Word indices and masks covering `bits`.
+    fn spans(bits: Range<usize>) -> impl Iterator<Item = (usize, u64)> {
+        let (start, end) = (bits.start, bits.end);
+        let words = if start < end {
+            start / 64..(end - 1) / 64 + 1
+        } else {
+            0..0
+        };
+        words.map(move |w| {
+            let lo = start.max(w * 64) - w * 64;
+            let hi = end.min(w * 64 + 64) - w * 64;
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            (w, mask)
+        })
+    }
+
+    pub(super) fn all_set(&self, bits: Range<usize>) -> bool {
+        Self::spans(bits).all(|(w, m)| self.words[w].load(Ordering::Acquire) & m == m)
+    }
+
+    pub(super) fn set(&self, bits: Range<usize>) {
+        for (w, m) in Self::spans(bits) {
+            self.words[w].fetch_or(m, Ordering::Release);
+        }
+    }
+
+    pub(super) fn clear(&self, bits: Range<usize>) {
+        for (w, m) in Self::spans(bits) {
+            self.words[w].fetch_and(!m, Ordering::Release);
+        }
+    }
+
+    /// How many of `bits` are set.
+    pub(super) fn count(&self, bits: Range<usize>) -> usize {
+        Self::spans(bits)
+            .map(|(w, m)| (self.words[w].load(Ordering::Acquire) & m).count_ones() as usize)
+            .sum()
+    }
+
+    /// The first clear bit in `bits`, if any.
+    pub(super) fn first_clear(&self, bits: Range<usize>) -> Option<usize> {
+        Self::spans(bits).find_map(|(w, m)| {
+            let missing = !self.words[w].load(Ordering::Acquire) & m;
+            (missing != 0).then(|| w * 64 + missing.trailing_zeros() as usize)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_across_word_boundaries() {
+        let b = PresentBits::new(200);
+        assert!(b.all_set(5..5));
+        b.set(60..130);
+        assert!(b.all_set(60..130));
+        assert!(!b.all_set(59..130));
+        assert!(!b.all_set(60..131));
+        assert_eq!(b.count(0..200), 70);
+        assert_eq!(b.first_clear(60..200), Some(130));
+        assert_eq!(b.first_clear(60..130), None);
+        b.clear(64..128);
+        assert_eq!(b.count(0..200), 6);
+        assert_eq!(b.first_clear(60..130), Some(64));
+        b.set(0..200);
+        assert!(b.all_set(0..200));
+        assert_eq!(b.count(0..200), 200);
+    }
+
+    #[test]
+    fn cache_file_is_private_sparse_and_replaces_stale_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("cache");
+        fs::write(dir.path().join("stale"), b"x").unwrap();
+        fs::create_dir(&sub).unwrap();
+        fs::write(sub.join("obj.cache"), vec![7u8; 10_000]).unwrap();
+        let f = CacheFile::create(&sub, "obj.cache", 1 << 30).unwrap();
+        let md = fs::metadata(f.path()).unwrap();
+        assert_eq!(md.len(), 1 << 30);
+        assert_eq!(md.permissions().mode() & 0o777, 0o600);
+        use std::os::unix::fs::MetadataExt;
+        assert!(md.blocks() * 512 < 1 << 20, "the file must be sparse");
+        // SAFETY: nothing else uses the file.
+        assert!(unsafe { f.slice(0, 10_000) }.iter().all(|&b| b == 0));
+        assert!(CacheFile::create(&sub, "obj.cache", 10).is_err());
+        let path = f.path().to_path_buf();
+        f.unlink();
+        assert!(!path.exists());
+
+        let fresh = dir.path().join("new/dir");
+        let g = CacheFile::create(&fresh, "x.cache", 0).unwrap();
+        assert_eq!(
+            fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // SAFETY: empty slice of an empty mapping.
+        assert!(unsafe { g.slice(0, 0) }.is_empty());
+    }
+}

@@ -1,0 +1,85 @@
+//! A fetch session: one in-flight fetch of one unit (chunk or frame) that any
+//! number of readers wait on. Progress (present bits) is published by the
+//! fetcher before it wakes the waiters, so each waiter re-checks its own range
+//! and leaves as soon as that range is present, not when the whole unit is.
+
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use super::ChunkerError;
+
+enum State {
+    Running,
+    Done,
+    Failed(ChunkerError),
+}
+
+pub(super) struct Session {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// How a wait ended.
+pub(super) enum Waited {
+    /// The caller's range became present.
+    Ready,
+    /// The session ended (the range may still be missing, e.g. evicted or
+    /// never fetched by this session): the caller looks again.
+    Ended,
+    Failed(ChunkerError),
+    TimedOut,
+}
+
+impl Session {
+    pub(super) fn new() -> Session {
+        Session {
+            state: Mutex::new(State::Running),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is a plain enum: valid even if a holder panicked.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wake waiters after publishing more present bits. Taking the lock
+    /// orders the wake-up after any waiter's check of those bits.
+    pub(super) fn progress(&self) {
+        drop(self.lock());
+        self.changed.notify_all();
+    }
+
+    /// End the session and wake every waiter.
+    pub(super) fn finish(&self, result: Result<(), ChunkerError>) {
+        *self.lock() = match result {
+            Ok(()) => State::Done,
+            Err(e) => State::Failed(e),
+        };
+        self.changed.notify_all();
+    }
+
+    /// Block until `ready()` holds, the session ends, or `deadline`.
+    pub(super) fn wait(&self, ready: impl Fn() -> bool, deadline: Instant) -> Waited {
+        let mut state = self.lock();
+        loop {
+            if ready() {
+                return Waited::Ready;
+            }
+            match &*state {
+                State::Done => return Waited::Ended,
+                State::Failed(e) => return Waited::Failed(e.clone()),
+                State::Running => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Waited::TimedOut;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}

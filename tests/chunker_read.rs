@@ -1,0 +1,362 @@
+//! The Chunker returns exactly the diff's bytes: whole reads, random ranges
+//! (proptest) and random blocks from many threads, for uncompressed, zstd and
+//! LZ4 objects, frames of sizes that are not page multiples, and 2 MiB blocks
+//! at page-aligned offsets that are not block-aligned.
+
+mod chunker_support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use chunker_support::{Env, MIB, PAGE, Rng, test_data};
+use proptest::prelude::*;
+use tdfs::chunker::{CHUNK_SIZE, Chunker, ChunkerError, DiffSpec};
+use tdfs::format::{Compression, Frame, FrameTable};
+
+/// Every kind of object the Chunker serves, over the same `data`.
+fn specs(env: &Env, data: &[u8], block_size: u64) -> Vec<(&'static str, DiffSpec)> {
+    vec![
+        ("raw", env.put_raw(data, block_size)),
+        (
+            "zstd 2MiB",
+            env.put_framed(data, Compression::Zstd, &[2 << 20], block_size),
+        ),
+        (
+            "zstd odd",
+            env.put_framed(
+                data,
+                Compression::Zstd,
+                &[5000, 1 << 20, 300_001, 4096],
+                block_size,
+            ),
+        ),
+        (
+            "lz4 odd",
+            env.put_framed(data, Compression::Lz4, &[777_777, 12_345], block_size),
+        ),
+    ]
+}
+
+fn check_block(c: &Chunker, data: &[u8], off: u64) {
+    let block = c.block(off).unwrap();
+    let want = (c.block_size()).min(data.len() as u64 - off) as usize;
+    assert_eq!(block.len(), want, "block length at {off}");
+    assert!(
+        *block == data[off as usize..off as usize + want],
+        "block bytes at {off}"
+    );
+}
+
+#[test]
+fn whole_object_reads_back_for_every_codec() {
+    let env = Env::new();
+    let data = test_data((9 * MIB + 12_345) as usize, 1);
+    for (name, spec) in specs(&env, &data, PAGE) {
+        let c = env.chunker(spec);
+        assert_eq!(c.size(), data.len() as u64);
+        let mut buf = vec![0u8; data.len()];
+        c.read_blocks(&mut buf, 0).unwrap();
+        assert!(buf == data, "{name}: whole read");
+        assert_eq!(c.cached_bytes(), data.len() as u64, "{name}");
+        assert_eq!(c.is_compressed(), name != "raw");
+        // Warm: every page-aligned block, the last one short.
+        for off in (0..data.len() as u64).step_by(PAGE as usize * 7) {
+            check_block(&c, &data, off);
+        }
+        check_block(&c, &data, (data.len() as u64 - 1) / PAGE * PAGE);
+    }
+}
+
+#[test]
+fn two_mib_blocks_at_page_aligned_offsets() {
+    let env = Env::new();
+    let data = test_data((11 * MIB + 8192 + 100) as usize, 2);
+    for (name, spec) in specs(&env, &data, 2 * MIB) {
+        let c = env.chunker(spec);
+        // Cold blocks straddling chunk and frame boundaries.
+        for off in [
+            PAGE,
+            CHUNK_SIZE - PAGE,
+            2 * MIB - 3 * PAGE,
+            5 * MIB + 7 * PAGE,
+            data.len() as u64 / PAGE * PAGE,
+            data.len() as u64 / PAGE * PAGE - 2 * MIB + PAGE,
+        ] {
+            check_block(&c, &data, off);
+        }
+        assert!(c.cached_bytes() > 0, "{name}");
+    }
+}
+
+#[test]
+fn many_threads_random_blocks_and_ranges() {
+    let env = Env::new();
+    let data = Arc::new(test_data((13 * MIB + 3000) as usize, 3));
+    for (name, spec) in specs(&env, &data, PAGE) {
+        let c = Arc::new(env.chunker(spec));
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let (c, data) = (Arc::clone(&c), Arc::clone(&data));
+                std::thread::spawn(move || {
+                    let mut rng = Rng(t * 7919 + 17);
+                    let size = data.len() as u64;
+                    for _ in 0..300 {
+                        let off = rng.below(size.div_ceil(PAGE)) * PAGE;
+                        check_block(&c, &data, off);
+                        let off = rng.below(size);
+                        let len = rng.below((size - off).min(3 * MIB)) as usize;
+                        let mut buf = vec![0u8; len];
+                        c.read_blocks(&mut buf, off).unwrap();
+                        assert!(buf == data[off as usize..off as usize + len]);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join()
+                .unwrap_or_else(|_| panic!("{name}: a reader failed"));
+        }
+    }
+}
+
+#[test]
+fn bad_offsets_are_errors() {
+    let env = Env::new();
+    let data = test_data(3 * PAGE as usize + 5, 4);
+    let c = env.chunker(env.put_raw(&data, PAGE));
+    assert!(matches!(
+        c.block(100),
+        Err(ChunkerError::Unaligned { offset: 100, .. })
+    ));
+    assert!(matches!(
+        c.block(4 * PAGE),
+        Err(ChunkerError::OutOfRange { .. })
+    ));
+    let mut buf = vec![0u8; 6];
+    assert!(matches!(
+        c.read_blocks(&mut buf, data.len() as u64 - 5),
+        Err(ChunkerError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        c.read_blocks(&mut buf, u64::MAX - 2),
+        Err(ChunkerError::OutOfRange { .. })
+    ));
+    c.read_blocks(&mut [], data.len() as u64).unwrap();
+    assert_eq!(c.block(3 * PAGE).unwrap().len(), 5);
+    let msg = c.block(100).unwrap_err().to_string();
+    assert!(
+        msg.contains(&c.key().to_string()) && msg.contains("100"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn sparse_frame_table_blocks_end_at_gaps() {
+    let env = Env::new();
+    let data = test_data(6 * MIB as usize, 5);
+    let full = env.put_framed(&data, Compression::Zstd, &[MIB as usize], 2 * MIB);
+    // Keep frames 0, 1 and 4: a gap over [2 MiB, 4 MiB).
+    let kept: Vec<Frame> = full
+        .frames
+        .frames()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| [0, 1, 4].contains(i))
+        .map(|(_, f)| *f)
+        .collect();
+    let spec = DiffSpec {
+        frames: FrameTable::new(Compression::Zstd, kept).unwrap(),
+        ..full
+    };
+    let c = env.chunker(spec);
+    let b = c.block(MIB + PAGE).unwrap();
+    assert_eq!(b.len() as u64, MIB - PAGE, "clipped at the gap");
+    assert!(*b == data[(MIB + PAGE) as usize..2 * MIB as usize]);
+    drop(b);
+    assert!(matches!(
+        c.block(2 * MIB),
+        Err(ChunkerError::NotInFrameTable { .. })
+    ));
+    let mut buf = vec![0u8; 2 * PAGE as usize];
+    assert!(matches!(
+        c.read_blocks(&mut buf, 2 * MIB - PAGE),
+        Err(ChunkerError::NotInFrameTable { .. })
+    ));
+    c.read_blocks(&mut buf, 4 * MIB + 10).unwrap();
+    assert!(buf == data[(4 * MIB + 10) as usize..][..buf.len()]);
+    assert_eq!(
+        c.cached_bytes(),
+        2 * MIB,
+        "the two frames read, nothing else"
+    );
+}
+
+#[test]
+fn sequential_reads_fetch_ahead_without_duplicate_requests() {
+    let mut env = Env::new();
+    env.config.readahead = 2;
+    let data = test_data((10 * CHUNK_SIZE) as usize, 6);
+    let spec = env.put_raw(&data, PAGE);
+    let key = spec.key;
+    let c = env.chunker(spec);
+    let mut buf = vec![0u8; MIB as usize];
+    for off in (0..data.len() as u64).step_by(MIB as usize) {
+        c.read_blocks(&mut buf, off).unwrap();
+        assert!(buf == data[off as usize..][..buf.len()]);
+    }
+    assert!(env.stats.readahead_fetches.load(Relaxed) > 0);
+    assert_eq!(
+        env.store.requests_for(&key),
+        10,
+        "one request per chunk, read-ahead included"
+    );
+}
+
+#[test]
+fn stale_cache_file_is_discarded_and_removed_on_drop() {
+    let env = Env::new();
+    let data = test_data(2 * PAGE as usize, 7);
+    let spec = env.put_raw(&data, PAGE);
+    let name = format!("{}-{}.cache", spec.key.build, spec.key.name.as_string());
+    std::fs::create_dir_all(&env.config.cache_dir).unwrap();
+    let path = env.config.cache_dir.join(name);
+    std::fs::write(&path, vec![0xAAu8; 3 * PAGE as usize]).unwrap();
+    let c = env.chunker(spec.clone());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * PAGE);
+    assert_eq!(c.cached_bytes(), 0);
+    assert!(*c.block(0).unwrap() == data[..PAGE as usize]);
+    assert!(
+        Chunker::new(
+            spec.clone(),
+            env.store.clone(),
+            env.pool.clone(),
+            &env.config,
+            env.stats.clone()
+        )
+        .is_err(),
+        "a second Chunker of the same object in the same cache dir is refused"
+    );
+    drop(c);
+    assert!(!path.exists());
+    env.chunker(spec);
+}
+
+#[test]
+fn object_shorter_than_its_size_is_a_short_read() {
+    let env = Env::new();
+    let data = test_data((CHUNK_SIZE + 10 * PAGE) as usize, 8);
+    let mut spec = env.put_raw(&data, PAGE);
+    spec.size += 3 * PAGE;
+    let c = env.chunker(spec);
+    assert!(*c.block(CHUNK_SIZE).unwrap() == data[CHUNK_SIZE as usize..][..PAGE as usize]);
+    let err = c.block(CHUNK_SIZE + 11 * PAGE).unwrap_err();
+    assert!(matches!(err, ChunkerError::ShortRead { .. }), "{err}");
+    // The pages that did arrive stay served.
+    assert!(
+        *c.block(CHUNK_SIZE + 9 * PAGE).unwrap()
+            == data[(CHUNK_SIZE + 9 * PAGE) as usize..][..PAGE as usize]
+    );
+}
+
+#[test]
+fn bad_specs_are_refused() {
+    let env = Env::new();
+    let data = test_data(PAGE as usize, 9);
+    let mut spec = env.put_raw(&data, 1000);
+    assert!(matches!(
+        Chunker::new(
+            spec.clone(),
+            env.store.clone(),
+            env.pool.clone(),
+            &env.config,
+            env.stats.clone()
+        ),
+        Err(ChunkerError::BadSpec { .. })
+    ));
+    spec.block_size = PAGE;
+    spec.size = 1 << 50;
+    assert!(matches!(
+        Chunker::new(
+            spec,
+            env.store.clone(),
+            env.pool.clone(),
+            &env.config,
+            env.stats.clone()
+        ),
+        Err(ChunkerError::BadSpec { .. })
+    ));
+    let mut framed = env.put_framed(&data, Compression::Zstd, &[4096], PAGE);
+    framed.size = 100;
+    assert!(matches!(
+        Chunker::new(
+            framed,
+            env.store.clone(),
+            env.pool.clone(),
+            &env.config,
+            env.stats.clone()
+        ),
+        Err(ChunkerError::BadSpec { .. })
+    ));
+}
+
+#[test]
+fn empty_diff() {
+    let env = Env::new();
+    let c = env.chunker(env.put_raw(&[], PAGE));
+    assert_eq!(c.size(), 0);
+    assert!(c.block(0).is_err());
+    c.read_blocks(&mut [], 0).unwrap();
+}
+
+struct Objects {
+    env: Env,
+    data: Vec<u8>,
+    chunkers: Vec<Chunker>,
+}
+
+/// Shared across proptest cases: the caches warm up as cases run, so both
+/// cold and warm paths are exercised.
+fn objects() -> &'static Objects {
+    static OBJECTS: std::sync::OnceLock<Objects> = std::sync::OnceLock::new();
+    OBJECTS.get_or_init(|| {
+        let env = Env::new();
+        let data = test_data((9 * MIB + 4321) as usize, 10);
+        let chunkers = specs(&env, &data, 2 * MIB)
+            .into_iter()
+            .map(|(_, s)| env.chunker(s))
+            .collect();
+        Objects {
+            env,
+            data,
+            chunkers,
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn random_ranges_match(off_frac in 0.0f64..1.0, len in 0usize..(5 << 20), which in 0usize..4) {
+        let o = objects();
+        let _ = &o.env;
+        let size = o.data.len() as u64;
+        let off = ((size as f64 * off_frac) as u64).min(size);
+        let len = (len as u64).min(size - off) as usize;
+        let mut buf = vec![0u8; len];
+        o.chunkers[which].read_blocks(&mut buf, off).unwrap();
+        prop_assert!(buf == o.data[off as usize..off as usize + len]);
+    }
+
+    #[test]
+    fn random_blocks_match(page_frac in 0.0f64..1.0, which in 0usize..4) {
+        let o = objects();
+        let pages = (o.data.len() as u64).div_ceil(PAGE);
+        let off = ((pages as f64 * page_frac) as u64).min(pages - 1) * PAGE;
+        let c = &o.chunkers[which];
+        let block = c.block(off).unwrap();
+        let want = c.block_size().min(o.data.len() as u64 - off) as usize;
+        prop_assert_eq!(block.len(), want);
+        prop_assert!(*block == o.data[off as usize..off as usize + want]);
+    }
+}

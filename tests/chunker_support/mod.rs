@@ -1,0 +1,177 @@
+//! Shared set-up of the Chunker integration tests: a local store in a temp
+//! directory behind a `FaultStore`, diff objects written by the tests
+//! themselves (raw, independent zstd frames with content checksums, LZ4
+//! frames with block checksums) and the frame tables describing them.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tdfs::chunker::{Chunker, ChunkerConfig, DiffSpec, FetchPool};
+use tdfs::format::{Compression, FileKind, Frame, FrameTable, ObjectKey};
+use tdfs::metrics::Stats;
+use tdfs::store::{FaultStore, LocalStore, Store};
+use uuid::Uuid;
+
+pub const PAGE: u64 = 4096;
+pub const MIB: u64 = 1 << 20;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub local: Arc<LocalStore>,
+    pub store: Arc<FaultStore>,
+    pub pool: Arc<FetchPool>,
+    pub stats: Arc<Stats>,
+    pub config: ChunkerConfig,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env::with_workers(4)
+    }
+
+    pub fn with_workers(workers: usize) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(LocalStore::create(dir.path().join("store")).unwrap());
+        let store = Arc::new(FaultStore::new(local.clone()));
+        let config = ChunkerConfig {
+            cache_dir: dir.path().join("cache"),
+            fetch_timeout: Duration::from_secs(30),
+            readahead: 0,
+            fetch_workers: workers,
+            cache_budget: None,
+        };
+        Env {
+            dir,
+            local,
+            store,
+            pool: FetchPool::new(workers),
+            stats: Arc::new(Stats::default()),
+            config,
+        }
+    }
+
+    pub fn chunker(&self, spec: DiffSpec) -> Chunker {
+        Chunker::new(
+            spec,
+            self.store.clone(),
+            self.pool.clone(),
+            &self.config,
+            self.stats.clone(),
+        )
+        .unwrap()
+    }
+
+    fn key(compression: Compression) -> ObjectKey {
+        ObjectKey::data(Uuid::new_v4(), FileKind::Memfile, compression)
+    }
+
+    /// An uncompressed diff object holding `data`.
+    pub fn put_raw(&self, data: &[u8], block_size: u64) -> DiffSpec {
+        let key = Env::key(Compression::None);
+        self.local.put_bytes(&key, data).unwrap();
+        DiffSpec {
+            key,
+            size: data.len() as u64,
+            block_size,
+            frames: FrameTable::uncompressed(),
+        }
+    }
+
+    /// A compressed diff object of `data` cut into frames of `frame_sizes`
+    /// (cycled until the data ends).
+    pub fn put_framed(
+        &self,
+        data: &[u8],
+        compression: Compression,
+        frame_sizes: &[usize],
+        block_size: u64,
+    ) -> DiffSpec {
+        let key = Env::key(compression);
+        let mut object = Vec::new();
+        let mut frames = Vec::new();
+        let mut start = 0;
+        for &size in frame_sizes.iter().cycle() {
+            if start == data.len() {
+                break;
+            }
+            let end = (start + size).min(data.len());
+            let compressed = compress(compression, &data[start..end]);
+            frames.push(Frame {
+                start_u: start as u64,
+                start_c: object.len() as u64,
+                size_u: (end - start) as u32,
+                size_c: compressed.len() as u32,
+            });
+            object.extend_from_slice(&compressed);
+            start = end;
+        }
+        self.local.put_bytes(&key, &object).unwrap();
+        DiffSpec {
+            key,
+            size: data.len() as u64,
+            block_size,
+            frames: FrameTable::new(compression, frames).unwrap(),
+        }
+    }
+}
+
+/// One independent frame: zstd with content checksum and content size, or
+/// LZ4 with block checksums.
+pub fn compress(compression: Compression, data: &[u8]) -> Vec<u8> {
+    match compression {
+        Compression::Zstd => {
+            let mut c = zstd::bulk::Compressor::new(3).unwrap();
+            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+                .unwrap();
+            c.compress(data).unwrap()
+        }
+        Compression::Lz4 => {
+            let info = lz4_flex::frame::FrameInfo::new()
+                .block_size(lz4_flex::frame::BlockSize::Max4MB)
+                .block_checksums(true);
+            let mut e = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        Compression::None => data.to_vec(),
+    }
+}
+
+/// Reproducible test data that compresses somewhat: runs of repeated bytes
+/// mixed with noise, different on every page.
+pub fn test_data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let run = (x % 64) as usize + 1;
+        let byte = (x >> 8) as u8;
+        if x % 3 == 0 {
+            out.extend(std::iter::repeat_n(byte, run));
+        } else {
+            out.extend_from_slice(&x.to_le_bytes()[..(run % 8) + 1]);
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// A tiny deterministic random number source for tests that avoid proptest.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
