@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::format::{Compression, FileKind, FormatError, Header, ObjectKey};
 use crate::pack::PackError;
-use crate::store::{LocalStore, Store, StoreError, parse_build_id};
+use crate::store::{Store, StoreError, StoreOptions, parse_build_id};
 use crate::template::TemplateError;
 
 /// Largest header a command will load (a V3 header of a huge, fragmented
@@ -105,16 +105,15 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// The store a `--store` value names. Today a local directory; remote
-/// schemes (`s3://`, `gs://`) are added here. `create` makes a missing
-/// local directory (writers).
+/// The store a `--store` value names: a directory, `file://DIR`,
+/// `s3://BUCKET[/PREFIX]` or `gs://BUCKET[/PREFIX]`. `create` makes a
+/// missing local directory (writers).
 pub fn open_store(location: &str, create: bool) -> Result<Arc<dyn Store>, CliError> {
-    let store = if create {
-        LocalStore::create(location)?
-    } else {
-        LocalStore::open(location)?
+    let opts = StoreOptions {
+        create,
+        ..StoreOptions::default()
     };
-    Ok(Arc::new(store))
+    Ok(crate::store::open_store(location, &opts)?)
 }
 
 /// Load and decode the header of `file` of `build`.
