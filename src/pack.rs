@@ -254,7 +254,7 @@ pub fn pack_build(
 
     let bases = match opts.base {
         Some(base) => {
-            let config = template_config(staging.path.join("base-cache"));
+            let config = TemplateConfig::for_tool(staging.path.join("base-cache"));
             let builds =
                 Builds::new(store.clone(), config).map_err(|source| PackError::BaseOpen {
                     build: base,
@@ -562,15 +562,4 @@ fn default_metadata(build_id: Uuid, base: Option<Uuid>) -> Vec<u8> {
         "from_template": base.map(|b| serde_json::json!({ "build_id": b.to_string() })),
     });
     serde_json::to_vec_pretty(&value).expect("a JSON value serializes")
-}
-
-/// Read-path settings for a one-shot tool (pack's base, export, the demo).
-pub fn template_config(cache_dir: PathBuf) -> TemplateConfig {
-    TemplateConfig {
-        cache_dir,
-        max_cache_size: 0,
-        fetch_timeout: std::time::Duration::from_secs(120),
-        readahead: 4,
-        fetch_workers: default_threads().max(4),
-    }
 }

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use pack_support::*;
 use proptest::prelude::*;
 use tdfs::format::{Compression, FileKind, Header, ObjectKey};
-use tdfs::pack::{PackError, PackInputs, PackOptions, PackReport, pack_build, template_config};
+use tdfs::pack::{PackError, PackInputs, PackOptions, PackReport, pack_build};
 use tdfs::store::{LocalStore, Store};
-use tdfs::template::Builds;
+use tdfs::template::{Builds, TemplateConfig};
 use uuid::Uuid;
 
 /// Write the images and pack them as one build.
@@ -45,7 +45,11 @@ fn pack_images(
 /// The file flattened through `tdfs::template`.
 fn template_flatten(store_dir: &Path, build: Uuid, file: FileKind) -> Vec<u8> {
     let cache = tempfile::tempdir().unwrap();
-    let builds = Builds::new(open_store(store_dir), template_config(cache.path().into())).unwrap();
+    let builds = Builds::new(
+        open_store(store_dir),
+        TemplateConfig::for_tool(cache.path().into()),
+    )
+    .unwrap();
     let tf = builds.open(build, file).unwrap();
     let mut out = vec![0u8; tf.size() as usize];
     let mut filled = 0;

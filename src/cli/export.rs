@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::{CliError, human_bytes, open_store, parse_build, parse_file_kind};
 use crate::format::FileKind;
-use crate::pack::{ScratchDir, byte_bar, default_threads, ordered_map, template_config};
-use crate::template::{Builds, TemplateFile};
+use crate::pack::{ScratchDir, byte_bar, default_threads, ordered_map};
+use crate::template::{Builds, TemplateConfig, TemplateFile};
 
 /// Bytes per work item.
 const PIECE: u64 = 4 << 20;
@@ -37,7 +37,10 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), CliError> {
     let store = open_store(&args.store, false)?;
     let scratch = ScratchDir::new(None)?;
-    let builds = Builds::new(store, template_config(scratch.path().join("cache")))?;
+    let builds = Builds::new(
+        store,
+        TemplateConfig::for_tool(scratch.path().join("cache")),
+    )?;
     let template = builds.open(args.build, args.file)?;
     let data_bytes = export(&template, &args.output, std::io::stderr().is_terminal())?;
     eprintln!(
