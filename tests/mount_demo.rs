@@ -9,7 +9,6 @@ mod mount_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use mount_support::{MountGuard, fuse_available, is_mounted, run, run_ok, within};
 use sha2::{Digest, Sha256};
@@ -45,13 +44,7 @@ fn check_demo(compression: Compression, version: u16) {
 
     let library = Builds::new(
         Arc::new(LocalStore::open(&store).unwrap()),
-        TemplateConfig {
-            cache_dir: work.path().join("library-cache"),
-            max_cache_size: 0,
-            fetch_timeout: Duration::from_secs(60),
-            readahead: 2,
-            fetch_workers: 4,
-        },
+        TemplateConfig::for_tool(work.path().join("library-cache")),
     )
     .expect("library read path");
     for build in demo.builds {
