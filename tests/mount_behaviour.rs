@@ -344,13 +344,13 @@ fn a_crashed_mount_is_cleared_by_the_next_one() {
         return;
     }
     let store = fixture_store("v5-zstd-dedup");
-    let (dir, mountpoint) = MountGuard::start(&store, &[]).crash();
-    let statfs = run("stat", ["-f".as_ref(), mountpoint.as_os_str()]);
+    let crashed = MountGuard::start(&store, &[]).crash();
+    let statfs = run("stat", ["-f".as_ref(), crashed.mountpoint.as_os_str()]);
     assert!(
         String::from_utf8_lossy(&statfs.stderr).contains("not connected"),
         "a killed daemon leaves a dead mount: {statfs:?}"
     );
-    let mount = MountGuard::start_at(dir, mountpoint, &store, &[]);
+    let mount = MountGuard::restart(crashed, &store, &[]);
     let entries = within(30, "listing the new mount", {
         let root = mount.path().to_path_buf();
         move || std::fs::read_dir(root).unwrap().count()

@@ -10,7 +10,7 @@ mod mount_support;
 use std::path::Path;
 
 use garage::{Garage, REGION};
-use mount_support::{fixture_store, fuse_available, is_mounted, run, within};
+use mount_support::{fixture_store, fuse_available, is_mounted, run, run_ok, within};
 use sha2::{Digest, Sha256};
 use tdfs::format::{Compression, FileKind, ObjectKey, ObjectName};
 use tdfs::store::{PutOptions, Store, parse_build_id};
@@ -129,7 +129,7 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
             std::fs::read(local.join(id).join("snapfile")).unwrap()
         );
     }
-    drop(unmount);
+    run_ok("umount", [&mountpoint]);
 
     // A bucket that does not exist fails the start, not the first read.
     let out = std::process::Command::new("timeout")
@@ -149,6 +149,7 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!is_mounted(&mountpoint));
+    drop(unmount);
 }
 
 /// Unmounts `path` (lazily, bounded) when dropped.

@@ -125,16 +125,6 @@ impl MountGuard {
         Self::launch(dir, mountpoint, store.as_ref(), extra, env)
     }
 
-    /// Mount `store` on `mountpoint` (inside `dir`, which the guard keeps).
-    pub fn start_at(
-        dir: tempfile::TempDir,
-        mountpoint: PathBuf,
-        store: impl AsRef<OsStr>,
-        extra: &[&str],
-    ) -> MountGuard {
-        Self::launch(dir, mountpoint, store.as_ref(), extra, &[])
-    }
-
     fn launch(
         dir: tempfile::TempDir,
         mountpoint: PathBuf,
@@ -242,16 +232,43 @@ impl MountGuard {
         }
     }
 
-    /// SIGKILL the daemon, leaving a dead mount behind (as a crash does);
-    /// returns the temp dir and mountpoint so a new mount can reuse them.
-    pub fn crash(mut self) -> (tempfile::TempDir, PathBuf) {
+    /// SIGKILL the daemon, leaving a dead mount behind (as a crash does),
+    /// for `restart` to mount over.
+    pub fn crash(mut self) -> CrashedMount {
         let status = self.signal_and_wait(libc::SIGKILL).expect("daemon ran");
         assert_eq!(status.signal(), Some(libc::SIGKILL));
-        let mountpoint = self.mountpoint.clone();
-        // Leave the stale mount in place: defuse the drop.
+        // Hand the dead mount over: this guard's drop must leave it be.
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"));
-        self.mountpoint = self._dir.path().join("never-mounted");
-        (dir, mountpoint)
+        let mountpoint = std::mem::replace(&mut self.mountpoint, self._dir.path().join("none"));
+        CrashedMount {
+            dir: Some(dir),
+            mountpoint,
+        }
+    }
+
+    /// Mount `store` again where `crashed` died.
+    pub fn restart(
+        mut crashed: CrashedMount,
+        store: impl AsRef<OsStr>,
+        extra: &[&str],
+    ) -> MountGuard {
+        let dir = crashed.dir.take().expect("not restarted yet");
+        Self::launch(dir, crashed.mountpoint.clone(), store.as_ref(), extra, &[])
+    }
+}
+
+/// The dead mount a crashed daemon left; lazily unmounted on drop unless a
+/// new mount took over.
+pub struct CrashedMount {
+    dir: Option<tempfile::TempDir>,
+    pub mountpoint: PathBuf,
+}
+
+impl Drop for CrashedMount {
+    fn drop(&mut self) {
+        if self.dir.is_some() && is_mounted(&self.mountpoint) {
+            let _ = run("umount", [OsStr::new("-l"), self.mountpoint.as_os_str()]);
+        }
     }
 }
 
