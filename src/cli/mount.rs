@@ -21,7 +21,6 @@ use crate::template::{Builds, TemplateConfig};
 const LISTING_TTL: Duration = Duration::from_secs(5);
 /// How long a stop waits for the session to wind down.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
-const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Chunks or frames fetched ahead of a sequential reader.
 const READAHEAD_CHUNKS: usize = 4;
 /// Concurrent store requests.
@@ -64,6 +63,12 @@ pub struct MountArgs {
     /// Group shown for every file [default: the mounting user's group].
     #[arg(long, value_name = "GID")]
     pub gid: Option<u32>,
+
+    /// Seconds a read waits for the store before it fails with EIO (the
+    /// fetch goes on; a later read retries).
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub fetch_timeout: u64,
 
     /// Stay in the foreground instead of running as a daemon.
     #[arg(short = 'f', long)]
@@ -158,7 +163,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     let config = TemplateConfig {
         cache_dir: setup.cache_dir.clone(),
         max_cache_size: args.max_cache_size,
-        fetch_timeout: FETCH_TIMEOUT,
+        fetch_timeout: Duration::from_secs(args.fetch_timeout),
         readahead: READAHEAD_CHUNKS,
         fetch_workers: FETCH_WORKERS,
     };
