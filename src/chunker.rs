@@ -18,6 +18,10 @@
 //! - A store request that never answers keeps its session: its readers time
 //!   out, and no second fetch of the unit starts (two writers cannot share
 //!   the unit's place in the cache). The store bounds its own requests.
+//! - A full cache disk (ENOSPC/EDQUOT reserving a unit's space) is not a
+//!   read error: the unit is fetched into memory (bounded by the unit size)
+//!   for the session's waiters, never marked present; warned once per
+//!   Chunker, whose read-ahead then stops.
 //! - `block` returns a `Block` guard rather than a bare slice: under a
 //!   `CacheBudget` it pins its units against eviction while it lives (see
 //!   `budget`); without a budget it is just the slice.
@@ -41,13 +45,13 @@ use std::time::{Duration, Instant};
 pub use budget::CacheBudget;
 pub use pool::FetchPool;
 
-use crate::format::{Compression, FrameTable, ObjectKey, PAGE_SIZE};
+use crate::format::{Compression, Frame, FrameTable, ObjectKey, PAGE_SIZE};
 use crate::metrics::Stats;
 use crate::store::{Store, StoreError};
 use budget::Lru;
 use cache::{CacheFile, PresentBits};
 use layout::Layout;
-use session::{Session, Waited};
+use session::{Fetched, Session, Waited};
 
 /// Fetch unit of uncompressed objects (E2B's MemoryChunkSize).
 pub const CHUNK_SIZE: u64 = 4 << 20;
@@ -171,20 +175,30 @@ pub struct ChunkerConfig {
 /// One block (or range) of the diff: a slice of the cache mapping. While it
 /// lives, the units it covers cannot be evicted (see `CacheBudget`).
 pub struct Block<'a> {
-    bytes: &'a [u8],
+    bytes: BlockBytes<'a>,
     pinned: Option<(&'a Lru, Range<usize>)>,
+}
+
+/// Where a block's bytes are: the cache mapping, or (when the cache disk is
+/// full) a copy made for this reader.
+enum BlockBytes<'a> {
+    Cache(&'a [u8]),
+    Heap(Vec<u8>),
 }
 
 impl Deref for Block<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.bytes
+        match &self.bytes {
+            BlockBytes::Cache(bytes) => bytes,
+            BlockBytes::Heap(bytes) => bytes,
+        }
     }
 }
 
 impl AsRef<[u8]> for Block<'_> {
     fn as_ref(&self) -> &[u8] {
-        self.bytes
+        self
     }
 }
 
@@ -198,9 +212,7 @@ impl Drop for Block<'_> {
 
 impl std::fmt::Debug for Block<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Block")
-            .field("len", &self.bytes.len())
-            .finish()
+        f.debug_struct("Block").field("len", &self.len()).finish()
     }
 }
 
@@ -242,6 +254,9 @@ struct Inner {
     lru: Option<Lru>,
     /// Set when the Chunker is dropped: queued fetches are skipped.
     closed: AtomicBool,
+    /// Set once the cache disk was found full (warned once; read-ahead
+    /// stops, as it could not keep what it fetches).
+    cache_full: AtomicBool,
 }
 
 impl Chunker {
@@ -321,6 +336,7 @@ impl Chunker {
                 .as_ref()
                 .map(|b| Lru::new(Arc::clone(b), units)),
             closed: AtomicBool::new(false),
+            cache_full: AtomicBool::new(false),
         });
         if let Some(budget) = &config.cache_budget {
             budget.register(Arc::downgrade(&inner));
@@ -453,9 +469,14 @@ impl Inner {
             timeout: self.fetch_timeout,
         };
         let mut prefetched = false;
+        // Units a full cache disk kept out of the cache: their bytes.
+        let mut uncached: Vec<(usize, Arc<[u8]>)> = Vec::new();
         loop {
             let mut waits = Vec::new();
             for u in units.clone() {
+                if uncached.iter().any(|(v, _)| *v == u) {
+                    continue;
+                }
                 let part = clamp(&range, &self.layout.unit_range(u));
                 if let Some(session) = self.join_or_start(u, &part, deadline)? {
                     waits.push((u, part, session));
@@ -468,13 +489,21 @@ impl Inner {
             for (u, part, session) in waits {
                 match session.wait(|| self.range_present(&part, &(u..u + 1)), deadline) {
                     Waited::Ready | Waited::Ended => {}
+                    Waited::Uncached(bytes) => uncached.push((u, bytes)),
                     Waited::Failed(e) => return Err(e),
                     Waited::TimedOut => return Err(timeout()),
                 }
             }
-            if self.range_present(&range, &units) {
+            if uncached.is_empty() && self.range_present(&range, &units) {
                 block = self.fill(block, &range, &units);
                 return Ok(block);
+            }
+            let covered = units.clone().all(|u| {
+                uncached.iter().any(|(v, _)| *v == u)
+                    || self.range_present(&clamp(&range, &self.layout.unit_range(u)), &(u..u + 1))
+            });
+            if covered {
+                return Ok(self.assemble(block, &range, &units, &uncached));
             }
             if Instant::now() >= deadline {
                 return Err(timeout());
@@ -487,7 +516,7 @@ impl Inner {
     /// short (it runs under the session lock, no I/O but a hole punch).
     fn pin(&self, units: &Range<usize>) -> Block<'_> {
         let mut block = Block {
-            bytes: &[],
+            bytes: BlockBytes::Cache(&[]),
             pinned: None,
         };
         if let Some(lru) = &self.lru {
@@ -512,7 +541,35 @@ impl Inner {
         // SAFETY: the range is inside the file and present: its bytes are
         // complete and nothing writes them while they are present; the pin
         // keeps the evictor away while the block lives.
-        block.bytes = unsafe { self.cache.slice(range.start, range.end - range.start) };
+        block.bytes =
+            BlockBytes::Cache(unsafe { self.cache.slice(range.start, range.end - range.start) });
+        block
+    }
+
+    /// A pinned block of `range` copied together from the units the cache
+    /// could not keep (`uncached`) and the present rest.
+    fn assemble<'a>(
+        &'a self,
+        mut block: Block<'a>,
+        range: &Range<u64>,
+        units: &Range<usize>,
+        uncached: &[(usize, Arc<[u8]>)],
+    ) -> Block<'a> {
+        let mut bytes = Vec::with_capacity((range.end - range.start) as usize);
+        for u in units.clone() {
+            let unit = self.layout.unit_range(u);
+            let part = clamp(range, &unit);
+            match uncached.iter().find(|(v, _)| *v == u) {
+                Some((_, data)) => bytes.extend_from_slice(
+                    &data[(part.start - unit.start) as usize..(part.end - unit.start) as usize],
+                ),
+                // SAFETY: present (checked by the caller) and pinned.
+                None => bytes.extend_from_slice(unsafe {
+                    self.cache.slice(part.start, part.end - part.start)
+                }),
+            }
+        }
+        block.bytes = BlockBytes::Heap(bytes);
         block
     }
 
@@ -604,7 +661,7 @@ impl Inner {
 
     /// Spot a reader moving on to the next unit and fetch ahead of it.
     fn note_access(self: &Arc<Self>, u: usize) {
-        if self.readahead == 0 {
+        if self.readahead == 0 || self.cache_full.load(Ordering::Relaxed) {
             return;
         }
         let prev = self.last_unit.load(Ordering::Relaxed);
@@ -650,7 +707,7 @@ impl Inner {
     /// Body of a fetch job: fetch, then end the session whatever happened.
     fn run_fetch(&self, u: usize, session: &Arc<Session>) {
         let result = if self.closed.load(Ordering::Relaxed) {
-            Ok(())
+            Ok(Fetched::Cached)
         } else {
             catch_unwind(AssertUnwindSafe(|| self.fetch_unit(u, session))).unwrap_or_else(|panic| {
                 let detail = panic
@@ -669,10 +726,10 @@ impl Inner {
             self.stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
             log::warn!("{e}");
         }
-        let ok = result.is_ok();
+        let cached = matches!(result, Ok(Fetched::Cached));
         self.end_session(u, session, result);
         if let Some(lru) = &self.lru {
-            if ok {
+            if cached {
                 lru.fetched(u);
             }
             lru.budget.enforce();
@@ -681,7 +738,7 @@ impl Inner {
 
     /// Remove the session from the map (so the next read starts afresh),
     /// then wake its waiters with the result.
-    fn end_session(&self, u: usize, session: &Arc<Session>, result: Result<(), ChunkerError>) {
+    fn end_session(&self, u: usize, session: &Arc<Session>, result: Result<Fetched, ChunkerError>) {
         {
             let mut sessions = self.lock_sessions();
             if sessions.get(&u).is_some_and(|s| Arc::ptr_eq(s, session)) {
@@ -691,11 +748,81 @@ impl Inner {
         session.finish(result);
     }
 
-    fn fetch_unit(&self, u: usize, session: &Session) -> Result<(), ChunkerError> {
-        match self.layout {
+    /// Fetch unit `u` into the cache; when the cache disk is full, into a
+    /// buffer for the session's waiters instead.
+    fn fetch_unit(&self, u: usize, session: &Session) -> Result<Fetched, ChunkerError> {
+        let result = match self.layout {
             Layout::Chunks { .. } => self.fetch_chunk(u, session),
             Layout::Frames { .. } => self.fetch_frame(u),
+        };
+        match result {
+            Ok(()) => Ok(Fetched::Cached),
+            Err(ChunkerError::Cache { source, .. }) if is_disk_full(&source) => {
+                if !self.cache_full.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "{}: no space left for cache file {}; serving from the store without \
+                         caching (free space in the cache directory or set --max-cache-size)",
+                        self.key,
+                        self.cache.path().display()
+                    );
+                }
+                self.fetch_uncached(u).map(Fetched::Uncached)
+            }
+            Err(e) => Err(e),
         }
+    }
+
+    /// Unit `u` whole, fetched (and decoded) into memory: at most
+    /// `CHUNK_SIZE` or `MAX_FRAME_SIZE` bytes.
+    fn fetch_uncached(&self, u: usize) -> Result<Arc<[u8]>, ChunkerError> {
+        let range = self.layout.unit_range(u);
+        self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
+        match self.layout {
+            Layout::Chunks { .. } => {
+                let data = self
+                    .store
+                    .read_exact_range(&self.key, range.start, range.end - range.start)
+                    .map_err(|e| self.store_error(range.start, e))?;
+                self.stats
+                    .store_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                Ok(data.into())
+            }
+            Layout::Frames { .. } => {
+                let frame = *self.layout.frame(u).expect("frame units are frame indices");
+                let src = self
+                    .store
+                    .read_exact_range(&self.key, frame.start_c, u64::from(frame.size_c))
+                    .map_err(|e| self.store_error(range.start, e))?;
+                self.stats
+                    .store_bytes
+                    .fetch_add(src.len() as u64, Ordering::Relaxed);
+                let mut data = vec![0u8; frame.size_u as usize];
+                self.decode(u, &frame, &src, &mut data)?;
+                Ok(data.into())
+            }
+        }
+    }
+
+    /// Decode frame `u` (`frame`) from `src` into `dst`.
+    fn decode(
+        &self,
+        u: usize,
+        frame: &Frame,
+        src: &[u8],
+        dst: &mut [u8],
+    ) -> Result<(), ChunkerError> {
+        decode::decode_frame(self.compression, src, dst).map_err(|detail| {
+            ChunkerError::CorruptFrame {
+                key: self.key,
+                offset: frame.start_u,
+                detail: format!(
+                    "frame {u} (compressed bytes {}..{}): {detail}",
+                    frame.start_c,
+                    frame.end_c()
+                ),
+            }
+        })
     }
 
     fn store_error(&self, offset: u64, e: StoreError) -> ChunkerError {
@@ -813,17 +940,7 @@ impl Inner {
         // SAFETY: inside the file, not present, and this session is the only
         // writer of the frame; the slice ends before the frame is published.
         let dst = unsafe { self.cache.slice_mut(range.start, u64::from(frame.size_u)) };
-        decode::decode_frame(self.compression, &src, dst).map_err(|detail| {
-            ChunkerError::CorruptFrame {
-                key: self.key,
-                offset: range.start,
-                detail: format!(
-                    "frame {u} (compressed bytes {}..{}): {detail}",
-                    frame.start_c,
-                    frame.end_c()
-                ),
-            }
-        })?;
+        self.decode(u, &frame, &src, dst)?;
         self.present.set(u..u + 1);
         self.placed(u64::from(frame.size_u));
         Ok(())
@@ -843,6 +960,11 @@ fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>
         }
     }
     (n, None)
+}
+
+/// True when a cache write failed for want of space (disk or quota).
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 fn clamp(range: &Range<u64>, to: &Range<u64>) -> Range<u64> {

@@ -3,15 +3,25 @@
 //! fetcher before it wakes the waiters, so each waiter re-checks its own range
 //! and leaves as soon as that range is present, not when the whole unit is.
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use super::ChunkerError;
 
 enum State {
     Running,
-    Done,
+    Done(Fetched),
     Failed(ChunkerError),
+}
+
+/// What a fetch that succeeded left behind.
+#[derive(Clone)]
+pub(super) enum Fetched {
+    /// The unit is present in the cache file.
+    Cached,
+    /// The cache disk was full: the whole unit's bytes, for the session's
+    /// waiters only (nothing was marked present).
+    Uncached(Arc<[u8]>),
 }
 
 pub(super) struct Session {
@@ -26,6 +36,8 @@ pub(super) enum Waited {
     /// The session ended (the range may still be missing, e.g. evicted or
     /// never fetched by this session): the caller looks again.
     Ended,
+    /// The session could not cache the unit; here are its bytes.
+    Uncached(Arc<[u8]>),
     Failed(ChunkerError),
     TimedOut,
 }
@@ -51,9 +63,9 @@ impl Session {
     }
 
     /// End the session and wake every waiter.
-    pub(super) fn finish(&self, result: Result<(), ChunkerError>) {
+    pub(super) fn finish(&self, result: Result<Fetched, ChunkerError>) {
         *self.lock() = match result {
-            Ok(()) => State::Done,
+            Ok(fetched) => State::Done(fetched),
             Err(e) => State::Failed(e),
         };
         self.changed.notify_all();
@@ -67,7 +79,10 @@ impl Session {
                 return Waited::Ready;
             }
             match &*state {
-                State::Done => return Waited::Ended,
+                State::Done(Fetched::Cached) => return Waited::Ended,
+                State::Done(Fetched::Uncached(bytes)) => {
+                    return Waited::Uncached(Arc::clone(bytes));
+                }
                 State::Failed(e) => return Waited::Failed(e.clone()),
                 State::Running => {}
             }

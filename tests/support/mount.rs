@@ -134,12 +134,18 @@ impl MountGuard {
     ) -> MountGuard {
         let mountpoint = std::path::absolute(&mountpoint).expect("absolute mountpoint");
         let log = dir.path().join(format!("tdfs-{}.log", unique()));
-        let cache = dir.path().join("cache");
+        // A test may bring its own --cache-dir (e.g. on a small tmpfs).
+        let cache = match extra.contains(&"--cache-dir") {
+            true => vec![],
+            false => vec![
+                "--cache-dir".into(),
+                dir.path().join("cache").into_os_string(),
+            ],
+        };
         let child = Command::new(TDFS)
             .arg("mount")
             .arg("--foreground")
-            .arg("--cache-dir")
-            .arg(&cache)
+            .args(&cache)
             .arg("--log-file")
             .arg(&log)
             .args(extra)
