@@ -22,6 +22,9 @@
 //!   read error: the unit is fetched into memory (bounded by the unit size)
 //!   for the session's waiters, never marked present; warned once per
 //!   Chunker, whose read-ahead then stops.
+//! - With `verify_when_complete`, the first time the whole diff is cached
+//!   it is hashed against its header's SHA-256; on a mismatch every later
+//!   read fails (the cached bytes are never served again).
 //! - `block` returns a `Block` guard rather than a bare slice: under a
 //!   `CacheBudget` it pins its units against eviction while it lives (see
 //!   `budget`); without a budget it is just the slice.
@@ -39,8 +42,10 @@ use std::ops::{Deref, Range};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 
 pub use budget::CacheBudget;
 pub use pool::FetchPool;
@@ -131,6 +136,15 @@ pub enum ChunkerError {
         path: PathBuf,
         #[source]
         source: Arc<io::Error>,
+    },
+    #[error(
+        "{key}: the SHA-256 of the whole diff is {got}, its header says {expected}; the object \
+         is damaged (nothing of it is served until the next mount)"
+    )]
+    ChecksumMismatch {
+        key: ObjectKey,
+        expected: String,
+        got: String,
     },
     #[error("{key}: cannot serve this diff: {detail}")]
     BadSpec { key: ObjectKey, detail: String },
@@ -257,6 +271,12 @@ struct Inner {
     /// Set once the cache disk was found full (warned once; read-ahead
     /// stops, as it could not keep what it fetches).
     cache_full: AtomicBool,
+    /// SHA-256 the whole diff must have, checked once it is all cached.
+    expected_sha256: OnceLock<[u8; 32]>,
+    /// Set once the whole-diff check has run (or is running).
+    checksum_checked: AtomicBool,
+    /// The whole-diff check failed: nothing of this diff is served.
+    checksum_failed: OnceLock<ChunkerError>,
 }
 
 impl Chunker {
@@ -337,6 +357,9 @@ impl Chunker {
                 .map(|b| Lru::new(Arc::clone(b), units)),
             closed: AtomicBool::new(false),
             cache_full: AtomicBool::new(false),
+            expected_sha256: OnceLock::new(),
+            checksum_checked: AtomicBool::new(false),
+            checksum_failed: OnceLock::new(),
         });
         if let Some(budget) = &config.cache_budget {
             budget.register(Arc::downgrade(&inner));
@@ -403,6 +426,13 @@ impl Chunker {
     pub fn is_compressed(&self) -> bool {
         matches!(self.inner.layout, Layout::Frames { .. })
     }
+
+    /// Check the diff against `sha256` the first time all of it is cached;
+    /// on a mismatch every later read fails (`ChecksumMismatch`). Set once,
+    /// right after `new`; later calls are ignored.
+    pub fn verify_when_complete(&self, sha256: [u8; 32]) {
+        let _ = self.inner.expected_sha256.set(sha256);
+    }
 }
 
 impl Drop for Chunker {
@@ -445,6 +475,9 @@ impl Inner {
         max_units: usize,
         prefetch_end: u64,
     ) -> Result<Block<'_>, ChunkerError> {
+        if let Some(e) = self.checksum_failed.get() {
+            return Err(e.clone());
+        }
         let (units, end) =
             self.layout
                 .span(off, end, max_units)
@@ -734,6 +767,42 @@ impl Inner {
             }
             lru.budget.enforce();
         }
+        if cached && self.cached.load(Ordering::Relaxed) == self.size {
+            self.check_whole_diff();
+        }
+    }
+
+    /// Hash the whole diff, once, when it is all present and a checksum is
+    /// known. On a mismatch the diff is failed for good: its cached bytes
+    /// are never served again.
+    fn check_whole_diff(&self) {
+        let Some(expected) = self.expected_sha256.get() else {
+            return;
+        };
+        if self.checksum_checked.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let all = 0..self.layout.units();
+        let pins = self.pin(&all);
+        if !self.range_present(&(0..self.size), &all) {
+            // Evicted meanwhile: check on a later completion.
+            self.checksum_checked.store(false, Ordering::Release);
+            return;
+        }
+        // SAFETY: all present (checked above) and pinned against eviction.
+        let got: [u8; 32] = Sha256::digest(unsafe { self.cache.slice(0, self.size) }).into();
+        drop(pins);
+        if got == *expected {
+            log::debug!("{}: whole diff matches its SHA-256", self.key);
+            return;
+        }
+        let err = ChunkerError::ChecksumMismatch {
+            key: self.key,
+            expected: hex(expected),
+            got: hex(&got),
+        };
+        log::error!("{err}");
+        let _ = self.checksum_failed.set(err);
     }
 
     /// Remove the session from the map (so the next read starts afresh),
@@ -960,6 +1029,10 @@ fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>
         }
     }
     (n, None)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// True when a cache write failed for want of space (disk or quota).

@@ -61,6 +61,9 @@ pub struct TemplateConfig {
     /// Fetch units read ahead of a sequential reader.
     pub readahead: usize,
     pub fetch_workers: usize,
+    /// Check each diff against the SHA-256 its header records (V4/V5, when
+    /// not zero) once all of it is cached; a mismatch fails its reads.
+    pub verify_checksums: bool,
 }
 
 impl TemplateConfig {
@@ -72,6 +75,7 @@ impl TemplateConfig {
             fetch_timeout: Duration::from_secs(60),
             readahead: 4,
             fetch_workers: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
+            verify_checksums: false,
         }
     }
 }
@@ -85,6 +89,7 @@ pub struct Builds {
     pool: Arc<FetchPool>,
     chunker_config: ChunkerConfig,
     cache: CacheDir,
+    verify_checksums: bool,
     headers: Mutex<HashMap<FileId, Arc<Header>>>,
     diffs: Mutex<HashMap<FileId, Arc<Chunker>>>,
 }
@@ -109,6 +114,7 @@ impl Builds {
             pool: FetchPool::new(config.fetch_workers.max(1)),
             chunker_config,
             cache,
+            verify_checksums: config.verify_checksums,
             headers: Mutex::new(HashMap::new()),
             diffs: Mutex::new(HashMap::new()),
         }))
@@ -243,8 +249,12 @@ impl Builds {
         let mut frames: Vec<Frame> = Vec::new();
         let mut compression = Compression::None;
         let mut file_size = 0;
+        let mut sha256 = None;
         for entry in entries {
             file_size = file_size.max(entry.file_size);
+            if entry.sha256 != [0; 32] {
+                sha256.get_or_insert(entry.sha256);
+            }
             if entry.frames.is_compressed() {
                 compression = entry.frames.compression();
                 frames.extend_from_slice(entry.frames.frames());
@@ -303,6 +313,9 @@ impl Builds {
             &self.chunker_config,
             self.stats.clone(),
         )?);
+        if let Some(sha256) = sha256.filter(|_| self.verify_checksums) {
+            chunker.verify_when_complete(sha256);
+        }
         diffs.insert((build, file), chunker.clone());
         Ok(chunker)
     }

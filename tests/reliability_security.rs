@@ -129,6 +129,7 @@ fn lookups_of_dot_dot_slash_and_nul_names_are_enoent() {
         fetch_timeout: Duration::from_secs(30),
         readahead: 0,
         fetch_workers: 2,
+        verify_checksums: false,
     };
     let options = FsOptions {
         uid: 0,

@@ -70,6 +70,11 @@ pub struct MountArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub fetch_timeout: u64,
 
+    /// Check each diff against the SHA-256 in its header (V4/V5) once it
+    /// is wholly cached; a mismatch is logged and fails reads with EIO.
+    #[arg(long)]
+    pub verify_checksums: bool,
+
     /// Stay in the foreground instead of running as a daemon.
     #[arg(short = 'f', long)]
     pub foreground: bool,
@@ -166,6 +171,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         fetch_timeout: Duration::from_secs(args.fetch_timeout),
         readahead: READAHEAD_CHUNKS,
         fetch_workers: FETCH_WORKERS,
+        verify_checksums: args.verify_checksums,
     };
     let builds = Builds::new(store, config).map_err(FsError::open)?;
     let cache_path = builds.cache_path().to_path_buf();

@@ -493,6 +493,7 @@ mod tests {
             fetch_timeout: Duration::from_secs(30),
             readahead: 1,
             fetch_workers: 2,
+            verify_checksums: false,
         };
         let options = FsOptions {
             uid: 1000,

@@ -1,0 +1,151 @@
+//! `tdfs mount --verify-checksums`: once a diff is wholly cached it is
+//! checked against the SHA-256 in its V4/V5 header. A diff that matches
+//! keeps being served; one that does not is logged and every later read of
+//! it fails with EIO.
+
+#[path = "support/mount.rs"]
+mod mount_support;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mount_support::{MountGuard, TDFS, fuse_available, run_ok};
+
+const MEMFILE_SIZE: usize = 8 << 20;
+const GOOD_ZSTD: &str = "5c0ffee0-0000-4000-8000-000000000001";
+const GOOD_PLAIN: &str = "5c0ffee0-0000-4000-8000-000000000002";
+const DAMAGED: &str = "5c0ffee0-0000-4000-8000-000000000003";
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Read all of `path`, bypassing the page cache, in a child under `timeout`.
+fn read_direct(path: &Path) -> (bool, Vec<u8>, String) {
+    let out = Command::new("timeout")
+        .args(["-k", "5", "60", "dd"])
+        .arg(format!("if={}", path.display()))
+        .args(["bs=1M", "iflag=direct", "status=none"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running dd");
+    assert!(
+        !matches!(out.status.code(), Some(124) | Some(137) | None),
+        "reading {} hung",
+        path.display()
+    );
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn whole_diffs_are_checked_and_a_mismatch_fails_later_reads() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let memfile = noise(21, MEMFILE_SIZE);
+    fs::write(dir.path().join("mem"), &memfile).unwrap();
+    fs::write(dir.path().join("rootfs"), noise(22, 1 << 20)).unwrap();
+    for (build, compress) in [(GOOD_ZSTD, "zstd"), (GOOD_PLAIN, "none"), (DAMAGED, "none")] {
+        run_ok(
+            TDFS,
+            [
+                "pack",
+                "--store",
+                store.to_str().unwrap(),
+                "--build-id",
+                build,
+                "--memfile",
+                dir.path().join("mem").to_str().unwrap(),
+                "--rootfs",
+                dir.path().join("rootfs").to_str().unwrap(),
+                "--compress",
+                compress,
+                "--header-version",
+                "4",
+            ],
+        );
+    }
+    // A flipped byte in an uncompressed diff: no frame checksum can see it,
+    // only the header's SHA-256 of the whole diff.
+    let object = store.join(DAMAGED).join("memfile");
+    let mut bytes = fs::read(&object).unwrap();
+    bytes[3 << 20] ^= 1;
+    fs::write(&object, &bytes).unwrap();
+
+    let mount = MountGuard::start_with_env(
+        &store,
+        &["--verify-checksums"],
+        &[("RUST_LOG", "info,tdfs::chunker=debug".to_string())],
+    );
+    for build in [GOOD_ZSTD, GOOD_PLAIN] {
+        let path = mount.join(build).join("memfile");
+        for _ in 0..2 {
+            let (ok, data, stderr) = read_direct(&path);
+            assert!(ok, "{build}: {stderr}\nlog:\n{}", mount.log());
+            assert!(data == memfile, "{build}: wrong bytes");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for build in [GOOD_ZSTD, GOOD_PLAIN] {
+        while !mount
+            .log()
+            .lines()
+            .any(|l| l.contains(build) && l.contains("whole diff matches its SHA-256"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{build} was not checked:\n{}",
+                mount.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // The read that completes the damaged diff is served (the check runs
+    // once all of it is cached); the check then fails it for good.
+    let damaged = mount.join(DAMAGED).join("memfile");
+    let _ = read_direct(&damaged);
+    let key = format!("{DAMAGED}/memfile");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !mount
+        .log()
+        .lines()
+        .any(|l| l.contains("ERROR") && l.contains(&key) && l.contains("SHA-256"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no checksum error logged:\n{}",
+            mount.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, data, stderr) = read_direct(&damaged);
+    assert!(!ok && data.is_empty(), "the damaged diff is still served");
+    assert!(stderr.contains("Input/output error"), "{stderr}");
+    // The good builds are untouched, and no checksum error names them.
+    let (ok, data, _) = read_direct(&mount.join(GOOD_PLAIN).join("memfile"));
+    assert!(ok && data == memfile);
+    let log = mount.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("ERROR") && (l.contains(GOOD_ZSTD) || l.contains(GOOD_PLAIN))),
+        "{log}"
+    );
+}
