@@ -3,7 +3,7 @@
 //! sequential and random reads, for a bounded time. Every byte is compared
 //! with the images the builds were packed from; `.stats` shows each unit was
 //! fetched from the store about once (single-flight), and the daemon's peak
-//! RSS stays bounded. A watchdog fails the test when no read completes for
+//! RSS stays bounded; the store is left untouched. A watchdog fails the test when no read completes for
 //! 60 s (the mount guard then tears the mount down, freeing stuck readers).
 
 #[path = "support/mount.rs"]
@@ -236,6 +236,21 @@ fn process_reader(
     }
 }
 
+/// Every file of the store with its size and modification time.
+fn store_snapshot(root: &Path) -> Vec<(PathBuf, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
+    for build in fs::read_dir(root).unwrap() {
+        for entry in fs::read_dir(build.unwrap().path()).unwrap() {
+            let path = entry.unwrap().path();
+            let md = fs::metadata(&path).unwrap();
+            files.push((path, md.len(), md.mtime(), md.mtime_nsec()));
+        }
+    }
+    files.sort();
+    files
+}
+
 fn stat_value(stats: &str, name: &str) -> u64 {
     stats
         .lines()
@@ -271,6 +286,7 @@ fn sixty_four_readers_get_right_bytes_with_single_flight_and_bounded_memory() {
     fs::create_dir(&scratch).unwrap();
     let builds = Arc::new(make_store(&root, &scratch));
     let units = store_units(&root);
+    let before = store_snapshot(&root);
     let mount = MountGuard::start(&root, &[]);
     let mountpoint: PathBuf = mount.path().to_path_buf();
 
@@ -342,6 +358,7 @@ fn sixty_four_readers_get_right_bytes_with_single_flight_and_bounded_memory() {
         peak >> 20,
         anon >> 20
     );
+    assert_eq!(store_snapshot(&root), before, "the mount changed the store");
     assert!(
         peak < MAX_DAEMON_RSS,
         "daemon peak RSS {} MiB is over {} MiB",
