@@ -1,8 +1,10 @@
 //! The `tdfs` command line: one module per subcommand, argument parsing,
 //! progress bars and exit codes.
 
+pub mod completions;
 mod export;
 mod inspect;
+pub mod mount;
 mod pack;
 mod verify;
 
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use uuid::Uuid;
 
 use crate::format::{Compression, FileKind, FormatError, Header, ObjectKey};
@@ -48,6 +50,12 @@ pub enum Command {
     Verify(verify::Args),
     /// Write a template file of a build, flattened, to a raw (sparse) file.
     Export(export::Args),
+    /// Mount a store's builds read-only with FUSE (a daemon unless
+    /// --foreground; SIGINT or SIGTERM unmounts).
+    Mount(mount::MountArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    #[command(hide = true)]
+    Completions(completions::CompletionsArgs),
 }
 
 /// Why a command failed; main prints it after `tdfs: error: `.
@@ -59,6 +67,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error(transparent)]
+    Fs(#[from] crate::fs::FsError),
     #[error(
         "build {build} has no {file} header in {location} (no such build, or an incomplete pack: headers are written last)"
     )]
@@ -87,6 +97,10 @@ pub enum CliError {
 /// on stderr and exit code 1 (clap exits with 2 on bad usage).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `mount` sets up its own logging (--log-file, -d).
+    if !matches!(cli.command, Command::Mount(_)) {
+        env_logger::init();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -102,6 +116,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Export(args) => export::run(args),
+        Command::Mount(args) => Ok(mount::run(args)?),
+        Command::Completions(args) => {
+            completions::run(args, Cli::command());
+            Ok(())
+        }
     }
 }
 

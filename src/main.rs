@@ -1,6 +1,5 @@
-//! The `tdfs` binary: logging (RUST_LOG) and the command line.
+//! The `tdfs` binary: the command line (which sets up logging).
 
 fn main() -> std::process::ExitCode {
-    env_logger::init();
     tdfs::cli::main()
 }
