@@ -46,7 +46,9 @@ fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> Result<u64, String> {
-            let value = args.next().ok_or(format!("{name} needs a value; {usage}"))?;
+            let value = args
+                .next()
+                .ok_or(format!("{name} needs a value; {usage}"))?;
             value
                 .parse()
                 .map_err(|_| format!("{name} {value}: not a number; {usage}"))
@@ -164,7 +166,8 @@ fn shuffled(pages: usize, seed: u64) -> Vec<usize> {
 
 fn check(args: &Args) -> Result<String, String> {
     let started = Instant::now();
-    let reference = std::fs::read(&args.reference).map_err(|e| format!("{}: {e}", args.reference))?;
+    let reference =
+        std::fs::read(&args.reference).map_err(|e| format!("{}: {e}", args.reference))?;
     let mapping = PrivateMapping::new(&args.mapped)?;
     if mapping.len != reference.len() {
         return Err(format!(
