@@ -59,9 +59,10 @@ done
 ((${#missing[@]} == 0)) || die "missing ${missing[*]}; install with: $APT_LINE"
 [[ -e /dev/fuse ]] || die "/dev/fuse is missing (modprobe fuse; in a container, pass the device)"
 busybox=/bin/busybox
-[[ -x $busybox ]] && ! ldd "$busybox" >/dev/null 2>&1 ||
+if [[ ! -x $busybox ]] || ldd "$busybox" >/dev/null 2>&1; then
   die "$busybox is missing or not static; install with: apt-get install -y busybox-static"
-kernel=${TDFS_VM_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)}
+fi
+kernel=${TDFS_VM_KERNEL:-$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n 1)}
 [[ -n $kernel && -r $kernel ]] || die "no guest kernel in /boot; install with: $APT_LINE"
 initrd=${TDFS_VM_INITRD:-/boot/initrd.img-${kernel#/boot/vmlinuz-}}
 [[ -r $initrd ]] || die "no initrd $initrd for $kernel (update-initramfs -c -k ${kernel#/boot/vmlinuz-})"

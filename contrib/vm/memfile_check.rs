@@ -227,18 +227,17 @@ fn check(args: &Args) -> Result<String, String> {
     let written_pages = written.iter().map(Vec::len).sum::<usize>();
 
     // The writes stayed in their own pages of this mapping...
-    for index in 0..pages {
+    for (index, &written) in is_written.iter().enumerate() {
         // SAFETY: the worker threads have ended.
         let page = unsafe { mapping.page(index, page_size) };
-        let ok = if is_written[index] {
+        let ok = if written {
             expect_scribbled(index, page)
         } else {
             page == reference_page(index)
         };
         if !ok {
             return Err(format!(
-                "page {index} (written: {}) changed after the writes to other pages",
-                is_written[index]
+                "page {index} (written: {written}) changed after the writes to other pages"
             ));
         }
     }
@@ -255,7 +254,7 @@ fn check(args: &Args) -> Result<String, String> {
     }
     let file = File::open(&args.mapped).map_err(|e| format!("{}: {e}", args.mapped))?;
     let mut buf = vec![0; page_size];
-    for (index, _) in is_written.iter().enumerate().filter(|(_, w)| **w) {
+    for index in (0..pages).filter(|&index| is_written[index]) {
         let want = reference_page(index);
         file.read_exact_at(&mut buf[..want.len()], (index * page_size) as u64)
             .map_err(|e| format!("reading {} at page {index}: {e}", args.mapped))?;
