@@ -2,6 +2,7 @@
 //! progress bars and exit codes.
 
 pub mod completions;
+mod demo;
 mod export;
 mod inspect;
 pub mod mount;
@@ -50,6 +51,8 @@ pub enum Command {
     Verify(verify::Args),
     /// Write a template file of a build, flattened, to a raw (sparse) file.
     Export(export::Args),
+    /// Make a demo store (base build + two layers) and mount it.
+    Demo(demo::Args),
     /// Mount a store's builds read-only with FUSE (a daemon unless
     /// --foreground; SIGINT or SIGTERM unmounts).
     Mount(mount::MountArgs),
@@ -98,7 +101,7 @@ pub enum CliError {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // `mount` sets up its own logging (--log-file, -d).
-    if !matches!(cli.command, Command::Mount(_)) {
+    if !matches!(cli.command, Command::Mount(_) | Command::Demo(_)) {
         env_logger::init();
     }
     match run(cli) {
@@ -116,6 +119,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Export(args) => export::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Mount(args) => Ok(mount::run(args)?),
         Command::Completions(args) => {
             completions::run(args, Cli::command());
