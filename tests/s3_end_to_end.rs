@@ -77,6 +77,16 @@ fn pack(garage: &Garage, dir: &Path, base: Option<&str>, mem: &[u8], root: &[u8]
         .to_string()
 }
 
+/// `dd` one 4 KiB page of `path`, bounded by timeout(1).
+fn read_page(path: &Path, page: u64) -> std::process::Output {
+    Command::new("timeout")
+        .args(["-k", "5", "150", "dd", "bs=4096", "count=1", "status=none"])
+        .arg(format!("skip={page}"))
+        .arg(format!("if={}", path.display()))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn pack_to_s3_mount_from_it_and_survive_a_server_outage() {
     if !fuse_available() {
@@ -159,20 +169,7 @@ fn pack_to_s3_mount_from_it_and_survive_a_server_outage() {
     garage.stop();
     let path = mount.join(&base).join("memfile");
     let t = Instant::now();
-    let failed = Command::new("timeout")
-        .args([
-            "-k",
-            "5",
-            "150",
-            "dd",
-            "bs=4096",
-            "count=1",
-            "skip=3",
-            "status=none",
-        ])
-        .arg(format!("if={}", path.display()))
-        .output()
-        .unwrap();
+    let failed = read_page(&path, 3);
     assert!(
         !failed.status.success(),
         "a read with the server down must fail"
@@ -187,20 +184,7 @@ fn pack_to_s3_mount_from_it_and_survive_a_server_outage() {
     assert!(t.elapsed() < Duration::from_secs(140));
 
     garage.restart();
-    let ok = Command::new("timeout")
-        .args([
-            "-k",
-            "5",
-            "150",
-            "dd",
-            "bs=4096",
-            "count=1",
-            "skip=3",
-            "status=none",
-        ])
-        .arg(format!("if={}", path.display()))
-        .output()
-        .unwrap();
+    let ok = read_page(&path, 3);
     assert!(
         ok.status.success(),
         "{}",
