@@ -88,10 +88,11 @@ pub struct Builds {
     stats: Arc<Stats>,
     pool: Arc<FetchPool>,
     chunker_config: ChunkerConfig,
-    cache: CacheDir,
     verify_checksums: bool,
     headers: Mutex<HashMap<FileId, Arc<Header>>>,
     diffs: Mutex<HashMap<FileId, Arc<Chunker>>>,
+    /// Last, so it is dropped after the Chunkers that delete their files in it.
+    cache: CacheDir,
 }
 
 impl Builds {

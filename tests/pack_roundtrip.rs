@@ -547,6 +547,7 @@ proptest! {
             ..PackOptions::default()
         };
         let mut report = pack_images(&store_dir, dir.path(), &mem, &root, &o).unwrap();
+        let mut chain = vec![(report.build_id, mem.clone(), root.clone())];
         for changes in &layers {
             for c in changes {
                 apply(&mut mem, c);
@@ -556,6 +557,46 @@ proptest! {
             report = pack_images(&store_dir, dir.path(), &mem, &root, &o).unwrap();
             check_build(&store_dir, &report, FileKind::Memfile, &mem);
             check_build(&store_dir, &report, FileKind::Rootfs, &root);
+            chain.push((report.build_id, mem.clone(), root.clone()));
         }
+        random_reads_from_threads(&store_dir, &chain, seed);
     }
+}
+
+/// Cold random reads of every build of `chain` (id, memfile, rootfs) from
+/// several threads sharing one `Builds`, each equal to the reference image.
+fn random_reads_from_threads(store_dir: &Path, chain: &[(Uuid, Vec<u8>, Vec<u8>)], seed: u64) {
+    let cache = tempfile::tempdir().unwrap();
+    let builds = Builds::new(
+        open_store(store_dir),
+        TemplateConfig::for_tool(cache.path().into()),
+    )
+    .unwrap();
+    std::thread::scope(|s| {
+        for t in 0..6u64 {
+            let builds = &builds;
+            s.spawn(move || {
+                let mut rng = Rng(seed ^ (t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                for _ in 0..200 {
+                    let (build, mem, root) = &chain[(rng.next() % chain.len() as u64) as usize];
+                    let (file, image) = if rng.next() % 2 == 0 {
+                        (FileKind::Memfile, mem)
+                    } else {
+                        (FileKind::Rootfs, root)
+                    };
+                    let tf = builds.open(*build, file).unwrap();
+                    let off = rng.next() % (image.len() as u64 + 10);
+                    let mut buf = vec![0x55u8; (rng.next() % (600 << 10)) as usize];
+                    let n = tf.read_at(&mut buf, off).unwrap();
+                    let start = (off as usize).min(image.len());
+                    let want = (image.len() - start).min(buf.len());
+                    assert_eq!(n, want, "{build}/{file} at {off}");
+                    assert!(
+                        buf[..n] == image[start..start + n],
+                        "{build}/{file} at {off}"
+                    );
+                }
+            });
+        }
+    });
 }

@@ -195,6 +195,22 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    /// No ioctls: terminals probe with TCGETS when a tool reads `.stats`;
+    /// a quiet ENOTTY is the answer a plain file gives.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     // Everything below would change the tree.
 
     fn setattr(
