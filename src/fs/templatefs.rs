@@ -138,10 +138,7 @@ impl TemplateFs {
             Node::Root => {
                 // Any canonical build id resolves, listed or not: listing a
                 // big store is slow, probing one build is not.
-                // Exactly the listed spelling, so a build has one name.
-                let build = parse_build_id(name)
-                    .filter(|b| b.to_string() == name)
-                    .ok_or_else(|| FsError::NoEntry(text()))?;
+                let build = parse_build_id(name).ok_or_else(|| FsError::NoEntry(text()))?;
                 if !self.build_objects(build)?.any() {
                     return Err(FsError::NoEntry(text()));
                 }

@@ -164,14 +164,14 @@ impl Store for LocalStore {
 }
 
 /// A build id as it appears in a store listing or a path: the canonical
-/// hyphenated UUID form only (no braces, URNs or simple form), so one build
-/// has one name.
+/// lowercase hyphenated UUID form only (no braces, URNs, simple form or
+/// capitals), so one build has one name.
 pub fn parse_build_id(name: &str) -> Option<Uuid> {
     if name.len() != 36 {
         return None;
     }
     let id = Uuid::try_parse(name).ok()?;
-    (id.hyphenated().to_string() == name.to_ascii_lowercase()).then_some(id)
+    (id.hyphenated().to_string() == name).then_some(id)
 }
 
 #[cfg(test)]
@@ -228,5 +228,7 @@ mod tests {
         assert_eq!(parse_build_id(".."), None);
         assert_eq!(parse_build_id("../../../../../../etc/passwd"), None);
         assert_eq!(parse_build_id(&format!("{{{id}}}")), None);
+        // Keys are lowercase: an uppercase name would be a second name.
+        assert_eq!(parse_build_id(&id.to_string().to_uppercase()), None);
     }
 }

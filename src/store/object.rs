@@ -474,7 +474,7 @@ impl Store for RemoteStore {
         let mut builds: Vec<Uuid> = listing
             .common_prefixes
             .iter()
-            .filter_map(|p| p.filename().and_then(build_id))
+            .filter_map(|p| p.filename().and_then(parse_build_id))
             .collect();
         builds.sort();
         builds.dedup();
@@ -511,12 +511,6 @@ impl Store for RemoteStore {
         let put = self.client.put(&path, payload);
         self.run(&key.to_string(), put).map(drop)
     }
-}
-
-/// A build id named exactly as `ObjectKey` spells it (lowercase): keys are
-/// case-sensitive, so another spelling names objects no key can reach.
-fn build_id(name: &str) -> Option<Uuid> {
-    parse_build_id(name).filter(|id| id.hyphenated().to_string() == name)
 }
 
 fn location_name(scheme: &str, bucket: &str, prefix: &str) -> String {
