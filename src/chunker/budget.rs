@@ -90,14 +90,24 @@ impl CacheBudget {
     }
 
     /// Evict least recently used units while over the limit. Called by fetch
-    /// workers after a fetch; a second caller while one evicts returns at once.
+    /// workers after a fetch; a second caller while one evicts returns at
+    /// once, so the evictor passes again while the total is still over: a
+    /// unit charged during its pass is then seen. It stops when a pass frees
+    /// nothing (everything left is pinned or being fetched).
     pub(super) fn enforce(&self) {
-        if self.used() <= self.limit {
-            return;
+        while self.used() > self.limit {
+            let Ok(_evicting) = self.evicting.try_lock() else {
+                return;
+            };
+            if self.evict_pass() == 0 {
+                return;
+            }
         }
-        let Ok(_evicting) = self.evicting.try_lock() else {
-            return;
-        };
+    }
+
+    /// One pass over all members' cached units, oldest first, down to 90% of
+    /// the limit; returns the bytes freed.
+    fn evict_pass(&self) -> u64 {
         let members: Vec<Arc<Inner>> = {
             let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
             members.retain(|m| m.strong_count() > 0);
@@ -114,12 +124,14 @@ impl CacheBudget {
         }
         candidates.sort_unstable();
         let target = self.limit - self.limit / 10;
+        let mut freed = 0;
         for (_, i, u) in candidates {
             if self.used() <= target {
                 break;
             }
-            members[i].try_evict(u);
+            freed += members[i].try_evict(u);
         }
+        freed
     }
 }
 
