@@ -239,7 +239,6 @@ prepare() {
   ZSTD_BUILD=$(cat "$DATA/build.zstd")
   RAW_BUILD=$(cat "$DATA/build.none")
   ZSTD_OBJECT="$STORE/$ZSTD_BUILD/memfile.zstd"
-  MEMFILE_BYTES=$(stat -c %s "$DATA/memfile")
   [ -f "$ZSTD_OBJECT" ] || die "$ZSTD_OBJECT missing: delete $WORK and run again"
 }
 
@@ -290,7 +289,7 @@ group_seq() {
   done < <(squash_variants)
 
   drop_caches
-  timed seq-cold-zstd.zstd "$MEMFILE_BYTES" sh -c 'zstd -d -q -c "$1" >/dev/null' sh "$ZSTD_OBJECT"
+  timed seq-cold-zstd.zstd "$(stat -c %s "$STORE/$RAW_BUILD/memfile")" sh -c 'zstd -d -q -c "$1" >/dev/null' sh "$ZSTD_OBJECT"
 
   drop_caches
   timed_cat seq-cold-raw.local "$DATA/memfile"
