@@ -25,7 +25,8 @@ PAGE = 4096
 # Share of pages of each kind in the memfile. Runs of one kind are
 # 1..RUN_MAX pages long, so kinds cluster as they do in a VM's memory.
 KINDS = [
-    ("zero", 0.45, 512),  # never touched, or freed and zeroed
+    ("zero", 0.35, 8192),  # never touched: large free regions
+    ("zero-page", 0.10, 64),  # freed and zeroed pages among used ones
     ("repeat", 0.10, 64),  # a few pages seen over and over (page tables, fills)
     ("heap", 0.30, 64),  # compressible: pointers, small integers, text
     ("random", 0.15, 64),  # incompressible: encrypted or compressed data
@@ -92,7 +93,7 @@ def write_memfile(path, size_mib, seed):
             kind = rng.choices(names, run_weights)[0]
             run = min(rng.randint(1, run_max[kind]), pages - page)
             counts[kind] += run
-            if kind != "zero":
+            if not kind.startswith("zero"):
                 if kind == "random":
                     data = rng.randbytes(run * PAGE)
                 elif kind == "repeat":
