@@ -1,8 +1,251 @@
 //! The `tdfs` command line: one module per subcommand, argument parsing,
 //! progress bars and exit codes.
 
-use std::process::ExitCode;
+pub mod completions;
+mod demo;
+mod export;
+mod inspect;
+pub mod mount;
+mod pack;
+mod verify;
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::format::{Compression, FileKind, FormatError, Header, ObjectKey};
+use crate::pack::PackError;
+use crate::store::{Store, StoreError, StoreOptions, parse_build_id};
+use crate::template::TemplateError;
+
+/// Largest header a command will load (a V3 header of a huge, fragmented
+/// memfile is tens of MiB; anything near this is not a header).
+const MAX_HEADER_LEN: u64 = 512 << 20;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tdfs",
+    version,
+    about = "Show E2B-format VM template builds as plain files, and write them"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a build from raw images, as a layer on a base build or fresh.
+    ///
+    /// Only blocks that differ from the base's view are stored; zero blocks
+    /// are stored nowhere. Objects are written atomically, data first and
+    /// the two .header objects last: a build without headers is an
+    /// interrupted pack, not a build.
+    Pack(pack::Args),
+    /// Show a build's headers: metadata, mappings, builds section, frames.
+    Inspect(inspect::Args),
+    /// Check a build: headers, every frame of its diffs, sizes and SHA-256.
+    Verify(verify::Args),
+    /// Write a template file of a build, flattened, to a raw (sparse) file.
+    Export(export::Args),
+    /// Make a demo store (base build + two layers) and mount it.
+    Demo(demo::Args),
+    /// Mount a store's builds read-only with FUSE (a daemon unless
+    /// --foreground; SIGINT or SIGTERM unmounts).
+    Mount(mount::MountArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    #[command(hide = true)]
+    Completions(completions::CompletionsArgs),
+}
+
+/// Why a command failed; main prints it after `tdfs: error: `.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Fs(#[from] crate::fs::FsError),
+    #[error(
+        "build {build} has no {file} header in {location} (no such build, or an incomplete pack: headers are written last)"
+    )]
+    MissingBuild {
+        build: Uuid,
+        file: FileKind,
+        location: String,
+    },
+    #[error("header {key} is corrupt: {source}")]
+    CorruptHeader {
+        key: String,
+        #[source]
+        source: FormatError,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("build {build} failed verification ({count} problem(s), listed above)")]
+    VerifyFailed { build: Uuid, count: usize },
+}
+
+/// Parse the arguments, run the command, and turn an error into a message
+/// on stderr and exit code 1 (clap exits with 2 on bad usage).
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    // `mount` sets up its own logging (--log-file, -d).
+    if !matches!(cli.command, Command::Mount(_) | Command::Demo(_)) {
+        env_logger::init();
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tdfs: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Pack(args) => pack::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Mount(args) => Ok(mount::run(args)?),
+        Command::Completions(args) => {
+            completions::run(args, Cli::command());
+            Ok(())
+        }
+    }
+}
+
+/// The store a `--store` value names: a directory, `file://DIR`,
+/// `s3://BUCKET[/PREFIX]` or `gs://BUCKET[/PREFIX]`. `create` makes a
+/// missing local directory (writers).
+pub fn open_store(location: &str, create: bool) -> Result<Arc<dyn Store>, CliError> {
+    let opts = StoreOptions {
+        create,
+        ..StoreOptions::default()
+    };
+    Ok(crate::store::open_store(location, &opts)?)
+}
+
+/// Load and decode the header of `file` of `build`.
+pub fn load_header(store: &dyn Store, build: Uuid, file: FileKind) -> Result<Header, CliError> {
+    let key = ObjectKey::header(build, file);
+    let bytes = store.read_all(&key, MAX_HEADER_LEN).map_err(|e| match e {
+        StoreError::NotFound { .. } => CliError::MissingBuild {
+            build,
+            file,
+            location: store.location(),
+        },
+        other => CliError::Store(other),
+    })?;
+    Header::decode(&bytes).map_err(|source| CliError::CorruptHeader {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// A size: plain bytes or with a binary unit (`4KiB`, `2MiB`, `1GiB`;
+/// `K`, `M`, `G`, `T` mean the same).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || format!("{text:?} is not a size (examples: 4096, 4KiB, 2MiB, 1GiB)");
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A build id in canonical form (`3f1c…-…`, as the store names it).
+pub fn parse_build(text: &str) -> Result<Uuid, String> {
+    parse_build_id(text).ok_or_else(|| {
+        format!("{text:?} is not a build id (a UUID like 3f1c0000-0000-4000-8000-000000000001)")
+    })
+}
+
+/// `memfile` or `rootfs.ext4`.
+pub fn parse_file_kind(text: &str) -> Result<FileKind, String> {
+    FileKind::from_name(text)
+        .ok_or_else(|| format!("{text:?} is not a template file (memfile or rootfs.ext4)"))
+}
+
+/// `zstd`, `lz4` or `none`.
+pub fn parse_compression(text: &str) -> Result<Compression, String> {
+    [Compression::Zstd, Compression::Lz4, Compression::None]
+        .into_iter()
+        .find(|c| c.name() == text)
+        .ok_or_else(|| format!("{text:?} is not a compression (zstd, lz4 or none)"))
+}
+
+/// `12.0 MiB` style, for people.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+        assert_eq!(parse_size("2 MiB"), Ok(2 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("7B"), Ok(7));
+        for bad in ["", "MiB", "2.5MiB", "-1", "4KB", "12 apples"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert!(parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(parse_compression("lz4"), Ok(Compression::Lz4));
+        assert!(parse_compression("gzip").is_err());
+        assert_eq!(parse_file_kind("memfile"), Ok(FileKind::Memfile));
+        assert!(parse_file_kind("snapfile").is_err());
+        let id = Uuid::new_v4();
+        assert_eq!(parse_build(&id.to_string()), Ok(id));
+        assert!(parse_build("nope").is_err());
+        assert_eq!(human_bytes(100), "100 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
 }

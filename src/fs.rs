@@ -1,2 +1,20 @@
 //! The FUSE adapter (fuser): inodes, attributes, xattrs, `.stats`, errno
 //! mapping. Thin: it translates FUSE calls into `template` calls.
+//!
+//! `TemplateFs` is the tree itself and can be driven without a kernel;
+//! `fuse` links fuser's callbacks to it; `session` mounts and unmounts;
+//! `error` is where every failure becomes an errno and a log line.
+
+mod error;
+mod fuse;
+mod inode;
+mod session;
+mod templatefs;
+mod xattr;
+
+pub use error::{FsError, ToErrno, chain};
+pub use inode::STATS_NAME;
+pub use session::{
+    MountOptions, Mounted, check_fuse_device, mount, mount_points, prepare_mountpoint,
+};
+pub use templatefs::{DirEntry, Entry, FsOptions, IMMUTABLE_TTL, Opened, TemplateFs};

@@ -1,0 +1,125 @@
+//! `tdfs export`: flatten a template file of a build to a raw file through
+//! the read path, on all cores. Ranges the header maps to zeros are left as
+//! holes, so the output is sparse; it appears under its name only when
+//! complete.
+
+use std::fs::{self, File};
+use std::io::IsTerminal;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::{CliError, human_bytes, open_store, parse_build, parse_file_kind};
+use crate::format::FileKind;
+use crate::pack::{ScratchDir, byte_bar, default_threads, ordered_map};
+use crate::template::{Builds, TemplateConfig, TemplateFile};
+
+/// Bytes per work item.
+const PIECE: u64 = 4 << 20;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Store holding the build.
+    #[arg(long)]
+    pub store: String,
+    /// Build id.
+    #[arg(value_parser = parse_build)]
+    pub build: Uuid,
+    /// memfile or rootfs.ext4.
+    #[arg(value_parser = parse_file_kind)]
+    pub file: FileKind,
+    /// Output path.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<(), CliError> {
+    let store = open_store(&args.store, false)?;
+    let scratch = ScratchDir::new(None)?;
+    let builds = Builds::new(
+        store,
+        TemplateConfig::for_tool(scratch.path().join("cache")),
+    )?;
+    let template = builds.open(args.build, args.file)?;
+    let data_bytes = export(&template, &args.output, std::io::stderr().is_terminal())?;
+    eprintln!(
+        "wrote {} ({} of data, the rest holes) to {}",
+        human_bytes(template.size()),
+        human_bytes(data_bytes),
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// Write `template` flattened to `output` (via a temporary sibling renamed
+/// into place); returns the bytes written as data rather than holes.
+pub fn export(template: &TemplateFile, output: &Path, progress: bool) -> Result<u64, CliError> {
+    let size = template.size();
+    let pieces = data_pieces(template);
+    let data_bytes: u64 = pieces.iter().map(|(_, len)| len).sum();
+
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".to_string());
+    let tmp = output.with_file_name(format!(".{name}.tdfs-{}", Uuid::new_v4().simple()));
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CliError::Io { path, source }
+    };
+    let out = File::create(&tmp).map_err(io_err(&tmp))?;
+    let result = (|| {
+        out.set_len(size).map_err(io_err(&tmp))?;
+        let bar = byte_bar(progress, data_bytes, "export");
+        ordered_map(
+            pieces.len(),
+            default_threads(),
+            |i| -> Result<u64, CliError> {
+                let (off, len) = pieces[i];
+                let mut buf = vec![0u8; len as usize];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match template.read_at(&mut buf[filled..], off + filled as u64)? {
+                        0 => break,
+                        n => filled += n,
+                    }
+                }
+                out.write_all_at(&buf[..filled], off)
+                    .map_err(io_err(&tmp))?;
+                Ok(len)
+            },
+            |_, len| {
+                bar.inc(len);
+                Ok(())
+            },
+        )?;
+        bar.finish_and_clear();
+        out.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, output).map_err(io_err(output))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| data_bytes)
+}
+
+/// `(offset, len)` pieces of at most `PIECE` bytes covering every range the
+/// header maps to a build (not to zeros), within the file's size.
+fn data_pieces(template: &TemplateFile) -> Vec<(u64, u64)> {
+    let size = template.size();
+    let mut pieces = Vec::new();
+    for m in template.header().mappings.as_slice() {
+        if m.is_zero() {
+            continue;
+        }
+        let end = m.end().min(size);
+        let mut off = m.offset;
+        while off < end {
+            let len = PIECE.min(end - off);
+            pieces.push((off, len));
+            off += len;
+        }
+    }
+    pieces
+}

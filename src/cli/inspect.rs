@@ -1,0 +1,276 @@
+//! `tdfs inspect`: a build's headers as a readable table or as JSON.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{CliError, human_bytes, load_header, open_store, parse_build, parse_file_kind};
+use crate::format::{FileKind, Header, ObjectKey, ObjectName};
+use crate::store::{Store, StoreError};
+
+/// Largest metadata.json shown.
+const MAX_METADATA_LEN: u64 = 1 << 20;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Store holding the build.
+    #[arg(long)]
+    pub store: String,
+    /// Build id.
+    #[arg(value_parser = parse_build)]
+    pub build: Uuid,
+    /// Only this file: memfile or rootfs.ext4 (default: both).
+    #[arg(value_parser = parse_file_kind)]
+    pub file: Option<FileKind>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    pub build_id: String,
+    pub store: String,
+    /// The build's metadata.json, when present and valid JSON.
+    pub metadata_json: Option<serde_json::Value>,
+    pub snapfile_size: Option<u64>,
+    pub files: Vec<FileReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FileReport {
+    pub file: String,
+    pub header_key: String,
+    pub header_version: u16,
+    pub version_word: u64,
+    pub block_size: u64,
+    pub size: u64,
+    pub generation: u64,
+    pub build_id: String,
+    pub base_build_id: String,
+    pub mappings: MappingSummary,
+    pub builds: Vec<BuildEntryReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MappingSummary {
+    pub count: usize,
+    pub zero_bytes: u64,
+    /// Bytes and mappings per source build.
+    pub by_build: Vec<SourceBytes>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourceBytes {
+    pub build_id: String,
+    pub mappings: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildEntryReport {
+    pub build_id: String,
+    pub file_size: u64,
+    /// Hex SHA-256 of the uncompressed diff; None when unknown (all zero).
+    pub sha256: Option<String>,
+    pub compression: String,
+    pub frames: usize,
+    pub uncompressed_bytes: u64,
+    pub compressed_bytes: u64,
+    /// uncompressed / compressed of the listed frames.
+    pub ratio: Option<f64>,
+}
+
+pub fn run(args: Args) -> Result<(), CliError> {
+    let store = open_store(&args.store, false)?;
+    let files = match args.file {
+        Some(f) => vec![f],
+        None => FileKind::ALL.to_vec(),
+    };
+    let report = build_report(store.as_ref(), args.build, &files)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("the report serializes")
+        );
+    } else {
+        print!("{}", render_text(&report));
+    }
+    Ok(())
+}
+
+pub fn build_report(
+    store: &dyn Store,
+    build: Uuid,
+    files: &[FileKind],
+) -> Result<BuildReport, CliError> {
+    let mut reports = Vec::new();
+    for &file in files {
+        let header = load_header(store, build, file)?;
+        reports.push(file_report(&header, file, build));
+    }
+    let metadata_key = ObjectKey::new(build, ObjectName::Metadata);
+    let metadata_json = match store.read_all(&metadata_key, MAX_METADATA_LEN) {
+        Ok(bytes) => serde_json::from_slice(&bytes).ok(),
+        Err(StoreError::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let snapfile_size = match store.size(&ObjectKey::new(build, ObjectName::Snapfile)) {
+        Ok(n) => Some(n),
+        Err(StoreError::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(BuildReport {
+        build_id: build.to_string(),
+        store: store.location(),
+        metadata_json,
+        snapfile_size,
+        files: reports,
+    })
+}
+
+fn file_report(header: &Header, file: FileKind, build: Uuid) -> FileReport {
+    let md = &header.metadata;
+    let mut zero_bytes = 0;
+    let mut by_build: BTreeMap<Uuid, (usize, u64)> = BTreeMap::new();
+    // Bytes are counted within the logical size (a last mapping may run to
+    // the next page boundary).
+    for m in header.mappings.as_slice() {
+        let len = m.end().min(md.size).saturating_sub(m.offset);
+        if m.is_zero() {
+            zero_bytes += len;
+        } else {
+            let e = by_build.entry(m.build_id).or_default();
+            e.0 += 1;
+            e.1 += len;
+        }
+    }
+    let builds = header
+        .builds
+        .iter()
+        .map(|b| {
+            let frames = b.frames.frames();
+            let uncompressed_bytes: u64 = frames.iter().map(|f| u64::from(f.size_u)).sum();
+            let compressed_bytes: u64 = frames.iter().map(|f| u64::from(f.size_c)).sum();
+            BuildEntryReport {
+                build_id: b.build_id.to_string(),
+                file_size: b.file_size,
+                sha256: (b.sha256 != [0; 32]).then(|| hex(&b.sha256)),
+                compression: b.frames.compression().name().to_string(),
+                frames: frames.len(),
+                uncompressed_bytes,
+                compressed_bytes,
+                ratio: (compressed_bytes > 0)
+                    .then(|| uncompressed_bytes as f64 / compressed_bytes as f64),
+            }
+        })
+        .collect();
+    FileReport {
+        file: file.name().to_string(),
+        header_key: ObjectKey::header(build, file).to_string(),
+        header_version: header.version(),
+        version_word: md.version,
+        block_size: md.block_size,
+        size: md.size,
+        generation: md.generation,
+        build_id: md.build_id.to_string(),
+        base_build_id: md.base_build_id.to_string(),
+        mappings: MappingSummary {
+            count: header.mappings.as_slice().len(),
+            zero_bytes,
+            by_build: by_build
+                .into_iter()
+                .map(|(build_id, (mappings, bytes))| SourceBytes {
+                    build_id: build_id.to_string(),
+                    mappings,
+                    bytes,
+                })
+                .collect(),
+        },
+        builds,
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn render_text(r: &BuildReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "build {}  (store {})", r.build_id, r.store);
+    if let Some(size) = r.snapfile_size {
+        let _ = writeln!(out, "  snapfile       {}", human_bytes(size));
+    }
+    if let Some(md) = &r.metadata_json {
+        let _ = writeln!(out, "  metadata.json  {md}");
+    }
+    for f in &r.files {
+        let own = |id: &String| {
+            if *id == f.build_id {
+                " (this build)"
+            } else {
+                ""
+            }
+        };
+        let _ = writeln!(out, "\n{}  ({})", f.file, f.header_key);
+        let _ = writeln!(
+            out,
+            "  header        V{} (version word {:#x}), block size {}, size {} ({} bytes)",
+            f.header_version,
+            f.version_word,
+            human_bytes(f.block_size),
+            human_bytes(f.size),
+            f.size
+        );
+        let _ = writeln!(
+            out,
+            "  generation    {}, base build {}",
+            f.generation, f.base_build_id
+        );
+        let _ = writeln!(
+            out,
+            "  mappings      {} ({} zeros)",
+            f.mappings.count,
+            human_bytes(f.mappings.zero_bytes)
+        );
+        for s in &f.mappings.by_build {
+            let _ = writeln!(
+                out,
+                "    {}  {:>10} in {} mapping(s){}",
+                s.build_id,
+                human_bytes(s.bytes),
+                s.mappings,
+                own(&s.build_id)
+            );
+        }
+        if f.builds.is_empty() {
+            let _ = writeln!(out, "  builds        none listed (V1-V3: all uncompressed)");
+            continue;
+        }
+        let _ = writeln!(out, "  builds        {}", f.builds.len());
+        for b in &f.builds {
+            let _ = writeln!(
+                out,
+                "    {}  {:<4}  diff {:>10}  sha256 {}{}",
+                b.build_id,
+                b.compression,
+                human_bytes(b.file_size),
+                b.sha256.as_deref().unwrap_or("unknown"),
+                own(&b.build_id)
+            );
+            if b.frames > 0 {
+                let _ = writeln!(
+                    out,
+                    "      frames {}: {} -> {} (ratio {:.2})",
+                    b.frames,
+                    human_bytes(b.uncompressed_bytes),
+                    human_bytes(b.compressed_bytes),
+                    b.ratio.unwrap_or(0.0)
+                );
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,466 @@
+//! `tdfs mount STORE MOUNTPOINT`: mount a store's builds read-only, in the
+//! foreground or as a daemon, and unmount cleanly on SIGINT, SIGTERM or
+//! SIGHUP (or when unmounted from outside).
+
+use std::env;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use log::LevelFilter;
+
+use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs, chain};
+use crate::store::{self, Store, StoreLocation, StoreOptions};
+use crate::template::{Builds, TemplateConfig};
+
+/// How long the root listing is trusted (new builds show up within it).
+const LISTING_TTL: Duration = Duration::from_secs(5);
+/// How long a stop waits for the session to wind down.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Chunks or frames fetched ahead of a sequential reader.
+const READAHEAD_CHUNKS: usize = 4;
+/// Concurrent store requests.
+const FETCH_WORKERS: usize = 16;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MountArgs {
+    /// The store: a directory holding build folders, or a URL
+    /// (s3://bucket/prefix, gs://bucket/prefix).
+    pub store: String,
+
+    /// An empty directory to mount on.
+    pub mountpoint: PathBuf,
+
+    /// Where cache files go; each mount uses its own subdirectory.
+    /// [default: $XDG_CACHE_HOME/tdfs, /var/cache/tdfs for root, else
+    /// ~/.cache/tdfs]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Bound on the bytes kept in cache files, e.g. 20GiB; 0 = no bound.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = super::parse_size)]
+    pub max_cache_size: u64,
+
+    /// FUSE worker threads. Each blocks while its read waits for a fetch,
+    /// so keep enough that cache hits never queue behind misses.
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
+
+    /// Let users other than the mounting one read the mount (for a
+    /// non-root mounter this needs user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Owner shown for every file [default: the mounting user].
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// Group shown for every file [default: the mounting user's group].
+    #[arg(long, value_name = "GID")]
+    pub gid: Option<u32>,
+
+    /// Stay in the foreground instead of running as a daemon.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+
+    /// Append logs to FILE (a daemon has no terminal to log to).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Log at debug level (RUST_LOG is respected otherwise).
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+
+    /// S3-compatible server to use instead of AWS (s3:// stores).
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+
+    /// S3 region (s3:// stores).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+}
+
+/// Run `tdfs mount`: returns once the mount is up (daemon) or after it has
+/// been unmounted (foreground).
+pub fn run(args: MountArgs) -> Result<(), FsError> {
+    init_logging(&args)?;
+    fs::check_fuse_device()?;
+    let mountpoint = fs::prepare_mountpoint(&args.mountpoint)?;
+    let store = absolute_store(&args.store);
+    let cache_dir = cache_root(args.cache_dir.as_deref())?;
+    let setup = Setup {
+        store,
+        mountpoint,
+        cache_dir,
+        args,
+    };
+    if setup.args.foreground {
+        serve(&setup, || {
+            eprintln!(
+                "tdfs: serving {} at {}; Ctrl-C or `umount {}` stops it",
+                setup.store,
+                setup.mountpoint.display(),
+                setup.mountpoint.display()
+            )
+        })
+    } else {
+        daemonize(&setup)
+    }
+}
+
+/// What `serve` needs, resolved before any fork so errors reach the terminal.
+struct Setup {
+    store: String,
+    mountpoint: PathBuf,
+    cache_dir: PathBuf,
+    args: MountArgs,
+}
+
+/// The one place a STORE argument becomes a `Store`. Listing its builds
+/// shows now, not at the first read, that the store answers (remote stores
+/// connect lazily, and only a listing tells a missing bucket from a missing
+/// object); returns the store and how many builds it has.
+fn open_store(args: &MountArgs, location: &str) -> Result<(Arc<dyn Store>, usize), FsError> {
+    let options = StoreOptions {
+        endpoint_url: args.endpoint_url.clone(),
+        region: args.region.clone(),
+        ..StoreOptions::default()
+    };
+    let store = store::open_store(location, &options).map_err(FsError::open)?;
+    let builds = store.list_builds().map_err(FsError::open)?;
+    Ok((store, builds.len()))
+}
+
+/// A local store path made absolute: the daemon changes directory to `/`.
+fn absolute_store(location: &str) -> String {
+    match StoreLocation::parse(location) {
+        Ok(StoreLocation::Local(dir)) => std::path::absolute(&dir)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| location.to_string()),
+        _ => location.to_string(),
+    }
+}
+
+/// Mount and serve until a stop signal or an outside unmount; `ready` runs
+/// once the mount is usable.
+fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
+    // Before any thread exists, so every thread inherits the mask and the
+    // signals are only ever taken by `sigwait` below.
+    let signals = block_stop_signals()?;
+    let args = &setup.args;
+    let (store, build_count) = open_store(args, &setup.store)?;
+    let config = TemplateConfig {
+        cache_dir: setup.cache_dir.clone(),
+        max_cache_size: args.max_cache_size,
+        fetch_timeout: FETCH_TIMEOUT,
+        readahead: READAHEAD_CHUNKS,
+        fetch_workers: FETCH_WORKERS,
+    };
+    let builds = Builds::new(store, config).map_err(FsError::open)?;
+    let cache_path = builds.cache_path().to_path_buf();
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let options = FsOptions {
+        uid: args.uid.unwrap_or(uid),
+        gid: args.gid.unwrap_or(gid),
+        listing_ttl: LISTING_TTL,
+    };
+    let tree = Arc::new(TemplateFs::new(builds, options));
+    let mount_options = MountOptions {
+        allow_other: args.allow_other,
+        threads: usize::from(args.threads),
+    };
+    let mounted = fs::mount(tree, &setup.mountpoint, &mount_options)?;
+    // After `ready`: a daemon's terminal should not get log lines once it
+    // is told the mount is up.
+    ready();
+    log::info!(
+        "mounted {} ({build_count} builds) on {} ({} threads, cache {})",
+        setup.store,
+        setup.mountpoint.display(),
+        args.threads,
+        cache_path.display()
+    );
+    let stop = wait_for_signals(signals)?;
+    crossbeam_channel::select! {
+        recv(stop) -> signal => {
+            log::info!(
+                "{}: unmounting {}",
+                signal_name(signal.unwrap_or(0)),
+                setup.mountpoint.display()
+            );
+            mounted.unmount(UNMOUNT_GRACE)
+        }
+        recv(mounted.ended()) -> result => {
+            log::info!("{} was unmounted", setup.mountpoint.display());
+            result
+                .unwrap_or(Ok(()))
+                .map_err(|source| FsError::Mount { path: setup.mountpoint.clone(), source })
+        }
+    }
+}
+
+/// Fork; the child sets up and serves the mount and tells the parent,
+/// through a pipe, "ok" once the mount is up or why it failed. The parent
+/// returns that outcome, so `tdfs mount` exits 0 only with a working mount.
+///
+/// The child does the setup, not the parent: opening a store and building
+/// the read path start threads, and threads do not survive a fork.
+fn daemonize(setup: &Setup) -> Result<(), FsError> {
+    let daemon_error = |what: &str, e: io::Error| FsError::Process(format!("{what}: {e}"));
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(daemon_error("creating a pipe", io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the process is single-threaded here (nothing has spawned a
+    // thread yet), so the child is a complete copy.
+    match unsafe { libc::fork() } {
+        -1 => Err(daemon_error("fork", io::Error::last_os_error())),
+        0 => {
+            drop(read_end);
+            run_daemon(setup, File::from(write_end))
+        }
+        child => {
+            drop(write_end);
+            let mut message = String::new();
+            let read = File::from(read_end).read_to_string(&mut message);
+            match (read, message.as_str()) {
+                (Ok(_), "ok") => {
+                    log::debug!("daemon {child} serves {}", setup.mountpoint.display());
+                    Ok(())
+                }
+                (Ok(_), "") | (Err(_), _) => Err(FsError::Process(format!(
+                    "the tdfs daemon exited while starting ({}); run with --foreground to see why",
+                    child_status(child)
+                ))),
+                (Ok(_), why) => Err(FsError::Process(why.to_string())),
+            }
+        }
+    }
+}
+
+/// The daemon child: never returns.
+fn run_daemon(setup: &Setup, pipe: File) -> ! {
+    // SAFETY: plain syscalls without pointers.
+    unsafe {
+        libc::setsid();
+    }
+    let _ = env::set_current_dir("/");
+    let mut pipe = Some(pipe);
+    let result = serve(setup, || {
+        if let Some(mut p) = pipe.take() {
+            let _ = p.write_all(b"ok");
+        }
+        detach_stdio();
+    });
+    match (result, pipe) {
+        (Err(e), Some(mut p)) => {
+            let _ = p.write_all(chain(&e).as_bytes());
+            std::process::exit(1);
+        }
+        (Err(e), None) => {
+            log::error!("{}", chain(&e));
+            std::process::exit(1);
+        }
+        (Ok(()), _) => std::process::exit(0),
+    }
+}
+
+/// Point stdin, stdout and stderr at /dev/null: the daemon outlives the
+/// terminal that started it.
+fn detach_stdio() {
+    let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    for fd in [0, 1, 2] {
+        // SAFETY: dup2 onto the standard descriptors, which we own.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}
+
+fn child_status(pid: libc::pid_t) -> String {
+    let mut status = 0;
+    // SAFETY: waits for our own child; status is a valid out pointer.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        return "status unknown".into();
+    }
+    if libc::WIFEXITED(status) {
+        format!("exit code {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by {}", signal_name(libc::WTERMSIG(status)))
+    } else {
+        format!("status {status}")
+    }
+}
+
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn block_stop_signals() -> Result<libc::sigset_t, FsError> {
+    // SAFETY: sigset_t is plain data, initialized by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(FsError::Process(format!(
+                "blocking signals: {}",
+                io::Error::from_raw_os_error(rc)
+            )));
+        }
+        Ok(set)
+    }
+}
+
+/// A thread that takes the (blocked) stop signals with sigwait and sends
+/// them on the returned channel.
+fn wait_for_signals(set: libc::sigset_t) -> Result<Receiver<libc::c_int>, FsError> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            loop {
+                let mut signal = 0;
+                // SAFETY: set is a valid, initialized signal set.
+                if unsafe { libc::sigwait(&set, &mut signal) } == 0 && tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| FsError::Process(format!("starting the signal thread: {e}")))?;
+    Ok(rx)
+}
+
+fn signal_name(signal: libc::c_int) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        other => format!("signal {other}"),
+    }
+}
+
+/// Logs go to stderr, or appended to `--log-file`; level info, RUST_LOG
+/// filters, `-d` makes debug the default level.
+fn init_logging(args: &MountArgs) -> Result<(), FsError> {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(LevelFilter::Info);
+    match env::var("RUST_LOG") {
+        Ok(filters) => {
+            builder.parse_filters(&filters);
+        }
+        // fuser warns when a session it did not unmount ends, which is
+        // every plain `umount` of the mountpoint: not worth a warning.
+        Err(_) if !args.debug => {
+            builder.filter_module("fuser::session", LevelFilter::Error);
+        }
+        Err(_) => {}
+    }
+    if args.debug {
+        builder.filter_level(LevelFilter::Debug);
+    }
+    if let Some(path) = &args.log_file {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| FsError::File {
+                what: "opening the log file",
+                path: path.clone(),
+                source,
+            })?;
+        builder.target(env_logger::Target::Pipe(Box::new(file)));
+    }
+    // A logger set up earlier by the caller stays in charge.
+    let _ = builder.try_init();
+    Ok(())
+}
+
+/// The parent of this mount's cache directory (`--cache-dir` or the
+/// default), absolute: the daemon changes directory to `/`. The read path
+/// makes its own session subdirectory there, so mounts never share files.
+fn cache_root(root: Option<&Path>) -> Result<PathBuf, FsError> {
+    match root {
+        Some(r) => std::path::absolute(r).map_err(|source| FsError::File {
+            what: "cache directory",
+            path: r.to_path_buf(),
+            source,
+        }),
+        None => Ok(default_cache_root()),
+    }
+}
+
+fn default_cache_root() -> PathBuf {
+    if let Some(xdg) = env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("tdfs");
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/tdfs");
+    }
+    match env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".cache/tdfs"),
+        None => env::temp_dir().join("tdfs-cache"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_stores_are_refused_clearly() {
+        let args = |extra: &[&str]| {
+            use clap::Parser;
+            #[derive(clap::Parser)]
+            struct Wrapper {
+                #[command(flatten)]
+                args: MountArgs,
+            }
+            let mut argv = vec!["tdfs", "STORE", "/mnt"];
+            argv.extend_from_slice(extra);
+            Wrapper::parse_from(argv).args
+        };
+        let err = open_store(&args(&[]), "/nonexistent/tdfs-store")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/tdfs-store"), "{err}");
+        let err = open_store(&args(&["--region", "x"]), "/tmp")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--region"), "{err}");
+        let err = open_store(&args(&[]), "ftp://host/x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unsupported"), "{err}");
+    }
+
+    #[test]
+    fn local_stores_become_absolute() {
+        assert_eq!(absolute_store("s3://b/p"), "s3://b/p");
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute_store("rel/store"),
+            here.join("rel/store").display().to_string()
+        );
+        assert_eq!(absolute_store("/srv/t"), "/srv/t");
+    }
+}

@@ -1,0 +1,260 @@
+//! The fs layer's one error type and the one place errors become errnos.
+
+use std::io;
+use std::path::PathBuf;
+
+use fuser::Errno;
+use uuid::Uuid;
+
+use crate::format::FileKind;
+use crate::store::StoreError;
+use crate::template::TemplateError;
+
+/// Why a filesystem request or the mount itself failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// A name that is not in the directory (not logged: `ls` of a missing
+    /// name is normal).
+    #[error("no entry named {0:?}")]
+    NoEntry(String),
+    #[error("no such inode {0}")]
+    NoInode(u64),
+    #[error("no open file handle {0}")]
+    NoHandle(u64),
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("no extended attribute {0:?}")]
+    NoXattr(String),
+    /// A template file of a build (its header, or a block of its data).
+    #[error("{build}/{file}{}: {source}", at_offset(*.offset))]
+    Template {
+        build: Uuid,
+        file: FileKind,
+        offset: Option<u64>,
+        #[source]
+        source: Box<TemplateError>,
+    },
+    /// An object passed through unchanged (`snapfile`, `metadata.json`).
+    #[error("{key}{}: {source}", at_offset(*.offset))]
+    Object {
+        key: String,
+        offset: Option<u64>,
+        #[source]
+        source: Box<StoreError>,
+    },
+    #[error("listing the builds of the store: {0}")]
+    List(#[source] Box<TemplateError>),
+
+    // Setting up the mount; these reach the user, not the kernel.
+    #[error(
+        "FUSE is not available: {0} (load the module with `modprobe fuse`; in a container pass --device /dev/fuse)"
+    )]
+    FuseUnavailable(String),
+    #[error("mountpoint {}: {reason}", .path.display())]
+    Mountpoint { path: PathBuf, reason: String },
+    #[error("mounting on {}: {source}", .path.display())]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("opening the store: {0}")]
+    Open(#[source] Box<TemplateError>),
+    #[error("{what} {}: {source}", .path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Starting or running the daemon process (fork, pipe, signals).
+    #[error("{0}")]
+    Process(String),
+}
+
+// Sources are boxed: errors stay small, so every `Result` carrying one does.
+impl FsError {
+    pub fn template(
+        build: Uuid,
+        file: FileKind,
+        offset: Option<u64>,
+        source: TemplateError,
+    ) -> Self {
+        FsError::Template {
+            build,
+            file,
+            offset,
+            source: Box::new(source),
+        }
+    }
+
+    pub fn object(key: String, offset: Option<u64>, source: StoreError) -> Self {
+        FsError::Object {
+            key,
+            offset,
+            source: Box::new(source),
+        }
+    }
+
+    pub fn open(source: impl Into<TemplateError>) -> Self {
+        FsError::Open(Box::new(source.into()))
+    }
+}
+
+fn at_offset(offset: Option<u64>) -> String {
+    offset
+        .map(|o| format!(" at offset {o}"))
+        .unwrap_or_default()
+}
+
+/// The errno the kernel gets for an error.
+pub trait ToErrno {
+    fn errno(&self) -> Errno;
+}
+
+impl ToErrno for TemplateError {
+    fn errno(&self) -> Errno {
+        match self {
+            TemplateError::NotFound { .. } => Errno::ENOENT,
+            // A corrupt header, an unreachable store, a failed or timed out
+            // fetch: the data exists but cannot be served right now.
+            TemplateError::CorruptHeader { .. }
+            | TemplateError::Inconsistent { .. }
+            | TemplateError::Cache { .. }
+            | TemplateError::Store(_)
+            | TemplateError::Chunker(_) => Errno::EIO,
+        }
+    }
+}
+
+impl ToErrno for FsError {
+    fn errno(&self) -> Errno {
+        match self {
+            FsError::NoEntry(_) | FsError::NoInode(_) => Errno::ENOENT,
+            FsError::NoHandle(_) => Errno::EBADF,
+            FsError::NotADirectory => Errno::ENOTDIR,
+            FsError::IsADirectory => Errno::EISDIR,
+            FsError::ReadOnly => Errno::EROFS,
+            FsError::NoXattr(_) => Errno::NO_XATTR,
+            FsError::Template { source, .. } | FsError::List(source) | FsError::Open(source) => {
+                source.errno()
+            }
+            FsError::Object { source, .. } if matches!(**source, StoreError::NotFound { .. }) => {
+                Errno::ENOENT
+            }
+            FsError::Object { .. }
+            | FsError::FuseUnavailable(_)
+            | FsError::Mountpoint { .. }
+            | FsError::Mount { .. }
+            | FsError::File { .. }
+            | FsError::Process(_) => Errno::EIO,
+        }
+    }
+}
+
+/// The errno for a failed request `op`, logging the error: one line per
+/// failure that is the filesystem's fault (naming build, file, offset and
+/// cause), debug level for the answers a caller expects (ENOENT, EROFS, ...).
+pub fn report(op: std::fmt::Arguments<'_>, err: &FsError) -> Errno {
+    let errno = err.errno();
+    if errno == Errno::EIO {
+        log::error!("{op}: {}", chain(err));
+    } else {
+        log::debug!("{op}: {err}");
+    }
+    errno
+}
+
+/// An error and its sources, `: `-separated.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        // thiserror's transparent and `{source}`-formatted variants already
+        // include their source's text.
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::FormatError;
+
+    #[test]
+    fn template_errors_map_to_errnos() {
+        let build = Uuid::from_u128(7);
+        let not_found = FsError::template(
+            build,
+            FileKind::Memfile,
+            None,
+            TemplateError::NotFound {
+                build,
+                file: FileKind::Memfile,
+            },
+        );
+        assert_eq!(not_found.errno(), Errno::ENOENT);
+        let corrupt = FsError::template(
+            build,
+            FileKind::Rootfs,
+            Some(4096),
+            TemplateError::CorruptHeader {
+                key: format!("{build}/rootfs.ext4.header"),
+                source: FormatError::UnsupportedVersion(9),
+            },
+        );
+        assert_eq!(corrupt.errno(), Errno::EIO);
+        let text = chain(&corrupt);
+        assert!(text.contains(&build.to_string()), "{text}");
+        assert!(text.contains("rootfs.ext4"), "{text}");
+        assert!(text.contains("at offset 4096"), "{text}");
+        let store = FsError::template(
+            build,
+            FileKind::Memfile,
+            Some(0),
+            TemplateError::Store(StoreError::ShortRead {
+                key: "k".into(),
+                expected: 2,
+                got: 1,
+            }),
+        );
+        assert_eq!(store.errno(), Errno::EIO);
+    }
+
+    #[test]
+    fn passthrough_and_request_errors_map_to_errnos() {
+        let missing = FsError::object(
+            "b/snapfile".into(),
+            None,
+            StoreError::NotFound {
+                key: "b/snapfile".into(),
+            },
+        );
+        assert_eq!(missing.errno(), Errno::ENOENT);
+        let io = FsError::object(
+            "b/snapfile".into(),
+            Some(3),
+            StoreError::Io {
+                key: "b/snapfile".into(),
+                source: io::Error::other("disk on fire"),
+            },
+        );
+        assert_eq!(io.errno(), Errno::EIO);
+        assert!(chain(&io).contains("disk on fire"));
+        assert_eq!(FsError::ReadOnly.errno(), Errno::EROFS);
+        assert_eq!(FsError::NoXattr("user.x".into()).errno(), Errno::NO_XATTR);
+        assert_eq!(FsError::NoEntry("x".into()).errno(), Errno::ENOENT);
+        assert_eq!(FsError::IsADirectory.errno(), Errno::EISDIR);
+        assert!(std::mem::size_of::<FsError>() <= 64, "errors stay small");
+    }
+}

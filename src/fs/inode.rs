@@ -1,0 +1,172 @@
+//! Inode numbers: what each node of the tree is, and a table that gives a
+//! build the same inode numbers for the whole life of the mount.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use uuid::Uuid;
+
+use crate::format::{FileKind, ObjectKey, ObjectName};
+
+pub const ROOT_INO: u64 = 1;
+pub const STATS_INO: u64 = 2;
+/// The first build directory's inode; each build owns `SLOTS` inodes from
+/// there: its directory, then one per `BuildFile`.
+const FIRST_BUILD_INO: u64 = 16;
+const SLOTS: u64 = 8;
+
+/// The name of the statistics file in the root.
+pub const STATS_NAME: &str = ".stats";
+
+/// A file inside a build directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BuildFile {
+    /// `memfile` or `rootfs.ext4`, resolved through its header.
+    Template(FileKind),
+    /// Objects shown as they are stored.
+    Snapfile,
+    Metadata,
+}
+
+impl BuildFile {
+    pub const ALL: [BuildFile; 4] = [
+        BuildFile::Template(FileKind::Memfile),
+        BuildFile::Template(FileKind::Rootfs),
+        BuildFile::Snapfile,
+        BuildFile::Metadata,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BuildFile::Template(kind) => kind.name(),
+            BuildFile::Snapfile => "snapfile",
+            BuildFile::Metadata => "metadata.json",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        BuildFile::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The object whose presence makes this file appear: the header of a
+    /// template file, the object itself otherwise.
+    pub fn object_key(self, build: Uuid) -> ObjectKey {
+        match self {
+            BuildFile::Template(kind) => ObjectKey::header(build, kind),
+            BuildFile::Snapfile => ObjectKey::new(build, ObjectName::Snapfile),
+            BuildFile::Metadata => ObjectKey::new(build, ObjectName::Metadata),
+        }
+    }
+
+    fn slot(self) -> u64 {
+        match self {
+            BuildFile::Template(FileKind::Memfile) => 1,
+            BuildFile::Template(FileKind::Rootfs) => 2,
+            BuildFile::Snapfile => 3,
+            BuildFile::Metadata => 4,
+        }
+    }
+
+    fn from_slot(slot: u64) -> Option<Self> {
+        BuildFile::ALL.into_iter().find(|f| f.slot() == slot)
+    }
+}
+
+/// What an inode is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    Root,
+    Stats,
+    Build(Uuid),
+    File(Uuid, BuildFile),
+}
+
+/// Builds get inodes in the order they are first seen, and keep them.
+/// Only builds known to exist are added, so the table grows with the store,
+/// not with the names callers try.
+#[derive(Debug, Default)]
+pub struct InodeTable {
+    inner: RwLock<Builds>,
+}
+
+#[derive(Debug, Default)]
+struct Builds {
+    index: HashMap<Uuid, u64>,
+    ids: Vec<Uuid>,
+}
+
+impl InodeTable {
+    /// The directory inode of `build`, assigned on first use.
+    pub fn build_ino(&self, build: Uuid) -> u64 {
+        let index = {
+            let inner = self.inner.read().expect("inode table lock");
+            inner.index.get(&build).copied()
+        };
+        let index = index.unwrap_or_else(|| {
+            let mut inner = self.inner.write().expect("inode table lock");
+            let next = inner.ids.len() as u64;
+            let index = *inner.index.entry(build).or_insert(next);
+            if index == next {
+                inner.ids.push(build);
+            }
+            index
+        });
+        FIRST_BUILD_INO + index * SLOTS
+    }
+
+    /// The inode of `file` in the directory `build_ino`.
+    pub fn file_ino(build_ino: u64, file: BuildFile) -> u64 {
+        build_ino + file.slot()
+    }
+
+    /// What `ino` is; None for inodes never handed out.
+    pub fn node(&self, ino: u64) -> Option<Node> {
+        match ino {
+            ROOT_INO => return Some(Node::Root),
+            STATS_INO => return Some(Node::Stats),
+            _ if ino < FIRST_BUILD_INO => return None,
+            _ => {}
+        }
+        let index = (ino - FIRST_BUILD_INO) / SLOTS;
+        let slot = (ino - FIRST_BUILD_INO) % SLOTS;
+        let build = {
+            let inner = self.inner.read().expect("inode table lock");
+            *inner.ids.get(usize::try_from(index).ok()?)?
+        };
+        if slot == 0 {
+            Some(Node::Build(build))
+        } else {
+            BuildFile::from_slot(slot).map(|f| Node::File(build, f))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inodes_are_stable_and_round_trip() {
+        let table = InodeTable::default();
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        let ia = table.build_ino(a);
+        let ib = table.build_ino(b);
+        assert_ne!(ia, ib);
+        assert_eq!(table.build_ino(a), ia);
+        assert_eq!(table.node(ia), Some(Node::Build(a)));
+        for f in BuildFile::ALL {
+            let ino = InodeTable::file_ino(ib, f);
+            assert_eq!(table.node(ino), Some(Node::File(b, f)));
+            assert_eq!(BuildFile::from_name(f.name()), Some(f));
+        }
+        assert_eq!(table.node(ROOT_INO), Some(Node::Root));
+        assert_eq!(table.node(STATS_INO), Some(Node::Stats));
+        assert_eq!(table.node(0), None);
+        assert_eq!(table.node(5), None);
+        assert_eq!(table.node(ib + 7), None);
+        assert_eq!(table.node(ib + SLOTS), None);
+        assert_eq!(table.node(u64::MAX), None);
+        assert_eq!(BuildFile::from_name("memfile.header"), None);
+    }
+}

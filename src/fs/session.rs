@@ -1,0 +1,325 @@
+//! Putting a `TemplateFs` on a mountpoint: checks of the mountpoint
+//! (missing, not a directory, not empty, already mounted, or a stale mount
+//! left by a crashed run, which is cleared), the fuser session with our
+//! options and threads, and unmounting.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+
+use super::error::FsError;
+use super::fuse::{FuseAdapter, MAX_READAHEAD};
+use super::templatefs::TemplateFs;
+
+/// How the mount is exposed.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Let users other than the mounting one in (`allow_other`).
+    pub allow_other: bool,
+    /// FUSE worker threads. They block while a read waits on a fetch, so
+    /// there should be enough that cache hits never queue behind misses.
+    pub threads: usize,
+}
+
+/// Check that FUSE can be used at all.
+pub fn check_fuse_device() -> Result<(), FsError> {
+    match std::fs::metadata("/dev/fuse") {
+        Ok(_) => Ok(()),
+        Err(e) => Err(FsError::FuseUnavailable(format!("/dev/fuse: {e}"))),
+    }
+}
+
+/// Make `path` ready to mount on and return it absolute and canonical:
+/// clears a stale FUSE mount left there by a crashed process, and refuses a
+/// missing path, a non-directory, a live mount or a non-empty directory.
+pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, FsError> {
+    let bad = |reason: String| FsError::Mountpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let absolute = std::path::absolute(path).map_err(|e| bad(e.to_string()))?;
+    if let Err(e) = statfs(&absolute)
+        && e.raw_os_error() == Some(libc::ENOTCONN)
+    {
+        log::warn!(
+            "{}: clearing a stale mount left by a tdfs process that exited without unmounting \
+             (\"{e}\")",
+            absolute.display()
+        );
+        detach(&absolute).map_err(|e| {
+            bad(format!(
+                "is a stale mount (transport endpoint is not connected) that could not be \
+                 cleared: {e}; run `umount -l {}` and retry",
+                absolute.display()
+            ))
+        })?;
+    }
+    let meta = std::fs::metadata(&absolute).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => bad(format!(
+            "does not exist (create it first: mkdir -p {})",
+            absolute.display()
+        )),
+        _ => bad(e.to_string()),
+    })?;
+    if !meta.is_dir() {
+        return Err(bad("is not a directory".into()));
+    }
+    let canonical = absolute.canonicalize().map_err(|e| bad(e.to_string()))?;
+    if mount_points()
+        .map_err(|e| bad(format!("reading /proc/self/mountinfo: {e}")))?
+        .contains(&canonical)
+    {
+        return Err(bad(format!(
+            "something is already mounted there (unmount it first: umount {})",
+            canonical.display()
+        )));
+    }
+    let mut entries = std::fs::read_dir(&canonical).map_err(|e| bad(e.to_string()))?;
+    if entries.next().is_some() {
+        return Err(bad(
+            "is not empty (mount on an empty directory so nothing is hidden)".into(),
+        ));
+    }
+    Ok(canonical)
+}
+
+/// statfs(2) of `path`. Unlike stat, which the kernel may answer from its
+/// attribute cache, a FUSE statfs always reaches the daemon, so a dead one
+/// shows as ENOTCONN.
+fn statfs(path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: statfs is plain data; c_path is NUL-terminated.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out pointer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut buf) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Mount points of this process's mount namespace.
+pub fn mount_points() -> io::Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .collect())
+}
+
+/// Undo the octal escapes (`\040` for a space) of mountinfo fields.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let text = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Lazily unmount `path`: directly when we may (root), else through
+/// fusermount3.
+fn detach(path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: c_path is a valid NUL-terminated string for the call.
+    if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let direct = io::Error::last_os_error();
+    let status = Command::new("fusermount3")
+        .args(["-u", "-z", "--"])
+        .arg(path)
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(io::Error::other(format!(
+            "umount2: {direct}; fusermount3 -u -z: {s}"
+        ))),
+        Err(e) => Err(io::Error::other(format!(
+            "umount2: {direct}; fusermount3: {e}"
+        ))),
+    }
+}
+
+/// A live mount. Dropping it without `unmount` leaves the mount to the
+/// session thread (the process exiting ends it).
+pub struct Mounted {
+    path: PathBuf,
+    unmounter: SessionUnmounter,
+    session: JoinHandle<()>,
+    ended: Receiver<io::Result<()>>,
+}
+
+/// Mount `fs` on `mountpoint` (already prepared) and serve it from
+/// `options.threads` worker threads. Returns once the kernel has
+/// connected, so the mount is usable.
+pub fn mount(
+    fs: Arc<TemplateFs>,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<Mounted, FsError> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName("tdfs".into()),
+        MountOption::Subtype("tdfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    config.acl = if options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(options.threads.max(1));
+    config.clone_fd = true;
+    let mut session =
+        Session::new(FuseAdapter::new(fs), mountpoint, &config).map_err(|source| {
+            FsError::Mount {
+                path: mountpoint.to_path_buf(),
+                source,
+            }
+        })?;
+    let unmounter = session.unmount_callable();
+    let (tx, ended) = crossbeam_channel::bounded(1);
+    let session = thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let _ = tx.send(session.run());
+        })
+        .map_err(|source| FsError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        })?;
+    // Only now: finding the mount's device stats its root, which needs the
+    // session serving.
+    raise_readahead(mountpoint);
+    Ok(Mounted {
+        path: mountpoint.to_path_buf(),
+        unmounter,
+        session,
+        ended,
+    })
+}
+
+/// The kernel offers FUSE mounts a small read-ahead window and only lets the
+/// filesystem shrink it at init; the bdi setting raises it (root only; a
+/// failure only costs speed).
+fn raise_readahead(mountpoint: &Path) {
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = meta.dev();
+    let bdi = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    match std::fs::write(&bdi, format!("{}", MAX_READAHEAD / 1024)) {
+        Ok(()) => log::debug!("{bdi} set to {} KiB", MAX_READAHEAD / 1024),
+        Err(e) => log::debug!("cannot raise read-ahead via {bdi}: {e}"),
+    }
+}
+
+impl Mounted {
+    /// Yields once when the session ends (unmounted by us or from outside,
+    /// or failed).
+    pub fn ended(&self) -> &Receiver<io::Result<()>> {
+        &self.ended
+    }
+
+    /// Unmount and wait up to `grace` for the session to finish. A busy
+    /// mount is detached lazily: open files keep working until closed, or
+    /// until this process exits.
+    pub fn unmount(mut self, grace: Duration) -> Result<(), FsError> {
+        if let Err(e) = self.unmounter.unmount() {
+            log::warn!(
+                "{}: unmount failed ({e}); detaching it lazily",
+                self.path.display()
+            );
+            detach(&self.path).map_err(|source| FsError::Mount {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        match self.ended.recv_timeout(grace) {
+            Ok(result) => {
+                let _ = self.session.join();
+                result.map_err(|source| FsError::Mount {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+            Err(_) => {
+                log::warn!(
+                    "{}: still in use {grace:?} after unmounting; exiting anyway",
+                    self.path.display()
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo("/mnt/tab\\011x\\134"), "/mnt/tab\tx\\");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("\\"), "\\");
+        assert_eq!(unescape_mountinfo("\\04"), "\\04");
+    }
+
+    #[test]
+    fn mountpoint_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let err = prepare_mountpoint(&missing).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = prepare_mountpoint(&file).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        let err = prepare_mountpoint(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not empty"), "{err}");
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert_eq!(
+            prepare_mountpoint(&empty).unwrap(),
+            empty.canonicalize().unwrap()
+        );
+        let err = prepare_mountpoint(Path::new("/proc"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already mounted"), "{err}");
+    }
+}

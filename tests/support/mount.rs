@@ -1,0 +1,292 @@
+//! Shared by the FUSE integration tests: a `tdfs mount --foreground` child on
+//! a temporary mountpoint that is unmounted and killed on drop, and helpers
+//! that bound everything a test waits on, so a failure never hangs the run.
+//!
+//! Include with `#[path = "support/mount.rs"] mod mount_support;`.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::ffi::OsStr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const TDFS: &str = env!("CARGO_BIN_EXE_tdfs");
+
+/// How long a mount may take to appear.
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one external command.
+pub const COMMAND_TIMEOUT_SECS: u32 = 120;
+
+/// True when FUSE tests can run. Panics (failing the test loudly) when
+/// /dev/fuse is missing, unless TDFS_SKIP_FUSE=1 asks to skip them.
+pub fn fuse_available() -> bool {
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    if std::env::var("TDFS_SKIP_FUSE").as_deref() == Ok("1") {
+        eprintln!("skipped: /dev/fuse is missing and TDFS_SKIP_FUSE=1");
+        return false;
+    }
+    panic!("/dev/fuse is missing: the FUSE tests need it (set TDFS_SKIP_FUSE=1 to skip them)");
+}
+
+/// A fixture store of tests/fixtures/e2b.
+pub fn fixture_store(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/e2b")
+        .join(name)
+}
+
+/// Run `program args…` under `timeout`, returning its output.
+pub fn run<I, S>(program: &str, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new("timeout")
+        .args(["-k", "5", &COMMAND_TIMEOUT_SECS.to_string(), program])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"))
+}
+
+/// `run`, asserting success; returns stdout as text.
+pub fn run_ok<I, S>(program: &str, args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run `f` on a thread and give up (panicking) after `secs`: in-process
+/// reads of the mount must not hang the test. A thread stuck in the mount is
+/// freed when the guard tears the mount down.
+pub fn within<T: Send + 'static>(
+    secs: u64,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within {secs} s"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    tdfs::fs::mount_points()
+        .expect("reading /proc/self/mountinfo")
+        .iter()
+        .any(|p| p == path)
+}
+
+/// A running `tdfs mount --foreground`.
+pub struct MountGuard {
+    child: Option<Child>,
+    mountpoint: PathBuf,
+    log: PathBuf,
+    // Dropped last, after the mount is gone.
+    _dir: tempfile::TempDir,
+}
+
+impl MountGuard {
+    /// Mount `store` on a new temporary mountpoint.
+    pub fn start(store: impl AsRef<OsStr>, extra: &[&str]) -> MountGuard {
+        Self::start_with_env(store, extra, &[])
+    }
+
+    /// `start`, with extra environment variables for tdfs.
+    pub fn start_with_env(
+        store: impl AsRef<OsStr>,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> MountGuard {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
+        Self::launch(dir, mountpoint, store.as_ref(), extra, env)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        mountpoint: PathBuf,
+        store: &OsStr,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> MountGuard {
+        let mountpoint = std::path::absolute(&mountpoint).expect("absolute mountpoint");
+        let log = dir.path().join(format!("tdfs-{}.log", unique()));
+        let cache = dir.path().join("cache");
+        let child = Command::new(TDFS)
+            .arg("mount")
+            .arg("--foreground")
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("--log-file")
+            .arg(&log)
+            .args(extra)
+            .arg(store)
+            .arg(&mountpoint)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning tdfs mount");
+        let mut guard = MountGuard {
+            child: Some(child),
+            mountpoint,
+            log,
+            _dir: dir,
+        };
+        guard.wait_mounted();
+        guard
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// `path` inside the mount.
+    pub fn join(&self, path: impl AsRef<Path>) -> PathBuf {
+        self.mountpoint.join(path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until this process says it has mounted (mountinfo alone cannot
+    /// tell a new mount from a stale one it is about to replace).
+    fn wait_mounted(&mut self) {
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        loop {
+            if self.log().contains("] mounted ") && is_mounted(&self.mountpoint) {
+                return;
+            }
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                self.child = None;
+                panic!(
+                    "tdfs mount exited before mounting ({status}): {stderr}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} not mounted after {MOUNT_TIMEOUT:?}; log:\n{}",
+                    self.mountpoint.display(),
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Send `signal` and wait (bounded) for the process to exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    return child.wait().ok();
+                }
+            }
+        }
+    }
+
+    /// SIGKILL the daemon, leaving a dead mount behind (as a crash does),
+    /// for `restart` to mount over.
+    pub fn crash(mut self) -> CrashedMount {
+        let status = self.signal_and_wait(libc::SIGKILL).expect("daemon ran");
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Hand the dead mount over: this guard's drop must leave it be.
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("temp dir"));
+        let mountpoint = std::mem::replace(&mut self.mountpoint, self._dir.path().join("none"));
+        CrashedMount {
+            dir: Some(dir),
+            mountpoint,
+        }
+    }
+
+    /// Mount `store` again where `crashed` died.
+    pub fn restart(
+        mut crashed: CrashedMount,
+        store: impl AsRef<OsStr>,
+        extra: &[&str],
+    ) -> MountGuard {
+        let dir = crashed.dir.take().expect("not restarted yet");
+        Self::launch(dir, crashed.mountpoint.clone(), store.as_ref(), extra, &[])
+    }
+}
+
+/// The dead mount a crashed daemon left; lazily unmounted on drop unless a
+/// new mount took over.
+pub struct CrashedMount {
+    dir: Option<tempfile::TempDir>,
+    pub mountpoint: PathBuf,
+}
+
+impl Drop for CrashedMount {
+    fn drop(&mut self) {
+        if self.dir.is_some() && is_mounted(&self.mountpoint) {
+            let _ = run("umount", [OsStr::new("-l"), self.mountpoint.as_os_str()]);
+        }
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        self.signal_and_wait(libc::SIGTERM);
+        if is_mounted(&self.mountpoint) {
+            let _ = run("umount", [OsStr::new("-l"), self.mountpoint.as_os_str()]);
+        }
+    }
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
