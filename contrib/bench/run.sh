@@ -279,6 +279,8 @@ group_seq() {
   timed_cat seq-rehit.tdfs "$zfile"
   drop_caches
   timed_cat seq-cold-raw.tdfs "$raw"
+  drop_caches
+  timed_cat seq-cold-rootfs.tdfs "$MNT/$ZSTD_BUILD/rootfs.ext4"
   umount_tdfs
 
   while read -r name prog img; do
@@ -291,6 +293,8 @@ group_seq() {
   drop_caches
   timed seq-cold-zstd.zstd "$(stat -c %s "$STORE/$RAW_BUILD/memfile")" sh -c 'zstd -d -q -c "$1" >/dev/null' sh "$ZSTD_OBJECT"
 
+  drop_caches
+  timed_cat seq-cold-rootfs.local "$DATA/rootfs.ext4"
   drop_caches
   timed_cat seq-cold-raw.local "$DATA/memfile"
   cat "$DATA/memfile" >/dev/null
