@@ -121,17 +121,17 @@ timed() {
 }
 
 # timed_cat NAME FILE: sequential read of the whole FILE.
+# shellcheck disable=SC2016 # $1 is the inner shell's
 timed_cat() { timed "$1" "$(stat -c %s "$2")" sh -c 'cat "$1" >/dev/null' sh "$2"; }
 
 # fio_rand NAME FILE INVALIDATE: random 4 KiB reads, 4 jobs, FIO_SECS.
 fio_rand() {
-  local name=$1 file=$2 invalidate=$3 json="$WORK/fio.json" summary
+  local name=$1 file=$2 invalidate=$3 json="$WORK/fio.json" iops p50 p99
   timeout $((FIO_SECS + 120)) fio --name=rand4k --filename="$file" --readonly \
     --rw=randread --bs=4k --numjobs=4 --ioengine=psync --time_based \
     --runtime="$FIO_SECS" --invalidate="$invalidate" --group_reporting \
     --output-format=json --output="$json" >/dev/null
-  summary=$(python3 "$HELPER" fio "$json")
-  read -r iops p50 p99 <<<"$summary"
+  read -r iops p50 p99 < <(python3 "$HELPER" fio "$json")
   record "$name.iops" "$iops"
   record "$name.p50" "$p50"
   record "$name.p99" "$p99"
@@ -140,8 +140,7 @@ fio_rand() {
 
 # wait_mounted DIR PID: until DIR is a mount point (or PID died).
 wait_mounted() {
-  local i
-  for i in $(seq 300); do
+  for _ in $(seq 300); do
     mountpoint -q "$1" && return 0
     kill -0 "$2" 2>/dev/null || die "the mount on $1 exited while starting (log: $WORK/logs)"
     sleep 0.1
@@ -291,6 +290,7 @@ group_seq() {
   done < <(squash_variants)
 
   drop_caches
+  # shellcheck disable=SC2016 # $1 is the inner shell's
   timed seq-cold-zstd.zstd "$(stat -c %s "$STORE/$RAW_BUILD/memfile")" sh -c 'zstd -d -q -c "$1" >/dev/null' sh "$ZSTD_OBJECT"
 
   drop_caches
@@ -386,6 +386,7 @@ print(" ".join(str(x.getsockname()[1]) for x in s))')
 group_s3() {
   local url="s3://tdfs/bench" object="s3://tdfs/bench/$ZSTD_BUILD/memfile.zstd"
   drop_caches
+  # shellcheck disable=SC2016 # $1 and $2 are the inner shell's
   timed s3-seq.aws "$(stat -c %s "$ZSTD_OBJECT")" \
     sh -c 'aws --endpoint-url "$1" s3 cp --only-show-errors "$2" - >/dev/null' sh "$S3_ENDPOINT" "$object"
   mount_tdfs s3-seq "$url" --endpoint-url "$S3_ENDPOINT"
