@@ -1,12 +1,14 @@
 //! Object stores: the size and ranged reads of an object key, listing of
 //! builds, and writes. The local directory store is the embedded default;
-//! S3/GCS go through `object_store`; a fault-injecting wrapper serves tests.
+//! S3/GCS go through `object_store`; a fault-injecting wrapper serves tests
+//! and a throttling one benchmarks.
 
 mod error;
 mod fault;
 mod local;
 mod location;
 mod object;
+mod throttle;
 
 use std::io::Read;
 use std::path::Path;
@@ -18,6 +20,7 @@ pub use fault::{Fault, FaultStore};
 pub use local::{LocalStore, parse_build_id};
 pub use location::{StoreLocation, StoreOptions, open_store};
 pub use object::RemoteStore;
+pub use throttle::{Throttle, ThrottleStore};
 
 use crate::format::ObjectKey;
 

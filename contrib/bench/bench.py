@@ -1,0 +1,436 @@
+#!/usr/bin/env python3
+"""Helpers for contrib/bench/run.sh: test data, memory sampling, fio
+summaries and the results table. Standard library only.
+
+  bench.py memfile PATH SIZE_MIB SEED   write a sparse memfile with realistic pages
+  bench.py rootfs-tree DIR BUDGET_MIB   copy real files from /usr into DIR
+  bench.py memwatch PID OUT             sample PID's anonymous memory until it exits
+  bench.py fio JSON                     print "iops p50_us p99_us" of a fio run
+  bench.py bandwidth THROTTLE           bytes per second of a LATENCY,BANDWIDTH throttle
+  bench.py table RESULTS.tsv            print the Markdown table of medians
+"""
+
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import struct
+import sys
+import time
+
+PAGE = 4096
+
+# Share of pages of each kind in the memfile. Runs of one kind are
+# 1..RUN_MAX pages long, so kinds cluster as they do in a VM's memory.
+KINDS = [
+    ("zero", 0.35, 8192),  # never touched: large free regions
+    ("zero-page", 0.10, 64),  # freed and zeroed pages among used ones
+    ("repeat", 0.10, 64),  # a few pages seen over and over (page tables, fills)
+    ("heap", 0.30, 64),  # compressible: pointers, small integers, text
+    ("random", 0.15, 64),  # incompressible: encrypted or compressed data
+]
+
+
+def heap_pool(rng, count):
+    """Pages that compress like a process heap: 8-byte words that are
+    small integers, pointers near a few bases, zeros, and real text."""
+    texts = []
+    roots = [os.path.dirname(os.__file__), "/usr/share/common-licenses"]
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.endswith((".py", ".txt")) or root.endswith("licenses"):
+                    try:
+                        with open(os.path.join(dirpath, name), "rb") as f:
+                            texts.append(f.read(64 << 10))
+                    except OSError:
+                        pass
+                if len(texts) >= 400:
+                    break
+            if len(texts) >= 400:
+                break
+    text = b"".join(texts) or bytes(range(32, 127)) * 1000
+    bases = [0x7F00_0000_0000 + rng.randrange(1 << 32) * PAGE for _ in range(4)]
+    pool = []
+    for i in range(count):
+        if i % 2 and len(text) > PAGE:
+            start = rng.randrange(len(text) - PAGE)
+            pool.append(text[start : start + PAGE])
+            continue
+        words = []
+        for _ in range(PAGE // 8):
+            kind = rng.random()
+            if kind < 0.35:
+                words.append(0)
+            elif kind < 0.65:
+                words.append(rng.choice(bases) + rng.randrange(1 << 20) * 16)
+            else:
+                words.append(rng.randrange(1 << 12))
+        pool.append(struct.pack("<%dQ" % (PAGE // 8), *words))
+    return pool
+
+
+def write_memfile(path, size_mib, seed):
+    """A memfile of SIZE_MIB MiB; zero pages are left as holes, as
+    `tdfs export` leaves them."""
+    rng = random.Random(seed)
+    pages = size_mib * (1 << 20) // PAGE
+    repeat = [bytes([rng.randrange(256)]) * (PAGE // 2) + rng.randbytes(64) * 32 for _ in range(16)]
+    heap = heap_pool(rng, 2048)
+    names = [k[0] for k in KINDS]
+    weights = [k[1] for k in KINDS]
+    run_max = {k[0]: k[2] for k in KINDS}
+    # The mean run of a kind is run_max/2 pages: weigh the choice of the next
+    # run by share/mean so each kind ends up with its share of pages.
+    run_weights = [w / (run_max[n] / 2) for n, w in zip(names, weights)]
+    counts = dict.fromkeys(names, 0)
+    with open(path, "wb") as f:
+        page = 0
+        while page < pages:
+            kind = rng.choices(names, run_weights)[0]
+            run = min(rng.randint(1, run_max[kind]), pages - page)
+            counts[kind] += run
+            if not kind.startswith("zero"):
+                if kind == "random":
+                    data = rng.randbytes(run * PAGE)
+                elif kind == "repeat":
+                    data = b"".join(rng.choice(repeat) for _ in range(run))
+                else:
+                    chunks = []
+                    for _ in range(run):
+                        p = bytearray(rng.choice(heap))
+                        # A few private words per page, so no two are equal.
+                        for _ in range(4):
+                            at = rng.randrange(PAGE // 8) * 8
+                            p[at : at + 8] = rng.randbytes(8)
+                        chunks.append(bytes(p))
+                    data = b"".join(chunks)
+                os.pwrite(f.fileno(), data, page * PAGE)
+            page += run
+        f.truncate(pages * PAGE)
+    share = ", ".join(f"{n} {100 * c / pages:.0f}%" for n, c in counts.items())
+    print(f"memfile {path}: {size_mib} MiB, pages: {share}", file=sys.stderr)
+
+
+def rootfs_tree(dest, budget_mib):
+    """Copy regular files and symlinks from /usr (sorted walk, so the same
+    machine gives the same tree) into DEST until BUDGET_MIB is used."""
+    budget = budget_mib << 20
+    used = 0
+    for dirpath, dirnames, filenames in os.walk("/usr"):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, "/")
+        os.makedirs(os.path.join(dest, rel), exist_ok=True)
+        for name in sorted(filenames):
+            src = os.path.join(dirpath, name)
+            dst = os.path.join(dest, rel, name)
+            try:
+                if os.path.islink(src):
+                    os.symlink(os.readlink(src), dst)
+                    continue
+                if not os.path.isfile(src):
+                    continue
+                size = os.path.getsize(src)
+                if used + size > budget:
+                    continue
+                shutil.copyfile(src, dst)
+                used += size
+            except OSError:
+                continue
+        if used >= budget - (1 << 20):
+            break
+    print(f"rootfs tree {dest}: {used >> 20} MiB of files from /usr", file=sys.stderr)
+
+
+def memwatch(pid, out):
+    """Sample RssAnon of PID every 20 ms until it exits; write the peak
+    in KiB to OUT (rewritten at each new peak, so a kill loses nothing)."""
+    peak = 0
+    status = f"/proc/{pid}/status"
+    while True:
+        try:
+            with open(status) as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        kib = int(line.split()[1])
+                        if kib > peak:
+                            peak = kib
+                            with open(out + ".tmp", "w") as o:
+                                o.write(f"{peak}\n")
+                            os.replace(out + ".tmp", out)
+                        break
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.02)
+
+
+def fio_summary(path):
+    """IOPS and completion-latency p50/p99 (µs) of all jobs of a fio run."""
+    with open(path) as f:
+        text = f.read()
+    # fio may print warnings before the JSON document.
+    doc = json.loads(text[text.index("{") :])
+    read = doc["jobs"][0]["read"]
+    iops = sum(j["read"]["iops"] for j in doc["jobs"])
+    pct = read["clat_ns"].get("percentile", {})
+    p50 = pct.get("50.000000", 0) / 1000
+    p99 = pct.get("99.000000", 0) / 1000
+    print(f"{iops:.0f} {p50:.1f} {p99:.1f}")
+
+
+def bandwidth(throttle):
+    """Bytes per second of `20ms,100MB`, read as ThrottleStore reads it."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)(/s)?\s*", throttle.split(",", 1)[1])
+    scale = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+    if not m or m.group(2).lower() not in scale:
+        sys.exit(f"bench.py: {throttle!r} is not LATENCY,BANDWIDTH")
+    print(int(float(m.group(1)) * scale[m.group(2).lower()]))
+
+
+def load(path):
+    """RESULTS.tsv lines `run<TAB>name<TAB>value` -> {name: {run: value}}."""
+    values = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 3 or parts[0].startswith("#"):
+                continue
+            run, name, value = parts
+            values.setdefault(name, {})[run] = float(value)
+    return values
+
+
+class Table:
+    def __init__(self, values):
+        self.values = values
+        self.lines = [
+            "| row | tdfs | baseline | ratio (median of runs) | target | met |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+
+    def median(self, name):
+        runs = self.values.get(name)
+        return statistics.median(runs.values()) if runs else None
+
+    def ratio(self, num, den, invert=False):
+        """Median over runs of num/den (den/num when invert), measured in
+        the same run."""
+        a, b = self.values.get(num, {}), self.values.get(den, {})
+        ratios = []
+        for run in a.keys() & b.keys():
+            x, y = (b[run], a[run]) if invert else (a[run], b[run])
+            if y > 0:
+                ratios.append(x / y)
+        return statistics.median(ratios) if ratios else None
+
+    def row(self, name, tdfs, baseline, ratio, target=None, minimum=None):
+        if ratio is None:
+            shown, met = "n/a", "—"
+        else:
+            shown = f"{ratio:.2f}×"
+            met = "—" if minimum is None else ("yes" if ratio >= minimum else "**no**")
+        self.lines.append(f"| {name} | {tdfs} | {baseline} | {shown} | {target or '—'} | {met} |")
+
+
+def seq(t, name):
+    """`2.10 s, 1023 MB/s` of a timed sequential read."""
+    secs = t.median(name + ".secs")
+    size = t.median(name + ".bytes")
+    if secs is None:
+        return "n/a"
+    if size is None:
+        return f"{secs:.2f} s"
+    return f"{secs:.2f} s, {size / secs / 1e6:.0f} MB/s"
+
+
+def rand(t, name):
+    """`12345 IOPS, p50 80 µs, p99 900 µs` of a fio run."""
+    iops = t.median(name + ".iops")
+    if iops is None:
+        return "n/a"
+    return f"{iops:.0f} IOPS, p50 {t.median(name + '.p50'):.0f} µs, p99 {t.median(name + '.p99'):.0f} µs"
+
+
+def table(path):
+    t = Table(load(path))
+    # The memory of the mount that checks the data (run 0) is not a run.
+    runs = {r for n, v in t.values.items() if not n.startswith("memory.") for r in v}
+    tr = t.ratio
+
+    if "seq-cold-zstd.tdfs.secs" in t.values:
+        sq = [s for s in ("sq128k", "sq1m", "sqll128k", "sqll1m") if f"seq-cold-zstd.{s}.secs" in t.values]
+        best_sq = min(sq, key=lambda s: t.median(f"seq-cold-zstd.{s}.secs")) if sq else None
+        for s in sq:
+            t.row(
+                "seq-cold-zstd",
+                seq(t, "seq-cold-zstd.tdfs"),
+                f"{SQ_NAMES[s]}: {seq(t, f'seq-cold-zstd.{s}')}",
+                tr("seq-cold-zstd.tdfs.secs", f"seq-cold-zstd.{s}.secs", invert=True),
+                "≥ 1.5× best squashfuse" if s == best_sq else "",
+                1.5 if s == best_sq else None,
+            )
+        t.row(
+            "seq-cold-zstd",
+            seq(t, "seq-cold-zstd.tdfs"),
+            f"`zstd -d` of the object: {seq(t, 'seq-cold-zstd.zstd')}",
+            tr("seq-cold-zstd.tdfs.secs", "seq-cold-zstd.zstd.secs", invert=True),
+            "≥ 1.0×",
+            1.0,
+        )
+        t.row(
+            "seq-cold-raw",
+            seq(t, "seq-cold-raw.tdfs"),
+            f"`cat` local file, cold: {seq(t, 'seq-cold-raw.local')}",
+            tr("seq-cold-raw.tdfs.secs", "seq-cold-raw.local.secs", invert=True),
+        )
+        t.row(
+            "seq-cold-rootfs",
+            seq(t, "seq-cold-rootfs.tdfs"),
+            f"`cat` local rootfs.ext4, cold: {seq(t, 'seq-cold-rootfs.local')}",
+            tr("seq-cold-rootfs.tdfs.secs", "seq-cold-rootfs.local.secs", invert=True),
+        )
+        t.row(
+            "seq-warm",
+            seq(t, "seq-warm.tdfs"),
+            f"`cat` from page cache: {seq(t, 'seq-warm.local')}",
+            tr("seq-warm.tdfs.secs", "seq-warm.local.secs", invert=True),
+            "≥ 0.5×",
+            0.5,
+        )
+        t.row(
+            "seq-rehit",
+            seq(t, "seq-rehit.tdfs"),
+            f"`cat` from page cache: {seq(t, 'seq-warm.local')}",
+            tr("seq-rehit.tdfs.secs", "seq-warm.local.secs", invert=True),
+            "≥ 0.9×",
+            0.9,
+        )
+
+    if "rand-4k-cold.tdfs.iops" in t.values:
+        sq = [s for s in ("sq128k", "sq1m", "sqll128k", "sqll1m") if f"rand-4k-cold.{s}.iops" in t.values]
+        best_sq = max(sq, key=lambda s: t.median(f"rand-4k-cold.{s}.iops")) if sq else None
+        for s in sq:
+            best = s == best_sq
+            p99_lower = (t.median("rand-4k-cold.tdfs.p99") or 0) < (t.median(f"rand-4k-cold.{s}.p99") or 0)
+            t.row(
+                "rand-4k-cold",
+                rand(t, "rand-4k-cold.tdfs"),
+                f"{SQ_NAMES[s]}: {rand(t, f'rand-4k-cold.{s}')}",
+                tr("rand-4k-cold.tdfs.iops", f"rand-4k-cold.{s}.iops"),
+                ("≥ 3× IOPS, lower p99 " + ("(lower: yes)" if p99_lower else "(lower: **no**)")) if best else "",
+                3.0 if best else None,
+            )
+        t.row(
+            "rand-4k-cold",
+            rand(t, "rand-4k-cold.tdfs"),
+            f"local file, cold: {rand(t, 'rand-4k-cold.local')}",
+            tr("rand-4k-cold.tdfs.iops", "rand-4k-cold.local.iops"),
+        )
+        t.row(
+            "rand-4k-warm",
+            rand(t, "rand-4k-warm.tdfs"),
+            f"local file, page cache: {rand(t, 'rand-4k-warm.local')}",
+            tr("rand-4k-warm.tdfs.iops", "rand-4k-warm.local.iops"),
+            "≥ 0.9×",
+            0.9,
+        )
+
+    if "slow-seq.ra.secs" in t.values:
+        t.row(
+            "slow-store seq",
+            seq(t, "slow-seq.ra"),
+            f"read-ahead off: {seq(t, 'slow-seq.nora')}",
+            tr("slow-seq.ra.secs", "slow-seq.nora.secs", invert=True),
+            "≥ 3×",
+            3.0,
+        )
+        obj = t.median("slow-seq.object-bytes")
+        bw = t.median("slow-seq.store-bps")
+        if obj and bw:
+            ra, nora = t.median("slow-seq.ra.secs"), t.median("slow-seq.nora.secs")
+            t.row(
+                "slow-store seq",
+                f"fetched {obj / ra / 1e6:.0f} MB/s of the object",
+                f"one request: {bw / 1e6:.0f} MB/s; read-ahead off: {obj / nora / 1e6:.0f} MB/s",
+                obj / ra / bw,
+            )
+        t.row(
+            "slow-store rand",
+            rand(t, "slow-rand.ra"),
+            f"read-ahead off: {rand(t, 'slow-rand.nora')}",
+            tr("slow-rand.ra.iops", "slow-rand.nora.iops"),
+        )
+
+    if "s3-seq.tdfs.secs" in t.values:
+        t.row(
+            "s3 (Garage) seq-cold",
+            seq(t, "s3-seq.tdfs"),
+            f"`aws s3 cp` of the object: {seq(t, 's3-seq.aws')}",
+            tr("s3-seq.tdfs.secs", "s3-seq.aws.secs", invert=True),
+        )
+        dl = t.median("s3-seq.aws.secs")
+        p99 = t.median("s3-rand.tdfs.p99")
+        t.row(
+            "s3 (Garage) rand-4k-cold",
+            rand(t, "s3-rand.tdfs"),
+            f"`aws s3 cp` before the first read: {dl:.2f} s" if dl else "n/a",
+            dl / (p99 / 1e6) if dl and p99 else None,
+        )
+
+    peaks = {n: t.median(n) for n in t.values if n.startswith("memory.")}
+    if peaks:
+        worst = max(peaks, key=peaks.get)
+        t.row(
+            "memory",
+            f"peak RssAnon {peaks[worst] / 1024:.1f} MiB (mount: {worst[len('memory.'):]})",
+            "—",
+            None,
+            "< 64 MiB " + ("(yes)" if peaks[worst] < 64 * 1024 else "(**no**)"),
+        )
+    print(f"Medians over {len(runs)} run(s).\n")
+    print("\n".join(t.lines))
+    print()
+    print(
+        "Ratios are tdfs ÷ baseline for throughput and IOPS (time ratios for the "
+        "sequential reads: baseline time ÷ tdfs time), so above 1 means tdfs is faster."
+    )
+    if "s3-rand.tdfs.p99" in t.values:
+        print(
+            "The S3 random row's ratio is the download time ÷ tdfs's p99 read latency: how "
+            "much sooner a random page can be read than after downloading the object."
+        )
+
+
+SQ_NAMES = {
+    "sq128k": "squashfuse, zstd 128 KiB blocks",
+    "sq1m": "squashfuse, zstd 1 MiB blocks",
+    "sqll128k": "squashfuse_ll, zstd 128 KiB blocks",
+    "sqll1m": "squashfuse_ll, zstd 1 MiB blocks",
+}
+
+
+def main(argv):
+    if len(argv) < 2:
+        sys.exit(__doc__)
+    cmd, args = argv[1], argv[2:]
+    if cmd == "memfile" and len(args) == 3:
+        write_memfile(args[0], int(args[1]), int(args[2]))
+    elif cmd == "rootfs-tree" and len(args) == 2:
+        rootfs_tree(args[0], int(args[1]))
+    elif cmd == "memwatch" and len(args) == 2:
+        memwatch(int(args[0]), args[1])
+    elif cmd == "fio" and len(args) == 1:
+        fio_summary(args[0])
+    elif cmd == "bandwidth" and len(args) == 1:
+        bandwidth(args[0])
+    elif cmd == "table" and len(args) == 1:
+        table(args[0])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

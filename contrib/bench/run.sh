@@ -1,0 +1,440 @@
+#!/usr/bin/env bash
+# Benchmark tdfs against the ways a worker host could otherwise serve template
+# files: a flattened local file, squashfuse over a zstd squashfs image of the
+# same bytes, and `zstd -d` of the same frames; plus a slow (throttled) store
+# and a local S3 server (Garage). Every figure is a median over runs and a
+# ratio to a baseline measured in the same run. See contrib/bench/README.md.
+#
+# Needs root (drops kernel caches, mounts FUSE). Installs nothing: it checks
+# for the tools it uses and names the missing ones.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+HELPER="$HERE/bench.py"
+
+TDFS=${TDFS:-$REPO/target/release/tdfs}
+WORK=${BENCH_DIR:-/var/tmp/tdfs-bench}
+RUNS=${RUNS:-3}
+GROUPS_WANTED=${GROUPS_WANTED:-seq,rand,slow,s3}
+MEMFILE_MIB=${MEMFILE_MIB:-2048}
+ROOTFS_MIB=${ROOTFS_MIB:-1024}
+FIO_SECS=${FIO_SECS:-15}
+THROTTLE=${THROTTLE:-20ms,100MB}
+SEED=${SEED:-1}
+# Bound on any one read of a whole file or download (seconds).
+READ_TIMEOUT=${READ_TIMEOUT:-600}
+
+usage() {
+  cat <<EOF
+usage: contrib/bench/run.sh [--runs N] [--groups LIST] [--work DIR] [--fio-secs S] [--out FILE]
+
+  --runs N        runs to take medians over (default $RUNS)
+  --groups LIST   comma list of seq, rand, slow, s3 (default $GROUPS_WANTED)
+  --work DIR      data, images, stores and mounts (default $WORK; reused
+                  between invocations, delete it to regenerate the data)
+  --fio-secs S    length of each fio run (default $FIO_SECS)
+  --out FILE      also write the report (machine, date, table) to FILE
+
+Environment: TDFS (binary, default target/release/tdfs), MEMFILE_MIB
+($MEMFILE_MIB), ROOTFS_MIB ($ROOTFS_MIB), THROTTLE ($THROTTLE), SEED ($SEED).
+EOF
+}
+
+OUT=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --runs) RUNS=$2; shift 2 ;;
+    --groups) GROUPS_WANTED=$2; shift 2 ;;
+    --work) WORK=$2; shift 2 ;;
+    --fio-secs) FIO_SECS=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+want() { [[ ",$GROUPS_WANTED," == *",$1,"* ]]; }
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+# --- checks -----------------------------------------------------------------
+
+check_tools() {
+  local missing=() tool
+  local tools=(python3 fio zstd mksquashfs squashfuse mkfs.ext4 fusermount3 timeout dd mountpoint)
+  if want s3; then tools+=(garage aws); fi
+  for tool in "${tools[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    die "missing: ${missing[*]}. On Debian: apt-get install fio zstd squashfs-tools squashfuse e2fsprogs fuse3 awscli; Garage: contrib/garage/install.sh"
+  fi
+  [ "$(id -u)" = 0 ] || die "run as root: it drops kernel caches and mounts FUSE filesystems"
+  [ -e /dev/fuse ] || die "/dev/fuse is missing"
+  [ -x "$TDFS" ] || die "$TDFS not found: build it with cargo build --release (or set TDFS)"
+}
+
+# --- cleanup ------------------------------------------------------------------
+
+MOUNTS=()
+PIDS=()
+cleanup() {
+  local m p
+  for m in "${MOUNTS[@]}"; do
+    if mountpoint -q "$m" 2>/dev/null; then
+      fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    fi
+  done
+  for p in "${PIDS[@]}"; do
+    kill "$p" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- measuring ----------------------------------------------------------------
+
+RESULTS="$WORK/results.tsv"
+RUN=0
+
+record() { printf '%s\t%s\t%s\n' "$RUN" "$1" "$2" >>"$RESULTS"; }
+
+drop_caches() {
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+}
+
+# Drop one file's pages from the kernel page cache (POSIX_FADV_DONTNEED).
+drop_file_cache() { dd if="$1" iflag=nocache count=0 status=none; }
+
+# timed NAME BYTES COMMAND...: record NAME.secs (wall time) and NAME.bytes.
+timed() {
+  local name=$1 bytes=$2 t0 t1
+  shift 2
+  t0=$EPOCHREALTIME
+  timeout "$READ_TIMEOUT" "$@"
+  t1=$EPOCHREALTIME
+  record "$name.secs" "$(python3 -c "print($t1 - $t0)")"
+  record "$name.bytes" "$bytes"
+  log "  $name: $(python3 -c "print(f'{$t1 - $t0:.2f} s, {$bytes / ($t1 - $t0) / 1e6:.0f} MB/s')")"
+}
+
+# timed_cat NAME FILE: sequential read of the whole FILE.
+# shellcheck disable=SC2016 # $1 is the inner shell's
+timed_cat() { timed "$1" "$(stat -c %s "$2")" sh -c 'cat "$1" >/dev/null' sh "$2"; }
+
+# fio_rand NAME FILE INVALIDATE: random 4 KiB reads, 4 jobs, FIO_SECS.
+fio_rand() {
+  local name=$1 file=$2 invalidate=$3 json="$WORK/fio.json" iops p50 p99
+  timeout $((FIO_SECS + 120)) fio --name=rand4k --filename="$file" --readonly \
+    --rw=randread --bs=4k --numjobs=4 --ioengine=psync --time_based \
+    --runtime="$FIO_SECS" --invalidate="$invalidate" --group_reporting \
+    --output-format=json --output="$json" >/dev/null
+  read -r iops p50 p99 < <(python3 "$HELPER" fio "$json")
+  record "$name.iops" "$iops"
+  record "$name.p50" "$p50"
+  record "$name.p99" "$p99"
+  log "  $name: $iops IOPS, p50 $p50 µs, p99 $p99 µs"
+}
+
+# wait_mounted DIR PID: until DIR is a mount point (or PID died).
+wait_mounted() {
+  for _ in $(seq 300); do
+    mountpoint -q "$1" && return 0
+    kill -0 "$2" 2>/dev/null || die "the mount on $1 exited while starting (log: $WORK/logs)"
+    sleep 0.1
+  done
+  die "$1 was not mounted after 30 s"
+}
+
+# mount_tdfs NAME STORE ARGS...: a fresh tdfs mount (empty cache) on
+# $WORK/mnt/NAME, in the foreground as a child, with its anonymous memory
+# sampled. Sets MNT.
+TDFS_PID=""
+WATCH_PID=""
+MOUNT_NAME=""
+mount_tdfs() {
+  local name=$1 store=$2
+  shift 2
+  MNT="$WORK/mnt/$name"
+  MOUNT_NAME=$name
+  mkdir -p "$MNT" "$WORK/logs"
+  rm -rf "$WORK/cache/$name"
+  "$TDFS" mount "$store" "$MNT" --foreground --cache-dir "$WORK/cache/$name" "$@" \
+    >>"$WORK/logs/$name.log" 2>&1 &
+  TDFS_PID=$!
+  PIDS+=("$TDFS_PID")
+  MOUNTS+=("$MNT")
+  wait_mounted "$MNT" "$TDFS_PID"
+  rm -f "$WORK/mem.peak"
+  python3 "$HELPER" memwatch "$TDFS_PID" "$WORK/mem.peak" &
+  WATCH_PID=$!
+  PIDS+=("$WATCH_PID")
+}
+
+# umount_tdfs: unmount the last tdfs mount, record its peak RssAnon (KiB).
+umount_tdfs() {
+  fusermount3 -u "$MNT"
+  timeout 30 tail --pid="$TDFS_PID" -f /dev/null || kill "$TDFS_PID" 2>/dev/null || true
+  wait "$TDFS_PID" 2>/dev/null || true
+  wait "$WATCH_PID" 2>/dev/null || true
+  [ -s "$WORK/mem.peak" ] && record "memory.$MOUNT_NAME" "$(cat "$WORK/mem.peak")"
+  rm -rf "$WORK/cache/$MOUNT_NAME"
+}
+
+# mount_squash IMAGE PROGRAM: squashfuse (or squashfuse_ll) on $WORK/mnt/sq.
+SQ_PID=""
+mount_squash() {
+  MNT="$WORK/mnt/sq"
+  mkdir -p "$MNT"
+  "$2" -f "$1" "$MNT" >>"$WORK/logs/squashfuse.log" 2>&1 &
+  SQ_PID=$!
+  PIDS+=("$SQ_PID")
+  MOUNTS+=("$MNT")
+  wait_mounted "$MNT" "$SQ_PID"
+}
+
+umount_squash() {
+  fusermount3 -u "$MNT"
+  wait "$SQ_PID" 2>/dev/null || true
+}
+
+# --- data ---------------------------------------------------------------------
+
+DATA="$WORK/data"
+STORE="$WORK/store"
+
+prepare() {
+  local stamp="memfile=$MEMFILE_MIB rootfs=$ROOTFS_MIB seed=$SEED"
+  mkdir -p "$DATA" "$WORK/logs"
+  if [ -f "$DATA/ready" ] && [ "$(cat "$DATA/ready")" = "$stamp" ]; then
+    log "reusing the data in $DATA"
+  else
+    rm -rf "$DATA" "$STORE"
+    mkdir -p "$DATA"
+    log "writing a $MEMFILE_MIB MiB memfile"
+    python3 "$HELPER" memfile "$DATA/memfile" "$MEMFILE_MIB" "$SEED"
+    log "building a $ROOTFS_MIB MiB ext4 rootfs from files in /usr"
+    python3 "$HELPER" rootfs-tree "$DATA/tree" $((ROOTFS_MIB * 6 / 10))
+    mkfs.ext4 -q -F -b 4096 -d "$DATA/tree" "$DATA/rootfs.ext4" "${ROOTFS_MIB}M"
+    rm -rf "$DATA/tree"
+    local compression id
+    for compression in zstd none; do
+      log "tdfs pack --compress $compression"
+      id=$(timeout 1200 "$TDFS" pack --store "$STORE" --memfile "$DATA/memfile" \
+        --rootfs "$DATA/rootfs.ext4" --compress "$compression" 2>>"$WORK/logs/pack.log")
+      echo "$id" >"$DATA/build.$compression"
+    done
+    local block
+    for block in 128K 1M; do
+      log "mksquashfs -comp zstd -b $block"
+      # zstd level 3, as tdfs pack writes, so both images hold like frames.
+      timeout 1200 mksquashfs "$DATA/memfile" "$DATA/memfile-$block.sqfs" -noappend -quiet \
+        -comp zstd -Xcompression-level 3 -b "$block" -no-progress >>"$WORK/logs/mksquashfs.log"
+    done
+    echo "$stamp" >"$DATA/ready"
+  fi
+  ZSTD_BUILD=$(cat "$DATA/build.zstd")
+  RAW_BUILD=$(cat "$DATA/build.none")
+  ZSTD_OBJECT="$STORE/$ZSTD_BUILD/memfile.zstd"
+  [ -f "$ZSTD_OBJECT" ] || die "$ZSTD_OBJECT missing: delete $WORK and run again"
+}
+
+# Check once that every mount serves the memfile's bytes.
+verify_mounts() {
+  log "checking that tdfs and squashfuse serve the memfile's bytes"
+  mount_tdfs verify "$STORE"
+  timeout "$READ_TIMEOUT" cmp "$DATA/memfile" "$MNT/$ZSTD_BUILD/memfile"
+  timeout "$READ_TIMEOUT" cmp "$DATA/memfile" "$MNT/$RAW_BUILD/memfile"
+  umount_tdfs
+  mount_squash "$DATA/memfile-1M.sqfs" squashfuse
+  timeout "$READ_TIMEOUT" cmp "$DATA/memfile" "$MNT/memfile"
+  umount_squash
+}
+
+# squashfuse programs and images: name, program, image.
+squash_variants() {
+  local block
+  for block in 128K 1M; do
+    echo "sq${block,,} squashfuse $DATA/memfile-$block.sqfs"
+    if command -v squashfuse_ll >/dev/null; then
+      echo "sqll${block,,} squashfuse_ll $DATA/memfile-$block.sqfs"
+    fi
+  done
+}
+
+# --- groups -------------------------------------------------------------------
+
+group_seq() {
+  local zfile raw name prog img
+  mount_tdfs seq "$STORE"
+  zfile="$MNT/$ZSTD_BUILD/memfile"
+  raw="$MNT/$RAW_BUILD/memfile"
+  drop_caches
+  timed_cat seq-cold-zstd.tdfs "$zfile"
+  drop_file_cache "$zfile"
+  timed_cat seq-warm.tdfs "$zfile"
+  timed_cat seq-rehit.tdfs "$zfile"
+  drop_caches
+  timed_cat seq-cold-raw.tdfs "$raw"
+  drop_caches
+  timed_cat seq-cold-rootfs.tdfs "$MNT/$ZSTD_BUILD/rootfs.ext4"
+  umount_tdfs
+
+  while read -r name prog img; do
+    mount_squash "$img" "$prog"
+    drop_caches
+    timed_cat "seq-cold-zstd.$name" "$MNT/memfile"
+    umount_squash
+  done < <(squash_variants)
+
+  drop_caches
+  # shellcheck disable=SC2016 # $1 is the inner shell's
+  timed seq-cold-zstd.zstd "$(stat -c %s "$STORE/$RAW_BUILD/memfile")" sh -c 'zstd -d -q -c "$1" >/dev/null' sh "$ZSTD_OBJECT"
+
+  drop_caches
+  timed_cat seq-cold-rootfs.local "$DATA/rootfs.ext4"
+  drop_caches
+  timed_cat seq-cold-raw.local "$DATA/memfile"
+  cat "$DATA/memfile" >/dev/null
+  timed_cat seq-warm.local "$DATA/memfile"
+}
+
+group_rand() {
+  local file name prog img
+  mount_tdfs rand "$STORE"
+  file="$MNT/$ZSTD_BUILD/memfile"
+  drop_caches
+  fio_rand rand-4k-cold.tdfs "$file" 1
+  cat "$file" >/dev/null
+  fio_rand rand-4k-warm.tdfs "$file" 0
+  umount_tdfs
+
+  while read -r name prog img; do
+    mount_squash "$img" "$prog"
+    drop_caches
+    fio_rand "rand-4k-cold.$name" "$MNT/memfile" 1
+    umount_squash
+  done < <(squash_variants)
+
+  drop_caches
+  fio_rand rand-4k-cold.local "$DATA/memfile" 1
+  cat "$DATA/memfile" >/dev/null
+  fio_rand rand-4k-warm.local "$DATA/memfile" 0
+}
+
+group_slow() {
+  local ra name
+  record slow-seq.object-bytes "$(stat -c %s "$ZSTD_OBJECT")"
+  record slow-seq.store-bps "$(python3 "$HELPER" bandwidth "$THROTTLE")"
+  for ra in ra nora; do
+    local extra=(--bench-throttle "$THROTTLE")
+    [ "$ra" = nora ] && extra+=(--readahead 0)
+    mount_tdfs "slow-seq-$ra" "$STORE" "${extra[@]}"
+    drop_caches
+    timed_cat "slow-seq.$ra" "$MNT/$ZSTD_BUILD/memfile"
+    umount_tdfs
+    mount_tdfs "slow-rand-$ra" "$STORE" "${extra[@]}"
+    drop_caches
+    fio_rand "slow-rand.$ra" "$MNT/$ZSTD_BUILD/memfile" 1
+    umount_tdfs
+  done
+}
+
+# --- S3 (Garage on loopback) ----------------------------------------------------
+
+GARAGE_PID=""
+start_garage() {
+  local dir="$WORK/garage" ports node key
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  ports=$(python3 -c '
+import socket
+s = [socket.socket() for _ in range(3)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+  read -r RPC_PORT S3_PORT ADMIN_PORT <<<"$ports"
+  sed -e "s|@DIR@|$dir|" -e "s|@RPC_PORT@|$RPC_PORT|g" -e "s|@S3_PORT@|$S3_PORT|" \
+    -e "s|@ADMIN_PORT@|$ADMIN_PORT|" -e "s|@RPC_SECRET@|$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')|" \
+    "$REPO/contrib/garage/garage.toml.in" >"$dir/garage.toml"
+  chmod 600 "$dir/garage.toml"
+  RUST_LOG=garage=warn garage -c "$dir/garage.toml" server >>"$WORK/logs/garage.log" 2>&1 &
+  GARAGE_PID=$!
+  PIDS+=("$GARAGE_PID")
+  local g=(garage -c "$dir/garage.toml")
+  for _ in $(seq 100); do "${g[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
+  node=$("${g[@]}" status | awk '/^ID/ {getline; print $1; exit}')
+  "${g[@]}" layout assign -z dc1 -c 10G "$node" >/dev/null
+  "${g[@]}" layout apply --version 1 >/dev/null
+  "${g[@]}" bucket create tdfs >/dev/null
+  key=$("${g[@]}" key create bench-key)
+  export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION=garage AWS_DEFAULT_REGION=garage
+  AWS_ACCESS_KEY_ID=$(awk -F': *' '/Key ID/ {print $2}' <<<"$key")
+  AWS_SECRET_ACCESS_KEY=$(awk -F': *' '/Secret key/ {print $2}' <<<"$key")
+  "${g[@]}" bucket allow --read --write tdfs --key bench-key >/dev/null
+  S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+  for _ in $(seq 100); do
+    aws --endpoint-url "$S3_ENDPOINT" s3 ls s3://tdfs >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  log "garage serves S3 on $S3_ENDPOINT; uploading build $ZSTD_BUILD"
+  timeout 1200 aws --endpoint-url "$S3_ENDPOINT" s3 cp --recursive --only-show-errors \
+    "$STORE/$ZSTD_BUILD" "s3://tdfs/bench/$ZSTD_BUILD"
+}
+
+group_s3() {
+  local url="s3://tdfs/bench" object="s3://tdfs/bench/$ZSTD_BUILD/memfile.zstd"
+  drop_caches
+  # shellcheck disable=SC2016 # $1 and $2 are the inner shell's
+  timed s3-seq.aws "$(stat -c %s "$ZSTD_OBJECT")" \
+    sh -c 'aws --endpoint-url "$1" s3 cp --only-show-errors "$2" - >/dev/null' sh "$S3_ENDPOINT" "$object"
+  mount_tdfs s3-seq "$url" --endpoint-url "$S3_ENDPOINT"
+  drop_caches
+  timed_cat s3-seq.tdfs "$MNT/$ZSTD_BUILD/memfile"
+  umount_tdfs
+  mount_tdfs s3-rand "$url" --endpoint-url "$S3_ENDPOINT"
+  drop_caches
+  fio_rand s3-rand.tdfs "$MNT/$ZSTD_BUILD/memfile" 1
+  umount_tdfs
+}
+
+# --- report -------------------------------------------------------------------
+
+describe_machine() {
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "- machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) memory, kernel $(uname -r)"
+  echo "- disk under $WORK: $(df -h --output=source,fstype,size "$WORK" | tail -1 | tr -s ' ')"
+  echo "- tdfs $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') ($TDFS); $(squashfuse --version 2>&1 | head -1); $(mksquashfs -version | head -1); $(fio --version); $(zstd --version)"
+  echo "- data: ${MEMFILE_MIB} MiB memfile ($(du -m "$DATA/memfile" | cut -f1) MiB not zero, zstd object $(( $(stat -c %s "$ZSTD_OBJECT") >> 20 )) MiB), ${ROOTFS_MIB} MiB ext4 rootfs; squashfs images $(du -m "$DATA/memfile-128K.sqfs" | cut -f1) MiB (128 KiB) and $(du -m "$DATA/memfile-1M.sqfs" | cut -f1) MiB (1 MiB)"
+  echo "- runs: $RUNS; fio: random 4 KiB reads, 4 jobs, psync, ${FIO_SECS} s; slow store: $THROTTLE per request"
+}
+
+main() {
+  check_tools
+  mkdir -p "$WORK"
+  local load_start
+  load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+  prepare
+  : >"$RESULTS"
+  verify_mounts
+  if want s3; then start_garage; fi
+  for RUN in $(seq "$RUNS"); do
+    log "run $RUN of $RUNS (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    if want seq; then group_seq; fi
+    if want rand; then group_rand; fi
+    if want slow; then group_slow; fi
+    if want s3; then group_s3; fi
+  done
+  local report="$WORK/report.md"
+  {
+    describe_machine
+    echo "- load average (1, 5, 15 min) at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    python3 "$HELPER" table "$RESULTS"
+  } >"$report"
+  cat "$report"
+  if [ -n "$OUT" ]; then cp "$report" "$OUT"; fi
+}
+
+main
