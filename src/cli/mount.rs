@@ -26,8 +26,12 @@ const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
 /// in flight reach its bandwidth: with 20 ms to first byte and 100 MB/s per
 /// request, a cold sequential read took 5.2 s with 4, 2.4 s with 16 and 18 s
 /// with none (contrib/bench, zstd memfile of 2 GiB); on a local S3 server,
-/// 4.4 s with 4 and 2.6 s with 16. Local stores neither gain nor lose.
-const READAHEAD_CHUNKS: usize = 16;
+/// 4.4 s with 4 and 2.6 s with 16. Local stores neither gain nor lose. But
+/// read-ahead also fetches what a reader never wants: a VM booting from a
+/// 64 MiB rootfs pulled 38 MiB with 16 against 14 MiB with 4
+/// (contrib/vm/boot-from-tdfs.sh), and lazy fetching is the point of tdfs.
+/// So 4 by default; `--readahead 16` for big sequential reads from slow stores.
+const READAHEAD_CHUNKS: usize = 4;
 /// Concurrent store requests.
 const FETCH_WORKERS: usize = 16;
 /// Allocations from this size up get a mapping of their own, unmapped when
