@@ -53,8 +53,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         len: u64,
     ) -> Result<Box<dyn Read + Send>, StoreError>;
 
-    /// The whole object, refused with `StoreError::TooLarge` over `max_len`.
-    fn read_all(&self, key: &ObjectKey, max_len: u64) -> Result<Vec<u8>, StoreError>;
+    /// The whole object, refused with `StoreError::TooLarge` over `max_len`
+    /// (checked before anything is read or allocated).
+    fn read_all(&self, key: &ObjectKey, max_len: u64) -> Result<Vec<u8>, StoreError> {
+        let size = self.size(key)?;
+        if size > max_len {
+            return Err(StoreError::TooLarge {
+                key: key.to_string(),
+                size,
+                limit: max_len,
+            });
+        }
+        self.read_exact_range(key, 0, size)
+    }
 
     /// The build ids present (names under the root that are UUIDs; anything
     /// else is skipped).

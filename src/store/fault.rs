@@ -246,18 +246,6 @@ impl Store for FaultStore {
         }
     }
 
-    fn read_all(&self, key: &ObjectKey, max_len: u64) -> Result<Vec<u8>, StoreError> {
-        let size = self.size(key)?;
-        if size > max_len {
-            return Err(StoreError::TooLarge {
-                key: key.to_string(),
-                size,
-                limit: max_len,
-            });
-        }
-        self.read_exact_range(key, 0, size)
-    }
-
     fn list_builds(&self) -> Result<Vec<Uuid>, StoreError> {
         self.inner.list_builds()
     }

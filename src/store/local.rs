@@ -120,18 +120,6 @@ impl Store for LocalStore {
         Ok(Box::new(f.take(len)))
     }
 
-    fn read_all(&self, key: &ObjectKey, max_len: u64) -> Result<Vec<u8>, StoreError> {
-        let size = self.size(key)?;
-        if size > max_len {
-            return Err(StoreError::TooLarge {
-                key: key.to_string(),
-                size,
-                limit: max_len,
-            });
-        }
-        self.read_exact_range(key, 0, size)
-    }
-
     fn list_builds(&self) -> Result<Vec<Uuid>, StoreError> {
         let entries = fs::read_dir(&self.root).map_err(|e| {
             StoreError::BadLocation(format!("{}: cannot list: {e}", self.root.display()))
