@@ -73,7 +73,14 @@ check_tools() {
   [ "$(id -u)" = 0 ] || die "run as root: it drops kernel caches and mounts FUSE filesystems"
   [ -e /dev/fuse ] || die "/dev/fuse is missing"
   [ -x "$TDFS" ] || die "$TDFS not found: build it with cargo build --release (or set TDFS)"
+  local newer
+  newer=$(find "$REPO/src" "$REPO/Cargo.toml" "$REPO/Cargo.lock" -newer "$TDFS" -print -quit 2>/dev/null)
+  if [ -n "$newer" ]; then
+    BINARY_NOTE=" — **built before $newer changed: not the sources' build**"
+    echo "run.sh: warning: $TDFS is older than $newer; rebuild with cargo build --release" >&2
+  fi
 }
+BINARY_NOTE=""
 
 # --- cleanup ------------------------------------------------------------------
 
@@ -405,7 +412,7 @@ describe_machine() {
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) memory, kernel $(uname -r)"
   echo "- disk under $WORK: $(df -h --output=source,fstype,size "$WORK" | tail -1 | tr -s ' ')"
-  echo "- tdfs $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') ($TDFS); $(squashfuse --version 2>&1 | head -1); $(mksquashfs -version | head -1); $(fio --version); $(zstd --version)"
+  echo "- tdfs $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') ($TDFS, built $(date -u -r "$TDFS" '+%H:%M UTC')$BINARY_NOTE); $(squashfuse --version 2>&1 | head -1); $(mksquashfs -version | head -1); $(fio --version); $(zstd --version)"
   echo "- data: ${MEMFILE_MIB} MiB memfile ($(du -m "$DATA/memfile" | cut -f1) MiB not zero, zstd object $(( $(stat -c %s "$ZSTD_OBJECT") >> 20 )) MiB), ${ROOTFS_MIB} MiB ext4 rootfs; squashfs images $(du -m "$DATA/memfile-128K.sqfs" | cut -f1) MiB (128 KiB) and $(du -m "$DATA/memfile-1M.sqfs" | cut -f1) MiB (1 MiB)"
   echo "- runs: $RUNS; fio: random 4 KiB reads, 4 jobs, psync, ${FIO_SECS} s; slow store: $THROTTLE per request"
 }
