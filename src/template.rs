@@ -91,6 +91,8 @@ pub struct Builds {
     verify_checksums: bool,
     headers: Mutex<HashMap<FileId, Arc<Header>>>,
     diffs: Mutex<HashMap<FileId, Arc<Chunker>>>,
+    /// Resolved template files: lookups and getattr reuse them.
+    files: Mutex<HashMap<FileId, Arc<TemplateFile>>>,
     /// Last, so it is dropped after the Chunkers that delete their files in it.
     cache: CacheDir,
 }
@@ -118,6 +120,7 @@ impl Builds {
             verify_checksums: config.verify_checksums,
             headers: Mutex::new(HashMap::new()),
             diffs: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -137,6 +140,9 @@ impl Builds {
     /// The template file `file` of `build`: NotFound when the build or file
     /// is missing, CorruptHeader when its header cannot be decoded.
     pub fn open(&self, build: Uuid, file: FileKind) -> Result<Arc<TemplateFile>, TemplateError> {
+        if let Some(f) = self.files.lock().expect("files lock").get(&(build, file)) {
+            return Ok(f.clone());
+        }
         let header = self.header(build, file)?;
         let mut diffs = Vec::new();
         for m in header.mappings.as_slice() {
@@ -149,13 +155,15 @@ impl Builds {
             Some((_, c)) => Some(c.clone()),
             None => self.diff(build, file, &header).ok(),
         };
-        Ok(Arc::new(TemplateFile {
+        let opened = Arc::new(TemplateFile {
             file,
             header,
             diffs,
             own,
             stats: self.stats.clone(),
-        }))
+        });
+        let mut files = self.files.lock().expect("files lock");
+        Ok(files.entry((build, file)).or_insert(opened).clone())
     }
 
     /// The decoded header of `build`'s `file`, loaded once. A build with a
