@@ -34,6 +34,7 @@ mod cache;
 mod decode;
 mod layout;
 mod pool;
+mod scratch;
 mod session;
 
 use std::collections::HashMap;
@@ -404,6 +405,24 @@ impl Chunker {
             pos += block.len() as u64;
         }
         Ok(())
+    }
+
+    /// The diff's bytes `[off, off + len)` as one block, fetched as needed:
+    /// all of them, or a prefix ending where a compressed object's (sparse)
+    /// frame table has a gap. Any offset and length inside the diff.
+    pub fn read_in_place(&self, off: u64, len: u64) -> Result<Block<'_>, ChunkerError> {
+        let inner = &self.inner;
+        let end = off
+            .checked_add(len)
+            .filter(|&end| end <= inner.size)
+            .ok_or_else(|| inner.out_of_range(off, len))?;
+        if len == 0 {
+            return Ok(Block {
+                bytes: BlockBytes::Cache(&[]),
+                pinned: None,
+            });
+        }
+        inner.get(off, end, usize::MAX, end)
     }
 
     pub fn size(&self) -> u64 {
@@ -1006,10 +1025,14 @@ impl Inner {
         self.stats
             .store_bytes
             .fetch_add(src.len() as u64, Ordering::Relaxed);
-        // SAFETY: inside the file, not present, and this session is the only
-        // writer of the frame; the slice ends before the frame is published.
-        let dst = unsafe { self.cache.slice_mut(range.start, u64::from(frame.size_u)) };
-        self.decode(u, &frame, &src, dst)?;
+        let mut decoded = self.pool.scratch.take(frame.size_u as usize);
+        self.decode(u, &frame, &src, &mut decoded)?;
+        drop(src);
+        // Not present yet, and this session is the frame's only writer.
+        self.cache
+            .write_at(range.start, &decoded)
+            .map_err(|e| self.cache_error(range.start, e))?;
+        drop(decoded);
         self.present.set(u..u + 1);
         self.placed(u64::from(frame.size_u));
         Ok(())
