@@ -8,9 +8,11 @@
 //!   Acquire, hand out a slice of the mapping. No lock, no allocation.
 //! - Miss path: join the fetch session of each missing unit, or start one on
 //!   the shared `FetchPool`; wait (at most `fetch_timeout`) until the range
-//!   is present. A chunk streams into the mapping and its pages become
-//!   readable as they arrive; a frame is decoded into its place and becomes
-//!   readable once whole and verified.
+//!   is present. A chunk streams into the cache file and its pages become
+//!   readable as they arrive; a frame is decoded into a scratch buffer (one
+//!   per core), written to its place and becomes readable once whole and
+//!   verified. Both are written with `pwrite`, never through the mapping:
+//!   see `CacheFile::write_at`.
 //! - A failed fetch marks nothing new present; every waiter gets the error and
 //!   the next read starts a new session.
 //! - A reader whose lookups move from one unit to the next queues fetches of
@@ -72,6 +74,11 @@ pub const MAX_FRAME_SIZE: u32 = 64 << 20;
 
 /// Bytes of a streaming chunk fetch read before its pages are published.
 const STREAM_PIECE: usize = 256 << 10;
+
+thread_local! {
+    /// Each fetch worker's buffer for a streaming chunk fetch's pieces.
+    static PIECE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Why a block could not be served. Every variant names the object and the
 /// offset (uncompressed, in the diff) it concerns. Cloneable so that every
@@ -948,7 +955,7 @@ impl Inner {
     }
 
     /// Stream chunk `u` from its first missing page to its end into the
-    /// mapping, publishing pages as they complete. Present pages of a chunk
+    /// cache file, publishing pages as they complete. Present pages of a chunk
     /// always form a prefix (fetches fill forward, eviction clears whole
     /// chunks), so a retry after a failure resumes where the last one stopped.
     fn fetch_chunk(&self, u: usize, session: &Session) -> Result<(), ChunkerError> {
@@ -970,12 +977,23 @@ impl Inner {
         let mut done = 0u64;
         let mut published = first_missing;
         while done < len {
-            let piece = (len - done).min(STREAM_PIECE as u64);
-            // SAFETY: inside the file, not yet present (pages from
-            // `first_missing` on), and this session is the only writer of the
-            // unit; the slice ends before any of it is published.
-            let dst = unsafe { self.cache.slice_mut(from + done, piece) };
-            let (got, error) = read_full(&mut stream, dst);
+            let piece = (len - done).min(STREAM_PIECE as u64) as usize;
+            // Read into a warm buffer and pwrite it (see `CacheFile::write_at`).
+            let (got, error) = PIECE.with_borrow_mut(|buf| {
+                buf.resize(STREAM_PIECE, 0);
+                let (got, error) = read_full(&mut stream, &mut buf[..piece]);
+                // Pages from `first_missing` on are not present, and this
+                // session is the unit's only writer.
+                match self.cache.write_at(from + done, &buf[..got]) {
+                    Ok(()) => (
+                        got,
+                        error.map(|e| {
+                            self.store_error(from + done + got as u64, StoreError::io(&self.key, e))
+                        }),
+                    ),
+                    Err(e) => (0, Some(self.cache_error(from + done, e))),
+                }
+            });
             done += got as u64;
             self.stats
                 .store_bytes
@@ -996,9 +1014,9 @@ impl Inner {
                 session.progress();
             }
             if let Some(e) = error {
-                return Err(self.store_error(from + done, StoreError::io(&self.key, e)));
+                return Err(e);
             }
-            if (got as u64) < piece {
+            if got < piece {
                 return Err(ChunkerError::ShortRead {
                     key: self.key,
                     offset: from,
@@ -1010,7 +1028,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Fetch frame `u` whole, decode it into its place, verify, publish.
+    /// Fetch frame `u` whole, decode and verify it, write it to its place,
+    /// publish.
     fn fetch_frame(&self, u: usize) -> Result<(), ChunkerError> {
         let frame = *self.layout.frame(u).expect("frame units are frame indices");
         let range = frame.range_u();
