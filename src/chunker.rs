@@ -76,8 +76,27 @@ pub const MAX_FRAME_SIZE: u32 = 64 << 20;
 const STREAM_PIECE: usize = 256 << 10;
 
 thread_local! {
-    /// Each fetch worker's buffer for a streaming chunk fetch's pieces.
-    static PIECE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each fetch worker's buffer for what it reads from the store (a chunk
+    /// piece or a compressed frame): reused, so its pages are not fresh
+    /// memory on every fetch.
+    static FETCH_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A fetch buffer grown past this is freed after use rather than kept.
+const FETCH_BUF_KEEP: usize = 8 << 20;
+
+/// Run `f` on this thread's fetch buffer, `len` bytes long.
+fn with_fetch_buf<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+    FETCH_BUF.with_borrow_mut(|buf| {
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let out = f(&mut buf[..len]);
+        if buf.len() > FETCH_BUF_KEEP {
+            *buf = Vec::new();
+        }
+        out
+    })
 }
 
 /// Why a block could not be served. Every variant names the object and the
@@ -979,9 +998,8 @@ impl Inner {
         while done < len {
             let piece = (len - done).min(STREAM_PIECE as u64) as usize;
             // Read into a warm buffer and pwrite it (see `CacheFile::write_at`).
-            let (got, error) = PIECE.with_borrow_mut(|buf| {
-                buf.resize(STREAM_PIECE, 0);
-                let (got, error) = read_full(&mut stream, &mut buf[..piece]);
+            let (got, error) = with_fetch_buf(piece, |buf| {
+                let (got, error) = read_full(&mut stream, buf);
                 // Pages from `first_missing` on are not present, and this
                 // session is the unit's only writer.
                 match self.cache.write_at(from + done, &buf[..got]) {
@@ -1037,16 +1055,17 @@ impl Inner {
             .allocate(range.clone())
             .map_err(|e| self.cache_error(range.start, e))?;
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
-        let src = self
-            .store
-            .read_exact_range(&self.key, frame.start_c, u64::from(frame.size_c))
-            .map_err(|e| self.store_error(range.start, e))?;
-        self.stats
-            .store_bytes
-            .fetch_add(src.len() as u64, Ordering::Relaxed);
-        let mut decoded = self.pool.scratch.take(frame.size_u as usize);
-        self.decode(u, &frame, &src, &mut decoded)?;
-        drop(src);
+        let decoded = with_fetch_buf(frame.size_c as usize, |src| {
+            self.store
+                .read_exact_into(&self.key, frame.start_c, src)
+                .map_err(|e| self.store_error(range.start, e))?;
+            self.stats
+                .store_bytes
+                .fetch_add(src.len() as u64, Ordering::Relaxed);
+            let mut decoded = self.pool.scratch.take(frame.size_u as usize);
+            self.decode(u, &frame, src, &mut decoded)?;
+            Ok(decoded)
+        })?;
         // Not present yet, and this session is the frame's only writer.
         self.cache
             .write_at(range.start, &decoded)

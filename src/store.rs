@@ -87,6 +87,34 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         }
     }
 
+    /// Fill `buf` with bytes `[offset, offset + buf.len())` of the object; a
+    /// short object is `StoreError::ShortRead`. Lets a caller reuse a buffer.
+    fn read_exact_into(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StoreError> {
+        let mut stream = self.read_range(key, offset, buf.len() as u64)?;
+        let mut got = 0;
+        while got < buf.len() {
+            match stream.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(StoreError::io(key, source)),
+            }
+        }
+        if got < buf.len() {
+            return Err(StoreError::ShortRead {
+                key: key.to_string(),
+                expected: buf.len() as u64,
+                got: got as u64,
+            });
+        }
+        Ok(())
+    }
+
     /// Read exactly `[offset, offset+len)` into a new buffer; a short object
     /// is `StoreError::ShortRead`.
     fn read_exact_range(
