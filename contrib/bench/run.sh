@@ -293,6 +293,8 @@ group_seq() {
     mount_squash "$img" "$prog"
     drop_caches
     timed_cat "seq-cold-zstd.$name" "$MNT/memfile"
+    # The same kernel FUSE page cache as tdfs's seq-rehit, for comparison.
+    timed_cat "seq-rehit.$name" "$MNT/memfile"
     umount_squash
   done < <(squash_variants)
 
