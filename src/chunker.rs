@@ -8,9 +8,11 @@
 //!   Acquire, hand out a slice of the mapping. No lock, no allocation.
 //! - Miss path: join the fetch session of each missing unit, or start one on
 //!   the shared `FetchPool`; wait (at most `fetch_timeout`) until the range
-//!   is present. A chunk streams into the mapping and its pages become
-//!   readable as they arrive; a frame is decoded into its place and becomes
-//!   readable once whole and verified.
+//!   is present. A chunk streams into the cache file and its pages become
+//!   readable as they arrive; a frame is decoded into a scratch buffer (one
+//!   per core), written to its place and becomes readable once whole and
+//!   verified. Both are written with `pwrite`, never through the mapping:
+//!   see `CacheFile::write_at`.
 //! - A failed fetch marks nothing new present; every waiter gets the error and
 //!   the next read starts a new session.
 //! - Read-ahead, as the kernel's page cache does it (see `readahead`): a
@@ -39,6 +41,7 @@ mod decode;
 mod layout;
 mod pool;
 mod readahead;
+mod scratch;
 mod session;
 
 use std::collections::HashMap;
@@ -84,6 +87,11 @@ pub const MAX_READAHEAD_BYTES: u64 = 128 << 20;
 
 /// Bytes of a streaming chunk fetch read before its pages are published.
 const STREAM_PIECE: usize = 256 << 10;
+
+thread_local! {
+    /// Each fetch worker's buffer for a streaming chunk fetch's pieces.
+    static PIECE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Why a block could not be served. Every variant names the object and the
 /// offset (uncompressed, in the diff) it concerns. Cloneable so that every
@@ -428,6 +436,24 @@ impl Chunker {
         Ok(())
     }
 
+    /// The diff's bytes `[off, off + len)` as one block, fetched as needed:
+    /// all of them, or a prefix ending where a compressed object's (sparse)
+    /// frame table has a gap. Any offset and length inside the diff.
+    pub fn read_in_place(&self, off: u64, len: u64) -> Result<Block<'_>, ChunkerError> {
+        let inner = &self.inner;
+        let end = off
+            .checked_add(len)
+            .filter(|&end| end <= inner.size)
+            .ok_or_else(|| inner.out_of_range(off, len))?;
+        if len == 0 {
+            return Ok(Block {
+                bytes: BlockBytes::Cache(&[]),
+                pinned: None,
+            });
+        }
+        inner.get(off, end, usize::MAX, end)
+    }
+
     pub fn size(&self) -> u64 {
         self.inner.size
     }
@@ -507,7 +533,7 @@ impl Inner {
                     key: self.key,
                     offset: off,
                 })?;
-        self.note_access(units.start);
+        self.note_access(units.clone());
         let range = off..end;
         // Pinned from here on, misses included: a unit fetched for this
         // reader cannot be evicted before the reader has it.
@@ -714,12 +740,12 @@ impl Inner {
         }
     }
 
-    /// Note a lookup of unit `u` and queue the read-ahead it calls for.
-    fn note_access(self: &Arc<Self>, u: usize) {
+    /// Note a lookup of `units` and queue the read-ahead it calls for.
+    fn note_access(self: &Arc<Self>, units: Range<usize>) {
         if self.cache_full.load(Ordering::Relaxed) {
             return;
         }
-        let Some(plan) = self.readahead.on_access(u) else {
+        let Some(plan) = self.readahead.on_access(units) else {
             return;
         };
         let mut reached = plan.end;
@@ -948,7 +974,7 @@ impl Inner {
     }
 
     /// Stream chunk `u` from its first missing page to its end into the
-    /// mapping, publishing pages as they complete. Present pages of a chunk
+    /// cache file, publishing pages as they complete. Present pages of a chunk
     /// always form a prefix (fetches fill forward, eviction clears whole
     /// chunks), so a retry after a failure resumes where the last one stopped.
     fn fetch_chunk(&self, u: usize, session: &Session) -> Result<(), ChunkerError> {
@@ -970,12 +996,23 @@ impl Inner {
         let mut done = 0u64;
         let mut published = first_missing;
         while done < len {
-            let piece = (len - done).min(STREAM_PIECE as u64);
-            // SAFETY: inside the file, not yet present (pages from
-            // `first_missing` on), and this session is the only writer of the
-            // unit; the slice ends before any of it is published.
-            let dst = unsafe { self.cache.slice_mut(from + done, piece) };
-            let (got, error) = read_full(&mut stream, dst);
+            let piece = (len - done).min(STREAM_PIECE as u64) as usize;
+            // Read into a warm buffer and pwrite it (see `CacheFile::write_at`).
+            let (got, error) = PIECE.with_borrow_mut(|buf| {
+                buf.resize(STREAM_PIECE, 0);
+                let (got, error) = read_full(&mut stream, &mut buf[..piece]);
+                // Pages from `first_missing` on are not present, and this
+                // session is the unit's only writer.
+                match self.cache.write_at(from + done, &buf[..got]) {
+                    Ok(()) => (
+                        got,
+                        error.map(|e| {
+                            self.store_error(from + done + got as u64, StoreError::io(&self.key, e))
+                        }),
+                    ),
+                    Err(e) => (0, Some(self.cache_error(from + done, e))),
+                }
+            });
             done += got as u64;
             self.stats
                 .store_bytes
@@ -996,9 +1033,9 @@ impl Inner {
                 session.progress();
             }
             if let Some(e) = error {
-                return Err(self.store_error(from + done, StoreError::io(&self.key, e)));
+                return Err(e);
             }
-            if (got as u64) < piece {
+            if got < piece {
                 return Err(ChunkerError::ShortRead {
                     key: self.key,
                     offset: from,
@@ -1010,7 +1047,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Fetch frame `u` whole, decode it into its place, verify, publish.
+    /// Fetch frame `u` whole, decode and verify it, write it to its place,
+    /// publish.
     fn fetch_frame(&self, u: usize) -> Result<(), ChunkerError> {
         let frame = *self.layout.frame(u).expect("frame units are frame indices");
         let range = frame.range_u();
@@ -1025,10 +1063,14 @@ impl Inner {
         self.stats
             .store_bytes
             .fetch_add(src.len() as u64, Ordering::Relaxed);
-        // SAFETY: inside the file, not present, and this session is the only
-        // writer of the frame; the slice ends before the frame is published.
-        let dst = unsafe { self.cache.slice_mut(range.start, u64::from(frame.size_u)) };
-        self.decode(u, &frame, &src, dst)?;
+        let mut decoded = self.pool.scratch.take(frame.size_u as usize);
+        self.decode(u, &frame, &src, &mut decoded)?;
+        drop(src);
+        // Not present yet, and this session is the frame's only writer.
+        self.cache
+            .write_at(range.start, &decoded)
+            .map_err(|e| self.cache_error(range.start, e))?;
+        drop(decoded);
         self.present.set(u..u + 1);
         self.placed(u64::from(frame.size_u));
         Ok(())

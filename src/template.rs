@@ -1,7 +1,9 @@
 //! A build's files as the user sees them: a header plus the diffs it
 //! references. `Builds` loads headers lazily and shares one Chunker per
 //! (build, file) across every template that references it;
-//! `TemplateFile::read_at` walks a range mapping by mapping, block by block.
+//! `TemplateFile::read_at` walks a range mapping by mapping, block by block;
+//! `TemplateFile::read_in_place` hands out a range that lies in one mapping
+//! without copying it (a slice of the cache, or of a static zero page run).
 
 mod cache_dir;
 
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::chunker::{CacheBudget, Chunker, ChunkerConfig, ChunkerError, DiffSpec, FetchPool};
+use crate::chunker::{
+    Block, CacheBudget, Chunker, ChunkerConfig, ChunkerError, DiffSpec, FetchPool,
+};
 use crate::format::{
     Compression, FileKind, FormatError, Frame, FrameTable, Header, Mapping, Mappings, Metadata,
     ObjectKey, ObjectName, PAGE_SIZE,
@@ -21,6 +25,29 @@ use crate::metrics::Stats;
 use crate::store::{Store, StoreError};
 
 pub use cache_dir::CacheDir;
+
+/// Zeros for holes served in place: as long as the largest FUSE read. Never
+/// written, so every page of it is the kernel's one shared zero page.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Bytes of a template file served without a copy: see
+/// `TemplateFile::read_in_place`.
+pub enum FileBytes<'a> {
+    /// A hole (a mapping to no build).
+    Zeros(usize),
+    /// Bytes in a diff's cache (pinned while this lives).
+    Cached(Block<'a>),
+}
+
+impl std::ops::Deref for FileBytes<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Zeros(n) => &ZEROS[..*n],
+            FileBytes::Cached(block) => block,
+        }
+    }
+}
 
 /// Largest header tdfs will load (V5 at its limits stays well below this).
 const MAX_HEADER_LEN: u64 = 512 << 20;
@@ -385,6 +412,50 @@ impl TemplateFile {
         self.stats
             .record_read(n as u64, start.elapsed(), result.is_ok());
         result
+    }
+
+    /// The bytes of `[off, off + len)` (cut at the end of the file) when they
+    /// lie in one mapping and, for a diff, in one stretch of its cache; the
+    /// diff's missing parts are fetched first. `None` when the range spans
+    /// mappings or frames that are not contiguous: use `read_at`. Lets a
+    /// reader reply straight from the cache, without a copy of its own.
+    pub fn read_in_place(
+        &self,
+        off: u64,
+        len: usize,
+    ) -> Result<Option<FileBytes<'_>>, TemplateError> {
+        let start = Instant::now();
+        let result = self.map_in_place(off, len);
+        let n = match &result {
+            Ok(Some(bytes)) => Some(bytes.len()),
+            Ok(None) => return result,
+            Err(_) => None,
+        };
+        self.stats
+            .record_read(n.unwrap_or(0) as u64, start.elapsed(), n.is_some());
+        result
+    }
+
+    fn map_in_place(&self, off: u64, len: usize) -> Result<Option<FileBytes<'_>>, TemplateError> {
+        let size = self.size();
+        if off >= size {
+            return Ok(Some(FileBytes::Zeros(0)));
+        }
+        let len = (len as u64).min(size - off);
+        let Some(hit) = self.header.mappings.lookup(off) else {
+            // read_at reports the missing mapping.
+            return Ok(None);
+        };
+        if hit.remaining < len {
+            return Ok(None);
+        }
+        if hit.build_id.is_nil() {
+            return Ok((len as usize <= ZEROS.len()).then_some(FileBytes::Zeros(len as usize)));
+        }
+        let block = self
+            .chunker(hit.build_id)?
+            .read_in_place(hit.storage_offset, len)?;
+        Ok((block.len() as u64 == len).then_some(FileBytes::Cached(block)))
     }
 
     fn read_mappings(&self, buf: &mut [u8], off: u64) -> Result<usize, TemplateError> {

@@ -254,6 +254,27 @@ fn sequential_reader_grows_the_read_ahead_window() {
 }
 
 #[test]
+fn long_reads_in_place_grow_the_read_ahead_window() {
+    let (env, c) = readahead_chunker(2);
+    let read = 100;
+    for u in (0..read).step_by(4) {
+        // One lookup of four units.
+        assert_eq!(
+            c.read_in_place(u * RA_FRAME, 4 * RA_FRAME).unwrap().len() as u64,
+            4 * RA_FRAME
+        );
+    }
+    // Read-ahead starts after the second read (at unit 8); a fixed window of
+    // 2 would end at unit 101.
+    let fetches = env.stats.readahead_fetches.load(Relaxed);
+    let cap = MAX_READAHEAD_UNITS as u64;
+    assert!(
+        (read - 8 + cap / 2..=read - 8 + cap).contains(&fetches),
+        "{fetches} read-ahead fetches after {read} sequential units"
+    );
+}
+
+#[test]
 fn random_reader_gets_no_read_ahead_and_a_jump_resets_the_window() {
     let (env, c) = readahead_chunker(4);
     let mut rng = Rng(99);

@@ -1,15 +1,17 @@
 //! The template read path against the independent E2B fixture stores: every
 //! build's flattened memfile and rootfs must have the manifest's SHA-256, and
-//! random reads from many threads must equal the flattened bytes.
+//! random reads from many threads, copied or in place, must equal the
+//! flattened bytes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tdfs::format::FileKind;
 use tdfs::store::{LocalStore, Store};
-use tdfs::template::{Builds, TemplateConfig};
+use tdfs::template::{Builds, FileBytes, TemplateConfig};
 use uuid::Uuid;
 
 fn fixture_root() -> PathBuf {
@@ -84,9 +86,11 @@ fn random_reads_from_many_threads_equal_the_flattened_file() {
         // A fresh instance, so reads start cold and race each other.
         let cache2 = tempfile::tempdir().unwrap();
         let (builds, _) = open(store, cache2.path());
+        let (zeros, cached) = (AtomicUsize::new(0), AtomicUsize::new(0));
         std::thread::scope(|s| {
             for t in 0..8u64 {
                 let (builds, files, flat) = (&builds, &files, &flat);
+                let (zeros, cached) = (&zeros, &cached);
                 s.spawn(move || {
                     let mut rng = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                     let mut next = move || {
@@ -108,10 +112,34 @@ fn random_reads_from_many_threads_equal_the_flattened_file() {
                         assert_eq!(n, want_n, "{build}/{kind} at {off}+{len}");
                         let start = off.min(size) as usize;
                         assert_eq!(&buf[..n], &flat[i][start..start + n]);
+                        // The same range, or a short one (more often in one
+                        // mapping), in place.
+                        let len = if next() % 2 == 0 { len } else { len % 20_000 };
+                        let n = (size.saturating_sub(off) as usize).min(len);
+                        match tf.read_in_place(off, len).unwrap() {
+                            None => {}
+                            Some(bytes) => {
+                                assert_eq!(
+                                    &bytes[..],
+                                    &flat[i][start..start + n],
+                                    "{build}/{kind} in place at {off}+{len}"
+                                );
+                                match bytes {
+                                    FileBytes::Zeros(_) => zeros.fetch_add(1, Ordering::Relaxed),
+                                    FileBytes::Cached(_) => cached.fetch_add(1, Ordering::Relaxed),
+                                };
+                            }
+                        }
                     }
                 });
             }
         });
+        // Without in-place reads of both kinds this would prove nothing.
+        let (zeros, cached) = (zeros.into_inner(), cached.into_inner());
+        assert!(
+            zeros > 0 && cached > 0,
+            "{store}: in place: {zeros} zeros, {cached} cached"
+        );
     }
 }
 

@@ -6,15 +6,15 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-/// A sparse cache file mapped into memory. Writes go through the mapping into
-/// ranges no reader can see yet; reads are slices of ranges already marked
-/// present. The file is flock'ed so two processes never share one.
+/// A sparse cache file mapped into memory. Writes (`pwrite`) go into ranges
+/// no reader can see yet; reads are slices of the mapping over ranges
+/// already marked present. The file is flock'ed so two processes never share one.
 pub(super) struct CacheFile {
     path: PathBuf,
     file: File,
@@ -78,22 +78,29 @@ impl CacheFile {
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off as usize), len as usize) }
     }
 
-    /// Writable bytes `[off, off+len)`.
-    ///
-    /// # Safety
-    /// The range must be inside the file, not present, and owned by the one
-    /// fetch session writing it: no other slice of it may exist.
-    #[allow(clippy::mut_from_ref)]
-    pub(super) unsafe fn slice_mut(&self, off: u64, len: u64) -> &mut [u8] {
-        debug_assert!(off + len <= self.len);
-        // SAFETY: in bounds and exclusively owned (caller).
+    /// Write `bytes` at `off` with `pwrite` (into a range that is not present
+    /// and is owned by the caller's fetch session), then map the written
+    /// pages. Unlike a write through the mapping, whole pages written this
+    /// way are never zeroed first; mapping them in one call spares readers a
+    /// page fault per few pages.
+    pub(super) fn write_at(&self, off: u64, bytes: &[u8]) -> io::Result<()> {
+        debug_assert!(off + bytes.len() as u64 <= self.len);
+        self.file.write_all_at(bytes, off)?;
+        // Best effort: kernels before 5.14 lack it, and it refuses a range
+        // not starting on a page; readers then fault the pages in.
+        // SAFETY: a range inside the mapping; populating reads nothing.
         unsafe {
-            std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(off as usize), len as usize)
+            libc::madvise(
+                self.map.as_ptr().add(off as usize) as *mut libc::c_void,
+                bytes.len(),
+                libc::MADV_POPULATE_READ,
+            );
         }
+        Ok(())
     }
 
-    /// Reserve disk blocks for a range before writing it through the mapping,
-    /// so a full disk is an error here rather than a SIGBUS on the write.
+    /// Reserve disk blocks for a range before writing it, so a full disk is
+    /// an error here, before any fetch, rather than part-way through one.
     pub(super) fn allocate(&self, range: Range<u64>) -> io::Result<()> {
         self.fallocate(0, range)
             .or_else(|e| match e.raw_os_error() {

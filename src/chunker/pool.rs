@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use crossbeam_channel::{Sender, bounded};
 
+use super::scratch::ScratchBuffers;
+
 /// Work for a fetch worker. It must finish its session itself, panics
 /// included (see `Inner::run_fetch`).
 pub(super) type Job = Box<dyn FnOnce() + Send>;
@@ -22,6 +24,8 @@ const QUEUE_PER_WORKER: usize = 4;
 pub struct FetchPool {
     jobs: Sender<Job>,
     workers: usize,
+    /// Decode buffers, one per core (see `scratch`).
+    pub(super) scratch: ScratchBuffers,
 }
 
 impl std::fmt::Debug for FetchPool {
@@ -54,7 +58,12 @@ impl FetchPool {
                 })
                 .expect("starting a fetch worker thread");
         }
-        std::sync::Arc::new(FetchPool { jobs, workers })
+        let cores = thread::available_parallelism().map_or(2, |n| n.get());
+        std::sync::Arc::new(FetchPool {
+            jobs,
+            workers,
+            scratch: ScratchBuffers::new(cores.min(workers)),
+        })
     }
 
     pub fn workers(&self) -> usize {

@@ -54,13 +54,15 @@ impl ReadAhead {
         }
     }
 
-    /// Note a lookup of unit `u`; returns the units to queue now, if any.
-    /// The caller reports how far it got with `queued`. Cheap when `u` is the
-    /// unit of the previous lookup (the common case: a unit holds many blocks).
-    pub(super) fn on_access(&self, u: usize) -> Option<Range<usize>> {
-        if self.initial == 0 {
+    /// Note a lookup of `units` (one unit, or the several a long read
+    /// spans); returns the units to queue now, if any. The caller reports
+    /// how far it got with `queued`. Cheap when the lookup ends in the unit
+    /// the previous one ended in (the common case: a unit holds many blocks).
+    pub(super) fn on_access(&self, units: Range<usize>) -> Option<Range<usize>> {
+        if self.initial == 0 || units.is_empty() {
             return None;
         }
+        let (first, u) = (units.start, units.end - 1);
         let mut last = self.last.load(Relaxed);
         let sequential = loop {
             if u == last {
@@ -73,7 +75,7 @@ impl ReadAhead {
             // One thread acts per move of the stream; one that lost the
             // race looks again from where the winner left `last`.
             match self.last.compare_exchange(last, u, Relaxed, Relaxed) {
-                Ok(_) => break known && u > last && u - last <= TOLERANCE,
+                Ok(_) => break known && u > last && first <= last.saturating_add(TOLERANCE),
                 Err(now) => last = now,
             }
         };
@@ -135,7 +137,7 @@ mod tests {
     fn run(ra: &ReadAhead, units: impl IntoIterator<Item = usize>) -> Vec<Range<usize>> {
         let mut plans = Vec::new();
         for u in units {
-            if let Some(plan) = ra.on_access(u) {
+            if let Some(plan) = ra.on_access(u..u + 1) {
                 ra.queued(&plan, plan.end);
                 plans.push(plan);
             }
@@ -245,13 +247,35 @@ mod tests {
     }
 
     #[test]
+    fn lookups_spanning_several_units_are_one_stream() {
+        let ra = ReadAhead::new(4, 64, 10_000);
+        // Long reads of four units each, back to back.
+        let mut plans = Vec::new();
+        for start in (0..400).step_by(4) {
+            if let Some(plan) = ra.on_access(start..start + 4) {
+                ra.queued(&plan, plan.end);
+                plans.push(plan);
+            }
+        }
+        assert_eq!(plans[0], 8..12, "planned past the end of the lookup");
+        assert_eq!(ra.window(), 64);
+        // Overlapping the previous lookup still moves forward.
+        let ra = ReadAhead::new(4, 64, 10_000);
+        ra.on_access(0..3);
+        assert_eq!(ra.on_access(2..6), Some(6..10));
+        // A long lookup far away is a jump.
+        assert_eq!(ra.on_access(100..104), None);
+        assert_eq!(ra.window(), 4);
+    }
+
+    #[test]
     fn a_short_queue_is_resumed_by_the_next_lookup() {
         let ra = ReadAhead::new(4, 64, 10_000);
-        ra.on_access(0);
-        let plan = ra.on_access(1).unwrap();
+        ra.on_access(0..1);
+        let plan = ra.on_access(1..2).unwrap();
         assert_eq!(plan, 2..6);
         ra.queued(&plan, 3);
         // The reader is now within half a window of what was queued.
-        assert_eq!(ra.on_access(2), Some(3..11));
+        assert_eq!(ra.on_access(2..3), Some(3..11));
     }
 }

@@ -38,7 +38,8 @@ impl FuseAdapter {
 }
 
 thread_local! {
-    /// Each worker thread reads into one buffer it keeps.
+    /// Each worker thread copies reads that are not served in place (see
+    /// `TemplateFs::read`) into one buffer it keeps.
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -138,12 +139,18 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         READ_BUF.with_borrow_mut(|buf| {
-            let data = try_reply!(
-                reply,
-                self.fs.read(fh.0, offset, size, buf),
-                "read of {size} bytes at {offset} of inode {ino}"
-            );
-            reply.data(data);
+            // The reply goes inside the read: in-place bytes are pinned
+            // cache only while it runs.
+            let mut reply = Some(reply);
+            if let Err(e) = self.fs.read(fh.0, offset, size, buf, |data| {
+                reply.take().expect("replied once").data(data)
+            }) && let Some(reply) = reply
+            {
+                reply.error(report(
+                    format_args!("read of {size} bytes at {offset} of inode {ino}"),
+                    &e,
+                ));
+            }
         });
     }
 

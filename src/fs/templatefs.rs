@@ -244,18 +244,39 @@ impl TemplateFs {
         })
     }
 
-    /// Read up to `len` bytes at `offset` of open file `fh` into `buf`
-    /// (grown as needed, never shrunk, so a worker thread reuses one), and
-    /// return the bytes read: all `len` unless the file ends first.
-    pub fn read<'b>(
+    /// Read up to `len` bytes at `offset` of open file `fh` (all `len`
+    /// unless the file ends first) and hand them to `reply`. A range of a
+    /// template file in one mapping goes to `reply` straight from the cache;
+    /// anything else is copied into `buf` first (grown as needed, never
+    /// shrunk, so a worker thread reuses one).
+    pub fn read<R>(
         &self,
         fh: u64,
         offset: u64,
         len: u32,
+        buf: &mut Vec<u8>,
+        reply: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, FsError> {
+        let handle = self.handle(fh)?;
+        if let Handle::Template(file) = &*handle {
+            let in_place = file
+                .read_in_place(offset, len as usize)
+                .map_err(|e| FsError::template(file.build_id(), file.file(), Some(offset), e))?;
+            if let Some(bytes) = in_place {
+                return Ok(reply(&bytes));
+            }
+        }
+        self.read_copy(&handle, offset, len, buf).map(reply)
+    }
+
+    fn read_copy<'b>(
+        &self,
+        handle: &Handle,
+        offset: u64,
+        len: u32,
         buf: &'b mut Vec<u8>,
     ) -> Result<&'b [u8], FsError> {
-        let handle = self.handle(fh)?;
-        let size = match &*handle {
+        let size = match handle {
             Handle::Template(file) => file.size(),
             Handle::Object { size, .. } => *size,
             Handle::Stats(text) => text.len() as u64,
@@ -269,7 +290,7 @@ impl TemplateFs {
         if want == 0 {
             return Ok(out);
         }
-        match &*handle {
+        match handle {
             Handle::Template(file) => {
                 let n = file.read_at(out, offset).map_err(|e| {
                     FsError::template(file.build_id(), file.file(), Some(offset), e)
@@ -607,23 +628,31 @@ mod tests {
 
         let mut buf = Vec::new();
         let size = 16u64 << 20;
-        let whole = fs.read(opened.fh, 0, 1 << 20, &mut buf).unwrap().to_vec();
+        let whole = fs
+            .read(opened.fh, 0, 1 << 20, &mut buf, <[u8]>::to_vec)
+            .unwrap();
         assert_eq!(whole.len(), 1 << 20);
         // Reads clip at the end, and are empty past it.
         assert_eq!(
-            fs.read(opened.fh, size - 100, 4096, &mut buf)
+            fs.read(opened.fh, size - 100, 4096, &mut buf, <[u8]>::to_vec)
                 .unwrap()
                 .len(),
             100
         );
-        assert!(fs.read(opened.fh, size, 4096, &mut buf).unwrap().is_empty());
         assert!(
-            fs.read(opened.fh, u64::MAX, 4096, &mut buf)
+            fs.read(opened.fh, size, 4096, &mut buf, <[u8]>::to_vec)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            fs.read(opened.fh, u64::MAX, 4096, &mut buf, <[u8]>::to_vec)
                 .unwrap()
                 .is_empty()
         );
         // A read in the middle of a previous one gives the same bytes.
-        let part = fs.read(opened.fh, 12345, 1000, &mut buf).unwrap();
+        let part = fs
+            .read(opened.fh, 12345, 1000, &mut buf, <[u8]>::to_vec)
+            .unwrap();
         assert_eq!(part, &whole[12345..13345]);
         fs.release(opened.fh);
 
@@ -654,10 +683,15 @@ mod tests {
 
         let stats = fs.open(STATS_INO, libc::O_RDONLY).unwrap();
         assert!(stats.flags.contains(FopenFlags::FOPEN_DIRECT_IO));
-        let text =
-            String::from_utf8(fs.read(stats.fh, 0, 1 << 20, &mut buf).unwrap().to_vec()).unwrap();
+        let text = String::from_utf8(
+            fs.read(stats.fh, 0, 1 << 20, &mut buf, <[u8]>::to_vec)
+                .unwrap(),
+        )
+        .unwrap();
         assert!(text.contains("tdfs_reads_total"), "{text}");
-        let tail = fs.read(stats.fh, 10, 1 << 20, &mut buf).unwrap();
+        let tail = fs
+            .read(stats.fh, 10, 1 << 20, &mut buf, <[u8]>::to_vec)
+            .unwrap();
         assert_eq!(tail, &text.as_bytes()[10..]);
     }
 }
