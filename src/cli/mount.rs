@@ -28,7 +28,7 @@ const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
 /// Each store request pays the store's first-byte latency, so only many
 /// requests in flight reach its bandwidth: with 20 ms to first byte and
 /// 100 MB/s per request, a cold sequential read of a 2 GiB zstd memfile ran
-/// 3.9 times as fast as without read-ahead (contrib/bench), against 2.4
+/// 3.9 times as fast as without read-ahead (contrib/bench), against 2.3
 /// times with a fixed window of 4. A short start window keeps lazy readers
 /// lazy: a VM booting from a 64 MiB rootfs pulls 14 MiB with 4, as with a
 /// fixed window of 4, where a fixed 16 pulled 38 MiB
