@@ -15,8 +15,12 @@
 //!   see `CacheFile::write_at`.
 //! - A failed fetch marks nothing new present; every waiter gets the error and
 //!   the next read starts a new session.
-//! - A reader whose lookups move from one unit to the next queues fetches of
-//!   the following `readahead` units, when the pool has spare room.
+//! - Read-ahead, as the kernel's page cache does it (see `readahead`): a
+//!   reader whose lookups move on to the next unit gets fetches of the
+//!   following `readahead` units queued; while it keeps reading sequentially
+//!   into what read-ahead queued, the window doubles, in batches, up to
+//!   `MAX_READAHEAD_UNITS` and `MAX_READAHEAD_BYTES`; a jump sets it back.
+//!   Read-ahead only takes the pool's spare room, never a reader's.
 //! - A store request that never answers keeps its session: its readers time
 //!   out, and no second fetch of the unit starts (two writers cannot share
 //!   the unit's place in the cache). The store bounds its own requests.
@@ -36,6 +40,7 @@ mod cache;
 mod decode;
 mod layout;
 mod pool;
+mod readahead;
 mod scratch;
 mod session;
 
@@ -44,7 +49,7 @@ use std::io::{self, Read};
 use std::ops::{Deref, Range};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -59,6 +64,7 @@ use crate::store::{Store, StoreError};
 use budget::Lru;
 use cache::{CacheFile, PresentBits};
 use layout::Layout;
+use readahead::ReadAhead;
 use session::{Fetched, Session, Waited};
 
 /// Fetch unit of uncompressed objects (E2B's MemoryChunkSize).
@@ -71,6 +77,13 @@ pub const MAX_DIFF_SIZE: u64 = 1 << 40;
 /// Largest frame (either size) a Chunker fetches: bounds the buffer of one
 /// compressed frame per fetch worker. E2B writes 2 MiB multiples.
 pub const MAX_FRAME_SIZE: u32 = 64 << 20;
+
+/// Largest read-ahead window, in units (chunks or frames).
+pub const MAX_READAHEAD_UNITS: usize = 64;
+
+/// Largest read-ahead window, in bytes of its units (the largest unit of
+/// the object counts for every unit): 32 chunks, or 64 frames of 2 MiB.
+pub const MAX_READAHEAD_BYTES: u64 = 128 << 20;
 
 /// Bytes of a streaming chunk fetch read before its pages are published.
 const STREAM_PIECE: usize = 256 << 10;
@@ -204,7 +217,8 @@ pub struct ChunkerConfig {
     /// (the fetch itself goes on for other readers; the store bounds its own
     /// requests).
     pub fetch_timeout: Duration,
-    /// Chunks/frames fetched ahead of a sequential reader (0 = off).
+    /// Chunks/frames fetched ahead of a sequential reader at first (0 =
+    /// off); the window grows while the reader stays sequential.
     pub readahead: usize,
     /// Fetch worker threads (bounds concurrent store requests).
     pub fetch_workers: usize,
@@ -289,9 +303,7 @@ struct Inner {
     pool: Arc<FetchPool>,
     stats: Arc<Stats>,
     fetch_timeout: Duration,
-    readahead: usize,
-    /// Unit of the latest lookup, to spot sequential readers.
-    last_unit: AtomicUsize,
+    readahead: ReadAhead,
     lru: Option<Lru>,
     /// Set when the Chunker is dropped: queued fetches are skipped.
     closed: AtomicBool,
@@ -362,6 +374,17 @@ impl Chunker {
             }
         })?;
         let units = layout.units();
+        let largest_unit = match &layout {
+            Layout::Chunks { .. } => CHUNK_SIZE,
+            Layout::Frames { table } => table
+                .frames()
+                .iter()
+                .map(|f| u64::from(f.size_u))
+                .max()
+                .unwrap_or(CHUNK_SIZE),
+        };
+        let max_readahead =
+            MAX_READAHEAD_UNITS.min((MAX_READAHEAD_BYTES / largest_unit.max(1)).max(1) as usize);
         let inner = Arc::new(Inner {
             key,
             size: spec.size,
@@ -376,8 +399,7 @@ impl Chunker {
             pool,
             stats,
             fetch_timeout: config.fetch_timeout,
-            readahead: config.readahead,
-            last_unit: AtomicUsize::new(usize::MAX),
+            readahead: ReadAhead::new(config.readahead, max_readahead, units),
             lru: config
                 .cache_budget
                 .as_ref()
@@ -530,7 +552,7 @@ impl Inner {
                     key: self.key,
                     offset: off,
                 })?;
-        self.note_access(units.start);
+        self.note_access(units.clone());
         let range = off..end;
         // Pinned from here on, misses included: a unit fetched for this
         // reader cannot be evicted before the reader has it.
@@ -737,28 +759,22 @@ impl Inner {
         }
     }
 
-    /// Spot a reader moving on to the next unit and fetch ahead of it.
-    fn note_access(self: &Arc<Self>, u: usize) {
-        if self.readahead == 0 || self.cache_full.load(Ordering::Relaxed) {
+    /// Note a lookup of `units` and queue the read-ahead it calls for.
+    fn note_access(self: &Arc<Self>, units: Range<usize>) {
+        if self.cache_full.load(Ordering::Relaxed) {
             return;
         }
-        let prev = self.last_unit.load(Ordering::Relaxed);
-        if prev == u {
+        let Some(plan) = self.readahead.on_access(units) else {
             return;
-        }
-        self.last_unit.store(u, Ordering::Relaxed);
-        if prev.wrapping_add(1) != u {
-            return;
-        }
-        let last = u
-            .saturating_add(self.readahead)
-            .min(self.layout.units().saturating_sub(1));
+        };
+        let mut reached = plan.end;
         let mut sessions = None;
-        for v in u + 1..=last {
+        for v in plan.clone() {
             if self.unit_complete(v) {
                 continue;
             }
             if !self.pool.has_spare_room() {
+                reached = v;
                 break;
             }
             let sessions = sessions.get_or_insert_with(|| self.lock_sessions());
@@ -769,11 +785,14 @@ impl Inner {
             // Queued while holding the session lock, so the job cannot end
             // its session before it is in the map.
             if self.pool.try_submit(self.job(v, &session)).is_err() {
+                reached = v;
                 break;
             }
             sessions.insert(v, session);
             self.stats.readahead_fetches.fetch_add(1, Ordering::Relaxed);
         }
+        drop(sessions);
+        self.readahead.queued(&plan, reached);
     }
 
     fn job(self: &Arc<Self>, u: usize, session: &Arc<Session>) -> pool::Job {

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use chunker_support::{Env, MIB, PAGE, Rng, test_data};
 use proptest::prelude::*;
-use tdfs::chunker::{CHUNK_SIZE, Chunker, ChunkerError, DiffSpec};
+use tdfs::chunker::{CHUNK_SIZE, Chunker, ChunkerError, DiffSpec, MAX_READAHEAD_UNITS};
 use tdfs::format::{Compression, Frame, FrameTable};
 
 /// Every kind of object the Chunker serves, over the same `data`.
@@ -209,6 +209,116 @@ fn sequential_reads_fetch_ahead_without_duplicate_requests() {
         env.store.requests_for(&key),
         10,
         "one request per chunk, read-ahead included"
+    );
+}
+
+/// Units of the read-ahead tests: small frames, so that many of them make
+/// a small object and the window's byte bound (`MAX_READAHEAD_BYTES`) is
+/// far above `MAX_READAHEAD_UNITS` of them.
+const RA_FRAME: u64 = 16 << 10;
+const RA_UNITS: u64 = 400;
+
+/// A Chunker of `RA_UNITS` frames of `RA_FRAME` bytes (one block each) with
+/// a start window of `readahead`, on a pool so large that read-ahead always
+/// finds room: what it queues then depends only on the lookups.
+fn readahead_chunker(readahead: usize) -> (Env, Chunker) {
+    let mut env = Env::with_workers(2 * MAX_READAHEAD_UNITS);
+    env.config.readahead = readahead;
+    let data = test_data((RA_UNITS * RA_FRAME) as usize, 11);
+    let spec = env.put_framed(&data, Compression::Zstd, &[RA_FRAME as usize], RA_FRAME);
+    let c = env.chunker(spec);
+    (env, c)
+}
+
+fn read_unit(c: &Chunker, u: u64) {
+    assert_eq!(c.block(u * RA_FRAME).unwrap().len() as u64, RA_FRAME);
+}
+
+#[test]
+fn sequential_reader_grows_the_read_ahead_window() {
+    let (env, c) = readahead_chunker(2);
+    let read = 100;
+    for u in 0..read {
+        read_unit(&c, u);
+    }
+    // Read-ahead queued every unit from 2 on up to some point ahead of the
+    // reader (at unit 99). A fixed window of 2 reaches unit 101: 100
+    // fetches. Grown to its cap, the window keeps between half of it and
+    // all of it queued ahead of the reader.
+    let fetches = env.stats.readahead_fetches.load(Relaxed);
+    let cap = MAX_READAHEAD_UNITS as u64;
+    assert!(
+        (read + cap / 2..=read + cap).contains(&fetches),
+        "{fetches} read-ahead fetches after {read} sequential units"
+    );
+}
+
+#[test]
+fn long_reads_in_place_grow_the_read_ahead_window() {
+    let (env, c) = readahead_chunker(2);
+    let read = 100;
+    for u in (0..read).step_by(4) {
+        // One lookup of four units.
+        assert_eq!(
+            c.read_in_place(u * RA_FRAME, 4 * RA_FRAME).unwrap().len() as u64,
+            4 * RA_FRAME
+        );
+    }
+    // Read-ahead starts after the second read (at unit 8); a fixed window of
+    // 2 would end at unit 101.
+    let fetches = env.stats.readahead_fetches.load(Relaxed);
+    let cap = MAX_READAHEAD_UNITS as u64;
+    assert!(
+        (read - 8 + cap / 2..=read - 8 + cap).contains(&fetches),
+        "{fetches} read-ahead fetches after {read} sequential units"
+    );
+}
+
+#[test]
+fn random_reader_gets_no_read_ahead_and_a_jump_resets_the_window() {
+    let (env, c) = readahead_chunker(4);
+    let mut rng = Rng(99);
+    for _ in 0..300 {
+        // Never within two units of the previous lookup: not sequential.
+        read_unit(&c, rng.below(RA_UNITS / 3) * 3);
+    }
+    assert_eq!(env.stats.readahead_fetches.load(Relaxed), 0);
+
+    let (env, c) = readahead_chunker(4);
+    for u in 0..60 {
+        read_unit(&c, u);
+    }
+    let before = env.stats.readahead_fetches.load(Relaxed);
+    assert!(before > 60 + 4, "grew: {before}");
+    // Far past anything queued so far: a new stream gets the start window.
+    read_unit(&c, 300);
+    read_unit(&c, 301);
+    assert_eq!(env.stats.readahead_fetches.load(Relaxed) - before, 4);
+}
+
+#[test]
+fn sequential_reader_on_two_threads_out_of_order_grows_the_window() {
+    let (env, c) = readahead_chunker(2);
+    let rounds = 50u64;
+    let barrier = std::sync::Barrier::new(2);
+    // Each round, two threads look up units 2r and 2r+1 at once, as the
+    // kernel's concurrent read-ahead requests do: either may come first.
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let (c, barrier) = (&c, &barrier);
+            s.spawn(move || {
+                for r in 0..rounds {
+                    barrier.wait();
+                    read_unit(c, 2 * r + t);
+                }
+            });
+        }
+    });
+    let fetches = env.stats.readahead_fetches.load(Relaxed);
+    assert!(
+        fetches >= 2 * rounds + MAX_READAHEAD_UNITS as u64 / 4,
+        "{fetches} read-ahead fetches after {} units",
+        2 * rounds
     );
 }
 
