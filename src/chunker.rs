@@ -24,7 +24,8 @@
 //! - A store request that never answers keeps its session: its readers time
 //!   out, and no second fetch of the unit starts (two writers cannot share
 //!   the unit's place in the cache). The store bounds its own requests.
-//! - A full cache disk (ENOSPC/EDQUOT reserving a unit's space) is not a
+//! - A full cache disk (ENOSPC/EDQUOT writing a unit; once seen, units'
+//!   space is reserved before they are fetched) is not a
 //!   read error: the unit is fetched into memory (bounded by the unit size)
 //!   for the session's waiters, never marked present; warned once per
 //!   Chunker, whose read-ahead then stops.
@@ -983,6 +984,21 @@ impl Inner {
         }
     }
 
+    /// Once the cache disk was found full, reserve a unit's space before
+    /// fetching it, so a disk still full costs a failed `fallocate` rather
+    /// than a wasted fetch. Otherwise a full disk shows as the write's
+    /// ENOSPC: reserving every unit up front would take the file's lock
+    /// against the concurrent writes of other units.
+    fn reserve_if_full(&self, range: Range<u64>) -> Result<(), ChunkerError> {
+        if !self.cache_full.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let start = range.start;
+        self.cache
+            .allocate(range)
+            .map_err(|e| self.cache_error(start, e))
+    }
+
     /// Account `bytes` newly present.
     fn placed(&self, bytes: u64) {
         self.cached.fetch_add(bytes, Ordering::Relaxed);
@@ -1004,9 +1020,7 @@ impl Inner {
         };
         let from = first_missing as u64 * PAGE_SIZE;
         let len = range.end - from;
-        self.cache
-            .allocate(from..range.end)
-            .map_err(|e| self.cache_error(from, e))?;
+        self.reserve_if_full(from..range.end)?;
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         let mut stream = self
             .store
@@ -1070,9 +1084,7 @@ impl Inner {
     fn fetch_frame(&self, u: usize) -> Result<(), ChunkerError> {
         let frame = *self.layout.frame(u).expect("frame units are frame indices");
         let range = frame.range_u();
-        self.cache
-            .allocate(range.clone())
-            .map_err(|e| self.cache_error(range.start, e))?;
+        self.reserve_if_full(range.clone())?;
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         let decoded = with_fetch_buf(frame.size_c as usize, |src| {
             self.store

@@ -85,7 +85,11 @@ impl CacheFile {
     /// page fault per few pages.
     pub(super) fn write_at(&self, off: u64, bytes: &[u8]) -> io::Result<()> {
         debug_assert!(off + bytes.len() as u64 <= self.len);
-        self.file.write_all_at(bytes, off)?;
+        if let Err(e) = self.file.write_all_at(bytes, off) {
+            // Give back what part of it was written: a full disk needs room.
+            let _ = self.punch_hole(off..off + bytes.len() as u64);
+            return Err(e);
+        }
         // Best effort: kernels before 5.14 lack it, and it refuses a range
         // not starting on a page; readers then fault the pages in.
         // SAFETY: a range inside the mapping; populating reads nothing.
@@ -100,7 +104,7 @@ impl CacheFile {
     }
 
     /// Reserve disk blocks for a range before writing it, so a full disk is
-    /// an error here, before any fetch, rather than part-way through one.
+    /// an error here rather than part-way through a write.
     pub(super) fn allocate(&self, range: Range<u64>) -> io::Result<()> {
         self.fallocate(0, range)
             .or_else(|e| match e.raw_os_error() {
