@@ -21,6 +21,7 @@ MEMFILE_MIB=${MEMFILE_MIB:-2048}
 ROOTFS_MIB=${ROOTFS_MIB:-1024}
 FIO_SECS=${FIO_SECS:-15}
 THROTTLE=${THROTTLE:-20ms,100MB}
+SETTLE=${SETTLE:-3}
 SEED=${SEED:-1}
 # Bound on any one read of a whole file or download (seconds).
 READ_TIMEOUT=${READ_TIMEOUT:-600}
@@ -107,9 +108,14 @@ RUN=0
 
 record() { printf '%s\t%s\t%s\n' "$RUN" "$1" "$2" >>"$RESULTS"; }
 
+# Then wait SETTLE seconds: in a VM with free page reporting (virtio-balloon;
+# the kernel reports freed memory to the host about 2 s after it is freed),
+# memory touched within that window is still backed and cheap, later it
+# costs host faults. Waiting puts every contender in the same state.
 drop_caches() {
   sync
   echo 3 >/proc/sys/vm/drop_caches
+  sleep "$SETTLE"
 }
 
 # Drop one file's pages from the kernel page cache (POSIX_FADV_DONTNEED).
@@ -416,7 +422,7 @@ describe_machine() {
   echo "- disk under $WORK: $(df -h --output=source,fstype,size "$WORK" | tail -1 | tr -s ' ')"
   echo "- tdfs $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') ($TDFS, built $(date -u -r "$TDFS" '+%H:%M UTC')$BINARY_NOTE); $(squashfuse --version 2>&1 | head -1); $(mksquashfs -version | head -1); $(fio --version); $(zstd --version)"
   echo "- data: ${MEMFILE_MIB} MiB memfile ($(du -m "$DATA/memfile" | cut -f1) MiB not zero, zstd object $(( $(stat -c %s "$ZSTD_OBJECT") >> 20 )) MiB), ${ROOTFS_MIB} MiB ext4 rootfs; squashfs images $(du -m "$DATA/memfile-128K.sqfs" | cut -f1) MiB (128 KiB) and $(du -m "$DATA/memfile-1M.sqfs" | cut -f1) MiB (1 MiB)"
-  echo "- runs: $RUNS; fio: random 4 KiB reads, 4 jobs, psync, ${FIO_SECS} s; slow store: $THROTTLE per request"
+  echo "- runs: $RUNS; fio: random 4 KiB reads, 4 jobs, psync, ${FIO_SECS} s; slow store: $THROTTLE per request; after dropping caches: ${SETTLE} s settle"
 }
 
 main() {
