@@ -3,10 +3,12 @@
 //! against a baseline measured in the same run:
 //! - `TemplateFile::read_at` on a warm packed memfile (mapping lookup, zero
 //!   fill, Chunker hit, stats), random 4 KiB and sequential 1 MiB, vs. a
-//!   memcpy from the flattened bytes;
+//!   memcpy from the flattened bytes; and `read_in_place` (what a FUSE read
+//!   in one mapping does: no copy), sequential 1 MiB;
 //! - decoding one 2 MiB zstd frame into fresh pages of a shared file
-//!   mapping (what a Chunker fetch does), and into a warm buffer written
-//!   with `pwrite`, vs. decoding into a warm buffer (the decoder alone).
+//!   mapping (what a Chunker fetch did at first), and into a warm buffer
+//!   written with `pwrite` (what it does now), vs. decoding into a warm
+//!   buffer (the decoder alone).
 //!   Each iteration punches the frame's range and allocates it again, which
 //!   makes page faults dearer than a Chunker's first write to a fresh cache
 //!   file (perf puts them at ~15% of a mount's CPU time on cold reads).
@@ -139,6 +141,15 @@ fn template_reads(c: &mut Criterion) {
             template.read_at(&mut buf, black_box(off) as u64).unwrap();
             off = (off + MIB) % MEMFILE_SIZE;
             black_box(&buf);
+        })
+    });
+    let mut off = 0;
+    g.bench_function("template_read_in_place", |b| {
+        b.iter(|| {
+            // A byte per page: copying the bytes out is the kernel's part.
+            let bytes = template.read_in_place(black_box(off) as u64, MIB).unwrap();
+            black_box(bytes.expect("one mapping").iter().step_by(4096).count());
+            off = (off + MIB) % MEMFILE_SIZE;
         })
     });
     let mut off = 0;
