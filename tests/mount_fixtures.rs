@@ -1,7 +1,8 @@
 //! Every build of the E2B fixture stores (V3/V4/V5 headers; none, zstd and
 //! lz4 diffs) read through a real FUSE mount: whole-file SHA-256 against the
 //! manifest, random ranges read by several `dd` processes at once, mmap, and
-//! O_DIRECT 1 MiB reads, all compared with the reference bytes.
+//! O_DIRECT 1 MiB reads, all compared with the reference bytes; and reads
+//! that keep reaching tdfs while a small cache budget evicts under them.
 
 #[path = "support/mount.rs"]
 mod mount_support;
@@ -34,6 +35,71 @@ fn v4_lz4() {
 #[test]
 fn v5_zstd_dedup() {
     check_store("v5-zstd-dedup", "zstd", 5);
+}
+
+/// Replies are slices of the cache, pinned only while they are written: with
+/// a budget far below the data, eviction runs under every reply. O_DIRECT
+/// keeps each read going to tdfs rather than the kernel's page cache.
+#[test]
+fn replies_from_an_evicting_cache_are_exact() {
+    if !fuse_available() {
+        return;
+    }
+    let store = fixture_store("v4-zstd");
+    let cases = Arc::new(manifest_cases(&store));
+    let mount = MountGuard::start(&store, &["--max-cache-size", "6MiB"]);
+    let root = mount.path().to_path_buf();
+    let readers: Vec<_> = (0..6)
+        .map(|t| {
+            let (root, cases) = (root.clone(), cases.clone());
+            std::thread::spawn(move || {
+                for round in 0..3 {
+                    for i in 0..cases.len() {
+                        let case = &cases[(i + t + round) % cases.len()];
+                        let path = root.join(&case.build).join(&case.name);
+                        assert_eq!(
+                            hex(&Sha256::digest(read_o_direct(&path))),
+                            case.sha256,
+                            "{}/{} read by reader {t}, round {round}",
+                            case.build,
+                            case.name
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    within(300, "readers of an evicting cache", move || {
+        for r in readers {
+            r.join().expect("reader");
+        }
+    });
+    let stats = std::fs::read_to_string(mount.join(".stats")).expect(".stats");
+    let evictions: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("tdfs_cache_evictions_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("tdfs_cache_evictions_total in .stats");
+    assert!(evictions > 0, "the budget never evicted:\n{stats}");
+}
+
+/// The whole file, read with O_DIRECT in 1 MiB requests.
+fn read_o_direct(path: &Path) -> Vec<u8> {
+    const CHUNK: usize = 1 << 20;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .expect("open O_DIRECT");
+    let mut buf = memmap2::MmapMut::map_anon(CHUNK).expect("aligned buffer");
+    let mut out = Vec::new();
+    loop {
+        let n = file.read(&mut buf[..]).expect("O_DIRECT read");
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
 }
 
 struct FileCase {
