@@ -96,9 +96,6 @@ thread_local! {
     static FETCH_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A fetch buffer grown past this is freed after use rather than kept.
-const FETCH_BUF_KEEP: usize = 8 << 20;
-
 /// Run `f` on this thread's fetch buffer, `len` bytes long.
 fn with_fetch_buf<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
     FETCH_BUF.with_borrow_mut(|buf| {
@@ -106,7 +103,7 @@ fn with_fetch_buf<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
             buf.resize(len, 0);
         }
         let out = f(&mut buf[..len]);
-        if buf.len() > FETCH_BUF_KEEP {
+        if buf.len() > scratch::KEEP_AT_MOST {
             *buf = Vec::new();
         }
         out
@@ -440,10 +437,7 @@ impl Chunker {
     /// inside the diff): all of it, or an error.
     pub fn read_blocks(&self, buf: &mut [u8], off: u64) -> Result<(), ChunkerError> {
         let inner = &self.inner;
-        let end = off
-            .checked_add(buf.len() as u64)
-            .filter(|&end| end <= inner.size)
-            .ok_or_else(|| inner.out_of_range(off, buf.len() as u64))?;
+        let end = inner.end_inside(off, buf.len() as u64)?;
         let mut pos = off;
         while pos < end {
             // One unit at a time; on a miss, `get` starts the fetches of the
@@ -461,10 +455,7 @@ impl Chunker {
     /// frame table has a gap. Any offset and length inside the diff.
     pub fn read_in_place(&self, off: u64, len: u64) -> Result<Block<'_>, ChunkerError> {
         let inner = &self.inner;
-        let end = off
-            .checked_add(len)
-            .filter(|&end| end <= inner.size)
-            .ok_or_else(|| inner.out_of_range(off, len))?;
+        let end = inner.end_inside(off, len)?;
         if len == 0 {
             return Ok(Block {
                 bytes: BlockBytes::Cache(&[]),
@@ -519,6 +510,13 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    /// `off + len`, when `[off, off + len)` lies inside the diff.
+    fn end_inside(&self, off: u64, len: u64) -> Result<u64, ChunkerError> {
+        off.checked_add(len)
+            .filter(|&end| end <= self.size)
+            .ok_or_else(|| self.out_of_range(off, len))
+    }
+
     fn out_of_range(&self, offset: u64, len: u64) -> ChunkerError {
         ChunkerError::OutOfRange {
             key: self.key,

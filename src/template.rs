@@ -426,13 +426,14 @@ impl TemplateFile {
     ) -> Result<Option<FileBytes<'_>>, TemplateError> {
         let start = Instant::now();
         let result = self.map_in_place(off, len);
-        let n = match &result {
-            Ok(Some(bytes)) => Some(bytes.len()),
-            Ok(None) => return result,
-            Err(_) => None,
-        };
-        self.stats
-            .record_read(n.unwrap_or(0) as u64, start.elapsed(), n.is_some());
+        // A `None` is recorded by the `read_at` that serves it instead.
+        match &result {
+            Ok(None) => {}
+            Ok(Some(bytes)) => self
+                .stats
+                .record_read(bytes.len() as u64, start.elapsed(), true),
+            Err(_) => self.stats.record_read(0, start.elapsed(), false),
+        }
         result
     }
 

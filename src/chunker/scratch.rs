@@ -7,9 +7,10 @@
 
 use std::sync::{Condvar, Mutex, PoisonError};
 
-/// A buffer grown past this is freed after use rather than kept, so one
-/// unusually large frame does not pin its size for the mount's lifetime.
-const KEEP_AT_MOST: usize = 8 << 20;
+/// A buffer (this module's, or a fetch worker's store buffer) grown past
+/// this is freed after use rather than kept, so one unusually large frame
+/// does not pin its size for the mount's lifetime.
+pub(super) const KEEP_AT_MOST: usize = 8 << 20;
 
 pub(super) struct ScratchBuffers {
     free: Mutex<Vec<Vec<u8>>>,

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -298,28 +297,10 @@ impl TemplateFs {
                 Ok(&out[..n])
             }
             Handle::Object { key, .. } => {
-                let object_error = |source| FsError::object(key.to_string(), Some(offset), source);
-                let mut stream = self
-                    .builds
+                self.builds
                     .store()
-                    .read_range(key, offset, want as u64)
-                    .map_err(object_error)?;
-                let mut got = 0;
-                while got < want {
-                    match stream.read(&mut out[got..]) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(object_error(StoreError::io(key, e))),
-                    }
-                }
-                if got < want {
-                    return Err(object_error(StoreError::ShortRead {
-                        key: key.to_string(),
-                        expected: want as u64,
-                        got: got as u64,
-                    }));
-                }
+                    .read_exact_into(key, offset, out)
+                    .map_err(|source| FsError::object(key.to_string(), Some(offset), source))?;
                 Ok(out)
             }
             Handle::Stats(text) => {
