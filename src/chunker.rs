@@ -51,7 +51,7 @@ use std::ops::{Deref, Range};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -59,9 +59,11 @@ use sha2::{Digest, Sha256};
 pub use budget::CacheBudget;
 pub use pool::FetchPool;
 
+use crate::format::limits::{MAX_DIFF_SIZE, MAX_FRAME_SIZE};
 use crate::format::{Compression, Frame, FrameTable, ObjectKey, PAGE_SIZE};
 use crate::metrics::Stats;
 use crate::store::{Store, StoreError};
+use crate::sync;
 use budget::Lru;
 use cache::{CacheFile, PresentBits};
 use layout::Layout;
@@ -70,14 +72,6 @@ use session::{Fetched, Session, Waited};
 
 /// Fetch unit of uncompressed objects (E2B's MemoryChunkSize).
 pub const CHUNK_SIZE: u64 = 4 << 20;
-
-/// Largest diff a Chunker serves: bounds the present bitmap (32 MiB at most)
-/// whatever size a header claims.
-pub const MAX_DIFF_SIZE: u64 = 1 << 40;
-
-/// Largest frame (either size) a Chunker fetches: bounds the buffer of one
-/// compressed frame per fetch worker. E2B writes 2 MiB multiples.
-pub const MAX_FRAME_SIZE: u32 = 64 << 20;
 
 /// Largest read-ahead window, in units (chunks or frames).
 pub const MAX_READAHEAD_UNITS: usize = 64;
@@ -327,7 +321,7 @@ impl Chunker {
     ) -> Result<Chunker, ChunkerError> {
         let key = spec.key;
         let bad = |detail: String| ChunkerError::BadSpec { key, detail };
-        if spec.block_size == 0 || spec.block_size % PAGE_SIZE != 0 {
+        if spec.block_size == 0 || !spec.block_size.is_multiple_of(PAGE_SIZE) {
             return Err(bad(format!(
                 "block size {} is not a positive multiple of 4096",
                 spec.block_size
@@ -420,7 +414,7 @@ impl Chunker {
     /// page-aligned (not block-aligned: storage offsets are page-granular).
     pub fn block(&self, off: u64) -> Result<Block<'_>, ChunkerError> {
         let inner = &self.inner;
-        if off % PAGE_SIZE != 0 {
+        if !off.is_multiple_of(PAGE_SIZE) {
             return Err(ChunkerError::Unaligned {
                 key: inner.key,
                 offset: off,
@@ -527,8 +521,7 @@ impl Inner {
     }
 
     fn lock_sessions(&self) -> MutexGuard<'_, HashMap<usize, Arc<Session>>> {
-        // The map stays consistent even if a holder panicked.
-        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.sessions)
     }
 
     /// `[off, end)` or a prefix of it held by at most `max_units` units,

@@ -16,14 +16,11 @@ use std::sync::Arc;
 use clap::{CommandFactory, Parser, Subcommand};
 use uuid::Uuid;
 
+use crate::format::limits::MAX_HEADER_LEN;
 use crate::format::{Compression, FileKind, FormatError, Header, ObjectKey};
 use crate::pack::PackError;
 use crate::store::{Store, StoreError, StoreOptions, parse_build_id};
 use crate::template::TemplateError;
-
-/// Largest header a command will load (a V3 header of a huge, fragmented
-/// memfile is tens of MiB; anything near this is not a header).
-const MAX_HEADER_LEN: u64 = 512 << 20;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -10,6 +10,7 @@ mod error;
 mod frame_table;
 mod header;
 mod keys;
+pub mod limits;
 mod mapping;
 mod metadata;
 mod varint;

@@ -13,4 +13,5 @@ pub mod fs;
 pub mod metrics;
 pub mod pack;
 pub mod store;
+pub mod sync;
 pub mod template;

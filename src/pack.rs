@@ -344,12 +344,12 @@ fn check_options(opts: &PackOptions) -> Result<(), PackError> {
             opts.frame_size
         )));
     }
-    if let Some(bs) = opts.memfile_block_size {
-        if bs == 0 || bs % PAGE_SIZE != 0 {
-            return Err(PackError::BadOption(format!(
-                "memfile block size {bs} must be a non-zero multiple of 4 KiB (4KiB or 2MiB)"
-            )));
-        }
+    if let Some(bs) = opts.memfile_block_size
+        && (bs == 0 || bs % PAGE_SIZE != 0)
+    {
+        return Err(PackError::BadOption(format!(
+            "memfile block size {bs} must be a non-zero multiple of 4 KiB (4KiB or 2MiB)"
+        )));
     }
     if opts.level.is_some() && opts.compression != Compression::Zstd {
         return Err(PackError::BadOption(format!(

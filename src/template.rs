@@ -17,12 +17,14 @@ use uuid::Uuid;
 use crate::chunker::{
     Block, CacheBudget, Chunker, ChunkerConfig, ChunkerError, DiffSpec, FetchPool,
 };
+use crate::format::limits::MAX_HEADER_LEN;
 use crate::format::{
     Compression, FileKind, FormatError, Frame, FrameTable, Header, Mapping, Mappings, Metadata,
     ObjectKey, ObjectName, PAGE_SIZE,
 };
 use crate::metrics::Stats;
 use crate::store::{Store, StoreError};
+use crate::sync;
 
 pub use cache_dir::CacheDir;
 
@@ -48,9 +50,6 @@ impl std::ops::Deref for FileBytes<'_> {
         }
     }
 }
-
-/// Largest header tdfs will load (V5 at its limits stays well below this).
-const MAX_HEADER_LEN: u64 = 512 << 20;
 
 /// Why a template file could not be opened or read.
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +166,7 @@ impl Builds {
     /// The template file `file` of `build`: NotFound when the build or file
     /// is missing, CorruptHeader when its header cannot be decoded.
     pub fn open(&self, build: Uuid, file: FileKind) -> Result<Arc<TemplateFile>, TemplateError> {
-        if let Some(f) = self.files.lock().expect("files lock").get(&(build, file)) {
+        if let Some(f) = sync::lock(&self.files).get(&(build, file)) {
             return Ok(f.clone());
         }
         let header = self.header(build, file)?;
@@ -189,19 +188,14 @@ impl Builds {
             own,
             stats: self.stats.clone(),
         });
-        let mut files = self.files.lock().expect("files lock");
+        let mut files = sync::lock(&self.files);
         Ok(files.entry((build, file)).or_insert(opened).clone())
     }
 
     /// The decoded header of `build`'s `file`, loaded once. A build with a
     /// data object but no header (legacy) gets one identity mapping.
     pub fn header(&self, build: Uuid, file: FileKind) -> Result<Arc<Header>, TemplateError> {
-        if let Some(h) = self
-            .headers
-            .lock()
-            .expect("headers lock")
-            .get(&(build, file))
-        {
+        if let Some(h) = sync::lock(&self.headers).get(&(build, file)) {
             return Ok(h.clone());
         }
         let key = ObjectKey::header(build, file);
@@ -214,7 +208,7 @@ impl Builds {
             Err(e) => return Err(e.into()),
         };
         let header = Arc::new(header);
-        let mut headers = self.headers.lock().expect("headers lock");
+        let mut headers = sync::lock(&self.headers);
         Ok(headers.entry((build, file)).or_insert(header).clone())
     }
 
@@ -266,7 +260,7 @@ impl Builds {
         file: FileKind,
         referrer: &Header,
     ) -> Result<Arc<Chunker>, TemplateError> {
-        if let Some(c) = self.diffs.lock().expect("diffs lock").get(&(build, file)) {
+        if let Some(c) = sync::lock(&self.diffs).get(&(build, file)) {
             return Ok(c.clone());
         }
         let own_header = if referrer.metadata.build_id == build {
@@ -338,7 +332,7 @@ impl Builds {
             block_size,
             frames: table,
         };
-        let mut diffs = self.diffs.lock().expect("diffs lock");
+        let mut diffs = sync::lock(&self.diffs);
         if let Some(c) = diffs.get(&(build, file)) {
             return Ok(c.clone());
         }

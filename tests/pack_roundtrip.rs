@@ -579,7 +579,7 @@ fn random_reads_from_threads(store_dir: &Path, chain: &[(Uuid, Vec<u8>, Vec<u8>)
                 let mut rng = Rng(seed ^ (t + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 for _ in 0..200 {
                     let (build, mem, root) = &chain[(rng.next() % chain.len() as u64) as usize];
-                    let (file, image) = if rng.next() % 2 == 0 {
+                    let (file, image) = if rng.next().is_multiple_of(2) {
                         (FileKind::Memfile, mem)
                     } else {
                         (FileKind::Rootfs, root)

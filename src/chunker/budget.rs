@@ -27,7 +27,9 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::sync;
 
 use super::Inner;
 
@@ -76,7 +78,7 @@ impl CacheBudget {
     }
 
     pub(super) fn register(&self, member: Weak<Inner>) {
-        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut members = sync::lock(&self.members);
         members.retain(|m| m.strong_count() > 0);
         members.push(member);
     }
@@ -109,7 +111,7 @@ impl CacheBudget {
     /// the limit; returns the bytes freed.
     fn evict_pass(&self) -> u64 {
         let members: Vec<Arc<Inner>> = {
-            let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut members = sync::lock(&self.members);
             members.retain(|m| m.strong_count() > 0);
             members.iter().filter_map(Weak::upgrade).collect()
         };

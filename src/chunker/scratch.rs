@@ -5,7 +5,9 @@
 //! Decoding is CPU-bound, so there are as many buffers as cores: a worker
 //! waits for one only while the cores are busy decoding anyway.
 
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Condvar, Mutex};
+
+use crate::sync;
 
 /// A buffer (this module's, or a fetch worker's store buffer) grown past
 /// this is freed after use rather than kept, so one unusually large frame
@@ -29,16 +31,11 @@ impl ScratchBuffers {
     /// A buffer of exactly `len` bytes (contents unspecified), waiting for
     /// one to be free.
     pub(super) fn take(&self, len: usize) -> Scratch<'_> {
-        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut free = sync::lock(&self.free);
         let mut buf = loop {
             match free.pop() {
                 Some(buf) => break buf,
-                None => {
-                    free = self
-                        .returned
-                        .wait(free)
-                        .unwrap_or_else(PoisonError::into_inner)
-                }
+                None => free = sync::wait(&self.returned, free),
             }
         };
         drop(free);
@@ -80,11 +77,7 @@ impl Drop for Scratch<'_> {
         if buf.len() > KEEP_AT_MOST {
             buf = Vec::new();
         }
-        self.owner
-            .free
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(buf);
+        sync::lock(&self.owner.free).push(buf);
         self.owner.returned.notify_one();
     }
 }

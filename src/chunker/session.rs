@@ -3,10 +3,11 @@
 //! fetcher before it wakes the waiters, so each waiter re-checks its own range
 //! and leaves as soon as that range is present, not when the whole unit is.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::ChunkerError;
+use crate::sync;
 
 enum State {
     Running,
@@ -51,8 +52,7 @@ impl Session {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The state is a plain enum: valid even if a holder panicked.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.state)
     }
 
     /// Wake waiters after publishing more present bits. Taking the lock
@@ -90,11 +90,7 @@ impl Session {
             if now >= deadline {
                 return Waited::TimedOut;
             }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = sync::wait_timeout(&self.changed, state, deadline - now).0;
         }
     }
 }

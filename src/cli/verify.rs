@@ -175,10 +175,10 @@ fn verify_file(
             )),
             Err(e) => problems.push(format!("{header_key}: {}", problem_or_error(e)?)),
         }
-        if let Some(entry) = header.build(ancestor) {
-            if entry.frames.is_compressed() {
-                check_coverage(&header_key, *ancestor, &entry.frames, ranges, problems);
-            }
+        if let Some(entry) = header.build(ancestor)
+            && entry.frames.is_compressed()
+        {
+            check_coverage(&header_key, *ancestor, &entry.frames, ranges, problems);
         }
     }
     if problems.len() == problems_before {
@@ -267,13 +267,14 @@ fn check_compressed(
     let list = frames.frames();
     let listed_end = list.last().map_or(0, |f| f.end_u());
     let sidecar = store.uncompressed_size(key)?;
-    if let Some(n) = sidecar {
-        if file_size != 0 && n != file_size {
-            problems.push(format!(
-                "{}: says {n} bytes, the header says {file_size}",
-                key.size_sidecar()
-            ));
-        }
+    if let Some(n) = sidecar
+        && file_size != 0
+        && n != file_size
+    {
+        problems.push(format!(
+            "{}: says {n} bytes, the header says {file_size}",
+            key.size_sidecar()
+        ));
     }
     let diff_size = if file_size != 0 {
         file_size

@@ -141,21 +141,21 @@ impl FrameTable {
                     format!("frame {i} starts beyond {MAX_FRAME_START}"),
                 ));
             }
-            if let Some(p) = prev {
-                if f.start_u < p.end_u() || f.start_c < p.end_c() {
-                    return Err(FormatError::invalid(
-                        "frame table",
-                        format!(
-                            "frame {i} (u {}, c {}) overlaps or precedes frame {} (u {:?}, c {:?}); \
+            if let Some(p) = prev
+                && (f.start_u < p.end_u() || f.start_c < p.end_c())
+            {
+                return Err(FormatError::invalid(
+                    "frame table",
+                    format!(
+                        "frame {i} (u {}, c {}) overlaps or precedes frame {} (u {:?}, c {:?}); \
                              frames must be sorted and disjoint",
-                            f.start_u,
-                            f.start_c,
-                            i - 1,
-                            p.range_u(),
-                            p.range_c()
-                        ),
-                    ));
-                }
+                        f.start_u,
+                        f.start_c,
+                        i - 1,
+                        p.range_u(),
+                        p.range_c()
+                    ),
+                ));
             }
             prev = Some(f);
         }

@@ -52,7 +52,7 @@ pub struct Mappings {
 }
 
 fn is_page_aligned(v: u64) -> bool {
-    v % PAGE_SIZE == 0
+    v.is_multiple_of(PAGE_SIZE)
 }
 
 /// `size` rounded up to a page; None when that overflows.

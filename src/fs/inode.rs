@@ -7,6 +7,7 @@ use std::sync::RwLock;
 use uuid::Uuid;
 
 use crate::format::{FileKind, ObjectKey, ObjectName};
+use crate::sync;
 
 pub const ROOT_INO: u64 = 1;
 pub const STATS_INO: u64 = 2;
@@ -99,11 +100,11 @@ impl InodeTable {
     /// The directory inode of `build`, assigned on first use.
     pub fn build_ino(&self, build: Uuid) -> u64 {
         let index = {
-            let inner = self.inner.read().expect("inode table lock");
+            let inner = sync::read(&self.inner);
             inner.index.get(&build).copied()
         };
         let index = index.unwrap_or_else(|| {
-            let mut inner = self.inner.write().expect("inode table lock");
+            let mut inner = sync::write(&self.inner);
             let next = inner.ids.len() as u64;
             let index = *inner.index.entry(build).or_insert(next);
             if index == next {
@@ -130,7 +131,7 @@ impl InodeTable {
         let index = (ino - FIRST_BUILD_INO) / SLOTS;
         let slot = (ino - FIRST_BUILD_INO) % SLOTS;
         let build = {
-            let inner = self.inner.read().expect("inode table lock");
+            let inner = sync::read(&self.inner);
             *inner.ids.get(usize::try_from(index).ok()?)?
         };
         if slot == 0 {

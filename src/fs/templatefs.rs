@@ -18,6 +18,7 @@ use super::inode::{BuildFile, InodeTable, Node, ROOT_INO, STATS_INO, STATS_NAME}
 use super::xattr;
 use crate::format::{FileKind, ObjectKey};
 use crate::store::{StoreError, parse_build_id};
+use crate::sync;
 use crate::template::{Builds, TemplateFile};
 
 /// Attribute and entry lifetime of what never changes: a build, once
@@ -314,7 +315,7 @@ impl TemplateFs {
 
     /// Forget an open file or directory.
     pub fn release(&self, fh: u64) {
-        self.handles.write().expect("handle table lock").remove(&fh);
+        sync::write(&self.handles).remove(&fh);
     }
 
     /// The NUL-separated attribute names of `ino`.
@@ -399,11 +400,11 @@ impl TemplateFs {
 
     /// The store's builds, listed at most once per `listing_ttl`.
     fn list_builds(&self) -> Result<Arc<Vec<Uuid>>, FsError> {
-        let mut listing = self.listing.lock().expect("listing lock");
-        if let Some(l) = &*listing {
-            if l.fetched.elapsed() < self.options.listing_ttl {
-                return Ok(l.builds.clone());
-            }
+        let mut listing = sync::lock(&self.listing);
+        if let Some(l) = &*listing
+            && l.fetched.elapsed() < self.options.listing_ttl
+        {
+            return Ok(l.builds.clone());
         }
         let builds = Arc::new(self.builds.list().map_err(|e| FsError::List(Box::new(e)))?);
         *listing = Some(Listing {
@@ -416,10 +417,10 @@ impl TemplateFs {
     /// Which objects `build` has. A complete build is probed once; one with
     /// objects missing again after `listing_ttl` (it may be mid-upload).
     fn build_objects(&self, build: Uuid) -> Result<BuildObjects, FsError> {
-        if let Some(known) = self.objects.read().expect("objects lock").get(&build) {
-            if known.complete() || known.probed.elapsed() < self.options.listing_ttl {
-                return Ok(*known);
-            }
+        if let Some(known) = sync::read(&self.objects).get(&build)
+            && (known.complete() || known.probed.elapsed() < self.options.listing_ttl)
+        {
+            return Ok(*known);
         }
         let mut sizes = [None; 4];
         for (size, file) in sizes.iter_mut().zip(BuildFile::ALL) {
@@ -435,27 +436,19 @@ impl TemplateFs {
             probed: Instant::now(),
         };
         if objects.any() {
-            self.objects
-                .write()
-                .expect("objects lock")
-                .insert(build, objects);
+            sync::write(&self.objects).insert(build, objects);
         }
         Ok(objects)
     }
 
     fn add_handle(&self, handle: Handle) -> u64 {
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .write()
-            .expect("handle table lock")
-            .insert(fh, Arc::new(handle));
+        sync::write(&self.handles).insert(fh, Arc::new(handle));
         fh
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<Handle>, FsError> {
-        self.handles
-            .read()
-            .expect("handle table lock")
+        sync::read(&self.handles)
             .get(&fh)
             .cloned()
             .ok_or(FsError::NoHandle(fh))

@@ -9,13 +9,11 @@ use std::ops::Range;
 use uuid::Uuid;
 
 use super::PackError;
+use crate::format::limits::MAX_HEADER_LEN;
 use crate::format::{
     BuildEntry, Compression, FileKind, FrameTable, Header, Mapping, Mappings, ObjectKey,
 };
 use crate::store::{Store, StoreError};
-
-/// Largest header the packer will load to resolve an ancestor's frame table.
-const MAX_HEADER_LEN: u64 = 512 << 20;
 
 /// Append the base's mappings of template range `[start, end)`, clipped to
 /// it. Offsets past the base's mappings (a base smaller than the new image)
@@ -83,10 +81,10 @@ impl<'a> AncestorEntries<'a> {
     }
 
     pub fn entry(&mut self, build: Uuid) -> Result<BuildEntry, PackError> {
-        if self.base.version() >= 4 {
-            if let Some(e) = self.base.build(&build) {
-                return Ok(e.clone());
-            }
+        if self.base.version() >= 4
+            && let Some(e) = self.base.build(&build)
+        {
+            return Ok(e.clone());
         }
         if let Some(e) = self.loaded.get(&build) {
             return Ok(e.clone());

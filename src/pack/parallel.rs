@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
+use crate::sync;
+
 /// Worker threads to use: all cores.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism()
@@ -49,9 +51,9 @@ where
                         return;
                     }
                     {
-                        let mut c = consumed.lock().expect("no panics while held");
+                        let mut c = sync::lock(consumed);
                         while i >= *c + window && !abort.load(Ordering::Relaxed) {
-                            c = advanced.wait(c).expect("no panics while held");
+                            c = sync::wait(advanced, c);
                         }
                     }
                     if abort.load(Ordering::Relaxed) {
@@ -79,7 +81,7 @@ where
                 while let Some(item) = pending.remove(&expect) {
                     sink(expect, item)?;
                     expect += 1;
-                    *consumed.lock().expect("no panics while held") = expect;
+                    *sync::lock(&consumed) = expect;
                     advanced.notify_all();
                 }
             }
@@ -88,7 +90,7 @@ where
         if outcome.is_err() {
             abort.store(true, Ordering::Relaxed);
             // Wake waiting workers so they see the abort and exit.
-            let _guard = consumed.lock().expect("no panics while held");
+            let _guard = sync::lock(&consumed);
             advanced.notify_all();
         }
         drop(rx);

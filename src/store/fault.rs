@@ -7,13 +7,14 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
 use super::{PutOptions, Store, StoreError};
 use crate::format::ObjectKey;
+use crate::sync;
 
 /// Longest a `Fault::Hang` request waits for `FaultStore::heal`.
 const HANG_LIMIT: Duration = Duration::from_secs(3600);
@@ -61,7 +62,7 @@ struct Shared {
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.state)
     }
 
     /// Block until the next `heal` (or `HANG_LIMIT`).
@@ -75,11 +76,7 @@ impl Shared {
             if now >= deadline {
                 break;
             }
-            state = self
-                .healed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = sync::wait_timeout(&self.healed, state, deadline - now).0;
         }
         state.hanging -= 1;
     }
@@ -147,7 +144,7 @@ impl FaultStore {
 
     /// Ranged reads received for `key`.
     pub fn requests_for(&self, key: &ObjectKey) -> u64 {
-        let per_key = self.per_key.lock().unwrap_or_else(PoisonError::into_inner);
+        let per_key = sync::lock(&self.per_key);
         per_key.get(key).copied().unwrap_or(0)
     }
 
@@ -199,12 +196,7 @@ impl Store for FaultStore {
         len: u64,
     ) -> Result<Box<dyn Read + Send>, StoreError> {
         self.requests.fetch_add(1, Ordering::SeqCst);
-        *self
-            .per_key
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(*key)
-            .or_default() += 1;
+        *sync::lock(&self.per_key).entry(*key).or_default() += 1;
         let (fault, latency) = self.take_fault(key);
         if !latency.is_zero() {
             std::thread::sleep(latency);

@@ -525,7 +525,7 @@ fn location_name(scheme: &str, bucket: &str, prefix: &str) -> String {
 fn check_options(location: &str, opts: &StoreOptions) -> Result<(), StoreError> {
     if opts.max_requests == 0 {
         return Err(StoreError::BadLocation(format!(
-            "{location}: at least one request must be allowed at a time (--max-store-requests)"
+            "{location}: at least one request must be allowed at a time (max_requests is 0)"
         )));
     }
     if opts.request_timeout.is_zero() {
@@ -629,7 +629,7 @@ mod tests {
             ..StoreOptions::default()
         };
         let err = RemoteStore::s3("b", "", &opts).unwrap_err();
-        assert!(err.to_string().contains("--max-store-requests"), "{err}");
+        assert!(err.to_string().contains("max_requests is 0"), "{err}");
         let opts = StoreOptions::default();
         let err =
             RemoteStore::s3_with_builder(AmazonS3Builder::new(), "b", "a//b", &opts).unwrap_err();

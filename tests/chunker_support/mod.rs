@@ -150,7 +150,7 @@ pub fn test_data(len: usize, seed: u64) -> Vec<u8> {
         x ^= x << 17;
         let run = (x % 64) as usize + 1;
         let byte = (x >> 8) as u8;
-        if x % 3 == 0 {
+        if x.is_multiple_of(3) {
             out.extend(std::iter::repeat_n(byte, run));
         } else {
             out.extend_from_slice(&x.to_le_bytes()[..(run % 8) + 1]);

@@ -225,10 +225,10 @@ impl Garage {
     fn wait_for_s3(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = self.probe_s3() {
-                if status.starts_with("HTTP/1.1 4") {
-                    return;
-                }
+            if let Some(status) = self.probe_s3()
+                && status.starts_with("HTTP/1.1 4")
+            {
+                return;
             }
             self.check_alive();
             assert!(
@@ -254,10 +254,10 @@ impl Garage {
     }
 
     fn check_alive(&mut self) {
-        if let Some(server) = self.server.as_mut() {
-            if let Ok(Some(exit)) = server.try_wait() {
-                panic!("garage exited with {exit}:\n{}", self.log());
-            }
+        if let Some(server) = self.server.as_mut()
+            && let Ok(Some(exit)) = server.try_wait()
+        {
+            panic!("garage exited with {exit}:\n{}", self.log());
         }
     }
 

@@ -151,8 +151,8 @@ fn is_transport(err: &(dyn StdError + 'static), text: &str) -> bool {
                     | HttpErrorKind::Interrupted
             );
         }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if matches!(
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && matches!(
                 io.kind(),
                 io::ErrorKind::ConnectionRefused
                     | io::ErrorKind::ConnectionReset
@@ -161,9 +161,9 @@ fn is_transport(err: &(dyn StdError + 'static), text: &str) -> bool {
                     | io::ErrorKind::BrokenPipe
                     | io::ErrorKind::TimedOut
                     | io::ErrorKind::UnexpectedEof
-            ) {
-                return true;
-            }
+            )
+        {
+            return true;
         }
         source = e.source();
     }

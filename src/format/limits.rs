@@ -1,0 +1,20 @@
+//! The limits of the format that every part of tdfs checks: `pack` refuses
+//! to write past them, `verify` and `inspect` report a build past them, and
+//! a mount refuses to serve one. One definition each, so the three never
+//! disagree about which builds are sound.
+
+/// Largest frame, compressed or uncompressed, in bytes. A fetch worker
+/// holds one compressed frame and decodes into a scratch buffer of the
+/// uncompressed size, so this bounds the memory of one fetch. E2B writes
+/// frames of 2 MiB multiples (FORMAT.md "Frame table"); 64 MiB leaves room
+/// for writers that choose larger frames.
+pub const MAX_FRAME_SIZE: u32 = 64 << 20;
+
+/// Largest header object loaded, in bytes. A V3 header of a huge,
+/// fragmented memfile is tens of MiB; anything near this is not a header.
+pub const MAX_HEADER_LEN: u64 = 512 << 20;
+
+/// Largest diff (a build's own data object, uncompressed) served, in bytes:
+/// bounds a Chunker's present bitmap to 32 MiB whatever size a header
+/// claims.
+pub const MAX_DIFF_SIZE: u64 = 1 << 40;
