@@ -2,9 +2,10 @@
 //! (memory snapshot and rootfs, stored as diffs over base builds in an object
 //! store) as plain files.
 //!
-//! Layers, each depending only on those below it (see DESIGN.md):
-//! `cli` → `fs` → `template` → `chunker` → `store` → `format`; `pack` is the
-//! write side and sits beside `template`.
+//! Layers, each depending only on those below it (ARCHITECTURE.md at the
+//! top of the repository describes them): `cli` → `fs` → `template` →
+//! `chunker` → `store` → `format`; `pack` is the write side and sits beside
+//! `template`; `sync` is the crate's lock policy.
 
 pub mod chunker;
 pub mod cli;
