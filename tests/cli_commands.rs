@@ -104,10 +104,7 @@ fn pack_inspect_verify_export_happy_path() {
     let store = open_store(&img.store);
     assert_eq!(
         store
-            .read_all(
-                &ObjectKey::new(base, tdfs::format::ObjectName::Snapfile),
-                100
-            )
+            .read_all(&ObjectKey::blob(base, tdfs::format::Blob::Snapfile), 100)
             .unwrap(),
         b"snapshot state"
     );
