@@ -315,3 +315,30 @@ impl Builds {
         Ok(chunker)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::testing::fixture_builds;
+
+    /// A layer of the v4-zstd fixture.
+    const LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
+
+    #[test]
+    fn reading_headers_makes_no_cache_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join("cache");
+        let builds = fixture_builds("v4-zstd", TemplateConfig::for_tool(parent.clone()));
+        let build = Uuid::parse_str(LAYER).unwrap();
+        for file in FileKind::ALL {
+            builds.header(build, file).unwrap();
+        }
+        assert!(!parent.exists(), "headers alone need no cache");
+
+        builds.open(build, FileKind::Memfile).unwrap();
+        let made = builds.cache_dir().unwrap().to_path_buf();
+        assert_eq!(made.parent(), Some(parent.as_path()));
+        drop(builds);
+        assert!(!made.exists(), "removed with its Builds");
+    }
+}
