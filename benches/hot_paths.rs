@@ -97,7 +97,7 @@ fn warm_template(dir: &std::path::Path, memfile: &[u8]) -> Arc<TemplateFile> {
         metadata: None,
     };
     let report = pack_build(store.clone(), &opts, &inputs).unwrap();
-    let builds = Builds::new(store, TemplateConfig::for_tool(dir.join("cache"))).unwrap();
+    let builds = Builds::new(store, TemplateConfig::for_tool(dir.join("cache")));
     let template = builds.open(report.build_id, FileKind::Memfile).unwrap();
     let mut whole = vec![0u8; memfile.len()];
     assert_eq!(template.read_at(&mut whole, 0).unwrap(), memfile.len());

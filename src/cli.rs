@@ -16,11 +16,10 @@ use std::sync::Arc;
 use clap::{CommandFactory, Parser, Subcommand};
 use uuid::Uuid;
 
-use crate::format::limits::MAX_HEADER_LEN;
-use crate::format::{Compression, FileKind, FormatError, Header, ObjectKey};
+use crate::format::{Compression, FileKind, parse_build_id};
 use crate::pack::PackError;
-use crate::store::{Store, StoreError, StoreOptions, parse_build_id};
-use crate::template::TemplateError;
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::template::{Builds, TemplateConfig, TemplateError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,20 +68,6 @@ pub enum CliError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     Fs(#[from] crate::fs::FsError),
-    #[error(
-        "build {build} has no {file} header in {location} (no such build, or an incomplete pack: headers are written last)"
-    )]
-    MissingBuild {
-        build: Uuid,
-        file: FileKind,
-        location: String,
-    },
-    #[error("header {key} is corrupt: {source}")]
-    CorruptHeader {
-        key: String,
-        #[source]
-        source: FormatError,
-    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -128,29 +113,20 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 /// The store a `--store` value names: a directory, `file://DIR`,
 /// `s3://BUCKET[/PREFIX]` or `gs://BUCKET[/PREFIX]`. `create` makes a
 /// missing local directory (writers).
-pub fn open_store(location: &str, create: bool) -> Result<Arc<dyn Store>, CliError> {
+pub fn open_store_arg(location: &str, create: bool) -> Result<Arc<dyn Store>, CliError> {
     let opts = StoreOptions {
         create,
         ..StoreOptions::default()
     };
-    Ok(crate::store::open_store(location, &opts)?)
+    Ok(crate::store::open(location, &opts)?)
 }
 
-/// Load and decode the header of `file` of `build`.
-pub fn load_header(store: &dyn Store, build: Uuid, file: FileKind) -> Result<Header, CliError> {
-    let key = ObjectKey::header(build, file);
-    let bytes = store.read_all(&key, MAX_HEADER_LEN).map_err(|e| match e {
-        StoreError::NotFound { .. } => CliError::MissingBuild {
-            build,
-            file,
-            location: store.location(),
-        },
-        other => CliError::Store(other),
-    })?;
-    Header::decode(&bytes).map_err(|source| CliError::CorruptHeader {
-        key: key.to_string(),
-        source,
-    })
+/// The builds of `store` for a command that reads headers and blobs but no
+/// diff (inspect, verify): it makes no cache directory and starts no fetch
+/// threads, so the temporary directory named as its cache parent is never
+/// touched.
+pub fn header_reader(store: Arc<dyn Store>) -> Arc<Builds> {
+    Builds::new(store, TemplateConfig::for_tool(std::env::temp_dir()))
 }
 
 /// A size: plain bytes or with a binary unit (`4KiB`, `2MiB`, `1GiB`;

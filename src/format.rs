@@ -18,7 +18,7 @@ mod varint;
 pub use error::FormatError;
 pub use frame_table::{Compression, Frame, FrameTable, MAX_FRAMES};
 pub use header::{BuildEntry, Header, MAX_INNER_LEN};
-pub use keys::{FileKind, ObjectKey, ObjectName};
+pub use keys::{Blob, FileKind, ObjectKey, ObjectName, parse_build_id};
 pub use mapping::{MAX_V5_BUILDS, MAX_V5_MAPPINGS, Mapping, MappingHit, Mappings};
 pub use metadata::{METADATA_LEN, Metadata};
 

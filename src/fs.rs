@@ -1,20 +1,22 @@
 //! The FUSE adapter (fuser): inodes, attributes, xattrs, `.stats`, errno
 //! mapping. Thin: it translates FUSE calls into `template` calls.
 //!
-//! `TemplateFs` is the tree itself and can be driven without a kernel;
-//! `fuse` links fuser's callbacks to it; `session` mounts and unmounts;
-//! `error` is where every failure becomes an errno and a log line.
+//! `TemplateFs` is the tree itself and can be driven without a kernel
+//! (`templatefs` for nodes and attributes, `handles` for open files and
+//! reads); `fuse` links fuser's callbacks to it; `mount` mounts and
+//! unmounts; `error` is where every failure becomes an errno and a log line.
 
 mod error;
 mod fuse;
+mod handles;
 mod inode;
-mod session;
+mod mount;
 mod templatefs;
 mod xattr;
 
 pub use error::{FsError, ToErrno, chain};
 pub use inode::STATS_NAME;
-pub use session::{
+pub use mount::{
     MountOptions, Mounted, check_fuse_device, mount, mount_points, prepare_mountpoint,
 };
 pub use templatefs::{DirEntry, Entry, FsOptions, IMMUTABLE_TTL, Opened, TemplateFs};

@@ -27,8 +27,8 @@ pub use parallel::{default_threads, ordered_map};
 pub use progress::byte_bar;
 
 use crate::format::{
-    BuildEntry, Compression, FileKind, FormatError, FrameTable, Header, Mappings, Metadata,
-    ObjectKey, ObjectName, PAGE_SIZE,
+    Blob, BuildEntry, Compression, FileKind, FormatError, FrameTable, Header, Mappings, Metadata,
+    ObjectKey, PAGE_SIZE,
 };
 use crate::store::{PutOptions, Store, StoreError};
 use crate::template::{Builds, TemplateConfig, TemplateError, TemplateFile};
@@ -255,11 +255,7 @@ pub fn pack_build(
     let bases = match opts.base {
         Some(base) => {
             let config = TemplateConfig::for_tool(staging.path.join("base-cache"));
-            let builds =
-                Builds::new(store.clone(), config).map_err(|source| PackError::BaseOpen {
-                    build: base,
-                    source,
-                })?;
+            let builds = Builds::new(store.clone(), config);
             let open = |file| {
                 builds
                     .open(base, file)
@@ -307,12 +303,12 @@ pub fn pack_build(
     }
     if let Some(snapfile) = &inputs.snapfile {
         store.put_file(
-            &ObjectKey::new(build_id, ObjectName::Snapfile),
+            &ObjectKey::blob(build_id, Blob::Snapfile),
             snapfile,
             PutOptions::default(),
         )?;
     }
-    let metadata_key = ObjectKey::new(build_id, ObjectName::Metadata);
+    let metadata_key = ObjectKey::blob(build_id, Blob::Metadata);
     match &inputs.metadata {
         Some(path) => store.put_file(&metadata_key, path, PutOptions::default())?,
         None => store.put_bytes(&metadata_key, &default_metadata(build_id, opts.base))?,

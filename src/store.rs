@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 pub use error::StoreError;
 pub use fault::{Fault, FaultStore};
-pub use local::{LocalStore, parse_build_id};
-pub use location::{StoreLocation, StoreOptions, open_store};
+pub use local::LocalStore;
+pub use location::{StoreLocation, StoreOptions, open};
 pub use object::RemoteStore;
 pub use throttle::{Throttle, ThrottleStore};
 

@@ -104,10 +104,7 @@ fn pack_inspect_verify_export_happy_path() {
     let store = open_store(&img.store);
     assert_eq!(
         store
-            .read_all(
-                &ObjectKey::new(base, tdfs::format::ObjectName::Snapfile),
-                100
-            )
+            .read_all(&ObjectKey::blob(base, tdfs::format::Blob::Snapfile), 100)
             .unwrap(),
         b"snapshot state"
     );
@@ -242,6 +239,46 @@ fn fixture_builds_verify_and_export_as_the_manifest_says() {
             }
         }
     }
+}
+
+/// A legacy build: raw `memfile` and `rootfs.ext4` objects and no
+/// headers. `inspect` and `verify` read it as `export` and `mount` do, through
+/// its identity mapping (they used to call it missing).
+#[test]
+fn inspect_and_verify_read_a_legacy_build_without_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = tdfs::store::LocalStore::create(&store_dir).unwrap();
+    let build = Uuid::new_v4();
+    let mut rng = Rng(4);
+    let mem = rng.image(300);
+    let root = rng.image(70);
+    for (file, bytes) in [(FileKind::Memfile, &mem), (FileKind::Rootfs, &root)] {
+        let key = ObjectKey::data(build, file, Compression::None);
+        tdfs::store::Store::put_bytes(&store, &key, bytes).unwrap();
+    }
+
+    let json: serde_json::Value = serde_json::from_str(&tdfs_ok(&[
+        "inspect",
+        "--store",
+        s(&store_dir),
+        &build.to_string(),
+        "--json",
+    ]))
+    .unwrap();
+    let files = json["files"].as_array().unwrap();
+    assert_eq!(files.len(), 2, "{json}");
+    for (report, bytes) in files.iter().zip([&mem, &root]) {
+        assert_eq!(report["header_version"], 3, "{report}");
+        assert_eq!(report["size"], bytes.len() as u64, "{report}");
+        assert_eq!(report["build_id"], build.to_string());
+        assert_eq!(report["mappings"]["count"], 1, "one identity mapping");
+    }
+
+    let out = tdfs_ok(&["verify", "--store", s(&store_dir), &build.to_string()]);
+    assert!(out.contains("ok"), "{out}");
+    let out_path = dir.path().join("root.out");
+    assert!(export(&store_dir, build, FileKind::Rootfs, &out_path) == root);
 }
 
 #[test]

@@ -45,8 +45,7 @@ fn check_demo(compression: Compression, version: u16) {
     let library = Builds::new(
         Arc::new(LocalStore::open(&store).unwrap()),
         TemplateConfig::for_tool(work.path().join("library-cache")),
-    )
-    .expect("library read path");
+    );
     for build in demo.builds {
         for kind in FileKind::ALL {
             let mounted = mount.join(format!("{build}/{kind}"));

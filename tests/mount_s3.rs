@@ -12,8 +12,8 @@ use std::path::Path;
 use garage::{Garage, REGION};
 use mount_support::{fixture_store, fuse_available, is_mounted, run, run_ok, within};
 use sha2::{Digest, Sha256};
-use tdfs::format::{Compression, FileKind, ObjectKey, ObjectName};
-use tdfs::store::{PutOptions, Store, parse_build_id};
+use tdfs::format::{Blob, Compression, FileKind, ObjectKey, ObjectName, parse_build_id};
+use tdfs::store::{PutOptions, Store};
 
 /// The object a fixture file is, or None for sidecars and non-objects.
 fn object_name(file: &str) -> Option<ObjectName> {
@@ -28,11 +28,10 @@ fn object_name(file: &str) -> Option<ObjectName> {
             return Some(ObjectName::Data(kind, compression));
         }
     }
-    match file {
-        "snapfile" => Some(ObjectName::Snapfile),
-        "metadata.json" => Some(ObjectName::Metadata),
-        _ => None,
-    }
+    Blob::ALL
+        .into_iter()
+        .find(|b| b.name() == file)
+        .map(ObjectName::Blob)
 }
 
 /// Copy every build of a local store into `store`, with the sidecars'

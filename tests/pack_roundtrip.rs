@@ -48,8 +48,7 @@ fn template_flatten(store_dir: &Path, build: Uuid, file: FileKind) -> Vec<u8> {
     let builds = Builds::new(
         open_store(store_dir),
         TemplateConfig::for_tool(cache.path().into()),
-    )
-    .unwrap();
+    );
     let tf = builds.open(build, file).unwrap();
     let mut out = vec![0u8; tf.size() as usize];
     let mut filled = 0;
@@ -570,8 +569,7 @@ fn random_reads_from_threads(store_dir: &Path, chain: &[(Uuid, Vec<u8>, Vec<u8>)
     let builds = Builds::new(
         open_store(store_dir),
         TemplateConfig::for_tool(cache.path().into()),
-    )
-    .unwrap();
+    );
     std::thread::scope(|s| {
         for t in 0..6u64 {
             let builds = &builds;

@@ -1,7 +1,7 @@
 //! A daemon killed (SIGKILL) while a reader waits inside it: the reader gets
 //! an error rather than hanging, the next `tdfs mount` on the same
 //! mountpoint clears the dead mount and serves right bytes, and the crashed
-//! run's cache session directory is discarded, never reused.
+//! run's cache directory is discarded, never reused.
 
 #[path = "support/mount.rs"]
 mod mount_support;
@@ -23,7 +23,7 @@ fn copy_dir(from: &Path, to: &Path) {
     run_ok("cp", ["-a", from.to_str().unwrap(), to.to_str().unwrap()]);
 }
 
-fn sessions(cache: &Path) -> Vec<PathBuf> {
+fn cache_dirs(cache: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = fs::read_dir(cache)
         .map(|entries| {
             entries
@@ -32,7 +32,7 @@ fn sessions(cache: &Path) -> Vec<PathBuf> {
                     p.file_name()
                         .unwrap()
                         .to_string_lossy()
-                        .starts_with("session-")
+                        .starts_with("mount-")
                 })
                 .collect()
         })
@@ -57,8 +57,8 @@ fn a_reader_inside_a_killed_daemon_gets_an_error_and_the_next_mount_serves() {
     let memfile = mount.join(BASE).join("memfile");
     fs::metadata(&memfile).expect("stat memfile");
     let cache = mount.path().parent().unwrap().join("cache");
-    let before = sessions(&cache);
-    assert_eq!(before.len(), 1, "one session directory per mount");
+    let before = cache_dirs(&cache);
+    assert_eq!(before.len(), 1, "one cache directory per mount");
 
     // The data object becomes a FIFO nobody writes: the fetch never answers.
     fs::remove_file(&object).unwrap();
@@ -107,17 +107,17 @@ fn a_reader_inside_a_killed_daemon_gets_an_error_and_the_next_mount_serves() {
     fs::remove_file(&object).unwrap();
     fs::write(&object, &original).unwrap();
     assert_eq!(
-        sessions(&cache),
+        cache_dirs(&cache),
         before,
-        "the dead session is left for the next mount"
+        "the dead cache directory is left for the next mount"
     );
 
     let mount = MountGuard::restart(crashed, &store, &[]);
-    let after = sessions(&cache);
+    let after = cache_dirs(&cache);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(
         after, before,
-        "the crashed run's session directory is discarded"
+        "the crashed run's cache directory is discarded"
     );
     assert!(
         mount

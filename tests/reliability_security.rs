@@ -130,13 +130,10 @@ fn lookups_of_dot_dot_slash_and_nul_names_are_enoent() {
         readahead: 0,
         fetch_workers: 2,
         verify_checksums: false,
-    };
-    let options = FsOptions {
-        uid: 0,
-        gid: 0,
         listing_ttl: Duration::from_secs(5),
     };
-    let fs = TemplateFs::new(Builds::new(store, config).unwrap(), options);
+    let options = FsOptions { uid: 0, gid: 0 };
+    let fs = TemplateFs::new(Builds::new(store, config), options);
     let build_dir = fs.lookup(ROOT_INO, OsStr::new(BASE)).unwrap().attr.ino.0;
     let bad: [&[u8]; 9] = [
         b"",

@@ -9,7 +9,7 @@ mod fake_gcs;
 use std::io::Read;
 
 use fake_gcs::FakeGcs;
-use tdfs::format::{Compression, FileKind, ObjectKey, ObjectName};
+use tdfs::format::{Blob, Compression, FileKind, ObjectKey};
 use tdfs::store::{Store, StoreError};
 use uuid::Uuid;
 
@@ -27,7 +27,7 @@ fn gcs_reads_through_the_store_trait() {
     let other = Uuid::new_v4();
     let data = pattern(12 * MIB + 5);
     let key = ObjectKey::data(build, FileKind::Memfile, Compression::Zstd);
-    let metadata = ObjectKey::new(build, ObjectName::Metadata);
+    let metadata = ObjectKey::blob(build, Blob::Metadata);
     let seed = vec![
         (format!("pfx/{key}"), data.clone()),
         (format!("pfx/{metadata}"), b"{\"version\":1}".to_vec()),

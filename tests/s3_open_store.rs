@@ -1,4 +1,4 @@
-//! `open_store("s3://…")` with credentials, region and endpoint from the
+//! `store::open("s3://…")` with credentials, region and endpoint from the
 //! standard AWS environment variables, and `--endpoint-url`/`--region`
 //! (`StoreOptions`) taking precedence over them. The only test in this
 //! binary, as it sets process environment variables.
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use garage::Garage;
 use tdfs::format::{FileKind, ObjectKey};
-use tdfs::store::{StoreError, StoreOptions, open_store};
+use tdfs::store::{self, StoreError, StoreOptions};
 use uuid::Uuid;
 
 #[test]
@@ -27,7 +27,7 @@ fn open_store_reads_the_aws_environment_and_flags_override_it() {
         request_timeout: Duration::from_secs(20),
         ..StoreOptions::default()
     };
-    let store = open_store("s3://tdfs/from-env/", &opts).unwrap();
+    let store = store::open("s3://tdfs/from-env/", &opts).unwrap();
     assert_eq!(store.location(), "s3://tdfs/from-env");
     let build = Uuid::new_v4();
     let key = ObjectKey::header(build, FileKind::Rootfs);
@@ -41,7 +41,7 @@ fn open_store_reads_the_aws_environment_and_flags_override_it() {
         region: Some("us-west-2".to_string()),
         ..opts.clone()
     };
-    let err = open_store("s3://tdfs/from-env", &wrong_region)
+    let err = store::open("s3://tdfs/from-env", &wrong_region)
         .unwrap()
         .read_all(&key, 100)
         .unwrap_err();
@@ -61,9 +61,9 @@ fn open_store_reads_the_aws_environment_and_flags_override_it() {
         endpoint_url: Some(garage.endpoint()),
         ..opts.clone()
     };
-    let store = open_store("s3://tdfs/from-env", &flagged).unwrap();
+    let store = store::open("s3://tdfs/from-env", &flagged).unwrap();
     assert_eq!(store.read_all(&key, 100).unwrap(), b"header bytes");
-    let err = open_store("s3://tdfs/from-env", &opts)
+    let err = store::open("s3://tdfs/from-env", &opts)
         .unwrap()
         .read_all(&key, 100)
         .unwrap_err();

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use garage::{BUCKET, Garage};
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
-use tdfs::format::{Compression, FileKind, ObjectKey, ObjectName};
+use tdfs::format::{Blob, Compression, FileKind, ObjectKey};
 use tdfs::store::{PutOptions, RemoteStore, Store, StoreError};
 use uuid::Uuid;
 
@@ -118,7 +118,7 @@ fn objects_roundtrip_through_the_store_trait() {
     assert!(nothing.is_empty());
     assert!(store.read_exact_range(&key, 0, 0).unwrap().is_empty());
 
-    let snapfile = ObjectKey::new(build, ObjectName::Snapfile);
+    let snapfile = ObjectKey::blob(build, Blob::Snapfile);
     store.put_bytes(&snapfile, b"").unwrap();
     assert_eq!(store.size(&snapfile).unwrap(), 0);
     assert!(store.read_all(&snapfile, 10).unwrap().is_empty());
@@ -239,7 +239,7 @@ fn listing_keeps_build_ids_only_and_follows_pages() {
             let (store, chunk) = (Arc::clone(&store), chunk.to_vec());
             std::thread::spawn(move || {
                 for build in chunk {
-                    let key = ObjectKey::new(build, ObjectName::Metadata);
+                    let key = ObjectKey::blob(build, Blob::Metadata);
                     store.put_bytes(&key, b"{}").unwrap();
                 }
             })

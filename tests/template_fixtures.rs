@@ -23,7 +23,7 @@ fn open(store_name: &str, cache: &Path) -> (Arc<Builds>, Value) {
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
     let store: Arc<dyn Store> = Arc::new(LocalStore::open(&root).unwrap());
-    let builds = Builds::new(store, TemplateConfig::for_tool(cache.to_path_buf())).unwrap();
+    let builds = Builds::new(store, TemplateConfig::for_tool(cache.to_path_buf()));
     (builds, manifest)
 }
 
@@ -154,8 +154,7 @@ fn missing_and_corrupt_builds_are_clear_errors() {
     let builds = Builds::new(
         Arc::new(store),
         TemplateConfig::for_tool(cache.path().into()),
-    )
-    .unwrap();
+    );
     let err = builds
         .open(Uuid::new_v4(), FileKind::Memfile)
         .err()
@@ -185,8 +184,7 @@ fn legacy_build_without_header_reads_as_identity() {
     let builds = Builds::new(
         Arc::new(store),
         TemplateConfig::for_tool(cache.path().into()),
-    )
-    .unwrap();
+    );
     let tf = builds.open(build, FileKind::Rootfs).unwrap();
     assert_eq!(tf.size(), data.len() as u64);
     let mut buf = vec![0; 20_000];

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::{CliError, human_bytes, open_store, parse_build, parse_file_kind};
+use super::{CliError, human_bytes, open_store_arg, parse_build, parse_file_kind};
 use crate::format::FileKind;
 use crate::pack::{ScratchDir, byte_bar, default_threads, ordered_map};
 use crate::template::{Builds, TemplateConfig, TemplateFile};
@@ -35,12 +35,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
-    let store = open_store(&args.store, false)?;
+    let store = open_store_arg(&args.store, false)?;
     let scratch = ScratchDir::new(None)?;
     let builds = Builds::new(
         store,
         TemplateConfig::for_tool(scratch.path().join("cache")),
-    )?;
+    );
     let template = builds.open(args.build, args.file)?;
     let data_bytes = export(&template, &args.output, std::io::stderr().is_terminal())?;
     eprintln!(

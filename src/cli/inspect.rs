@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{CliError, human_bytes, load_header, open_store, parse_build, parse_file_kind};
-use crate::format::{FileKind, Header, ObjectKey, ObjectName};
-use crate::store::{Store, StoreError};
+use super::{CliError, header_reader, human_bytes, open_store_arg, parse_build, parse_file_kind};
+use crate::format::{Blob, FileKind, Header, ObjectKey};
+use crate::template::Builds;
 
 /// Largest metadata.json shown.
 const MAX_METADATA_LEN: u64 = 1 << 20;
@@ -83,12 +83,12 @@ pub struct BuildEntryReport {
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
-    let store = open_store(&args.store, false)?;
+    let builds = header_reader(open_store_arg(&args.store, false)?);
     let files = match args.file {
         Some(f) => vec![f],
         None => FileKind::ALL.to_vec(),
     };
-    let report = build_report(store.as_ref(), args.build, &files)?;
+    let report = build_report(&builds, args.build, &files)?;
     if args.json {
         println!(
             "{}",
@@ -100,30 +100,29 @@ pub fn run(args: Args) -> Result<(), CliError> {
     Ok(())
 }
 
+/// What `inspect` shows of `build`: its headers (of `files`), metadata.json
+/// and the snapfile's size.
+///
+/// # Errors
+/// `TemplateError::NotFound` for a file with neither header nor data,
+/// `CorruptHeader` for a header that does not decode, store errors.
 pub fn build_report(
-    store: &dyn Store,
+    builds: &Builds,
     build: Uuid,
     files: &[FileKind],
 ) -> Result<BuildReport, CliError> {
     let mut reports = Vec::new();
     for &file in files {
-        let header = load_header(store, build, file)?;
+        let header = builds.header(build, file)?;
         reports.push(file_report(&header, file, build));
     }
-    let metadata_key = ObjectKey::new(build, ObjectName::Metadata);
-    let metadata_json = match store.read_all(&metadata_key, MAX_METADATA_LEN) {
-        Ok(bytes) => serde_json::from_slice(&bytes).ok(),
-        Err(StoreError::NotFound { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let snapfile_size = match store.size(&ObjectKey::new(build, ObjectName::Snapfile)) {
-        Ok(n) => Some(n),
-        Err(StoreError::NotFound { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
+    let metadata_json = builds
+        .read_whole_blob(build, Blob::Metadata, MAX_METADATA_LEN)?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let snapfile_size = builds.blob_size(build, Blob::Snapfile)?;
     Ok(BuildReport {
         build_id: build.to_string(),
-        store: store.location(),
+        store: builds.location(),
         metadata_json,
         snapfile_size,
         files: reports,

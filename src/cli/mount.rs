@@ -19,7 +19,7 @@ use crate::template::{Builds, TemplateConfig};
 
 /// How long the root listing is trusted (new builds show up within it).
 const LISTING_TTL: Duration = Duration::from_secs(5);
-/// How long a stop waits for the session to wind down.
+/// How long a stop waits for serving to wind down.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
 /// Chunks or frames fetched ahead of a sequential reader at first, by
 /// default: the start of each Chunker's read-ahead window, which doubles
@@ -163,13 +163,13 @@ struct Setup {
 /// shows now, not at the first read, that the store answers (remote stores
 /// connect lazily, and only a listing tells a missing bucket from a missing
 /// object); returns the store and how many builds it has.
-fn open_store(args: &MountArgs, location: &str) -> Result<(Arc<dyn Store>, usize), FsError> {
+fn connect_store(args: &MountArgs, location: &str) -> Result<(Arc<dyn Store>, usize), FsError> {
     let options = StoreOptions {
         endpoint_url: args.endpoint_url.clone(),
         region: args.region.clone(),
         ..StoreOptions::default()
     };
-    let mut store = store::open_store(location, &options).map_err(FsError::open)?;
+    let mut store = store::open(location, &options).map_err(FsError::open)?;
     if let Some(throttle) = args.bench_throttle {
         store = Arc::new(ThrottleStore::new(store, throttle));
     }
@@ -212,7 +212,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     let signals = block_stop_signals()?;
     return_big_buffers();
     let args = &setup.args;
-    let (store, build_count) = open_store(args, &setup.store)?;
+    let (store, build_count) = connect_store(args, &setup.store)?;
     let config = TemplateConfig {
         cache_dir: setup.cache_dir.clone(),
         max_cache_size: args.max_cache_size,
@@ -220,15 +220,16 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         readahead: args.readahead,
         fetch_workers: FETCH_WORKERS,
         verify_checksums: args.verify_checksums,
+        listing_ttl: LISTING_TTL,
     };
-    let builds = Builds::new(store, config).map_err(FsError::open)?;
-    let cache_path = builds.cache_path().to_path_buf();
+    let builds = Builds::new(store, config);
+    // Made now, so a cache directory that cannot be made fails the mount.
+    let cache_path = builds.cache_dir().map_err(FsError::open)?.to_path_buf();
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let options = FsOptions {
         uid: args.uid.unwrap_or(uid),
         gid: args.gid.unwrap_or(gid),
-        listing_ttl: LISTING_TTL,
     };
     let tree = Arc::new(TemplateFs::new(builds, options));
     let mount_options = MountOptions {
@@ -455,7 +456,8 @@ fn init_logging(args: &MountArgs) -> Result<(), FsError> {
 
 /// The parent of this mount's cache directory (`--cache-dir` or the
 /// default), absolute: the daemon changes directory to `/`. The read path
-/// makes its own session subdirectory there, so mounts never share files.
+/// makes the mount's cache directory (`mount-<uuid>`) there, so mounts never
+/// share files.
 fn cache_root(root: Option<&Path>) -> Result<PathBuf, FsError> {
     match root {
         Some(r) => std::path::absolute(r).map_err(|source| FsError::File {
@@ -502,15 +504,15 @@ mod tests {
     #[test]
     fn bad_stores_are_refused_clearly() {
         let args = |extra: &[&str]| try_args(extra).unwrap();
-        let err = open_store(&args(&[]), "/nonexistent/tdfs-store")
+        let err = connect_store(&args(&[]), "/nonexistent/tdfs-store")
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/tdfs-store"), "{err}");
-        let err = open_store(&args(&["--region", "x"]), "/tmp")
+        let err = connect_store(&args(&["--region", "x"]), "/tmp")
             .unwrap_err()
             .to_string();
         assert!(err.contains("--region"), "{err}");
-        let err = open_store(&args(&[]), "ftp://host/x")
+        let err = connect_store(&args(&[]), "ftp://host/x")
             .unwrap_err()
             .to_string();
         assert!(err.contains("unsupported"), "{err}");

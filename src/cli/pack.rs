@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use uuid::Uuid;
 
-use super::{CliError, human_bytes, open_store, parse_build, parse_compression, parse_size};
+use super::{CliError, human_bytes, open_store_arg, parse_build, parse_compression, parse_size};
 use crate::format::Compression;
 use crate::pack::{DEFAULT_FRAME_SIZE, PackInputs, PackOptions, pack_build};
 
@@ -50,7 +50,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
-    let store = open_store(&args.store, true)?;
+    let store = open_store_arg(&args.store, true)?;
     let opts = PackOptions {
         base: args.base,
         build_id: args.build_id,

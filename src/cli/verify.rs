@@ -11,10 +11,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::inspect::hex;
-use super::{CliError, human_bytes, load_header, open_store, parse_build};
+use super::{CliError, header_reader, human_bytes, open_store_arg, parse_build};
 use crate::format::{Compression, FileKind, FrameTable, Header, ObjectKey};
 use crate::pack::{Lz4Frames, decode_frame, default_threads, ordered_map};
 use crate::store::{Store, StoreError};
+use crate::template::TemplateError;
 
 /// Largest frame verify will decode (the format allows up to 2 GiB; tdfs
 /// writes 2 MiB).
@@ -31,17 +32,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
-    let store = open_store(&args.store, false)?;
+    let store = open_store_arg(&args.store, false)?;
+    // Headers load as every reader loads them (a legacy build without one
+    // gets its identity mapping); the checks below read the store directly.
+    let builds = header_reader(store.clone());
     let mut problems = Vec::new();
     let mut summaries = Vec::new();
     for file in FileKind::ALL {
-        let header = match load_header(store.as_ref(), args.build, file) {
+        let header = match builds.header(args.build, file) {
             Ok(h) => h,
-            Err(e @ (CliError::MissingBuild { .. } | CliError::CorruptHeader { .. })) => {
+            Err(e @ (TemplateError::NotFound { .. } | TemplateError::CorruptHeader { .. })) => {
                 problems.push(e.to_string());
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         summaries.push(verify_file(
             store.as_ref(),

@@ -1,3 +1,7 @@
+//! Object keys of a build (FORMAT.md): the two template files, the blobs
+//! passed through unchanged, the names of their objects, and the canonical
+//! form of a build id.
+
 use std::fmt;
 
 use uuid::Uuid;
@@ -33,14 +37,40 @@ impl fmt::Display for FileKind {
     }
 }
 
+/// A build's objects that are used as they are stored, with no header or
+/// diff behind them ("blobs", as E2B's `GetBuildBlob` calls them): the
+/// Firecracker snapshot state and the build's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Blob {
+    Snapfile,
+    Metadata,
+}
+
+impl Blob {
+    pub const ALL: [Blob; 2] = [Blob::Snapfile, Blob::Metadata];
+
+    /// The object (and mounted file) name: `snapfile` or `metadata.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Blob::Snapfile => "snapfile",
+            Blob::Metadata => "metadata.json",
+        }
+    }
+}
+
+impl fmt::Display for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One of the objects a build may have under its `B/` prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ObjectName {
     Header(FileKind),
     /// The diff object; its suffix depends on the compression.
     Data(FileKind, Compression),
-    Snapfile,
-    Metadata,
+    Blob(Blob),
 }
 
 impl ObjectName {
@@ -48,8 +78,7 @@ impl ObjectName {
         match self {
             ObjectName::Header(k) => format!("{}.header", k.name()),
             ObjectName::Data(k, c) => format!("{}{}", k.name(), c.suffix()),
-            ObjectName::Snapfile => "snapfile".to_string(),
-            ObjectName::Metadata => "metadata.json".to_string(),
+            ObjectName::Blob(b) => b.name().to_string(),
         }
     }
 }
@@ -76,6 +105,10 @@ impl ObjectKey {
         ObjectKey::new(build, ObjectName::Data(file, compression))
     }
 
+    pub fn blob(build: Uuid, blob: Blob) -> Self {
+        ObjectKey::new(build, ObjectName::Blob(blob))
+    }
+
     /// Key of the local backend's sidecar holding the uncompressed size.
     pub fn size_sidecar(&self) -> String {
         format!("{self}.uncompressed-size")
@@ -86,6 +119,17 @@ impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.build, self.name.as_string())
     }
+}
+
+/// A build id as it appears in a store listing, a path or a command line:
+/// the canonical lowercase hyphenated UUID form only (no braces, URNs,
+/// simple form or capitals), so one build has one name.
+pub fn parse_build_id(name: &str) -> Option<Uuid> {
+    if name.len() != 36 {
+        return None;
+    }
+    let id = Uuid::try_parse(name).ok()?;
+    (id.hyphenated().to_string() == name).then_some(id)
 }
 
 #[cfg(test)]
@@ -118,5 +162,25 @@ mod tests {
         );
         assert_eq!(FileKind::from_name("rootfs.ext4"), Some(FileKind::Rootfs));
         assert_eq!(FileKind::from_name("../x"), None);
+        assert_eq!(
+            s(ObjectKey::blob(b, Blob::Metadata)),
+            format!("{b}/metadata.json")
+        );
+        assert_eq!(
+            s(ObjectKey::blob(b, Blob::Snapfile)),
+            format!("{b}/snapfile")
+        );
+    }
+
+    #[test]
+    fn build_ids_are_canonical_uuids_only() {
+        let id = Uuid::new_v4();
+        assert_eq!(parse_build_id(&id.to_string()), Some(id));
+        assert_eq!(parse_build_id(&id.simple().to_string()), None);
+        assert_eq!(parse_build_id(".."), None);
+        assert_eq!(parse_build_id("../../../../../../etc/passwd"), None);
+        assert_eq!(parse_build_id(&format!("{{{id}}}")), None);
+        // Keys are lowercase: an uppercase name would be a second name.
+        assert_eq!(parse_build_id(&id.to_string().to_uppercase()), None);
     }
 }

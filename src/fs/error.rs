@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use fuser::Errno;
 use uuid::Uuid;
 
-use crate::format::FileKind;
-use crate::store::StoreError;
+use crate::format::{Blob, FileKind};
 use crate::template::TemplateError;
 
 /// Why a filesystem request or the mount itself failed.
@@ -38,16 +37,23 @@ pub enum FsError {
         #[source]
         source: Box<TemplateError>,
     },
-    /// An object passed through unchanged (`snapfile`, `metadata.json`).
-    #[error("{key}{}: {source}", at_offset(*.offset))]
-    Object {
-        key: String,
+    /// A blob of a build (`snapfile`, `metadata.json`).
+    #[error("{build}/{blob}{}: {source}", at_offset(*.offset))]
+    Blob {
+        build: Uuid,
+        blob: Blob,
         offset: Option<u64>,
         #[source]
-        source: Box<StoreError>,
+        source: Box<TemplateError>,
     },
     #[error("listing the builds of the store: {0}")]
     List(#[source] Box<TemplateError>),
+    #[error("probing the objects of build {build}: {source}")]
+    Probe {
+        build: Uuid,
+        #[source]
+        source: Box<TemplateError>,
+    },
 
     // Setting up the mount; these reach the user, not the kernel.
     #[error(
@@ -92,10 +98,18 @@ impl FsError {
         }
     }
 
-    pub fn object(key: String, offset: Option<u64>, source: StoreError) -> Self {
-        FsError::Object {
-            key,
+    pub fn blob(build: Uuid, blob: Blob, offset: Option<u64>, source: TemplateError) -> Self {
+        FsError::Blob {
+            build,
+            blob,
             offset,
+            source: Box::new(source),
+        }
+    }
+
+    pub fn probe(build: Uuid, source: TemplateError) -> Self {
+        FsError::Probe {
+            build,
             source: Box::new(source),
         }
     }
@@ -119,7 +133,7 @@ pub trait ToErrno {
 impl ToErrno for TemplateError {
     fn errno(&self) -> Errno {
         match self {
-            TemplateError::NotFound { .. } => Errno::ENOENT,
+            TemplateError::NotFound { .. } | TemplateError::NoBlob { .. } => Errno::ENOENT,
             // A corrupt header, an unreachable store, a failed or timed out
             // fetch: the data exists but cannot be served right now.
             TemplateError::CorruptHeader { .. }
@@ -140,14 +154,12 @@ impl ToErrno for FsError {
             FsError::IsADirectory => Errno::EISDIR,
             FsError::ReadOnly => Errno::EROFS,
             FsError::NoXattr(_) => Errno::NO_XATTR,
-            FsError::Template { source, .. } | FsError::List(source) | FsError::Open(source) => {
-                source.errno()
-            }
-            FsError::Object { source, .. } if matches!(**source, StoreError::NotFound { .. }) => {
-                Errno::ENOENT
-            }
-            FsError::Object { .. }
-            | FsError::FuseUnavailable(_)
+            FsError::Template { source, .. }
+            | FsError::Blob { source, .. }
+            | FsError::List(source)
+            | FsError::Probe { source, .. }
+            | FsError::Open(source) => source.errno(),
+            FsError::FuseUnavailable(_)
             | FsError::Mountpoint { .. }
             | FsError::Mount { .. }
             | FsError::File { .. }
@@ -190,6 +202,7 @@ pub fn chain(err: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use crate::format::FormatError;
+    use crate::template::testing::{short_read, store_io_error};
 
     #[test]
     fn template_errors_map_to_errnos() {
@@ -201,6 +214,7 @@ mod tests {
             TemplateError::NotFound {
                 build,
                 file: FileKind::Memfile,
+                location: "/srv/templates".into(),
             },
         );
         assert_eq!(not_found.errno(), Errno::ENOENT);
@@ -218,36 +232,29 @@ mod tests {
         assert!(text.contains(&build.to_string()), "{text}");
         assert!(text.contains("rootfs.ext4"), "{text}");
         assert!(text.contains("at offset 4096"), "{text}");
-        let store = FsError::template(
-            build,
-            FileKind::Memfile,
-            Some(0),
-            TemplateError::Store(StoreError::ShortRead {
-                key: "k".into(),
-                expected: 2,
-                got: 1,
-            }),
-        );
+        let store = FsError::template(build, FileKind::Memfile, Some(0), short_read("k"));
         assert_eq!(store.errno(), Errno::EIO);
     }
 
     #[test]
     fn passthrough_and_request_errors_map_to_errnos() {
-        let missing = FsError::object(
-            "b/snapfile".into(),
+        let build = Uuid::from_u128(7);
+        let missing = FsError::blob(
+            build,
+            Blob::Snapfile,
             None,
-            StoreError::NotFound {
-                key: "b/snapfile".into(),
+            TemplateError::NoBlob {
+                build,
+                blob: Blob::Snapfile,
+                location: "/srv/templates".into(),
             },
         );
         assert_eq!(missing.errno(), Errno::ENOENT);
-        let io = FsError::object(
-            "b/snapfile".into(),
+        let io = FsError::blob(
+            build,
+            Blob::Snapfile,
             Some(3),
-            StoreError::Io {
-                key: "b/snapfile".into(),
-                source: io::Error::other("disk on fire"),
-            },
+            store_io_error(&format!("{build}/snapfile"), "disk on fire"),
         );
         assert_eq!(io.errno(), Errno::EIO);
         assert!(chain(&io).contains("disk on fire"));

@@ -6,70 +6,58 @@ use std::sync::RwLock;
 
 use uuid::Uuid;
 
-use crate::format::{FileKind, ObjectKey, ObjectName};
+use crate::format::{Blob, FileKind};
 use crate::sync;
 
 pub const ROOT_INO: u64 = 1;
 pub const STATS_INO: u64 = 2;
 /// The first build directory's inode; each build owns `SLOTS` inodes from
-/// there: its directory, then one per `BuildFile`.
+/// there: its directory, then one per `BuildDirFile`.
 const FIRST_BUILD_INO: u64 = 16;
 const SLOTS: u64 = 8;
 
 /// The name of the statistics file in the root.
 pub const STATS_NAME: &str = ".stats";
 
-/// A file inside a build directory.
+/// A file of a build directory: a template file or a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BuildFile {
+pub enum BuildDirFile {
     /// `memfile` or `rootfs.ext4`, resolved through its header.
     Template(FileKind),
-    /// Objects shown as they are stored.
-    Snapfile,
-    Metadata,
+    /// `snapfile` or `metadata.json`, shown as stored.
+    Blob(Blob),
 }
 
-impl BuildFile {
-    pub const ALL: [BuildFile; 4] = [
-        BuildFile::Template(FileKind::Memfile),
-        BuildFile::Template(FileKind::Rootfs),
-        BuildFile::Snapfile,
-        BuildFile::Metadata,
+impl BuildDirFile {
+    pub const ALL: [BuildDirFile; 4] = [
+        BuildDirFile::Template(FileKind::Memfile),
+        BuildDirFile::Template(FileKind::Rootfs),
+        BuildDirFile::Blob(Blob::Snapfile),
+        BuildDirFile::Blob(Blob::Metadata),
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            BuildFile::Template(kind) => kind.name(),
-            BuildFile::Snapfile => "snapfile",
-            BuildFile::Metadata => "metadata.json",
+            BuildDirFile::Template(kind) => kind.name(),
+            BuildDirFile::Blob(blob) => blob.name(),
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        BuildFile::ALL.into_iter().find(|f| f.name() == name)
-    }
-
-    /// The object whose presence makes this file appear: the header of a
-    /// template file, the object itself otherwise.
-    pub fn object_key(self, build: Uuid) -> ObjectKey {
-        match self {
-            BuildFile::Template(kind) => ObjectKey::header(build, kind),
-            BuildFile::Snapfile => ObjectKey::new(build, ObjectName::Snapfile),
-            BuildFile::Metadata => ObjectKey::new(build, ObjectName::Metadata),
-        }
+        BuildDirFile::ALL.into_iter().find(|f| f.name() == name)
     }
 
     fn slot(self) -> u64 {
         match self {
-            BuildFile::Template(FileKind::Memfile) => 1,
-            BuildFile::Template(FileKind::Rootfs) => 2,
-            BuildFile::Snapfile => 3,
-            BuildFile::Metadata => 4,
+            BuildDirFile::Template(FileKind::Memfile) => 1,
+            BuildDirFile::Template(FileKind::Rootfs) => 2,
+            BuildDirFile::Blob(Blob::Snapfile) => 3,
+            BuildDirFile::Blob(Blob::Metadata) => 4,
         }
     }
 
     fn from_slot(slot: u64) -> Option<Self> {
-        BuildFile::ALL.into_iter().find(|f| f.slot() == slot)
+        BuildDirFile::ALL.into_iter().find(|f| f.slot() == slot)
     }
 }
 
@@ -79,7 +67,7 @@ pub enum Node {
     Root,
     Stats,
     Build(Uuid),
-    File(Uuid, BuildFile),
+    File(Uuid, BuildDirFile),
 }
 
 /// Builds get inodes in the order they are first seen, and keep them.
@@ -87,11 +75,12 @@ pub enum Node {
 /// not with the names callers try.
 #[derive(Debug, Default)]
 pub struct InodeTable {
-    inner: RwLock<Builds>,
+    inner: RwLock<BuildInodes>,
 }
 
+/// The builds seen so far, in order: a build's index gives its inodes.
 #[derive(Debug, Default)]
-struct Builds {
+struct BuildInodes {
     index: HashMap<Uuid, u64>,
     ids: Vec<Uuid>,
 }
@@ -116,7 +105,7 @@ impl InodeTable {
     }
 
     /// The inode of `file` in the directory `build_ino`.
-    pub fn file_ino(build_ino: u64, file: BuildFile) -> u64 {
+    pub fn file_ino(build_ino: u64, file: BuildDirFile) -> u64 {
         build_ino + file.slot()
     }
 
@@ -137,7 +126,7 @@ impl InodeTable {
         if slot == 0 {
             Some(Node::Build(build))
         } else {
-            BuildFile::from_slot(slot).map(|f| Node::File(build, f))
+            BuildDirFile::from_slot(slot).map(|f| Node::File(build, f))
         }
     }
 }
@@ -156,10 +145,10 @@ mod tests {
         assert_ne!(ia, ib);
         assert_eq!(table.build_ino(a), ia);
         assert_eq!(table.node(ia), Some(Node::Build(a)));
-        for f in BuildFile::ALL {
+        for f in BuildDirFile::ALL {
             let ino = InodeTable::file_ino(ib, f);
             assert_eq!(table.node(ino), Some(Node::File(b, f)));
-            assert_eq!(BuildFile::from_name(f.name()), Some(f));
+            assert_eq!(BuildDirFile::from_name(f.name()), Some(f));
         }
         assert_eq!(table.node(ROOT_INO), Some(Node::Root));
         assert_eq!(table.node(STATS_INO), Some(Node::Stats));
@@ -168,6 +157,6 @@ mod tests {
         assert_eq!(table.node(ib + 7), None);
         assert_eq!(table.node(ib + SLOTS), None);
         assert_eq!(table.node(u64::MAX), None);
-        assert_eq!(BuildFile::from_name("memfile.header"), None);
+        assert_eq!(BuildDirFile::from_name("memfile.header"), None);
     }
 }

@@ -83,7 +83,7 @@ impl StoreLocation {
 
 /// Open the store `location` names. Remote stores connect lazily: the first
 /// request reports a missing bucket or bad credentials.
-pub fn open_store(location: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+pub fn open(location: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
     let parsed = StoreLocation::parse(location)?;
     if !matches!(parsed, StoreLocation::S3 { .. }) {
         let flag = if opts.endpoint_url.is_some() {
@@ -168,17 +168,17 @@ mod tests {
         let missing = missing.to_str().unwrap();
         let opts = StoreOptions::default();
         assert!(matches!(
-            open_store(missing, &opts),
+            open(missing, &opts),
             Err(StoreError::BadLocation(_))
         ));
         let create = StoreOptions {
             create: true,
             ..StoreOptions::default()
         };
-        let store = open_store(&format!("file://{missing}"), &create).unwrap();
+        let store = open(&format!("file://{missing}"), &create).unwrap();
         assert_eq!(store.location(), missing);
         assert!(store.list_builds().unwrap().is_empty());
-        open_store(missing, &opts).unwrap();
+        open(missing, &opts).unwrap();
     }
 
     #[test]
@@ -188,13 +188,13 @@ mod tests {
             endpoint_url: Some("http://127.0.0.1:1".into()),
             ..StoreOptions::default()
         };
-        let err = open_store(dir.path().to_str().unwrap(), &opts).unwrap_err();
+        let err = open(dir.path().to_str().unwrap(), &opts).unwrap_err();
         assert!(err.to_string().contains("--endpoint-url"), "{err}");
         let opts = StoreOptions {
             region: Some("eu-west-1".into()),
             ..StoreOptions::default()
         };
-        let err = open_store("gs://bucket/p", &opts).unwrap_err();
+        let err = open("gs://bucket/p", &opts).unwrap_err();
         assert!(err.to_string().contains("--region"), "{err}");
     }
 }

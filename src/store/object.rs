@@ -43,8 +43,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::location::StoreOptions;
-use super::{PutOptions, Store, StoreError, parse_build_id};
-use crate::format::ObjectKey;
+use super::{PutOptions, Store, StoreError};
+use crate::format::{ObjectKey, parse_build_id};
 use errors::store_error;
 use reader::{Ahead, ChannelReader};
 

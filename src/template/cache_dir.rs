@@ -1,7 +1,9 @@
-//! One instance's private cache directory, `PARENT/session-<uuid>`, held by
-//! an exclusive `flock` on its lock file while the instance lives. A session
-//! directory whose lock nobody holds was left by a crashed run: its files are
-//! never trusted and it is removed when the next instance starts.
+//! The mount's cache directory, `PARENT/mount-<uuid>`: private to one
+//! instance (a mount, or a tool that reads diffs) and held by an exclusive
+//! `flock` on its lock file while the instance lives. A cache directory whose
+//! lock nobody holds was left by a crashed run: its files are never trusted
+//! and it is removed when the next instance starts. Earlier versions
+//! named them `session-<uuid>`; those are removed the same way.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
@@ -13,7 +15,9 @@ use uuid::Uuid;
 
 use super::TemplateError;
 
-const SESSION_PREFIX: &str = "session-";
+const PREFIX: &str = "mount-";
+/// The prefix older versions used, whose leftovers are removed too.
+const OLD_PREFIX: &str = "session-";
 const LOCK_NAME: &str = ".lock";
 
 #[derive(Debug)]
@@ -24,8 +28,12 @@ pub struct CacheDir {
 }
 
 impl CacheDir {
-    /// Create a fresh session directory under `parent` (made 0700 if
-    /// missing), removing stale sessions of crashed runs.
+    /// Create a fresh cache directory under `parent` (made 0700 if
+    /// missing), removing stale ones of crashed runs.
+    ///
+    /// # Errors
+    /// `TemplateError::Cache` when a directory cannot be made, read or
+    /// locked.
     pub fn create(parent: &Path) -> Result<CacheDir, TemplateError> {
         let err = |path: &Path| {
             let path = path.to_path_buf();
@@ -36,8 +44,8 @@ impl CacheDir {
             .mode(0o700)
             .create(parent)
             .map_err(err(parent))?;
-        remove_stale_sessions(parent).map_err(err(parent))?;
-        let path = parent.join(format!("{SESSION_PREFIX}{}", Uuid::new_v4().simple()));
+        remove_stale(parent).map_err(err(parent))?;
+        let path = parent.join(format!("{PREFIX}{}", Uuid::new_v4().simple()));
         DirBuilder::new()
             .mode(0o700)
             .create(&path)
@@ -72,12 +80,14 @@ fn try_lock(file: &File) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
-fn remove_stale_sessions(parent: &Path) -> io::Result<()> {
+fn remove_stale(parent: &Path) -> io::Result<()> {
     for entry in fs::read_dir(parent)? {
         let entry = entry?;
         let name = entry.file_name();
-        let is_session = name.to_str().is_some_and(|n| n.starts_with(SESSION_PREFIX));
-        if !is_session || !entry.file_type()?.is_dir() {
+        let is_cache = name
+            .to_str()
+            .is_some_and(|n| n.starts_with(PREFIX) || n.starts_with(OLD_PREFIX));
+        if !is_cache || !entry.file_type()?.is_dir() {
             continue;
         }
         let stale = match File::open(entry.path().join(LOCK_NAME)) {
@@ -103,23 +113,29 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn sessions_are_private_and_stale_ones_removed() {
+    fn cache_dirs_are_private_and_stale_ones_removed() {
         let parent = tempfile::tempdir().unwrap();
-        let stale = parent.path().join("session-dead");
-        fs::create_dir(&stale).unwrap();
-        fs::write(stale.join(LOCK_NAME), b"").unwrap();
-        fs::write(stale.join("x.cache"), b"old").unwrap();
+        let stale = parent.path().join("mount-dead");
+        let old = parent.path().join("session-dead");
+        for dir in [&stale, &old] {
+            fs::create_dir(dir).unwrap();
+            fs::write(dir.join(LOCK_NAME), b"").unwrap();
+            fs::write(dir.join("x.cache"), b"old").unwrap();
+        }
         let other = parent.path().join("keep-me");
         fs::create_dir(&other).unwrap();
 
         let a = CacheDir::create(parent.path()).unwrap();
-        assert!(!stale.exists(), "a session nobody locks is stale");
-        assert!(other.exists(), "only session directories are touched");
+        assert!(!stale.exists(), "a cache directory nobody locks is stale");
+        assert!(!old.exists(), "older versions' session-* leftovers go too");
+        assert!(other.exists(), "only cache directories are touched");
+        let name = a.path().file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("mount-"), "{name}");
         let mode = fs::metadata(a.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
 
         let b = CacheDir::create(parent.path()).unwrap();
-        assert!(a.path().exists(), "a live session is never removed");
+        assert!(a.path().exists(), "a live cache directory is never removed");
         let b_path = b.path().to_path_buf();
         drop(b);
         assert!(!b_path.exists());

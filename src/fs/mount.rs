@@ -1,7 +1,8 @@
 //! Putting a `TemplateFs` on a mountpoint: checks of the mountpoint
 //! (missing, not a directory, not empty, already mounted, or a stale mount
-//! left by a crashed run, which is cleared), the fuser session with our
-//! options and threads, and unmounting.
+//! left by a crashed run, which is cleared), serving it through fuser with
+//! our options and threads, and unmounting. (fuser calls its serving loop a
+//! `Session`; in tdfs "session" means only the Chunker's fetch session.)
 
 use std::ffi::CString;
 use std::io;
@@ -166,11 +167,11 @@ fn detach(path: &Path) -> io::Result<()> {
 }
 
 /// A live mount. Dropping it without `unmount` leaves the mount to the
-/// session thread (the process exiting ends it).
+/// serving thread (the process exiting ends it).
 pub struct Mounted {
     path: PathBuf,
     unmounter: SessionUnmounter,
-    session: JoinHandle<()>,
+    serving: JoinHandle<()>,
     ended: Receiver<io::Result<()>>,
 }
 
@@ -198,31 +199,30 @@ pub fn mount(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let mut session =
-        Session::new(FuseAdapter::new(fs), mountpoint, &config).map_err(|source| {
-            FsError::Mount {
-                path: mountpoint.to_path_buf(),
-                source,
-            }
-        })?;
-    let unmounter = session.unmount_callable();
+    let mut fuse = Session::new(FuseAdapter::new(fs), mountpoint, &config).map_err(|source| {
+        FsError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        }
+    })?;
+    let unmounter = fuse.unmount_callable();
     let (tx, ended) = crossbeam_channel::bounded(1);
-    let session = thread::Builder::new()
-        .name("fuse-session".into())
+    let serving = thread::Builder::new()
+        .name("fuse-serve".into())
         .spawn(move || {
-            let _ = tx.send(session.run());
+            let _ = tx.send(fuse.run());
         })
         .map_err(|source| FsError::Mount {
             path: mountpoint.to_path_buf(),
             source,
         })?;
     // Only now: finding the mount's device stats its root, which needs the
-    // session serving.
+    // mount served.
     raise_readahead(mountpoint);
     Ok(Mounted {
         path: mountpoint.to_path_buf(),
         unmounter,
-        session,
+        serving,
         ended,
     })
 }
@@ -247,13 +247,13 @@ fn raise_readahead(mountpoint: &Path) {
 }
 
 impl Mounted {
-    /// Yields once when the session ends (unmounted by us or from outside,
-    /// or failed).
+    /// Yields once when serving ends (unmounted by us or from outside, or
+    /// failed).
     pub fn ended(&self) -> &Receiver<io::Result<()>> {
         &self.ended
     }
 
-    /// Unmount and wait up to `grace` for the session to finish. A busy
+    /// Unmount and wait up to `grace` for serving to finish. A busy
     /// mount is detached lazily: open files keep working until closed, or
     /// until this process exits.
     pub fn unmount(mut self, grace: Duration) -> Result<(), FsError> {
@@ -269,7 +269,7 @@ impl Mounted {
         }
         match self.ended.recv_timeout(grace) {
             Ok(result) => {
-                let _ = self.session.join();
+                let _ = self.serving.join();
                 result.map_err(|source| FsError::Mount {
                     path: self.path.clone(),
                     source,

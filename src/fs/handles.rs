@@ -1,0 +1,185 @@
+//! Open files and directories of a `TemplateFs`: the handle table, opening
+//! a node, and reads from a handle (in place from the cache when the range
+//! allows, copied otherwise).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use fuser::FopenFlags;
+use uuid::Uuid;
+
+use super::error::FsError;
+use super::inode::{BuildDirFile, Node};
+use super::templatefs::{DirEntry, Opened, TemplateFs};
+use crate::format::Blob;
+use crate::sync;
+use crate::template::TemplateFile;
+
+/// What an open handle reads from.
+pub(super) enum Handle {
+    Template(Arc<TemplateFile>),
+    Blob {
+        build: Uuid,
+        blob: Blob,
+        /// As probed at open, so reads are cut where getattr said.
+        size: u64,
+    },
+    /// `.stats` as rendered when it was opened, so one reader sees one
+    /// consistent snapshot.
+    Stats(Vec<u8>),
+    /// A directory listing taken at opendir, so paging through it with
+    /// offsets stays consistent while the store changes.
+    Dir(Vec<DirEntry>),
+}
+
+/// Open handles by number; numbers are never reused within a mount.
+pub(super) struct HandleTable {
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next: AtomicU64,
+}
+
+impl Default for HandleTable {
+    fn default() -> Self {
+        HandleTable {
+            handles: RwLock::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl HandleTable {
+    pub(super) fn add(&self, handle: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        sync::write(&self.handles).insert(fh, Arc::new(handle));
+        fh
+    }
+
+    fn get(&self, fh: u64) -> Result<Arc<Handle>, FsError> {
+        sync::read(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::NoHandle(fh))
+    }
+
+    fn remove(&self, fh: u64) {
+        sync::write(&self.handles).remove(&fh);
+    }
+}
+
+impl TemplateFs {
+    /// The entries of an open directory from position `offset` on; the
+    /// offset of entry `i` is `i + 1`.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+        match &*self.handles.get(fh)? {
+            Handle::Dir(entries) => Ok(entries
+                .iter()
+                .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+                .cloned()
+                .collect()),
+            _ => Err(FsError::NotADirectory),
+        }
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(FsError::ReadOnly);
+        }
+        let (handle, flags) = match self.node(ino)? {
+            Node::Root | Node::Build(_) => return Err(FsError::IsADirectory),
+            // Direct I/O: the size is not known before the content exists.
+            Node::Stats => (
+                Handle::Stats(self.builds.stats().render_prometheus().into_bytes()),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            Node::File(build, BuildDirFile::Template(kind)) => (
+                Handle::Template(self.open_template(build, kind)?),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Node::File(build, BuildDirFile::Blob(blob)) => {
+                let size = self.blob_size(build, blob)?;
+                (
+                    Handle::Blob { build, blob, size },
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
+        };
+        Ok(Opened {
+            fh: self.handles.add(handle),
+            flags,
+        })
+    }
+
+    /// Read up to `len` bytes at `offset` of open file `fh` (all `len`
+    /// unless the file ends first) and hand them to `reply`. A range of a
+    /// template file in one mapping goes to `reply` straight from the cache;
+    /// anything else is copied into `buf` first (grown as needed, never
+    /// shrunk, so a worker thread reuses one).
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u32,
+        buf: &mut Vec<u8>,
+        reply: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, FsError> {
+        let handle = self.handles.get(fh)?;
+        if let Handle::Template(file) = &*handle {
+            let in_place = file
+                .read_in_place(offset, len as usize)
+                .map_err(|e| FsError::template(file.build_id(), file.file(), Some(offset), e))?;
+            if let Some(bytes) = in_place {
+                return Ok(reply(&bytes));
+            }
+        }
+        self.read_copy(&handle, offset, len, buf).map(reply)
+    }
+
+    fn read_copy<'b>(
+        &self,
+        handle: &Handle,
+        offset: u64,
+        len: u32,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], FsError> {
+        let size = match handle {
+            Handle::Template(file) => file.size(),
+            Handle::Blob { size, .. } => *size,
+            Handle::Stats(text) => text.len() as u64,
+            Handle::Dir(_) => return Err(FsError::IsADirectory),
+        };
+        let want = size.saturating_sub(offset).min(u64::from(len)) as usize;
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let out = &mut buf[..want];
+        if want == 0 {
+            return Ok(out);
+        }
+        match handle {
+            Handle::Template(file) => {
+                let n = file.read_at(out, offset).map_err(|e| {
+                    FsError::template(file.build_id(), file.file(), Some(offset), e)
+                })?;
+                Ok(&out[..n])
+            }
+            Handle::Blob { build, blob, .. } => {
+                self.builds
+                    .read_blob(*build, *blob, offset, out)
+                    .map_err(|e| FsError::blob(*build, *blob, Some(offset), e))?;
+                Ok(out)
+            }
+            Handle::Stats(text) => {
+                let start = offset as usize;
+                out.copy_from_slice(&text[start..start + want]);
+                Ok(out)
+            }
+            Handle::Dir(_) => Err(FsError::IsADirectory),
+        }
+    }
+
+    /// Forget an open file or directory.
+    pub fn release(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+}

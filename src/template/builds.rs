@@ -1,0 +1,344 @@
+//! `Builds`: the headers and shared Chunkers of a store's builds. A header
+//! is loaded once per (build, file); a diff gets one Chunker however many
+//! templates reference it. The cache directory and fetch threads are made
+//! with the first diff, so a `Builds` that only reads headers (inspect,
+//! verify) leaves no trace on disk.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use uuid::Uuid;
+
+use super::cache_dir::CacheDir;
+use super::listing::Listing;
+use super::{TemplateConfig, TemplateError, TemplateFile};
+use crate::chunker::{CacheBudget, Chunker, ChunkerConfig, DiffSpec, FetchPool};
+use crate::format::limits::MAX_HEADER_LEN;
+use crate::format::{
+    Compression, FileKind, Frame, FrameTable, Header, Mapping, Mappings, Metadata, ObjectKey,
+    PAGE_SIZE,
+};
+use crate::metrics::Stats;
+use crate::store::{Store, StoreError};
+use crate::sync;
+
+type FileId = (Uuid, FileKind);
+
+/// What only Chunkers need: made with the first diff (see the module docs).
+struct Fetching {
+    pool: Arc<FetchPool>,
+    config: ChunkerConfig,
+    /// Last, so it is dropped after the pool.
+    cache: CacheDir,
+}
+
+/// All builds of a store, with lazily loaded headers and shared Chunkers.
+pub struct Builds {
+    pub(super) store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+    config: TemplateConfig,
+    headers: Mutex<HashMap<FileId, Arc<Header>>>,
+    diffs: Mutex<HashMap<FileId, Arc<Chunker>>>,
+    /// Resolved template files: lookups and getattr reuse them.
+    files: Mutex<HashMap<FileId, Arc<TemplateFile>>>,
+    pub(super) listing: Listing,
+    /// Held while `fetching` is made, so it is made once. Making it touches
+    /// only the local disk, never the store.
+    making_fetching: Mutex<()>,
+    /// Last, so its cache directory is removed after the Chunkers that
+    /// delete their files in it.
+    fetching: OnceLock<Fetching>,
+}
+
+impl Builds {
+    /// Nothing is read or made yet: the store is first asked when a build is
+    /// listed, probed or opened.
+    pub fn new(store: Arc<dyn Store>, config: TemplateConfig) -> Arc<Builds> {
+        Arc::new(Builds {
+            store,
+            stats: Arc::new(Stats::default()),
+            listing: Listing::new(config.listing_ttl),
+            config,
+            headers: Mutex::new(HashMap::new()),
+            diffs: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+            making_fetching: Mutex::new(()),
+            fetching: OnceLock::new(),
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Where the store is, for messages (`/srv/templates`, `s3://bucket/p`).
+    pub fn location(&self) -> String {
+        self.store.location()
+    }
+
+    /// This instance's cache directory, made (and stale ones of crashed
+    /// runs removed) on the first call. A mount calls it up front, so a cache
+    /// directory it cannot make fails the mount, not the first read.
+    ///
+    /// # Errors
+    /// `TemplateError::Cache` when the directory cannot be made or locked.
+    pub fn cache_dir(&self) -> Result<&Path, TemplateError> {
+        Ok(self.fetching()?.cache.path())
+    }
+
+    fn fetching(&self) -> Result<&Fetching, TemplateError> {
+        if let Some(f) = self.fetching.get() {
+            return Ok(f);
+        }
+        let _making = sync::lock(&self.making_fetching);
+        if let Some(f) = self.fetching.get() {
+            return Ok(f);
+        }
+        let cache = CacheDir::create(&self.config.cache_dir)?;
+        let config = ChunkerConfig {
+            cache_dir: cache.path().to_path_buf(),
+            fetch_timeout: self.config.fetch_timeout,
+            readahead: self.config.readahead,
+            fetch_workers: self.config.fetch_workers,
+            cache_budget: (self.config.max_cache_size > 0)
+                .then(|| CacheBudget::new(self.config.max_cache_size)),
+        };
+        let pool = FetchPool::new(self.config.fetch_workers.max(1));
+        Ok(self.fetching.get_or_init(|| Fetching {
+            pool,
+            config,
+            cache,
+        }))
+    }
+
+    /// The template file `file` of `build`.
+    ///
+    /// # Errors
+    /// `NotFound` when the build has neither header nor data for `file`,
+    /// `CorruptHeader` when its header cannot be decoded, `Inconsistent`
+    /// when a diff it references is missing or disagrees with it, `Cache`
+    /// when the cache directory cannot be made; store errors otherwise.
+    pub fn open(&self, build: Uuid, file: FileKind) -> Result<Arc<TemplateFile>, TemplateError> {
+        if let Some(f) = sync::lock(&self.files).get(&(build, file)) {
+            return Ok(f.clone());
+        }
+        let header = self.header(build, file)?;
+        let mut diffs = Vec::new();
+        for m in header.mappings.as_slice() {
+            if m.is_zero() || diffs.iter().any(|(id, _)| *id == m.build_id) {
+                continue;
+            }
+            diffs.push((m.build_id, self.diff(m.build_id, file, &header)?));
+        }
+        let own = match diffs.iter().find(|(id, _)| *id == build) {
+            Some((_, c)) => Some(c.clone()),
+            None => self.diff(build, file, &header).ok(),
+        };
+        let opened = Arc::new(TemplateFile {
+            file,
+            header,
+            diffs,
+            own,
+            stats: self.stats.clone(),
+        });
+        let mut files = sync::lock(&self.files);
+        Ok(files.entry((build, file)).or_insert(opened).clone())
+    }
+
+    /// The decoded header of `build`'s `file`, loaded once. A build with a
+    /// data object but no header (legacy) gets one identity mapping. Every
+    /// reader (mount, export, inspect, verify, pack) loads headers here.
+    ///
+    /// # Errors
+    /// `NotFound` when the build has neither a header nor an uncompressed
+    /// data object for `file`; `CorruptHeader` when the header does not
+    /// decode or is over `MAX_HEADER_LEN` bytes; store errors otherwise.
+    pub fn header(&self, build: Uuid, file: FileKind) -> Result<Arc<Header>, TemplateError> {
+        if let Some(h) = sync::lock(&self.headers).get(&(build, file)) {
+            return Ok(h.clone());
+        }
+        let key = ObjectKey::header(build, file);
+        let header = match self.store.read_all(&key, MAX_HEADER_LEN) {
+            Ok(bytes) => Header::decode(&bytes).map_err(|source| TemplateError::CorruptHeader {
+                key: key.to_string(),
+                source,
+            })?,
+            Err(StoreError::NotFound { .. }) => self.legacy_header(build, file)?,
+            Err(e) => return Err(e.into()),
+        };
+        let header = Arc::new(header);
+        let mut headers = sync::lock(&self.headers);
+        Ok(headers.entry((build, file)).or_insert(header).clone())
+    }
+
+    fn legacy_header(&self, build: Uuid, file: FileKind) -> Result<Header, TemplateError> {
+        let key = ObjectKey::data(build, file, Compression::None);
+        let size = match self.store.size(&key) {
+            Ok(size) => size,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(TemplateError::NotFound {
+                    build,
+                    file,
+                    location: self.store.location(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let metadata = Metadata {
+            version: 3,
+            block_size: PAGE_SIZE,
+            size,
+            generation: 0,
+            build_id: build,
+            base_build_id: build,
+        };
+        let mut items = Vec::new();
+        if size > 0 {
+            items.push(Mapping {
+                offset: 0,
+                length: size.div_ceil(PAGE_SIZE) * PAGE_SIZE,
+                build_id: build,
+                storage_offset: 0,
+            });
+        }
+        let mappings =
+            Mappings::new(items, size).map_err(|source| TemplateError::CorruptHeader {
+                key: key.to_string(),
+                source,
+            })?;
+        Ok(Header {
+            metadata,
+            builds: Vec::new(),
+            mappings,
+        })
+    }
+
+    /// The shared Chunker of `build`'s diff of `file`, as referenced from
+    /// `referrer`. The frame table comes from the build's own header when it
+    /// has one (a referrer may carry a sparse table, or none at all), merged
+    /// with the referrer's entry; without any table the diff is uncompressed.
+    fn diff(
+        &self,
+        build: Uuid,
+        file: FileKind,
+        referrer: &Header,
+    ) -> Result<Arc<Chunker>, TemplateError> {
+        if let Some(c) = sync::lock(&self.diffs).get(&(build, file)) {
+            return Ok(c.clone());
+        }
+        let own_header = if referrer.metadata.build_id == build {
+            None
+        } else {
+            match self.header(build, file) {
+                Ok(h) => Some(h),
+                Err(TemplateError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            }
+        };
+        let entries = [Some(referrer), own_header.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.build(&build));
+        let mut frames: Vec<Frame> = Vec::new();
+        let mut compression = Compression::None;
+        let mut file_size = 0;
+        let mut sha256 = None;
+        for entry in entries {
+            file_size = file_size.max(entry.file_size);
+            if entry.sha256 != [0; 32] {
+                sha256.get_or_insert(entry.sha256);
+            }
+            if entry.frames.is_compressed() {
+                compression = entry.frames.compression();
+                frames.extend_from_slice(entry.frames.frames());
+            }
+        }
+        frames.sort_by_key(|f| f.start_u);
+        frames.dedup();
+        let key = ObjectKey::data(build, file, compression);
+        let table =
+            FrameTable::new(compression, frames).map_err(|e| TemplateError::Inconsistent {
+                key: key.to_string(),
+                detail: format!("frame tables of its headers disagree: {e}"),
+            })?;
+        let size = if table.is_compressed() {
+            let from_frames = table.frames().last().map_or(0, Frame::end_u);
+            let recorded = match self.store.uncompressed_size(&key) {
+                Ok(s) => s.unwrap_or(0),
+                Err(StoreError::NotFound { .. }) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            from_frames.max(file_size).max(recorded)
+        } else {
+            match self.store.size(&key) {
+                Ok(s) => s,
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(TemplateError::Inconsistent {
+                        key: key.to_string(),
+                        detail: format!(
+                            "referenced by the {file} header of build {} but missing from the store",
+                            referrer.metadata.build_id
+                        ),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let block_size = own_header
+            .as_deref()
+            .unwrap_or(referrer)
+            .metadata
+            .block_size;
+        let spec = DiffSpec {
+            key,
+            size,
+            block_size,
+            frames: table,
+        };
+        let fetching = self.fetching()?;
+        let mut diffs = sync::lock(&self.diffs);
+        if let Some(c) = diffs.get(&(build, file)) {
+            return Ok(c.clone());
+        }
+        let chunker = Arc::new(Chunker::new(
+            spec,
+            self.store.clone(),
+            fetching.pool.clone(),
+            &fetching.config,
+            self.stats.clone(),
+        )?);
+        if let Some(sha256) = sha256.filter(|_| self.config.verify_checksums) {
+            chunker.verify_when_complete(sha256);
+        }
+        diffs.insert((build, file), chunker.clone());
+        Ok(chunker)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::testing::fixture_builds;
+
+    /// A layer of the v4-zstd fixture.
+    const LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
+
+    #[test]
+    fn reading_headers_makes_no_cache_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join("cache");
+        let builds = fixture_builds("v4-zstd", TemplateConfig::for_tool(parent.clone()));
+        let build = Uuid::parse_str(LAYER).unwrap();
+        for file in FileKind::ALL {
+            builds.header(build, file).unwrap();
+        }
+        assert!(!parent.exists(), "headers alone need no cache");
+
+        builds.open(build, FileKind::Memfile).unwrap();
+        let made = builds.cache_dir().unwrap().to_path_buf();
+        assert_eq!(made.parent(), Some(parent.as_path()));
+        drop(builds);
+        assert!(!made.exists(), "removed with its Builds");
+    }
+}

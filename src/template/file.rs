@@ -1,0 +1,182 @@
+//! `TemplateFile`: one build's `memfile` or `rootfs.ext4` resolved through
+//! its header. A read walks the mappings: a hole is zeros, anything else is
+//! read from the Chunker of the build the mapping names. A range inside one
+//! mapping can be handed out in place (a slice of the cache, or of a static
+//! run of zero pages) so the FUSE reply needs no copy of its own.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use super::TemplateError;
+use crate::chunker::{Block, Chunker};
+use crate::format::{Compression, FileKind, Header, ObjectKey, ObjectName};
+use crate::metrics::Stats;
+
+/// Zeros for holes served in place: as long as the largest FUSE read. Never
+/// written, so every page of it is the kernel's one shared zero page.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Bytes of a template file served without a copy: see
+/// `TemplateFile::read_in_place`.
+pub enum FileBytes<'a> {
+    /// A hole (a mapping to no build).
+    Zeros(usize),
+    /// Bytes in a diff's cache (pinned while this lives).
+    Cached(Block<'a>),
+}
+
+impl std::ops::Deref for FileBytes<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Zeros(n) => &ZEROS[..*n],
+            FileBytes::Cached(block) => block,
+        }
+    }
+}
+
+/// One build's `memfile` or `rootfs.ext4`, resolved through its header.
+pub struct TemplateFile {
+    pub(super) file: FileKind,
+    pub(super) header: Arc<Header>,
+    /// Chunkers of every build the mappings reference (a handful at most).
+    pub(super) diffs: Vec<(Uuid, Arc<Chunker>)>,
+    /// This build's own diff, when it has one.
+    pub(super) own: Option<Arc<Chunker>>,
+    pub(super) stats: Arc<Stats>,
+}
+
+impl TemplateFile {
+    pub fn build_id(&self) -> Uuid {
+        self.header.metadata.build_id
+    }
+
+    pub fn file(&self) -> FileKind {
+        self.file
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Logical size (the header's size).
+    pub fn size(&self) -> u64 {
+        self.header.metadata.size
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.header.metadata.block_size
+    }
+
+    /// Compression of this build's own diff.
+    pub fn compression(&self) -> Compression {
+        match self.own.as_ref().map(|c| c.key().name) {
+            Some(ObjectName::Data(_, compression)) => compression,
+            _ => Compression::None,
+        }
+    }
+
+    /// Read into `buf` from `off`: fills all of `buf` unless the file ends
+    /// first (returns the count, 0 at or past the end).
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<usize, TemplateError> {
+        let start = Instant::now();
+        let result = self.read_mappings(buf, off);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.stats
+            .record_read(n as u64, start.elapsed(), result.is_ok());
+        result
+    }
+
+    /// The bytes of `[off, off + len)` (cut at the end of the file) when they
+    /// lie in one mapping and, for a diff, in one stretch of its cache; the
+    /// diff's missing parts are fetched first. `None` when the range spans
+    /// mappings or frames that are not contiguous: use `read_at`. Lets a
+    /// reader reply straight from the cache, without a copy of its own.
+    pub fn read_in_place(
+        &self,
+        off: u64,
+        len: usize,
+    ) -> Result<Option<FileBytes<'_>>, TemplateError> {
+        let start = Instant::now();
+        let result = self.map_in_place(off, len);
+        // A `None` is recorded by the `read_at` that serves it instead.
+        match &result {
+            Ok(None) => {}
+            Ok(Some(bytes)) => self
+                .stats
+                .record_read(bytes.len() as u64, start.elapsed(), true),
+            Err(_) => self.stats.record_read(0, start.elapsed(), false),
+        }
+        result
+    }
+
+    fn map_in_place(&self, off: u64, len: usize) -> Result<Option<FileBytes<'_>>, TemplateError> {
+        let size = self.size();
+        if off >= size {
+            return Ok(Some(FileBytes::Zeros(0)));
+        }
+        let len = (len as u64).min(size - off);
+        let Some(hit) = self.header.mappings.lookup(off) else {
+            // read_at reports the missing mapping.
+            return Ok(None);
+        };
+        if hit.remaining < len {
+            return Ok(None);
+        }
+        if hit.build_id.is_nil() {
+            return Ok((len as usize <= ZEROS.len()).then_some(FileBytes::Zeros(len as usize)));
+        }
+        let block = self
+            .chunker(hit.build_id)?
+            .read_in_place(hit.storage_offset, len)?;
+        Ok((block.len() as u64 == len).then_some(FileBytes::Cached(block)))
+    }
+
+    fn read_mappings(&self, buf: &mut [u8], off: u64) -> Result<usize, TemplateError> {
+        let size = self.size();
+        if off >= size {
+            return Ok(0);
+        }
+        let len = buf.len().min((size - off) as usize);
+        let mut done = 0;
+        while done < len {
+            let pos = off + done as u64;
+            let hit =
+                self.header
+                    .mappings
+                    .lookup(pos)
+                    .ok_or_else(|| TemplateError::Inconsistent {
+                        key: ObjectKey::header(self.build_id(), self.file).to_string(),
+                        detail: format!("no mapping covers offset {pos}"),
+                    })?;
+            let n = (len - done).min(hit.remaining.min(usize::MAX as u64) as usize);
+            let out = &mut buf[done..done + n];
+            if hit.build_id.is_nil() {
+                out.fill(0);
+            } else {
+                self.chunker(hit.build_id)?
+                    .read_blocks(out, hit.storage_offset)?;
+            }
+            done += n;
+        }
+        Ok(len)
+    }
+
+    fn chunker(&self, build: Uuid) -> Result<&Chunker, TemplateError> {
+        self.diffs
+            .iter()
+            .find(|(id, _)| *id == build)
+            .map(|(_, c)| c.as_ref())
+            .ok_or_else(|| TemplateError::Inconsistent {
+                key: ObjectKey::header(self.build_id(), self.file).to_string(),
+                detail: format!("mapping references build {build} that was not resolved"),
+            })
+    }
+
+    /// Bytes of this build's own diff held in the local cache.
+    pub fn cached_bytes(&self) -> u64 {
+        self.own.as_ref().map_or(0, |c| c.cached_bytes())
+    }
+}

@@ -1,0 +1,133 @@
+//! What the store holds, as last asked: the list of builds, and which
+//! objects each build has. Both are trusted for the listing TTL; a build that
+//! has every object is probed once, since a build never changes once
+//! complete. The store is always asked without a lock held: a LIST or HEAD
+//! is a network call, and readers of a fresh answer must not queue behind it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::{Builds, TemplateError};
+use crate::format::{Blob, FileKind, ObjectKey};
+use crate::store::StoreError;
+use crate::sync;
+
+/// The cached answers, owned by `Builds`.
+pub(super) struct Listing {
+    ttl: Duration,
+    builds: RwLock<Option<(Arc<Vec<Uuid>>, Instant)>>,
+    contents: RwLock<HashMap<Uuid, BuildContents>>,
+}
+
+impl Listing {
+    pub(super) fn new(ttl: Duration) -> Self {
+        Listing {
+            ttl,
+            builds: RwLock::new(None),
+            contents: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+/// Which of a build's objects the store holds, as last probed.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildContents {
+    /// Whether each template file's header exists, indexed like
+    /// `FileKind::ALL`.
+    headers: [bool; 2],
+    /// Each blob's size in bytes, indexed like `Blob::ALL`.
+    blobs: [Option<u64>; 2],
+    probed: Instant,
+}
+
+impl BuildContents {
+    /// True when the header of `file` exists.
+    pub fn has_header(&self, file: FileKind) -> bool {
+        FileKind::ALL
+            .iter()
+            .position(|f| *f == file)
+            .is_some_and(|i| self.headers[i])
+    }
+
+    /// The size in bytes of `blob`, None when it does not exist.
+    pub fn blob_size(&self, blob: Blob) -> Option<u64> {
+        let i = Blob::ALL.iter().position(|b| *b == blob)?;
+        self.blobs[i]
+    }
+
+    /// True when the build has any object at all.
+    pub fn any(&self) -> bool {
+        self.headers.iter().any(|h| *h) || self.blobs.iter().any(Option::is_some)
+    }
+
+    /// True when the build has every object: it cannot change any more.
+    pub fn complete(&self) -> bool {
+        self.headers.iter().all(|h| *h) && self.blobs.iter().all(Option::is_some)
+    }
+}
+
+impl Builds {
+    /// How long the listing (and the probe of an incomplete build) is
+    /// trusted; a mount gives the kernel the same lifetime for the root.
+    pub fn listing_ttl(&self) -> Duration {
+        self.listing.ttl
+    }
+
+    /// The store's build ids, listed at most once per listing TTL. Two
+    /// callers that find the listing stale at once both list, and the later
+    /// answer stays: as fresh as the other, and cheaper than making readers
+    /// of a fresh listing wait on a lock held across a LIST.
+    ///
+    /// # Errors
+    /// `TemplateError::Store` when the store cannot be listed.
+    pub fn list(&self) -> Result<Arc<Vec<Uuid>>, TemplateError> {
+        if let Some((builds, listed)) = &*sync::read(&self.listing.builds)
+            && listed.elapsed() < self.listing.ttl
+        {
+            return Ok(builds.clone());
+        }
+        let builds = Arc::new(self.store.list_builds()?);
+        *sync::write(&self.listing.builds) = Some((builds.clone(), Instant::now()));
+        Ok(builds)
+    }
+
+    /// Which objects `build` has. A complete build is probed once; one with
+    /// objects missing again after the listing TTL (it may be mid-upload).
+    /// Concurrent probes of one build may both ask the store (see `list`).
+    ///
+    /// # Errors
+    /// `TemplateError::Store` when the store cannot be asked.
+    pub fn contents(&self, build: Uuid) -> Result<BuildContents, TemplateError> {
+        if let Some(known) = sync::read(&self.listing.contents).get(&build)
+            && (known.complete() || known.probed.elapsed() < self.listing.ttl)
+        {
+            return Ok(*known);
+        }
+        let mut headers = [false; 2];
+        for (has, file) in headers.iter_mut().zip(FileKind::ALL) {
+            *has = self.store.exists(&ObjectKey::header(build, file))?;
+        }
+        let mut blobs = [None; 2];
+        for (size, blob) in blobs.iter_mut().zip(Blob::ALL) {
+            *size = match self.store.size(&ObjectKey::blob(build, blob)) {
+                Ok(n) => Some(n),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+        }
+        let contents = BuildContents {
+            headers,
+            blobs,
+            probed: Instant::now(),
+        };
+        // Only builds that exist are kept, so the map grows with the store,
+        // not with the names callers try.
+        if contents.any() {
+            sync::write(&self.listing.contents).insert(build, contents);
+        }
+        Ok(contents)
+    }
+}
