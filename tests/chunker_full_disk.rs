@@ -3,14 +3,14 @@
 //! marked present, and every read, concurrent ones included, still returns
 //! the right bytes.
 
-mod chunker_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Barrier};
 
-use chunker_support::{Env, MIB, PAGE, test_data};
+use common::chunker::{Env, MIB, PAGE, test_data};
 use tdfs::chunker::CHUNK_SIZE;
 use tdfs::format::Compression;
 

@@ -3,8 +3,7 @@
 //! builds, and the mount's lifecycle (daemon, signals, stale mounts,
 //! refused mountpoints, the mount.tdfs helper).
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -12,24 +11,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mount_support::{
-    MountGuard, TDFS, fixture_store, fuse_available, is_mounted, run, run_ok, within,
-};
+use common::fixtures::{fixture_store, manifest_build};
+use common::mount::{MountGuard, fuse_available, is_mounted};
+use common::process::{TDFS, run, run_ok, within};
 
 /// A build of the v4-zstd fixture: generation 1 on top of its base.
 const V4_LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
-
-fn manifest_build(store: &Path, id: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(store.join("manifest.json")).expect("manifest");
-    let manifest: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    manifest["builds"]
-        .as_array()
-        .expect("builds")
-        .iter()
-        .find(|b| b["build_id"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("{id} not in the manifest"))
-}
 
 fn os_error<T: std::fmt::Debug>(result: std::io::Result<T>) -> i32 {
     result

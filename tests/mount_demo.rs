@@ -4,13 +4,14 @@
 //! byte for byte, every rootfs passes `e2fsck -fn`, and the top build's rootfs
 //! loop-mounts read-only with the files each layer put there.
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mount_support::{MountGuard, fuse_available, is_mounted, run, run_ok, within};
+use common::digest::hex;
+use common::mount::{MountGuard, fuse_available, is_mounted};
+use common::process::{run, run_ok, within};
 use sha2::{Digest, Sha256};
 use tdfs::format::{Compression, FileKind};
 use tdfs::pack::demo::make_demo_store;
@@ -151,8 +152,4 @@ fn sha256_of_template(builds: &Builds, build: Uuid, kind: FileKind) -> String {
         offset += n as u64;
     }
     hex(&hasher.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -2,15 +2,14 @@
 //! path's remote client starts in the daemon, after the fork, and serves the
 //! same bytes as the local fixture store.
 
-#[path = "support/garage.rs"]
-mod garage;
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::path::Path;
 
-use garage::{Garage, REGION};
-use mount_support::{fixture_store, fuse_available, is_mounted, run, run_ok, within};
+use common::fixtures::fixture_store;
+use common::garage::{Garage, REGION};
+use common::mount::{fuse_available, is_mounted};
+use common::process::{TDFS, run, run_ok, within};
 use sha2::{Digest, Sha256};
 use tdfs::format::{Compression, FileKind, ObjectKey, ObjectName};
 use tdfs::store::{PutOptions, Store, parse_build_id};
@@ -88,7 +87,7 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
     std::fs::create_dir(&mountpoint).unwrap();
     let endpoint = garage.endpoint();
     let out = std::process::Command::new("timeout")
-        .args(["-k", "5", "60", mount_support::TDFS, "mount"])
+        .args(["-k", "5", "60", TDFS, "mount"])
         .args(["--endpoint-url", &endpoint, "--region", REGION])
         .arg("--cache-dir")
         .arg(work.path().join("cache"))
@@ -133,7 +132,7 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
 
     // A bucket that does not exist fails the start, not the first read.
     let out = std::process::Command::new("timeout")
-        .args(["-k", "5", "60", mount_support::TDFS, "mount"])
+        .args(["-k", "5", "60", TDFS, "mount"])
         .args(["--endpoint-url", &endpoint, "--region", REGION])
         .arg("--cache-dir")
         .arg(work.path().join("cache"))

@@ -3,13 +3,14 @@
 //! straight from the store) and the mount warns about it once.
 //! Needs root (to mount the tmpfs).
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use mount_support::{MountGuard, TDFS, fuse_available, is_mounted, run, run_ok};
+use common::mount::{MountGuard, fuse_available, is_mounted};
+use common::process::{TDFS, run, run_ok};
+use common::rng::noise;
 
 const MEMFILE_SIZE: usize = 24 << 20;
 const ROOTFS_SIZE: usize = 4 << 20;
@@ -46,19 +47,6 @@ impl Drop for Tmpfs {
             let _ = run("umount", ["-l", self.0.to_str().unwrap()]);
         }
     }
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[test]

@@ -6,8 +6,7 @@
 //! RSS stays bounded; the store is left untouched. A watchdog fails the test when no read completes for
 //! 60 s (the mount guard then tears the mount down, freeing stuck readers).
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -18,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mount_support::{MountGuard, TDFS, fuse_available, run_ok};
+use common::mount::{MountGuard, fuse_available};
+use common::process::{TDFS, run_ok};
+use common::rng::Rng;
 
 const MEMFILE_SIZE: usize = 32 << 20;
 const ROOTFS_SIZE: usize = 8 << 20;
@@ -30,29 +31,6 @@ const LOAD_DURATION: Duration = Duration::from_secs(15);
 const STALL_LIMIT: Duration = Duration::from_secs(60);
 const MAX_DAEMON_RSS: u64 = 256 << 20;
 const FILES: [&str; 2] = ["memfile", "rootfs.ext4"];
-
-/// xorshift64: deterministic noise and reader choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
 
 /// A build id and its two images.
 struct Build {

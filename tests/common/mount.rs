@@ -1,25 +1,17 @@
-//! Shared by the FUSE integration tests: a `tdfs mount --foreground` child on
-//! a temporary mountpoint that is unmounted and killed on drop, and helpers
-//! that bound everything a test waits on, so a failure never hangs the run.
-//!
-//! Include with `#[path = "support/mount.rs"] mod mount_support;`.
-
-#![allow(dead_code)] // each test binary uses a different part
+//! A `tdfs mount --foreground` child on a temporary mountpoint that is
+//! unmounted and killed on drop, for the FUSE integration tests.
 
 use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub const TDFS: &str = env!("CARGO_BIN_EXE_tdfs");
+use super::process::{TDFS, run};
 
 /// How long a mount may take to appear.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound on one external command.
-pub const COMMAND_TIMEOUT_SECS: u32 = 120;
 
 /// True when FUSE tests can run. Panics (failing the test loudly) when
 /// /dev/fuse is missing, unless TDFS_SKIP_FUSE=1 asks to skip them.
@@ -32,63 +24,6 @@ pub fn fuse_available() -> bool {
         return false;
     }
     panic!("/dev/fuse is missing: the FUSE tests need it (set TDFS_SKIP_FUSE=1 to skip them)");
-}
-
-/// A fixture store of tests/fixtures/e2b.
-pub fn fixture_store(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/e2b")
-        .join(name)
-}
-
-/// Run `program args…` under `timeout`, returning its output.
-pub fn run<I, S>(program: &str, args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    Command::new("timeout")
-        .args(["-k", "5", &COMMAND_TIMEOUT_SECS.to_string(), program])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"))
-}
-
-/// `run`, asserting success; returns stdout as text.
-pub fn run_ok<I, S>(program: &str, args: I) -> String
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{program} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Run `f` on a thread and give up (panicking) after `secs`: in-process
-/// reads of the mount must not hang the test. A thread stuck in the mount is
-/// freed when the guard tears the mount down.
-pub fn within<T: Send + 'static>(
-    secs: u64,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within {secs} s"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
-    }
 }
 
 pub fn is_mounted(path: &Path) -> bool {
