@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mount::{MountGuard, fuse_available};
-use common::process::{TDFS, run_ok};
+use common::process::tdfs_pack;
 use common::rng::noise;
 
 const MEMFILE_SIZE: usize = 8 << 20;
@@ -51,23 +51,12 @@ fn whole_diffs_are_checked_and_a_mismatch_fails_later_reads() {
     fs::write(dir.path().join("mem"), &memfile).unwrap();
     fs::write(dir.path().join("rootfs"), noise(22, 1 << 20)).unwrap();
     for (build, compress) in [(GOOD_ZSTD, "zstd"), (GOOD_PLAIN, "none"), (DAMAGED, "none")] {
-        run_ok(
-            TDFS,
-            [
-                "pack",
-                "--store",
-                store.to_str().unwrap(),
-                "--build-id",
-                build,
-                "--memfile",
-                dir.path().join("mem").to_str().unwrap(),
-                "--rootfs",
-                dir.path().join("rootfs").to_str().unwrap(),
-                "--compress",
-                compress,
-                "--header-version",
-                "4",
-            ],
+        tdfs_pack(
+            &store,
+            build,
+            &dir.path().join("mem"),
+            &dir.path().join("rootfs"),
+            &["--compress", compress, "--header-version", "4"],
         );
     }
     // A flipped byte in an uncompressed diff: no frame checksum can see it,

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mount::{MountGuard, fuse_available};
-use common::process::{TDFS, run_ok};
+use common::process::{run_ok, tdfs_pack};
 use common::rng::noise;
 
 const MEMFILE_SIZE: usize = 16 << 20;
@@ -55,18 +55,12 @@ impl TestStore {
             let rootfs = images.join(format!("{id}.rootfs"));
             fs::write(&mem, memfile).unwrap();
             fs::write(&rootfs, noise(seed, ROOTFS_SIZE)).unwrap();
-            run_ok(
-                TDFS,
-                [
-                    "pack",
-                    "--store",
-                    root.to_str().unwrap(),
-                    "--build-id",
-                    id,
-                    "--memfile",
-                    mem.to_str().unwrap(),
-                    "--rootfs",
-                    rootfs.to_str().unwrap(),
+            tdfs_pack(
+                &root,
+                id,
+                &mem,
+                &rootfs,
+                &[
                     "--compress",
                     compress,
                     "--frame-size",

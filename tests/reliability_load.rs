@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::mount::{MountGuard, fuse_available};
-use common::process::{TDFS, run_ok};
+use common::process::{run_ok, tdfs_pack};
 use common::rng::Rng;
 
 const MEMFILE_SIZE: usize = 32 << 20;
@@ -68,23 +68,11 @@ fn make_store(root: &Path, scratch: &Path) -> Vec<Build> {
         let rootfs_path = scratch.join(format!("{layer}.rootfs"));
         fs::write(&mem_path, &memfile).unwrap();
         fs::write(&rootfs_path, &rootfs).unwrap();
-        let mut args = vec![
-            "pack".to_string(),
-            "--store".into(),
-            root.display().to_string(),
-            "--build-id".into(),
-            id.to_string(),
-            "--memfile".into(),
-            mem_path.display().to_string(),
-            "--rootfs".into(),
-            rootfs_path.display().to_string(),
-            "--compress".into(),
-            compress.into(),
-        ];
+        let mut extra = vec!["--compress", compress];
         if layer > 0 {
-            args.extend(["--base".into(), ids[layer - 1].to_string()]);
+            extra.extend(["--base", ids[layer - 1]]);
         }
-        run_ok(TDFS, &args);
+        tdfs_pack(root, id, &mem_path, &rootfs_path, &extra);
         builds.push(Build {
             id: id.to_string(),
             images: [memfile.clone(), rootfs.clone()],

@@ -10,6 +10,7 @@
 //! - `process`: running the built `tdfs` binary and other programs, and
 //!   bounding every wait so that a failure never hangs the run.
 //! - `mount`: a `tdfs mount` on a temporary mountpoint, torn down on drop.
+//! - `tmpfs`: a small tmpfs for a cache disk that fills up.
 //! - `garage`, `fake_gcs`: throwaway S3 and GCS servers on loopback.
 //! - `chunker`: a Chunker over a fault-injecting local store, and diff
 //!   objects the tests write themselves.
@@ -31,3 +32,4 @@ pub mod oracle;
 pub mod pack;
 pub mod process;
 pub mod rng;
+pub mod tmpfs;

@@ -1,7 +1,8 @@
 //! Running programs from tests: the built `tdfs` binary and external tools,
 //! every wait bounded so that a failure never hangs the run.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -61,6 +62,25 @@ pub fn within<T: Send + 'static>(
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within {secs} s"),
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
     }
+}
+
+/// `tdfs pack` of the images at `memfile` and `rootfs` into the local store
+/// at `store` as build `build`, with `extra` options (e.g. `--compress`,
+/// `--base`); panics with tdfs's output when it fails.
+pub fn tdfs_pack(store: &Path, build: &str, memfile: &Path, rootfs: &Path, extra: &[&str]) {
+    let mut args: Vec<OsString> = vec![
+        "pack".into(),
+        "--store".into(),
+        store.into(),
+        "--build-id".into(),
+        build.into(),
+        "--memfile".into(),
+        memfile.into(),
+        "--rootfs".into(),
+        rootfs.into(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    run_ok(TDFS, &args);
 }
 
 /// Run the built `tdfs` binary.
