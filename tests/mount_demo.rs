@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use common::digest::hex;
-use common::mount::{MountGuard, fuse_available, is_mounted};
-use common::process::{run, run_ok, within};
+use common::mount::{LazyUnmount, MountGuard, fuse_available};
+use common::process::{run_ok, within};
 use sha2::{Digest, Sha256};
 use tdfs::format::{Compression, FileKind};
 use tdfs::pack::demo::make_demo_store;
@@ -83,7 +83,7 @@ fn check_loop_mount(rootfs: &Path, work: &Path) {
             dir.as_os_str(),
         ],
     );
-    let _unmount = Unmount(dir.clone());
+    let _unmount = LazyUnmount(dir.clone());
     assert_eq!(
         std::fs::read(dir.join("etc/hostname")).unwrap(),
         b"tdfs-demo\n"
@@ -113,16 +113,6 @@ fn check_loop_mount(rootfs: &Path, work: &Path) {
         ],
     );
     assert!(sums.lines().count() > 20, "{sums}");
-}
-
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = run("umount", [self.0.as_os_str()]);
-        }
-    }
 }
 
 fn sha256_of_file(path: &Path) -> String {

@@ -6,11 +6,11 @@ mod common;
 
 use std::path::Path;
 
-use common::fixtures::fixture_store;
+use common::digest::sha256_hex;
+use common::fixtures::{fixture_store, manifest};
 use common::garage::{Garage, REGION};
-use common::mount::{fuse_available, is_mounted};
-use common::process::{TDFS, run, run_ok, within};
-use sha2::{Digest, Sha256};
+use common::mount::{LazyUnmount, fuse_available, is_mounted};
+use common::process::{TDFS, run_ok, within};
 use tdfs::format::{Compression, FileKind, ObjectKey, ObjectName};
 use tdfs::store::{PutOptions, Store, parse_build_id};
 
@@ -99,16 +99,14 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
         .env_remove("AWS_ENDPOINT_URL")
         .output()
         .unwrap();
-    let unmount = scopeguard(&mountpoint);
+    let unmount = LazyUnmount(mountpoint.clone());
     assert!(
         out.status.success(),
         "mounting the S3 store: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(local.join("manifest.json")).unwrap())
-            .unwrap();
+    let manifest = manifest(&local);
     for build in manifest["builds"].as_array().unwrap() {
         let id = build["build_id"].as_str().unwrap();
         for (name, file) in build["files"].as_object().unwrap() {
@@ -116,11 +114,11 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
             let bytes = within(120, &format!("reading {id}/{name} from S3"), move || {
                 std::fs::read(path).unwrap()
             });
-            let sha: String = Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            assert_eq!(sha, file["sha256"].as_str().unwrap(), "{id}/{name}");
+            assert_eq!(
+                sha256_hex(&bytes),
+                file["sha256"].as_str().unwrap(),
+                "{id}/{name}"
+            );
         }
         let snapfile = std::fs::read(mountpoint.join(id).join("snapfile")).unwrap();
         assert_eq!(
@@ -149,17 +147,4 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
     );
     assert!(!is_mounted(&mountpoint));
     drop(unmount);
-}
-
-/// Unmounts `path` (lazily, bounded) when dropped.
-fn scopeguard(path: &Path) -> impl Drop + '_ {
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            if is_mounted(self.0) {
-                let _ = run("umount", ["-l".as_ref(), self.0.as_os_str()]);
-            }
-        }
-    }
-    Unmount(path)
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::mount::{fuse_available, is_mounted};
+use common::mount::{fuse_available, unmount_lazily};
 use common::process::TDFS;
 
 /// Bound on the whole script: building, packing, two boots, the memfile
@@ -191,10 +191,7 @@ impl Drop for BootScript {
             .flatten()
             .flatten()
         {
-            let mountpoint = entry.path().join("mnt");
-            if is_mounted(&mountpoint) {
-                let _ = Command::new("umount").arg("-l").arg(&mountpoint).status();
-            }
+            unmount_lazily(&entry.path().join("mnt"));
         }
     }
 }

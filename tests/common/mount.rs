@@ -26,11 +26,30 @@ pub fn fuse_available() -> bool {
     panic!("/dev/fuse is missing: the FUSE tests need it (set TDFS_SKIP_FUSE=1 to skip them)");
 }
 
+/// True when `path` is a mountpoint of this machine (any file system).
 pub fn is_mounted(path: &Path) -> bool {
     tdfs::fs::mount_points()
         .expect("reading /proc/self/mountinfo")
         .iter()
         .any(|p| p == path)
+}
+
+/// Lazily unmount `path` (bounded) if anything is mounted there: the
+/// cleanup every guard of a mount runs on drop.
+pub fn unmount_lazily(path: &Path) {
+    if is_mounted(path) {
+        let _ = run("umount", [OsStr::new("-l"), path.as_os_str()]);
+    }
+}
+
+/// Unmounts its path lazily on drop, for mounts made outside a `MountGuard`
+/// (a daemon, the mount helper, a loop mount).
+pub struct LazyUnmount(pub PathBuf);
+
+impl Drop for LazyUnmount {
+    fn drop(&mut self) {
+        unmount_lazily(&self.0);
+    }
 }
 
 /// A running `tdfs mount --foreground`.
@@ -207,8 +226,8 @@ pub struct CrashedMount {
 
 impl Drop for CrashedMount {
     fn drop(&mut self) {
-        if self.dir.is_some() && is_mounted(&self.mountpoint) {
-            let _ = run("umount", [OsStr::new("-l"), self.mountpoint.as_os_str()]);
+        if self.dir.is_some() {
+            unmount_lazily(&self.mountpoint);
         }
     }
 }
@@ -216,9 +235,7 @@ impl Drop for CrashedMount {
 impl Drop for MountGuard {
     fn drop(&mut self) {
         self.signal_and_wait(libc::SIGTERM);
-        if is_mounted(&self.mountpoint) {
-            let _ = run("umount", [OsStr::new("-l"), self.mountpoint.as_os_str()]);
-        }
+        unmount_lazily(&self.mountpoint);
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::mount::is_mounted;
-use super::process::{run, run_ok};
+use super::mount::unmount_lazily;
+use super::process::run_ok;
 
 /// A tmpfs mounted at a test's directory.
 pub struct Tmpfs(PathBuf);
@@ -37,8 +37,6 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = run("umount", [std::ffi::OsStr::new("-l"), self.0.as_os_str()]);
-        }
+        unmount_lazily(&self.0);
     }
 }
