@@ -6,13 +6,14 @@
 //!   read-ahead on) vs. decompressing the same frames from memory on one
 //!   thread.
 
-#[path = "../tests/chunker_support/mod.rs"]
-mod chunker_support;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::hint::black_box;
 use std::sync::Arc;
 
-use chunker_support::{Env, MIB, PAGE, Rng, test_data};
+use common::chunker::{Env, MIB, PAGE, test_data};
+use common::rng::Rng;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tdfs::format::Compression;
 use tdfs::store::Store;

@@ -4,13 +4,14 @@
 //! answers, progressive readiness of a streaming chunk, the pool bounding
 //! store requests, and eviction under a cache budget.
 
-mod chunker_support;
+mod common;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use chunker_support::{Env, MIB, PAGE, Rng, test_data};
+use common::chunker::{Env, MIB, PAGE, test_data};
+use common::rng::Rng;
 use tdfs::chunker::{CHUNK_SIZE, CacheBudget, Chunker, ChunkerError, DiffSpec};
 use tdfs::format::Compression;
 use tdfs::store::Fault;

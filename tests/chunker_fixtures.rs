@@ -4,51 +4,19 @@
 //! every block in it match an independent decode of the whole object, whose
 //! SHA-256 in turn matches the store's manifest.
 
-mod chunker_support;
+mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chunker_support::PAGE;
-use serde_json::Value;
+use common::chunker::PAGE;
+use common::fixtures::{fixture_stores, manifest};
+use common::oracle::decode_object;
 use sha2::{Digest, Sha256};
 use tdfs::chunker::{Chunker, DiffSpec, FetchPool};
 use tdfs::format::{Compression, FileKind, FrameTable, Header, ObjectKey};
 use tdfs::metrics::Stats;
 use tdfs::store::LocalStore;
 use uuid::Uuid;
-
-fn stores() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2b");
-    let mut stores: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("fixture stores missing at {}: {e}", root.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("manifest.json").is_file())
-        .collect();
-    stores.sort();
-    assert_eq!(stores.len(), 4, "expected the four fixture stores");
-    stores
-}
-
-/// The whole diff, decoded without the Chunker.
-fn decode_object(compression: Compression, object: &[u8]) -> Vec<u8> {
-    match compression {
-        Compression::None => object.to_vec(),
-        Compression::Zstd => zstd::decode_all(object).unwrap(),
-        Compression::Lz4 => {
-            // The decoder stops at the end of a frame; go on frame by frame.
-            let mut out = Vec::new();
-            let mut rest = object;
-            while !rest.is_empty() {
-                lz4_flex::frame::FrameDecoder::new(&mut rest)
-                    .read_to_end(&mut out)
-                    .unwrap();
-            }
-            out
-        }
-    }
-}
 
 #[test]
 fn fixture_diffs_read_exactly() {
@@ -64,12 +32,9 @@ fn fixture_diffs_read_exactly() {
     };
     let mut frames_checked = 0;
     let mut objects_checked = 0;
-    for store_dir in stores() {
+    for store_dir in fixture_stores() {
         let store = Arc::new(LocalStore::open(&store_dir).unwrap());
-        let manifest: Value = serde_json::from_str(
-            &std::fs::read_to_string(store_dir.join("manifest.json")).unwrap(),
-        )
-        .unwrap();
+        let manifest = manifest(&store_dir);
         for build in manifest["builds"].as_array().unwrap() {
             let build_id = Uuid::parse_str(build["build_id"].as_str().unwrap()).unwrap();
             for kind in FileKind::ALL {

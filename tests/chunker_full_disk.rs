@@ -3,40 +3,15 @@
 //! marked present, and every read, concurrent ones included, still returns
 //! the right bytes.
 
-mod chunker_support;
+mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Barrier};
 
-use chunker_support::{Env, MIB, PAGE, test_data};
+use common::chunker::{Env, MIB, PAGE, test_data};
+use common::tmpfs::Tmpfs;
 use tdfs::chunker::CHUNK_SIZE;
 use tdfs::format::Compression;
-
-/// A tmpfs mounted for the test, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Tmpfs {
-        // SAFETY: geteuid cannot fail.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "mounting a tmpfs needs root");
-        std::fs::create_dir_all(path).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .expect("running mount");
-        assert!(status.success(), "mount -t tmpfs failed");
-        Tmpfs(path.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 #[test]
 fn a_full_cache_disk_serves_from_the_store_without_caching() {

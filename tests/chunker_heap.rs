@@ -10,7 +10,7 @@
 //! the peak stayed under 64 MiB above the starting point. mmap'ed pages are not
 //! heap and are not counted; that is the point of the design.
 
-mod chunker_support;
+mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::OpenOptions;
@@ -18,7 +18,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
-use chunker_support::{Env, MIB, PAGE, Rng};
+use common::chunker::{Env, MIB, PAGE};
+use common::rng::Rng;
 use tdfs::chunker::{CHUNK_SIZE, DiffSpec};
 use tdfs::format::{Compression, FileKind, FrameTable, ObjectKey};
 use uuid::Uuid;

@@ -3,12 +3,13 @@
 //! LZ4 objects, frames of sizes that are not page multiples, and 2 MiB blocks
 //! at page-aligned offsets that are not block-aligned.
 
-mod chunker_support;
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use chunker_support::{Env, MIB, PAGE, Rng, test_data};
+use common::chunker::{Env, MIB, PAGE, test_data};
+use common::rng::Rng;
 use proptest::prelude::*;
 use tdfs::chunker::{CHUNK_SIZE, Chunker, ChunkerError, DiffSpec, MAX_READAHEAD_UNITS};
 use tdfs::format::{Compression, Frame, FrameTable};

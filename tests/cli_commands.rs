@@ -2,11 +2,15 @@
 //! and export on fresh builds, layers and the independent fixture stores,
 //! and clear failures on bad input.
 
-mod pack_support;
+mod common;
 
 use std::path::Path;
 
-use pack_support::*;
+use common::digest::sha256_hex;
+use common::fixtures::{fixture_stores, manifest};
+use common::pack::{PAGE, local_store};
+use common::process::{tdfs, tdfs_ok};
+use common::rng::Rng;
 use tdfs::format::{Compression, FileKind, ObjectKey};
 use uuid::Uuid;
 
@@ -101,7 +105,7 @@ fn pack_inspect_verify_export_happy_path() {
             "4KiB",
         ],
     );
-    let store = open_store(&img.store);
+    let store = local_store(&img.store);
     assert_eq!(
         store
             .read_all(&ObjectKey::blob(base, tdfs::format::Blob::Snapfile), 100)

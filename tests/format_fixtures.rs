@@ -2,29 +2,14 @@
 //! (tests/fixtures/e2b, written by a separate implementation) and checks it
 //! against the store's manifest.json, then re-encodes it in its own version.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::collections::BTreeSet;
+
+use common::fixtures::{fixture_stores, manifest};
 use serde_json::Value;
 use tdfs::format::{FileKind, Header, ObjectKey};
 use uuid::Uuid;
-
-fn stores() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2b");
-    let mut stores: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("fixture stores missing at {}: {e}", root.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("manifest.json").is_file())
-        .collect();
-    stores.sort();
-    assert_eq!(stores.len(), 4, "expected the four fixture stores");
-    stores
-}
-
-fn manifest(store: &Path) -> Value {
-    let text = std::fs::read_to_string(store.join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 fn uuid(v: &Value) -> Uuid {
     Uuid::parse_str(v.as_str().expect("uuid string")).unwrap()
@@ -37,7 +22,7 @@ fn num(v: &Value) -> u64 {
 #[test]
 fn every_fixture_header_matches_its_manifest() {
     let mut checked = 0;
-    for store in stores() {
+    for store in fixture_stores() {
         let manifest = manifest(&store);
         let version = num(&manifest["options"]["header_version"]) as u16;
         for build in manifest["builds"].as_array().unwrap() {

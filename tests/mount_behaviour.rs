@@ -3,8 +3,7 @@
 //! builds, and the mount's lifecycle (daemon, signals, stale mounts,
 //! refused mountpoints, the mount.tdfs helper).
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -12,24 +11,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mount_support::{
-    MountGuard, TDFS, fixture_store, fuse_available, is_mounted, run, run_ok, within,
-};
+use common::digest::sha256_hex;
+use common::fixtures::{fixture_store, manifest_build};
+use common::mount::{LazyUnmount, MountGuard, fuse_available, is_mounted};
+use common::process::{TDFS, run, run_ok, within};
 
 /// A build of the v4-zstd fixture: generation 1 on top of its base.
 const V4_LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
-
-fn manifest_build(store: &Path, id: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(store.join("manifest.json")).expect("manifest");
-    let manifest: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    manifest["builds"]
-        .as_array()
-        .expect("builds")
-        .iter()
-        .find(|b| b["build_id"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("{id} not in the manifest"))
-}
 
 fn os_error<T: std::fmt::Debug>(result: std::io::Result<T>) -> i32 {
     result
@@ -266,13 +254,8 @@ fn broken_and_missing_builds_affect_only_themselves() {
             );
             assert_eq!(os_error(std::fs::metadata(&missing)), libc::ENOENT);
             assert_eq!(os_error(std::fs::metadata(&not_a_build)), libc::ENOENT);
-            use sha2::Digest;
             let bytes = std::fs::read(&good).expect("a good build still reads");
-            let sha: String = sha2::Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            assert_eq!(sha, expected_sha);
+            assert_eq!(sha256_hex(&bytes), expected_sha);
         });
         mount.log()
     };
@@ -357,17 +340,6 @@ fn a_crashed_mount_is_cleared_by_the_next_one() {
     });
     assert_eq!(entries, 4, "three builds and .stats");
     assert!(mount.log().contains("stale"), "{}", mount.log());
-}
-
-/// Unmounts (lazily) on drop, for mounts made outside a `MountGuard`.
-struct LazyUnmount(PathBuf);
-
-impl Drop for LazyUnmount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = run("umount", ["-l".as_ref(), self.0.as_os_str()]);
-        }
-    }
 }
 
 fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {

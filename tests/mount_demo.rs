@@ -4,13 +4,14 @@
 //! byte for byte, every rootfs passes `e2fsck -fn`, and the top build's rootfs
 //! loop-mounts read-only with the files each layer put there.
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use mount_support::{MountGuard, fuse_available, is_mounted, run, run_ok, within};
+use common::digest::hex;
+use common::mount::{LazyUnmount, MountGuard, fuse_available};
+use common::process::{run_ok, within};
 use sha2::{Digest, Sha256};
 use tdfs::format::{Compression, FileKind};
 use tdfs::pack::demo::make_demo_store;
@@ -81,7 +82,7 @@ fn check_loop_mount(rootfs: &Path, work: &Path) {
             dir.as_os_str(),
         ],
     );
-    let _unmount = Unmount(dir.clone());
+    let _unmount = LazyUnmount(dir.clone());
     assert_eq!(
         std::fs::read(dir.join("etc/hostname")).unwrap(),
         b"tdfs-demo\n"
@@ -113,16 +114,6 @@ fn check_loop_mount(rootfs: &Path, work: &Path) {
     assert!(sums.lines().count() > 20, "{sums}");
 }
 
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = run("umount", [self.0.as_os_str()]);
-        }
-    }
-}
-
 fn sha256_of_file(path: &Path) -> String {
     use std::io::Read;
     let mut file = std::fs::File::open(path).expect("open mounted file");
@@ -150,8 +141,4 @@ fn sha256_of_template(builds: &Builds, build: Uuid, kind: FileKind) -> String {
         offset += n as u64;
     }
     hex(&hasher.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -4,8 +4,7 @@
 //! O_DIRECT 1 MiB reads, all compared with the reference bytes; and reads
 //! that keep reaching tdfs while a small cache budget evicts under them.
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::fs::File;
 use std::io::Read;
@@ -14,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use mount_support::{MountGuard, fixture_store, fuse_available, within};
+use common::digest::hex;
+use common::fixtures::{fixture_store, manifest};
+use common::mount::{MountGuard, fuse_available};
+use common::process::{run_ok, within};
+use common::rng::Rng;
 use sha2::{Digest, Sha256};
 
 #[test]
@@ -111,8 +114,7 @@ struct FileCase {
 }
 
 fn manifest_cases(store: &Path) -> Vec<FileCase> {
-    let text = std::fs::read_to_string(store.join("manifest.json")).expect("manifest.json");
-    let manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");
+    let manifest = manifest(store);
     let mut cases = Vec::new();
     for build in manifest["builds"].as_array().expect("builds") {
         let id = build["build_id"].as_str().expect("build_id");
@@ -187,7 +189,7 @@ fn check_store(name: &str, codec: &str, version: u64) {
 
 fn check_xattrs(path: &Path, case: &FileCase, codec: &str, version: u64, what: &str) {
     let get = |attr: &str| {
-        let out = mount_support::run_ok(
+        let out = run_ok(
             "getfattr",
             [
                 "--only-values",
@@ -207,23 +209,11 @@ fn check_xattrs(path: &Path, case: &FileCase, codec: &str, version: u64, what: &
         .unwrap_or_else(|e| panic!("cached_bytes of {what}: {e}"));
 }
 
-/// A small deterministic generator for offsets (no dependency needed).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// 24 random ranges (some crossing the end of the file, some of zero
 /// length) read by 8 concurrent `dd` processes, 3 each.
 fn check_random_reads_by_processes(path: &Path, reference: &[u8], what: &str) {
     let size = reference.len() as u64;
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ size);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ size);
     let mut ranges = Vec::new();
     for i in 0..24 {
         let offset = match i {
@@ -283,7 +273,7 @@ fn check_mmap(path: &Path, reference: &Arc<Vec<u8>>, what: &str) {
         let map = unsafe { memmap2::Mmap::map(&file) }.expect("mmap");
         assert_eq!(map.len(), reference.len(), "mmap length of {what_owned}");
         // Touch pages out of order before comparing everything.
-        let mut rng = XorShift(7);
+        let mut rng = Rng(7);
         for _ in 0..64 {
             let i = (rng.next() % map.len() as u64) as usize;
             assert_eq!(map[i], reference[i], "{what_owned}: mmap byte {i}");
@@ -325,8 +315,4 @@ fn check_o_direct(path: &Path, reference: &Arc<Vec<u8>>, what: &str) {
             offset += n;
         }
     });
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

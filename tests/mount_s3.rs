@@ -2,16 +2,15 @@
 //! path's remote client starts in the daemon, after the fork, and serves the
 //! same bytes as the local fixture store.
 
-#[path = "support/garage.rs"]
-mod garage;
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::path::Path;
 
-use garage::{Garage, REGION};
-use mount_support::{fixture_store, fuse_available, is_mounted, run, run_ok, within};
-use sha2::{Digest, Sha256};
+use common::digest::sha256_hex;
+use common::fixtures::{fixture_store, manifest};
+use common::garage::{Garage, REGION};
+use common::mount::{LazyUnmount, fuse_available, is_mounted};
+use common::process::{TDFS, run_ok, within};
 use tdfs::format::{Blob, Compression, FileKind, ObjectKey, ObjectName, parse_build_id};
 use tdfs::store::{PutOptions, Store};
 
@@ -87,7 +86,7 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
     std::fs::create_dir(&mountpoint).unwrap();
     let endpoint = garage.endpoint();
     let out = std::process::Command::new("timeout")
-        .args(["-k", "5", "60", mount_support::TDFS, "mount"])
+        .args(["-k", "5", "60", TDFS, "mount"])
         .args(["--endpoint-url", &endpoint, "--region", REGION])
         .arg("--cache-dir")
         .arg(work.path().join("cache"))
@@ -99,16 +98,14 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
         .env_remove("AWS_ENDPOINT_URL")
         .output()
         .unwrap();
-    let unmount = scopeguard(&mountpoint);
+    let unmount = LazyUnmount(mountpoint.clone());
     assert!(
         out.status.success(),
         "mounting the S3 store: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(local.join("manifest.json")).unwrap())
-            .unwrap();
+    let manifest = manifest(&local);
     for build in manifest["builds"].as_array().unwrap() {
         let id = build["build_id"].as_str().unwrap();
         for (name, file) in build["files"].as_object().unwrap() {
@@ -116,11 +113,11 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
             let bytes = within(120, &format!("reading {id}/{name} from S3"), move || {
                 std::fs::read(path).unwrap()
             });
-            let sha: String = Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            assert_eq!(sha, file["sha256"].as_str().unwrap(), "{id}/{name}");
+            assert_eq!(
+                sha256_hex(&bytes),
+                file["sha256"].as_str().unwrap(),
+                "{id}/{name}"
+            );
         }
         let snapfile = std::fs::read(mountpoint.join(id).join("snapfile")).unwrap();
         assert_eq!(
@@ -132,7 +129,7 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
 
     // A bucket that does not exist fails the start, not the first read.
     let out = std::process::Command::new("timeout")
-        .args(["-k", "5", "60", mount_support::TDFS, "mount"])
+        .args(["-k", "5", "60", TDFS, "mount"])
         .args(["--endpoint-url", &endpoint, "--region", REGION])
         .arg("--cache-dir")
         .arg(work.path().join("cache"))
@@ -149,17 +146,4 @@ fn an_s3_store_mounted_as_a_daemon_reads_like_the_fixture() {
     );
     assert!(!is_mounted(&mountpoint));
     drop(unmount);
-}
-
-/// Unmounts `path` (lazily, bounded) when dropped.
-fn scopeguard(path: &Path) -> impl Drop + '_ {
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            if is_mounted(self.0) {
-                let _ = run("umount", ["-l".as_ref(), self.0.as_os_str()]);
-            }
-        }
-    }
-    Unmount(path)
 }

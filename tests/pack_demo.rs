@@ -2,9 +2,10 @@
 //! (checked with `e2fsck -fn` on an exported copy) and whose layers store
 //! only what changed.
 
-mod pack_support;
+mod common;
 
-use pack_support::*;
+use common::pack::local_store;
+use common::process::{require_tool, tdfs_ok};
 use tdfs::format::{Compression, FileKind};
 use tdfs::pack::demo::{DEMO_MEMFILE_SIZE, DEMO_ROOTFS_SIZE, make_demo_store};
 
@@ -16,7 +17,7 @@ fn demo_store_has_three_sound_builds_with_real_ext4() {
     let store = dir.path().join("store");
     let demo = make_demo_store(&store, Compression::Zstd, 4, false).unwrap();
     let ids: Vec<String> = demo.builds.iter().map(|b| b.to_string()).collect();
-    let listed = open_store(&store).list_builds().unwrap();
+    let listed = local_store(&store).list_builds().unwrap();
     assert_eq!(listed.len(), 3);
     for b in &demo.builds {
         assert!(listed.contains(b));

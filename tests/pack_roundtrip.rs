@@ -4,13 +4,18 @@
 //! with the stock `zstd` and `lz4` tools; layers on the independent fixture
 //! stores work.
 
-mod pack_support;
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use pack_support::*;
+use common::digest::{hex, sha256_hex};
+use common::fixtures::{fixture_stores, manifest};
+use common::oracle::{oracle_flatten, read_header};
+use common::pack::{PAGE, local_store};
+use common::process::{require_tool, tdfs_ok};
+use common::rng::Rng;
 use proptest::prelude::*;
 use tdfs::format::{Compression, FileKind, Header, ObjectKey};
 use tdfs::pack::{PackError, PackInputs, PackOptions, PackReport, pack_build};
@@ -46,7 +51,7 @@ fn pack_images(
 fn template_flatten(store_dir: &Path, build: Uuid, file: FileKind) -> Vec<u8> {
     let cache = tempfile::tempdir().unwrap();
     let builds = Builds::new(
-        open_store(store_dir),
+        local_store(store_dir),
         TemplateConfig::for_tool(cache.path().into()),
     );
     let tf = builds.open(build, file).unwrap();
@@ -63,7 +68,7 @@ fn template_flatten(store_dir: &Path, build: Uuid, file: FileKind) -> Vec<u8> {
 /// Both readers return `expected`, and the header is consistent with the
 /// layer it describes.
 fn check_build(store_dir: &Path, report: &PackReport, file: FileKind, expected: &[u8]) {
-    let store = open_store(store_dir);
+    let store = local_store(store_dir);
     let build = report.build_id;
     let oracle = oracle_flatten(store.as_ref(), build, file);
     assert!(oracle == expected, "{file} of {build}: oracle differs");
@@ -207,7 +212,7 @@ fn every_codec_and_header_version_round_trips() {
                 check_build(&store_dir, &report, FileKind::Memfile, &mem);
                 check_build(&store_dir, &report, FileKind::Rootfs, &root);
                 let header = read_header(
-                    open_store(&store_dir).as_ref(),
+                    local_store(&store_dir).as_ref(),
                     report.build_id,
                     FileKind::Memfile,
                 );
@@ -229,7 +234,7 @@ fn zero_blocks_are_not_stored_and_an_unchanged_layer_is_empty() {
     let base = pack_images(&store_dir, dir.path(), &mem, &root, &PackOptions::default()).unwrap();
     assert_eq!(base.files[0].diff_size, 0);
     assert_eq!(base.files[1].diff_size, 4096);
-    let store = open_store(&store_dir);
+    let store = local_store(&store_dir);
     let header = read_header(store.as_ref(), base.build_id, FileKind::Memfile);
     assert!(header.mappings.as_slice().iter().all(|m| m.is_zero()));
 
@@ -367,7 +372,7 @@ fn objects_decode_with_the_stock_zstd_and_lz4_tools() {
             },
         )
         .unwrap();
-        let store = open_store(&store_dir);
+        let store = local_store(&store_dir);
         for build in [base.build_id, layer.build_id] {
             for file in FileKind::ALL {
                 let header = read_header(store.as_ref(), build, file);
@@ -431,7 +436,7 @@ fn layers_on_the_fixture_stores_read_back() {
             .unwrap()
             .clone();
         let parent: Uuid = last["build_id"].as_str().unwrap().parse().unwrap();
-        let store = open_store(&store_dir);
+        let store = local_store(&store_dir);
         let mut images = Vec::new();
         for file in FileKind::ALL {
             let flat = oracle_flatten(store.as_ref(), parent, file);
@@ -567,7 +572,7 @@ proptest! {
 fn random_reads_from_threads(store_dir: &Path, chain: &[(Uuid, Vec<u8>, Vec<u8>)], seed: u64) {
     let cache = tempfile::tempdir().unwrap();
     let builds = Builds::new(
-        open_store(store_dir),
+        local_store(store_dir),
         TemplateConfig::for_tool(cache.path().into()),
     );
     std::thread::scope(|s| {

@@ -3,33 +3,21 @@
 //! keeps being served; one that does not is logged and every later read of
 //! it fails with EIO.
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mount_support::{MountGuard, TDFS, fuse_available, run_ok};
+use common::mount::{MountGuard, fuse_available};
+use common::process::tdfs_pack;
+use common::rng::noise;
 
 const MEMFILE_SIZE: usize = 8 << 20;
 const GOOD_ZSTD: &str = "5c0ffee0-0000-4000-8000-000000000001";
 const GOOD_PLAIN: &str = "5c0ffee0-0000-4000-8000-000000000002";
 const DAMAGED: &str = "5c0ffee0-0000-4000-8000-000000000003";
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// Read all of `path`, bypassing the page cache, in a child under `timeout`.
 fn read_direct(path: &Path) -> (bool, Vec<u8>, String) {
@@ -63,23 +51,12 @@ fn whole_diffs_are_checked_and_a_mismatch_fails_later_reads() {
     fs::write(dir.path().join("mem"), &memfile).unwrap();
     fs::write(dir.path().join("rootfs"), noise(22, 1 << 20)).unwrap();
     for (build, compress) in [(GOOD_ZSTD, "zstd"), (GOOD_PLAIN, "none"), (DAMAGED, "none")] {
-        run_ok(
-            TDFS,
-            [
-                "pack",
-                "--store",
-                store.to_str().unwrap(),
-                "--build-id",
-                build,
-                "--memfile",
-                dir.path().join("mem").to_str().unwrap(),
-                "--rootfs",
-                dir.path().join("rootfs").to_str().unwrap(),
-                "--compress",
-                compress,
-                "--header-version",
-                "4",
-            ],
+        tdfs_pack(
+            &store,
+            build,
+            &dir.path().join("mem"),
+            &dir.path().join("rootfs"),
+            &["--compress", compress, "--header-version", "4"],
         );
     }
     // A flipped byte in an uncompressed diff: no frame checksum can see it,

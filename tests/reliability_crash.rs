@@ -3,15 +3,16 @@
 //! mountpoint clears the dead mount and serves right bytes, and the crashed
 //! run's cache directory is discarded, never reused.
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mount_support::{MountGuard, fixture_store, fuse_available, run_ok};
+use common::fixtures::fixture_store;
+use common::mount::{MountGuard, fuse_available};
+use common::process::run_ok;
 
 /// The base build of the v3-none fixture (uncompressed objects).
 const BASE: &str = "cd62c694-5fb3-4cd8-b26e-db3191758be8";

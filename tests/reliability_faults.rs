@@ -7,15 +7,16 @@
 //! Every read of the mount runs in a child process under `timeout`, so a hang
 //! fails the test instead of hanging the run.
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mount_support::{MountGuard, TDFS, fuse_available, run_ok};
+use common::mount::{MountGuard, fuse_available};
+use common::process::{run_ok, tdfs_pack};
+use common::rng::noise;
 
 const MEMFILE_SIZE: usize = 16 << 20;
 const ROOTFS_SIZE: usize = 4 << 20;
@@ -23,21 +24,6 @@ const ROOTFS_SIZE: usize = 4 << 20;
 const FRAME_SIZE: usize = 2 << 20;
 /// Bound on one read child: far above any honest read of these files.
 const READ_TIMEOUT_SECS: u32 = 30;
-
-/// Deterministic bytes that do not compress, so compressed frames sit at
-/// predictable offsets (about one frame size apart).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// A store of two independent builds (no shared ancestor): `plain`
 /// uncompressed, `zstd` compressed in 2 MiB frames, and the images they
@@ -69,18 +55,12 @@ impl TestStore {
             let rootfs = images.join(format!("{id}.rootfs"));
             fs::write(&mem, memfile).unwrap();
             fs::write(&rootfs, noise(seed, ROOTFS_SIZE)).unwrap();
-            run_ok(
-                TDFS,
-                [
-                    "pack",
-                    "--store",
-                    root.to_str().unwrap(),
-                    "--build-id",
-                    id,
-                    "--memfile",
-                    mem.to_str().unwrap(),
-                    "--rootfs",
-                    rootfs.to_str().unwrap(),
+            tdfs_pack(
+                &root,
+                id,
+                &mem,
+                &rootfs,
+                &[
                     "--compress",
                     compress,
                     "--frame-size",

@@ -3,13 +3,14 @@
 //! straight from the store) and the mount warns about it once.
 //! Needs root (to mount the tmpfs).
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
-use mount_support::{MountGuard, TDFS, fuse_available, is_mounted, run, run_ok};
+use common::mount::{MountGuard, fuse_available};
+use common::process::{run, tdfs_pack};
+use common::rng::noise;
+use common::tmpfs::Tmpfs;
 
 const MEMFILE_SIZE: usize = 24 << 20;
 const ROOTFS_SIZE: usize = 4 << 20;
@@ -18,48 +19,6 @@ const BUILDS: [(&str, &str); 2] = [
     ("7b1e9c2a-3d4f-4e5a-8b6c-7d8e9f0a1b2c", "zstd"),
     ("7b1e9c2a-3d4f-4e5a-8b6c-7d8e9f0a1b2d", "none"),
 ];
-
-/// A tmpfs mounted for the test, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Tmpfs {
-        fs::create_dir_all(path).unwrap();
-        run_ok(
-            "mount",
-            [
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-                path.to_str().unwrap(),
-            ],
-        );
-        Tmpfs(path.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = run("umount", ["-l", self.0.to_str().unwrap()]);
-        }
-    }
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 #[test]
 fn reads_succeed_when_the_cache_disk_is_full() {
@@ -77,21 +36,12 @@ fn reads_succeed_when_the_cache_disk_is_full() {
         fs::write(dir.path().join(name), data).unwrap();
     }
     for (build, compress) in BUILDS {
-        run_ok(
-            TDFS,
-            [
-                "pack",
-                "--store",
-                store.to_str().unwrap(),
-                "--build-id",
-                build,
-                "--memfile",
-                dir.path().join("mem").to_str().unwrap(),
-                "--rootfs",
-                dir.path().join("rootfs").to_str().unwrap(),
-                "--compress",
-                compress,
-            ],
+        tdfs_pack(
+            &store,
+            build,
+            &dir.path().join("mem"),
+            &dir.path().join("rootfs"),
+            &["--compress", compress],
         );
     }
     let cache = dir.path().join("small-cache");

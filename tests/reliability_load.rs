@@ -6,8 +6,7 @@
 //! RSS stays bounded; the store is left untouched. A watchdog fails the test when no read completes for
 //! 60 s (the mount guard then tears the mount down, freeing stuck readers).
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -18,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mount_support::{MountGuard, TDFS, fuse_available, run_ok};
+use common::mount::{MountGuard, fuse_available};
+use common::process::{run_ok, tdfs_pack};
+use common::rng::Rng;
 
 const MEMFILE_SIZE: usize = 32 << 20;
 const ROOTFS_SIZE: usize = 8 << 20;
@@ -30,29 +31,6 @@ const LOAD_DURATION: Duration = Duration::from_secs(15);
 const STALL_LIMIT: Duration = Duration::from_secs(60);
 const MAX_DAEMON_RSS: u64 = 256 << 20;
 const FILES: [&str; 2] = ["memfile", "rootfs.ext4"];
-
-/// xorshift64: deterministic noise and reader choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
 
 /// A build id and its two images.
 struct Build {
@@ -90,23 +68,11 @@ fn make_store(root: &Path, scratch: &Path) -> Vec<Build> {
         let rootfs_path = scratch.join(format!("{layer}.rootfs"));
         fs::write(&mem_path, &memfile).unwrap();
         fs::write(&rootfs_path, &rootfs).unwrap();
-        let mut args = vec![
-            "pack".to_string(),
-            "--store".into(),
-            root.display().to_string(),
-            "--build-id".into(),
-            id.to_string(),
-            "--memfile".into(),
-            mem_path.display().to_string(),
-            "--rootfs".into(),
-            rootfs_path.display().to_string(),
-            "--compress".into(),
-            compress.into(),
-        ];
+        let mut extra = vec!["--compress", compress];
         if layer > 0 {
-            args.extend(["--base".into(), ids[layer - 1].to_string()]);
+            extra.extend(["--base", ids[layer - 1]]);
         }
-        run_ok(TDFS, &args);
+        tdfs_pack(root, id, &mem_path, &rootfs_path, &extra);
         builds.push(Build {
             id: id.to_string(),
             images: [memfile.clone(), rootfs.clone()],

@@ -4,8 +4,7 @@
 //! not build ids or known files (`..`, `/`, NUL, non-canonical UUIDs) answered
 //! ENOENT. Writes (EROFS) and other users' access are in mount_behaviour.
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -14,7 +13,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mount_support::{MountGuard, fixture_store, fuse_available, run_ok};
+use common::fixtures::fixture_store;
+use common::mount::{MountGuard, fuse_available};
+use common::process::run_ok;
 use tdfs::fs::{FsOptions, TemplateFs, ToErrno};
 use tdfs::store::LocalStore;
 use tdfs::template::{Builds, TemplateConfig};

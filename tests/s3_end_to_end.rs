@@ -4,34 +4,26 @@
 //! stopped mid-read gives EIO in bounded time, then recovers after restart
 //! without remounting.
 
-#[path = "support/garage.rs"]
-mod garage;
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use garage::Garage;
-use mount_support::{MountGuard, TDFS, fuse_available, within};
+use common::garage::Garage;
+use common::mount::{MountGuard, fuse_available};
+use common::process::{TDFS, within};
+use common::rng::Rng;
 
 /// Deterministic pseudo-random pages mixed with zero and repeated pages.
 fn image(pages: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut rng = Rng(seed);
     let mut out = vec![0u8; pages * 4096];
     for (i, page) in out.chunks_mut(4096).enumerate() {
         match i % 5 {
             0 => {}
             1 => page.fill((i % 251) as u8),
-            _ => {
-                for b in page.iter_mut() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *b = x as u8;
-                }
-            }
+            _ => rng.fill(page),
         }
     }
     out

@@ -2,13 +2,13 @@
 //! timeout (with retries bounded by it) instead of hanging, the errors say a
 //! retry may help, and the same store works again once the server is back.
 
-#[path = "support/garage.rs"]
-mod garage;
+mod common;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use garage::Garage;
+use common::garage::Garage;
+use common::rng::noise;
 use tdfs::format::{Compression, FileKind, ObjectKey};
 use tdfs::store::{Store, StoreError};
 use uuid::Uuid;
@@ -18,12 +18,6 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// A failing request may take one timeout per attempt, and attempts stop
 /// one timeout after the first: allow that and scheduling slack.
 const FAIL_WITHIN: Duration = Duration::from_secs(4 * 2 + 5);
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
-        .collect()
-}
 
 fn assert_transient(err: &StoreError) {
     assert!(err.is_transient(), "not marked transient: {err}");
@@ -38,7 +32,7 @@ fn a_server_stopped_mid_read_fails_the_read_in_time_and_the_store_recovers() {
     };
     let store = garage.store_with("faults", &garage.options(TIMEOUT));
     let key = ObjectKey::data(Uuid::new_v4(), FileKind::Rootfs, Compression::None);
-    let data = pattern(40 * MIB);
+    let data = noise(1, 40 * MIB);
     store.put_bytes(&key, &data).unwrap();
 
     let mut reader = store.read_range(&key, 0, data.len() as u64).unwrap();
@@ -90,7 +84,7 @@ fn a_stalled_server_times_out_instead_of_hanging() {
     };
     let store = garage.store_with("faults", &garage.options(TIMEOUT));
     let key = ObjectKey::header(Uuid::new_v4(), FileKind::Memfile);
-    let data = pattern(MIB);
+    let data = noise(1, MIB);
     store.put_bytes(&key, &data).unwrap();
 
     garage.freeze(true);
@@ -123,7 +117,7 @@ fn a_slow_reader_of_a_large_range_outlasts_the_request_timeout() {
     };
     let store = garage.store_with("faults", &garage.options(TIMEOUT));
     let key = ObjectKey::data(Uuid::new_v4(), FileKind::Memfile, Compression::None);
-    let data = pattern(32 * MIB);
+    let data = noise(1, 32 * MIB);
     store.put_bytes(&key, &data).unwrap();
     let mut reader = store.read_range(&key, 0, data.len() as u64).unwrap();
     let mut got = vec![0u8; MIB];

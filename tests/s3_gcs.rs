@@ -3,29 +3,23 @@
 //! missing objects. Writes are covered against S3 only (tests/s3_store.rs):
 //! the emulator does not implement the XML uploads `object_store` sends.
 
-#[path = "support/fake_gcs.rs"]
-mod fake_gcs;
+mod common;
 
 use std::io::Read;
 
-use fake_gcs::FakeGcs;
+use common::fake_gcs::FakeGcs;
+use common::rng::noise;
 use tdfs::format::{Blob, Compression, FileKind, ObjectKey};
 use tdfs::store::{Store, StoreError};
 use uuid::Uuid;
 
 const MIB: usize = 1 << 20;
 
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i % 253) as u8 ^ (i >> 16) as u8)
-        .collect()
-}
-
 #[test]
 fn gcs_reads_through_the_store_trait() {
     let build = Uuid::new_v4();
     let other = Uuid::new_v4();
-    let data = pattern(12 * MIB + 5);
+    let data = noise(1, 12 * MIB + 5);
     let key = ObjectKey::data(build, FileKind::Memfile, Compression::Zstd);
     let metadata = ObjectKey::blob(build, Blob::Metadata);
     let seed = vec![

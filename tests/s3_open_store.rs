@@ -3,12 +3,11 @@
 //! (`StoreOptions`) taking precedence over them. The only test in this
 //! binary, as it sets process environment variables.
 
-#[path = "support/garage.rs"]
-mod garage;
+mod common;
 
 use std::time::Duration;
 
-use garage::Garage;
+use common::garage::Garage;
 use tdfs::format::{FileKind, ObjectKey};
 use tdfs::store::{self, StoreError, StoreOptions};
 use uuid::Uuid;

@@ -1,15 +1,15 @@
 //! The S3 store against a real S3 server (Garage on loopback): reads, writes,
 //! metadata, multipart uploads, listing and errors, through the `Store` trait.
 
-#[path = "support/garage.rs"]
-mod garage;
+mod common;
 
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::garage::{BUCKET, Garage, REGION};
+use common::rng::noise;
 use futures::TryStreamExt;
-use garage::{BUCKET, Garage};
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use tdfs::format::{Blob, Compression, FileKind, ObjectKey};
@@ -17,19 +17,6 @@ use tdfs::store::{PutOptions, RemoteStore, Store, StoreError};
 use uuid::Uuid;
 
 const MIB: usize = 1 << 20;
-
-/// Deterministic bytes that differ at every offset of interest.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 fn memfile(build: Uuid) -> ObjectKey {
     ObjectKey::data(build, FileKind::Memfile, Compression::Zstd)
@@ -40,7 +27,7 @@ fn raw_client(garage: &Garage) -> object_store::aws::AmazonS3 {
     garage
         .credentials()
         .with_bucket_name(BUCKET)
-        .with_region(garage::REGION)
+        .with_region(REGION)
         .with_endpoint(garage.endpoint())
         .with_allow_http(true)
         .build()
@@ -64,7 +51,7 @@ fn objects_roundtrip_through_the_store_trait() {
     let build = Uuid::new_v4();
 
     let header = ObjectKey::header(build, FileKind::Memfile);
-    let header_bytes = pattern(3000, 1);
+    let header_bytes = noise(1, 3000);
     store.put_bytes(&header, &header_bytes).unwrap();
     assert_eq!(store.size(&header).unwrap(), 3000);
     assert_eq!(store.read_all(&header, 1 << 20).unwrap(), header_bytes);
@@ -80,7 +67,7 @@ fn objects_roundtrip_through_the_store_trait() {
     assert!(store.exists(&header).unwrap());
 
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern(3 * MIB + 123, 2);
+    let data = noise(2, 3 * MIB + 123);
     let source = dir.path().join("memfile.zstd");
     std::fs::write(&source, &data).unwrap();
     let key = memfile(build);
@@ -141,7 +128,7 @@ fn large_objects_go_up_in_parts_and_come_back_in_parallel_parts() {
     let store = garage.store("big");
     let build = Uuid::new_v4();
     let key = memfile(build);
-    let data = pattern(40 * MIB + 4321, 3);
+    let data = noise(3, 40 * MIB + 4321);
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("memfile.zstd");
     std::fs::write(&source, &data).unwrap();
@@ -201,7 +188,7 @@ fn one_request_at_a_time_still_serves_concurrent_readers() {
     };
     let store = Arc::new(garage.store_with("", &opts));
     let key = memfile(Uuid::new_v4());
-    let data = Arc::new(pattern(12 * MIB, 4));
+    let data = Arc::new(noise(4, 12 * MIB));
     store.put_bytes(&key, &data).unwrap();
     let readers: Vec<_> = (0..4)
         .map(|i| {

@@ -3,10 +3,14 @@
 //! random reads from many threads, copied or in place, must equal the
 //! flattened bytes.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::fixtures::{fixture_store, manifest};
+use common::rng::Rng;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tdfs::format::FileKind;
@@ -14,17 +18,11 @@ use tdfs::store::{LocalStore, Store};
 use tdfs::template::{Builds, FileBytes, TemplateConfig};
 use uuid::Uuid;
 
-fn fixture_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2b")
-}
-
 fn open(store_name: &str, cache: &Path) -> (Arc<Builds>, Value) {
-    let root = fixture_root().join(store_name);
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
+    let root = fixture_store(store_name);
     let store: Arc<dyn Store> = Arc::new(LocalStore::open(&root).unwrap());
     let builds = Builds::new(store, TemplateConfig::for_tool(cache.to_path_buf()));
-    (builds, manifest)
+    (builds, manifest(&root))
 }
 
 fn read_whole(builds: &Builds, build: Uuid, file: FileKind, piece: usize) -> Vec<u8> {
@@ -92,13 +90,8 @@ fn random_reads_from_many_threads_equal_the_flattened_file() {
                 let (builds, files, flat) = (&builds, &files, &flat);
                 let (zeros, cached) = (&zeros, &cached);
                 s.spawn(move || {
-                    let mut rng = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                    let mut next = move || {
-                        rng ^= rng << 13;
-                        rng ^= rng >> 7;
-                        rng ^= rng << 17;
-                        rng
-                    };
+                    let mut rng = Rng(t);
+                    let mut next = move || rng.next();
                     for _ in 0..300 {
                         let i = (next() % files.len() as u64) as usize;
                         let (build, kind, _) = files[i];

@@ -8,8 +8,7 @@
 //! linux-image-amd64 busybox-static` (.ci/run installs them); fails loudly
 //! without them unless TDFS_SKIP_VM=1.
 
-#[path = "support/mount.rs"]
-mod mount_support;
+mod common;
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -17,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use mount_support::{TDFS, fuse_available, is_mounted};
+use common::mount::{fuse_available, unmount_lazily};
+use common::process::TDFS;
 
 /// Bound on the whole script: building, packing, two boots, the memfile
 /// check. A boot takes 10–20 s under TCG.
@@ -191,10 +191,7 @@ impl Drop for BootScript {
             .flatten()
             .flatten()
         {
-            let mountpoint = entry.path().join("mnt");
-            if is_mounted(&mountpoint) {
-                let _ = Command::new("umount").arg("-l").arg(&mountpoint).status();
-            }
+            unmount_lazily(&entry.path().join("mnt"));
         }
     }
 }

@@ -2,7 +2,6 @@
 //! directory behind a `FaultStore`, diff objects written by the tests
 //! themselves (raw, independent zstd frames with content checksums, LZ4
 //! frames with block checksums) and the frame tables describing them.
-#![allow(dead_code)] // each test binary uses a different part
 
 use std::io::Write;
 use std::sync::Arc;
@@ -13,6 +12,8 @@ use tdfs::format::{Compression, FileKind, Frame, FrameTable, ObjectKey};
 use tdfs::metrics::Stats;
 use tdfs::store::{FaultStore, LocalStore, Store};
 use uuid::Uuid;
+
+use super::rng::Rng;
 
 pub const PAGE: u64 = 4096;
 pub const MIB: u64 = 1 << 20;
@@ -142,12 +143,10 @@ pub fn compress(compression: Compression, data: &[u8]) -> Vec<u8> {
 /// Reproducible test data that compresses somewhat: runs of repeated bytes
 /// mixed with noise, different on every page.
 pub fn test_data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Rng(seed);
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next();
         let run = (x % 64) as usize + 1;
         let byte = (x >> 8) as u8;
         if x.is_multiple_of(3) {
@@ -158,20 +157,4 @@ pub fn test_data(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-/// A tiny deterministic random number source for tests that avoid proptest.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }

@@ -1,25 +1,17 @@
-//! Shared by the FUSE integration tests: a `tdfs mount --foreground` child on
-//! a temporary mountpoint that is unmounted and killed on drop, and helpers
-//! that bound everything a test waits on, so a failure never hangs the run.
-//!
-//! Include with `#[path = "support/mount.rs"] mod mount_support;`.
-
-#![allow(dead_code)] // each test binary uses a different part
+//! A `tdfs mount --foreground` child on a temporary mountpoint that is
+//! unmounted and killed on drop, for the FUSE integration tests.
 
 use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub const TDFS: &str = env!("CARGO_BIN_EXE_tdfs");
+use super::process::{TDFS, run};
 
 /// How long a mount may take to appear.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound on one external command.
-pub const COMMAND_TIMEOUT_SECS: u32 = 120;
 
 /// True when FUSE tests can run. Panics (failing the test loudly) when
 /// /dev/fuse is missing, unless TDFS_SKIP_FUSE=1 asks to skip them.
@@ -34,68 +26,30 @@ pub fn fuse_available() -> bool {
     panic!("/dev/fuse is missing: the FUSE tests need it (set TDFS_SKIP_FUSE=1 to skip them)");
 }
 
-/// A fixture store of tests/fixtures/e2b.
-pub fn fixture_store(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/e2b")
-        .join(name)
-}
-
-/// Run `program args…` under `timeout`, returning its output.
-pub fn run<I, S>(program: &str, args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    Command::new("timeout")
-        .args(["-k", "5", &COMMAND_TIMEOUT_SECS.to_string(), program])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"))
-}
-
-/// `run`, asserting success; returns stdout as text.
-pub fn run_ok<I, S>(program: &str, args: I) -> String
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{program} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Run `f` on a thread and give up (panicking) after `secs`: in-process
-/// reads of the mount must not hang the test. A thread stuck in the mount is
-/// freed when the guard tears the mount down.
-pub fn within<T: Send + 'static>(
-    secs: u64,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within {secs} s"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
-    }
-}
-
+/// True when `path` is a mountpoint of this machine (any file system).
 pub fn is_mounted(path: &Path) -> bool {
     tdfs::fs::mount_points()
         .expect("reading /proc/self/mountinfo")
         .iter()
         .any(|p| p == path)
+}
+
+/// Lazily unmount `path` (bounded) if anything is mounted there: the
+/// cleanup every guard of a mount runs on drop.
+pub fn unmount_lazily(path: &Path) {
+    if is_mounted(path) {
+        let _ = run("umount", [OsStr::new("-l"), path.as_os_str()]);
+    }
+}
+
+/// Unmounts its path lazily on drop, for mounts made outside a `MountGuard`
+/// (a daemon, the mount helper, a loop mount).
+pub struct LazyUnmount(pub PathBuf);
+
+impl Drop for LazyUnmount {
+    fn drop(&mut self) {
+        unmount_lazily(&self.0);
+    }
 }
 
 /// A running `tdfs mount --foreground`.
@@ -272,8 +226,8 @@ pub struct CrashedMount {
 
 impl Drop for CrashedMount {
     fn drop(&mut self) {
-        if self.dir.is_some() && is_mounted(&self.mountpoint) {
-            let _ = run("umount", [OsStr::new("-l"), self.mountpoint.as_os_str()]);
+        if self.dir.is_some() {
+            unmount_lazily(&self.mountpoint);
         }
     }
 }
@@ -281,9 +235,7 @@ impl Drop for CrashedMount {
 impl Drop for MountGuard {
     fn drop(&mut self) {
         self.signal_and_wait(libc::SIGTERM);
-        if is_mounted(&self.mountpoint) {
-            let _ = run("umount", [OsStr::new("-l"), self.mountpoint.as_os_str()]);
-        }
+        unmount_lazily(&self.mountpoint);
     }
 }
 

@@ -4,9 +4,6 @@
 //! Without `garage` on PATH the tests fail and say how to install it, unless
 //! `TDFS_SKIP_S3=1` is set, when `Garage::start` returns `None`.
 
-// Each test binary that includes this module uses a different part of it.
-#![allow(dead_code)]
-
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
