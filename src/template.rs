@@ -133,7 +133,6 @@ impl Builds {
             cache_dir: cache.path().to_path_buf(),
             fetch_timeout: config.fetch_timeout,
             readahead: config.readahead,
-            fetch_workers: config.fetch_workers,
             cache_budget: (config.max_cache_size > 0)
                 .then(|| CacheBudget::new(config.max_cache_size)),
         };
