@@ -277,6 +277,12 @@ impl Chunker {
 
     /// Fill `buf` with the diff's bytes at `off` (any offset and length
     /// inside the diff): all of it, or an error.
+    ///
+    /// # Errors
+    /// `OutOfRange` when the range reaches past the diff; `NotInFrameTable`
+    /// for bytes no frame holds; a fetch's `Store`, `ShortRead`,
+    /// `CorruptFrame`, `Cache` or `Internal`; `Timeout` after
+    /// `fetch_timeout`; `ChecksumMismatch` once the whole-diff check failed.
     pub fn read_blocks(&self, buf: &mut [u8], off: u64) -> Result<(), ChunkerError> {
         let inner = &self.inner;
         let end = inner.end_inside(off, buf.len() as u64)?;
@@ -295,6 +301,12 @@ impl Chunker {
     /// The diff's bytes `[off, off + len)` as one block, fetched as needed:
     /// all of them, or a prefix ending where a compressed object's (sparse)
     /// frame table has a gap. Any offset and length inside the diff.
+    ///
+    /// # Errors
+    /// `OutOfRange` when the range reaches past the diff; `NotInFrameTable`
+    /// when no frame holds `off`; a fetch's `Store`, `ShortRead`,
+    /// `CorruptFrame`, `Cache` or `Internal`; `Timeout` after
+    /// `fetch_timeout`; `ChecksumMismatch` once the whole-diff check failed.
     pub fn read_in_place(&self, off: u64, len: u64) -> Result<Block<'_>, ChunkerError> {
         let inner = &self.inner;
         let end = inner.end_inside(off, len)?;

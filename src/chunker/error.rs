@@ -10,7 +10,7 @@ use super::Inner;
 use crate::format::ObjectKey;
 use crate::store::StoreError;
 
-/// Why a block could not be served. Every variant names the object and the
+/// Why a read could not be served. Every variant names the object and the
 /// offset (uncompressed, in the diff) it concerns. Cloneable so that every
 /// waiter of a failed fetch gets the error.
 #[derive(Debug, Clone, thiserror::Error)]
