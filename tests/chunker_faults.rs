@@ -68,7 +68,7 @@ fn sixteen_readers_of_a_cold_unit_make_one_request() {
         let data2 = Arc::clone(&data);
         let results = together(&c, move |c, i| {
             let off = unit + i as u64 * PAGE;
-            let ok = *c.block(off).unwrap() == data2[off as usize..][..PAGE as usize];
+            let ok = *c.read_in_place(off, PAGE).unwrap() == data2[off as usize..][..PAGE as usize];
             let mut buf = vec![0u8; 10_000];
             c.read_blocks(&mut buf, off + 5).unwrap();
             ok && buf == data2[off as usize + 5..][..10_000]
@@ -91,7 +91,9 @@ fn a_failed_fetch_fails_every_waiter_caches_nothing_and_is_retried() {
         let (off, _) = second_unit(&spec);
         let c = Arc::new(env.chunker(spec));
         env.store.fail_next(1);
-        let results = together(&c, move |c, _| c.block(off).map(|b| b.to_vec()));
+        let results = together(&c, move |c, _| {
+            c.read_in_place(off, PAGE).map(|b| b.to_vec())
+        });
         for r in &results {
             let err = r.as_ref().unwrap_err();
             assert!(matches!(err, ChunkerError::Store { .. }), "{err}");
@@ -103,7 +105,7 @@ fn a_failed_fetch_fails_every_waiter_caches_nothing_and_is_retried() {
         }
         assert_eq!(env.store.requests_for(&key), 1, "all waited on one fetch");
         assert_eq!(c.cached_bytes(), 0);
-        assert!(*c.block(off).unwrap() == data[off as usize..][..PAGE as usize]);
+        assert!(*c.read_in_place(off, PAGE).unwrap() == data[off as usize..][..PAGE as usize]);
         assert_eq!(env.store.requests_for(&key), 2, "the next read retried");
     }
     assert_eq!(env.stats.fetch_errors.load(Relaxed), 3);
@@ -140,7 +142,7 @@ fn corrupt_frames_are_never_served_nor_cached() {
             assert_eq!(c.cached_bytes(), 0);
         }
         let off = frame.start_u + 5 * PAGE;
-        assert!(*c.block(off).unwrap() == data[off as usize..][..PAGE as usize]);
+        assert!(*c.read_in_place(off, PAGE).unwrap() == data[off as usize..][..PAGE as usize]);
         assert_eq!(c.cached_bytes(), u64::from(frame.size_u));
     }
 }
@@ -160,7 +162,7 @@ fn short_objects_are_errors_and_reads_resume_after_healing() {
         };
         let c = env.chunker(spec);
         env.store.inject(Some(key), Fault::EndAt(end_at), None);
-        let err = c.block(probe).unwrap_err();
+        let err = c.read_in_place(probe, PAGE).unwrap_err();
         assert!(matches!(err, ChunkerError::ShortRead { .. }), "{err}");
         if compressed {
             assert_eq!(c.cached_bytes(), 0);
@@ -168,10 +170,12 @@ fn short_objects_are_errors_and_reads_resume_after_healing() {
             // Whole pages that arrived before the end stay served.
             assert_eq!(c.cached_bytes(), 10 * PAGE);
             let before = CHUNK_SIZE + 9 * PAGE;
-            assert!(*c.block(before).unwrap() == data[before as usize..][..PAGE as usize]);
+            assert!(
+                *c.read_in_place(before, PAGE).unwrap() == data[before as usize..][..PAGE as usize]
+            );
         }
         env.store.heal();
-        assert!(*c.block(probe).unwrap() == data[probe as usize..][..PAGE as usize]);
+        assert!(*c.read_in_place(probe, PAGE).unwrap() == data[probe as usize..][..PAGE as usize]);
         assert_eq!(env.store.requests_for(&key), 2);
     }
 }
@@ -186,7 +190,7 @@ fn a_request_that_never_answers_times_out_and_the_fetch_goes_on() {
         let c = Arc::new(env.chunker(spec));
         env.store.inject(Some(key), Fault::Hang, None);
         let start = Instant::now();
-        let results = together(&c, |c, _| c.block(PAGE).map(|b| b.len()));
+        let results = together(&c, |c, _| c.read_in_place(PAGE, PAGE).map(|b| b.len()));
         let waited = start.elapsed();
         for r in results {
             assert!(matches!(r, Err(ChunkerError::Timeout { .. })), "{r:?}");
@@ -202,7 +206,7 @@ fn a_request_that_never_answers_times_out_and_the_fetch_goes_on() {
         env.store.heal();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match c.block(PAGE) {
+            match c.read_in_place(PAGE, PAGE) {
                 Ok(b) => {
                     assert!(*b == data[PAGE as usize..2 * PAGE as usize]);
                     break;
@@ -231,9 +235,12 @@ fn a_chunk_is_readable_page_by_page_while_it_streams() {
     env.store
         .inject(Some(key), Fault::StallAt(CHUNK_SIZE + MIB), Some(1));
     let early = CHUNK_SIZE + 10 * PAGE;
-    assert!(*c.block(early).unwrap() == data[early as usize..][..PAGE as usize]);
+    assert!(*c.read_in_place(early, PAGE).unwrap() == data[early as usize..][..PAGE as usize]);
     let late = CHUNK_SIZE + 2 * MIB;
-    assert!(matches!(c.block(late), Err(ChunkerError::Timeout { .. })));
+    assert!(matches!(
+        c.read_in_place(late, PAGE),
+        Err(ChunkerError::Timeout { .. })
+    ));
     assert_eq!(
         env.store.hanging(),
         1,
@@ -244,7 +251,7 @@ fn a_chunk_is_readable_page_by_page_while_it_streams() {
     while c.cached_bytes() < CHUNK_SIZE && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(*c.block(late).unwrap() == data[late as usize..][..PAGE as usize]);
+    assert!(*c.read_in_place(late, PAGE).unwrap() == data[late as usize..][..PAGE as usize]);
     assert_eq!(env.store.requests_for(&key), 1);
 }
 
@@ -256,7 +263,10 @@ fn the_pool_bounds_concurrent_store_requests() {
     let spec = env.put_raw(&data, PAGE);
     let c = Arc::new(env.chunker(spec));
     env.store.inject(None, Fault::Hang, None);
-    let results = together(&c, |c, i| c.block(i as u64 * CHUNK_SIZE).map(|b| b.len()));
+    let results = together(&c, |c, i| {
+        c.read_in_place(i as u64 * CHUNK_SIZE, PAGE)
+            .map(|b| b.len())
+    });
     assert!(results.iter().all(|r| r.is_err()));
     assert_eq!(env.store.hanging(), 2, "no more requests than workers");
     env.store.heal();
@@ -313,9 +323,9 @@ fn a_pinned_block_is_never_evicted() {
     let budget = env.config.cache_budget.clone().unwrap();
     let data = test_data((8 * CHUNK_SIZE) as usize, 9);
     let c = env.chunker(env.put_raw(&data, 2 * MIB));
-    let held = c.block(0).unwrap();
+    let held = c.read_in_place(0, 2 * MIB).unwrap();
     for chunk in 1..8 {
-        let _ = c.block(chunk * CHUNK_SIZE).unwrap();
+        let _ = c.read_in_place(chunk * CHUNK_SIZE, 2 * MIB).unwrap();
         settle(&budget);
     }
     assert!(*held == data[..2 * MIB as usize]);
@@ -347,7 +357,7 @@ fn eviction_under_concurrent_readers_never_shows_wrong_bytes() {
             let size = data.len() as u64;
             for _ in 0..150 {
                 let off = rng.below(size / PAGE) * PAGE;
-                let block = c.block(off).unwrap();
+                let block = c.read_in_place(off, PAGE).unwrap();
                 // Hold the block a moment so evictions overlap with it.
                 std::thread::yield_now();
                 if *block != data[off as usize..][..PAGE as usize] {

@@ -36,7 +36,9 @@ fn a_full_cache_disk_serves_from_the_store_without_caching() {
         }
         // Blocks spanning units, at page offsets.
         for off in [0, PAGE, CHUNK_SIZE - PAGE, 5 * MIB + 3 * PAGE] {
-            let block = chunker.block(off).expect("block on a full disk");
+            let block = chunker
+                .read_in_place(off, 2 * MIB)
+                .expect("block on a full disk");
             let end = off as usize + block.len();
             assert_eq!(block.len() as u64, 2 * MIB);
             assert!(*block == data[off as usize..end], "block at {off}");

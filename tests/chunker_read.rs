@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use common::chunker::{Env, MIB, PAGE, test_data};
 use common::rng::Rng;
 use proptest::prelude::*;
-use tdfs::chunker::{CHUNK_SIZE, Chunker, ChunkerError, DiffSpec, MAX_READAHEAD_UNITS};
+use tdfs::chunker::{Block, CHUNK_SIZE, Chunker, ChunkerError, DiffSpec, MAX_READAHEAD_UNITS};
 use tdfs::format::{Compression, Frame, FrameTable};
 
 /// Every kind of object the Chunker serves, over the same `data`.
@@ -38,8 +38,14 @@ fn specs(env: &Env, data: &[u8], block_size: u64) -> Vec<(&'static str, DiffSpec
     ]
 }
 
+/// The block a template file's reader is served at `off`: `block_size`
+/// bytes, or the rest of the diff.
+fn block_at(c: &Chunker, off: u64) -> Result<Block<'_>, ChunkerError> {
+    c.read_in_place(off, c.block_size().min(c.size().saturating_sub(off)))
+}
+
 fn check_block(c: &Chunker, data: &[u8], off: u64) {
-    let block = c.block(off).unwrap();
+    let block = block_at(c, off).unwrap();
     let want = (c.block_size()).min(data.len() as u64 - off) as usize;
     assert_eq!(block.len(), want, "block length at {off}");
     assert!(
@@ -125,12 +131,10 @@ fn bad_offsets_are_errors() {
     let env = Env::new();
     let data = test_data(3 * PAGE as usize + 5, 4);
     let c = env.chunker(env.put_raw(&data, PAGE));
+    // Any offset is served, page-aligned or not.
+    assert!(*c.read_in_place(100, PAGE).unwrap() == data[100..][..PAGE as usize]);
     assert!(matches!(
-        c.block(100),
-        Err(ChunkerError::Unaligned { offset: 100, .. })
-    ));
-    assert!(matches!(
-        c.block(4 * PAGE),
+        block_at(&c, 4 * PAGE),
         Err(ChunkerError::OutOfRange { .. })
     ));
     let mut buf = vec![0u8; 6];
@@ -143,8 +147,8 @@ fn bad_offsets_are_errors() {
         Err(ChunkerError::OutOfRange { .. })
     ));
     c.read_blocks(&mut [], data.len() as u64).unwrap();
-    assert_eq!(c.block(3 * PAGE).unwrap().len(), 5);
-    let msg = c.block(100).unwrap_err().to_string();
+    assert_eq!(block_at(&c, 3 * PAGE).unwrap().len(), 5);
+    let msg = c.read_in_place(100, 4 * PAGE).unwrap_err().to_string();
     assert!(
         msg.contains(&c.key().to_string()) && msg.contains("100"),
         "{msg}"
@@ -170,12 +174,12 @@ fn sparse_frame_table_blocks_end_at_gaps() {
         ..full
     };
     let c = env.chunker(spec);
-    let b = c.block(MIB + PAGE).unwrap();
+    let b = block_at(&c, MIB + PAGE).unwrap();
     assert_eq!(b.len() as u64, MIB - PAGE, "clipped at the gap");
     assert!(*b == data[(MIB + PAGE) as usize..2 * MIB as usize]);
     drop(b);
     assert!(matches!(
-        c.block(2 * MIB),
+        block_at(&c, 2 * MIB),
         Err(ChunkerError::NotInFrameTable { .. })
     ));
     let mut buf = vec![0u8; 2 * PAGE as usize];
@@ -232,7 +236,7 @@ fn readahead_chunker(readahead: usize) -> (Env, Chunker) {
 }
 
 fn read_unit(c: &Chunker, u: u64) {
-    assert_eq!(c.block(u * RA_FRAME).unwrap().len() as u64, RA_FRAME);
+    assert_eq!(block_at(c, u * RA_FRAME).unwrap().len() as u64, RA_FRAME);
 }
 
 #[test]
@@ -335,7 +339,7 @@ fn stale_cache_file_is_discarded_and_removed_on_drop() {
     let c = env.chunker(spec.clone());
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * PAGE);
     assert_eq!(c.cached_bytes(), 0);
-    assert!(*c.block(0).unwrap() == data[..PAGE as usize]);
+    assert!(*block_at(&c, 0).unwrap() == data[..PAGE as usize]);
     assert!(
         Chunker::new(
             spec.clone(),
@@ -359,12 +363,12 @@ fn object_shorter_than_its_size_is_a_short_read() {
     let mut spec = env.put_raw(&data, PAGE);
     spec.size += 3 * PAGE;
     let c = env.chunker(spec);
-    assert!(*c.block(CHUNK_SIZE).unwrap() == data[CHUNK_SIZE as usize..][..PAGE as usize]);
-    let err = c.block(CHUNK_SIZE + 11 * PAGE).unwrap_err();
+    assert!(*block_at(&c, CHUNK_SIZE).unwrap() == data[CHUNK_SIZE as usize..][..PAGE as usize]);
+    let err = block_at(&c, CHUNK_SIZE + 11 * PAGE).unwrap_err();
     assert!(matches!(err, ChunkerError::ShortRead { .. }), "{err}");
     // The pages that did arrive stay served.
     assert!(
-        *c.block(CHUNK_SIZE + 9 * PAGE).unwrap()
+        *block_at(&c, CHUNK_SIZE + 9 * PAGE).unwrap()
             == data[(CHUNK_SIZE + 9 * PAGE) as usize..][..PAGE as usize]
     );
 }
@@ -415,7 +419,8 @@ fn empty_diff() {
     let env = Env::new();
     let c = env.chunker(env.put_raw(&[], PAGE));
     assert_eq!(c.size(), 0);
-    assert!(c.block(0).is_err());
+    assert!(c.read_in_place(0, 1).is_err());
+    assert!(c.read_in_place(0, 0).unwrap().is_empty());
     c.read_blocks(&mut [], 0).unwrap();
 }
 
@@ -465,7 +470,7 @@ proptest! {
         let pages = (o.data.len() as u64).div_ceil(PAGE);
         let off = ((pages as f64 * page_frac) as u64).min(pages - 1) * PAGE;
         let c = &o.chunkers[which];
-        let block = c.block(off).unwrap();
+        let block = block_at(c, off).unwrap();
         let want = c.block_size().min(o.data.len() as u64 - off) as usize;
         prop_assert_eq!(block.len(), want);
         prop_assert!(*block == o.data[off as usize..off as usize + want]);

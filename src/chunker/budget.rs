@@ -29,9 +29,11 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::format::PAGE_SIZE;
 use crate::sync;
 
 use super::Inner;
+use super::layout::Layout;
 
 /// Pin-word flag: the unit is being evicted.
 const EVICTING: u32 = 1 << 31;
@@ -227,5 +229,32 @@ impl Inner {
         lru.end_evict(u);
         drop(sessions);
         bytes
+    }
+
+    /// Bytes of unit `u` present in the cache.
+    fn unit_cached_bytes(&self, u: usize) -> u64 {
+        let range = self.layout.unit_range(u);
+        match self.layout {
+            Layout::Frames { .. } => {
+                if self.present.all_set(u..u + 1) {
+                    range.end - range.start
+                } else {
+                    0
+                }
+            }
+            Layout::Chunks { .. } => {
+                let pages = self.layout.bits_of(&range, &(u..u + 1));
+                let last = pages.end - 1;
+                let count = self.present.count(pages) as u64;
+                // The object's last page may be partial.
+                let tail_gap = (last as u64 + 1) * PAGE_SIZE - range.end;
+                count * PAGE_SIZE
+                    - if self.present.all_set(last..last + 1) {
+                        tail_gap
+                    } else {
+                        0
+                    }
+            }
+        }
     }
 }

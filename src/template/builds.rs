@@ -100,7 +100,6 @@ impl Builds {
             cache_dir: cache.path().to_path_buf(),
             fetch_timeout: self.config.fetch_timeout,
             readahead: self.config.readahead,
-            fetch_workers: self.config.fetch_workers,
             cache_budget: (self.config.max_cache_size > 0)
                 .then(|| CacheBudget::new(self.config.max_cache_size)),
         };

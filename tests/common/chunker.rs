@@ -40,7 +40,6 @@ impl Env {
             cache_dir: dir.path().join("cache"),
             fetch_timeout: Duration::from_secs(30),
             readahead: 0,
-            fetch_workers: workers,
             cache_budget: None,
         };
         Env {

@@ -1,0 +1,109 @@
+//! Starting fetches: the single-flight map of fetch sessions (one per unit
+//! in flight), filled by readers (`join_or_start`, `start_fetches`) and by
+//! read-ahead (`note_access`, which only takes the pool's spare room), and
+//! the job each session queues on the `FetchPool`.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::pool::Job;
+use super::session::Session;
+use super::{ChunkerError, Inner};
+
+impl Inner {
+    /// The session to wait on for `part` of unit `u`: the running one, or a
+    /// new one queued on the pool; `None` when `part` is already present.
+    pub(super) fn join_or_start(
+        self: &Arc<Self>,
+        u: usize,
+        part: &Range<u64>,
+        deadline: Instant,
+    ) -> Result<Option<Arc<Session>>, ChunkerError> {
+        let mut sessions = self.lock_sessions();
+        if let Some(s) = sessions.get(&u) {
+            return Ok(Some(Arc::clone(s)));
+        }
+        // Checked under the lock: a fetch ends (removes its session) only
+        // after publishing its bits.
+        if self.range_present(part, &(u..u + 1)) {
+            return Ok(None);
+        }
+        let session = Arc::new(Session::new());
+        sessions.insert(u, Arc::clone(&session));
+        drop(sessions);
+        if self.pool.submit(self.job(u, &session), deadline).is_err() {
+            let offset = self.layout.unit_range(u).start;
+            let err = ChunkerError::Timeout {
+                key: self.key,
+                offset,
+                timeout: self.fetch_timeout,
+            };
+            self.end_session(u, &session, Err(err.clone()));
+            return Err(err);
+        }
+        Ok(Some(session))
+    }
+
+    /// Start fetches of the missing units of `range` (best effort: errors
+    /// surface when the range itself is read).
+    pub(super) fn start_fetches(self: &Arc<Self>, range: Range<u64>, deadline: Instant) {
+        let mut pos = range.start;
+        while pos < range.end {
+            let Ok((units, end)) = self.layout.span(pos, range.end, 1) else {
+                return;
+            };
+            if self
+                .join_or_start(units.start, &(pos..end), deadline)
+                .is_err()
+            {
+                return;
+            }
+            pos = end;
+        }
+    }
+
+    /// Note a lookup of `units` and queue the read-ahead it calls for.
+    pub(super) fn note_access(self: &Arc<Self>, units: Range<usize>) {
+        if self.cache_full.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(plan) = self.readahead.on_access(units) else {
+            return;
+        };
+        let mut reached = plan.end;
+        let mut sessions = None;
+        for v in plan.clone() {
+            if self.unit_complete(v) {
+                continue;
+            }
+            if !self.pool.has_spare_room() {
+                reached = v;
+                break;
+            }
+            let sessions = sessions.get_or_insert_with(|| self.lock_sessions());
+            if sessions.contains_key(&v) || self.unit_complete(v) {
+                continue;
+            }
+            let session = Arc::new(Session::new());
+            // Queued while holding the session lock, so the job cannot end
+            // its session before it is in the map.
+            if self.pool.try_submit(self.job(v, &session)).is_err() {
+                reached = v;
+                break;
+            }
+            sessions.insert(v, session);
+            self.stats.readahead_fetches.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(sessions);
+        self.readahead.queued(&plan, reached);
+    }
+
+    /// The pool job that fetches unit `u` and ends `session`.
+    fn job(self: &Arc<Self>, u: usize, session: &Arc<Session>) -> Job {
+        let inner = Arc::clone(self);
+        let session = Arc::clone(session);
+        Box::new(move || inner.run_fetch(u, &session))
+    }
+}
