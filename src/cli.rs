@@ -2,6 +2,7 @@
 //! progress bars and exit codes.
 
 pub mod completions;
+mod daemon;
 mod demo;
 mod export;
 mod inspect;

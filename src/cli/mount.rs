@@ -1,19 +1,18 @@
 //! `tdfs mount STORE MOUNTPOINT`: mount a store's builds read-only, in the
 //! foreground or as a daemon, and unmount cleanly on SIGINT, SIGTERM or
-//! SIGHUP (or when unmounted from outside).
+//! SIGHUP (or when unmounted from outside). Forking, the startup pipe and
+//! taking the signals are `daemon`'s job.
 
 use std::env;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use log::LevelFilter;
 
-use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs, chain};
+use super::daemon::{self, block_stop_signals, signal_name, wait_for_signals};
+use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs};
 use crate::store::{self, Store, StoreLocation, StoreOptions, Throttle, ThrottleStore};
 use crate::template::{Builds, TemplateConfig};
 
@@ -147,7 +146,7 @@ pub fn run(args: MountArgs) -> Result<(), FsError> {
             )
         })
     } else {
-        daemonize(&setup)
+        daemon::daemonize(&setup.mountpoint, |ready| serve(&setup, ready))
     }
 }
 
@@ -263,158 +262,6 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
                 .unwrap_or(Ok(()))
                 .map_err(|source| FsError::Mount { path: setup.mountpoint.clone(), source })
         }
-    }
-}
-
-/// Fork; the child sets up and serves the mount and tells the parent,
-/// through a pipe, "ok" once the mount is up or why it failed. The parent
-/// returns that outcome, so `tdfs mount` exits 0 only with a working mount.
-///
-/// The child does the setup, not the parent: opening a store and building
-/// the read path start threads, and threads do not survive a fork.
-fn daemonize(setup: &Setup) -> Result<(), FsError> {
-    let daemon_error = |what: &str, e: io::Error| FsError::Process(format!("{what}: {e}"));
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(daemon_error("creating a pipe", io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors were just created and are owned here only.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the process is single-threaded here (nothing has spawned a
-    // thread yet), so the child is a complete copy.
-    match unsafe { libc::fork() } {
-        -1 => Err(daemon_error("fork", io::Error::last_os_error())),
-        0 => {
-            drop(read_end);
-            run_daemon(setup, File::from(write_end))
-        }
-        child => {
-            drop(write_end);
-            let mut message = String::new();
-            let read = File::from(read_end).read_to_string(&mut message);
-            match (read, message.as_str()) {
-                (Ok(_), "ok") => {
-                    log::debug!("daemon {child} serves {}", setup.mountpoint.display());
-                    Ok(())
-                }
-                (Ok(_), "") | (Err(_), _) => Err(FsError::Process(format!(
-                    "the tdfs daemon exited while starting ({}); run with --foreground to see why",
-                    child_status(child)
-                ))),
-                (Ok(_), why) => Err(FsError::Process(why.to_string())),
-            }
-        }
-    }
-}
-
-/// The daemon child: never returns.
-fn run_daemon(setup: &Setup, pipe: File) -> ! {
-    // SAFETY: plain syscalls without pointers.
-    unsafe {
-        libc::setsid();
-    }
-    let _ = env::set_current_dir("/");
-    let mut pipe = Some(pipe);
-    let result = serve(setup, || {
-        if let Some(mut p) = pipe.take() {
-            let _ = p.write_all(b"ok");
-        }
-        detach_stdio();
-    });
-    match (result, pipe) {
-        (Err(e), Some(mut p)) => {
-            let _ = p.write_all(chain(&e).as_bytes());
-            std::process::exit(1);
-        }
-        (Err(e), None) => {
-            log::error!("{}", chain(&e));
-            std::process::exit(1);
-        }
-        (Ok(()), _) => std::process::exit(0),
-    }
-}
-
-/// Point stdin, stdout and stderr at /dev/null: the daemon outlives the
-/// terminal that started it.
-fn detach_stdio() {
-    let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") else {
-        return;
-    };
-    use std::os::fd::AsRawFd;
-    for fd in [0, 1, 2] {
-        // SAFETY: dup2 onto the standard descriptors, which we own.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), fd);
-        }
-    }
-}
-
-fn child_status(pid: libc::pid_t) -> String {
-    let mut status = 0;
-    // SAFETY: waits for our own child; status is a valid out pointer.
-    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
-        return "status unknown".into();
-    }
-    if libc::WIFEXITED(status) {
-        format!("exit code {}", libc::WEXITSTATUS(status))
-    } else if libc::WIFSIGNALED(status) {
-        format!("killed by {}", signal_name(libc::WTERMSIG(status)))
-    } else {
-        format!("status {status}")
-    }
-}
-
-const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
-
-fn block_stop_signals() -> Result<libc::sigset_t, FsError> {
-    // SAFETY: sigset_t is plain data, initialized by sigemptyset before use.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in STOP_SIGNALS {
-            libc::sigaddset(&mut set, s);
-        }
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(FsError::Process(format!(
-                "blocking signals: {}",
-                io::Error::from_raw_os_error(rc)
-            )));
-        }
-        Ok(set)
-    }
-}
-
-/// A thread that takes the (blocked) stop signals with sigwait and sends
-/// them on the returned channel.
-fn wait_for_signals(set: libc::sigset_t) -> Result<Receiver<libc::c_int>, FsError> {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            loop {
-                let mut signal = 0;
-                // SAFETY: set is a valid, initialized signal set.
-                if unsafe { libc::sigwait(&set, &mut signal) } == 0 && tx.send(signal).is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(|e| FsError::Process(format!("starting the signal thread: {e}")))?;
-    Ok(rx)
-}
-
-fn signal_name(signal: libc::c_int) -> String {
-    match signal {
-        libc::SIGINT => "SIGINT".into(),
-        libc::SIGTERM => "SIGTERM".into(),
-        libc::SIGHUP => "SIGHUP".into(),
-        libc::SIGKILL => "SIGKILL".into(),
-        libc::SIGSEGV => "SIGSEGV".into(),
-        libc::SIGABRT => "SIGABRT".into(),
-        other => format!("signal {other}"),
     }
 }
 
