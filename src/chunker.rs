@@ -38,7 +38,6 @@
 
 mod budget;
 mod cache;
-mod decode;
 mod layout;
 mod pool;
 mod readahead;
@@ -937,7 +936,7 @@ impl Inner {
         src: &[u8],
         dst: &mut [u8],
     ) -> Result<(), ChunkerError> {
-        decode::decode_frame(self.compression, src, dst).map_err(|detail| {
+        crate::codec::decode_frame(self.compression, src, dst).map_err(|detail| {
             ChunkerError::CorruptFrame {
                 key: self.key,
                 offset: frame.start_u,

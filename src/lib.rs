@@ -4,10 +4,12 @@
 //!
 //! Layers, each depending only on those below it (see DESIGN.md):
 //! `cli` → `fs` → `template` → `chunker` → `store` → `format`; `pack` is the
-//! write side and sits beside `template`.
+//! write side and sits beside `template`. `codec` (frame compression and
+//! decoding) is pure like `format` and shared by both sides.
 
 pub mod chunker;
 pub mod cli;
+pub mod codec;
 pub mod format;
 pub mod fs;
 pub mod metrics;

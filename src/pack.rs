@@ -7,7 +7,6 @@
 //! a build whose headers are missing is incomplete (an interrupted pack) and
 //! is not shown by readers.
 
-mod codec;
 pub mod demo;
 mod frames;
 mod layout;
@@ -22,10 +21,11 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-pub use codec::{DEFAULT_ZSTD_LEVEL, Lz4Frames, compress_frame, decode_frame};
 pub use parallel::{default_threads, ordered_map};
 pub use progress::byte_bar;
 
+use crate::codec::DEFAULT_ZSTD_LEVEL;
+use crate::format::limits::MAX_FRAME_SIZE;
 use crate::format::{
     BuildEntry, Compression, FileKind, FormatError, FrameTable, Header, Mappings, Metadata,
     ObjectKey, ObjectName, PAGE_SIZE,
@@ -39,8 +39,6 @@ pub const DEFAULT_FRAME_SIZE: u64 = 2 << 20;
 pub const DEFAULT_MEMFILE_BLOCK_SIZE: u64 = 2 << 20;
 /// Block size of every rootfs.
 pub const ROOTFS_BLOCK_SIZE: u64 = 4096;
-/// Largest frame accepted (frame sizes are stored as i32).
-const MAX_FRAME_SIZE: u64 = 1 << 30;
 
 /// Why a build could not be packed.
 #[derive(Debug, thiserror::Error)]
@@ -338,10 +336,19 @@ pub fn pack_build(
 }
 
 fn check_options(opts: &PackOptions) -> Result<(), PackError> {
-    if opts.frame_size == 0 || opts.frame_size > MAX_FRAME_SIZE {
+    if opts.frame_size == 0 {
+        return Err(PackError::BadOption(
+            "--frame-size 0 is not a size (the default is 2 MiB)".to_string(),
+        ));
+    }
+    // A mount refuses frames over the limit, so pack must not write them.
+    if opts.frame_size > u64::from(MAX_FRAME_SIZE) {
         return Err(PackError::BadOption(format!(
-            "frame size {} is out of range (1 byte to 1 GiB; the default is 2 MiB)",
-            opts.frame_size
+            "--frame-size {} bytes is over the largest frame a mount serves ({} MiB); \
+             pick at most {} MiB (the default is 2 MiB)",
+            opts.frame_size,
+            MAX_FRAME_SIZE >> 20,
+            MAX_FRAME_SIZE >> 20
         )));
     }
     if let Some(bs) = opts.memfile_block_size
