@@ -421,6 +421,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn frames_over_the_mount_limit_are_refused_naming_it() {
+        let max = MAX_FRAME_SIZE;
+        assert!(FrameTable::new(Compression::Zstd, vec![frame(0, 0, max, max)]).is_ok());
+        for f in [frame(0, 0, max + 1, 1), frame(0, 0, 1, max + 1)] {
+            let err = FrameTable::new(Compression::Lz4, vec![f]).unwrap_err();
+            assert!(
+                matches!(&err, FormatError::Invalid { detail, .. }
+                    if detail.contains(&format!("over the largest frame a mount serves ({max} bytes"))),
+                "{err}"
+            );
+        }
+        let bytes = raw(1, &[(0, 0, max as i32 + 1, 1)]);
+        assert!(matches!(
+            FrameTable::decode(&bytes),
+            Err(FormatError::Invalid { .. })
+        ));
+    }
+
     fn raw(ty: u32, entries: &[(i64, i64, i32, i32)]) -> Vec<u8> {
         let mut out = ty.to_le_bytes().to_vec();
         out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
