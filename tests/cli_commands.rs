@@ -51,7 +51,8 @@ fn images(seed: u64) -> Images {
     }
 }
 
-fn pack(img: &Images, extra: &[&str]) -> Uuid {
+/// The arguments of `tdfs pack` of `img`'s images into its store, then `extra`.
+fn pack_args<'a>(img: &'a Images, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "pack",
         "--store",
@@ -62,7 +63,11 @@ fn pack(img: &Images, extra: &[&str]) -> Uuid {
         s(&img.root_path),
     ];
     args.extend_from_slice(extra);
-    tdfs_ok(&args)
+    args
+}
+
+fn pack(img: &Images, extra: &[&str]) -> Uuid {
+    tdfs_ok(&pack_args(img, extra))
         .trim()
         .parse()
         .expect("pack prints the build id")
@@ -400,17 +405,7 @@ fn verify_detects_a_truncated_object() {
 #[test]
 fn pack_refuses_a_frame_size_the_mount_would_refuse() {
     let img = images(7);
-    let (code, err) = stderr_of(&[
-        "pack",
-        "--store",
-        s(&img.store),
-        "--memfile",
-        s(&img.mem_path),
-        "--rootfs",
-        s(&img.root_path),
-        "--frame-size",
-        "128MiB",
-    ]);
+    let (code, err) = stderr_of(&pack_args(&img, &["--frame-size", "128MiB"]));
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("--frame-size 134217728 bytes")
