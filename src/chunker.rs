@@ -47,7 +47,6 @@
 mod block;
 mod budget;
 mod cache;
-mod decode;
 mod error;
 mod fetch;
 mod full_disk;
@@ -71,7 +70,7 @@ pub use budget::CacheBudget;
 pub use error::ChunkerError;
 pub use pool::FetchPool;
 
-use crate::format::limits::{MAX_DIFF_SIZE, MAX_FRAME_SIZE};
+use crate::format::limits::MAX_DIFF_SIZE;
 use crate::format::{Compression, FrameTable, ObjectKey, PAGE_SIZE};
 use crate::metrics::Stats;
 use crate::store::Store;
@@ -177,8 +176,9 @@ impl Chunker {
     ///
     /// # Errors
     /// `BadSpec` when the block size is not a page multiple, the diff is over
-    /// `MAX_DIFF_SIZE`, or a frame ends past the diff or is over
-    /// `MAX_FRAME_SIZE`; `Cache` when the cache file cannot be created.
+    /// `MAX_DIFF_SIZE`, or a frame ends past the diff (`FrameTable` already
+    /// bounds each frame by `MAX_FRAME_SIZE`); `Cache` when the cache file
+    /// cannot be created.
     pub fn new(
         spec: DiffSpec,
         store: Arc<dyn Store>,
@@ -207,13 +207,6 @@ impl Chunker {
                         "frame {i} ends at {}, past the diff size {}",
                         f.end_u(),
                         spec.size
-                    )));
-                }
-                if f.size_u > MAX_FRAME_SIZE || f.size_c > MAX_FRAME_SIZE {
-                    return Err(bad(format!(
-                        "frame {i} ({} bytes, {} compressed) is over the limit of \
-                         {MAX_FRAME_SIZE} bytes",
-                        f.size_u, f.size_c
                     )));
                 }
             }

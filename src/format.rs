@@ -16,7 +16,7 @@ mod metadata;
 mod varint;
 
 pub use error::FormatError;
-pub use frame_table::{Compression, Frame, FrameTable, MAX_FRAMES};
+pub use frame_table::{Compression, Frame, FrameTable};
 pub use header::{BuildEntry, Header, MAX_INNER_LEN};
 pub use keys::{Blob, FileKind, ObjectKey, ObjectName, parse_build_id};
 pub use mapping::{MAX_V5_BUILDS, MAX_V5_MAPPINGS, Mapping, MappingHit, Mappings};

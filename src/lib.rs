@@ -5,10 +5,12 @@
 //! Layers, each depending only on those below it (ARCHITECTURE.md at the
 //! top of the repository describes them): `cli` → `fs` → `template` →
 //! `chunker` → `store` → `format`; `pack` is the write side and sits beside
-//! `template`; `sync` is the crate's lock policy.
+//! `template`. `codec` (frame compression and decoding) is pure like
+//! `format` and shared by both sides; `sync` is the crate's lock policy.
 
 pub mod chunker;
 pub mod cli;
+pub mod codec;
 pub mod format;
 pub mod fs;
 pub mod metrics;

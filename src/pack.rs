@@ -7,7 +7,6 @@
 //! a build whose headers are missing is incomplete (an interrupted pack) and
 //! is not shown by readers.
 
-mod codec;
 pub mod demo;
 mod frames;
 mod layout;
@@ -22,10 +21,11 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-pub use codec::{DEFAULT_ZSTD_LEVEL, Lz4Frames, compress_frame, decode_frame};
 pub use parallel::{default_threads, ordered_map};
 pub use progress::byte_bar;
 
+use crate::codec::DEFAULT_ZSTD_LEVEL;
+use crate::format::limits::MAX_FRAME_SIZE;
 use crate::format::{
     Blob, BuildEntry, Compression, FileKind, FormatError, FrameTable, Header, Mappings, Metadata,
     ObjectKey, PAGE_SIZE,
@@ -39,8 +39,6 @@ pub const DEFAULT_FRAME_SIZE: u64 = 2 << 20;
 pub const DEFAULT_MEMFILE_BLOCK_SIZE: u64 = 2 << 20;
 /// Block size of every rootfs.
 pub const ROOTFS_BLOCK_SIZE: u64 = 4096;
-/// Largest frame accepted (frame sizes are stored as i32).
-const MAX_FRAME_SIZE: u64 = 1 << 30;
 
 /// Why a build could not be packed.
 #[derive(Debug, thiserror::Error)]
@@ -334,10 +332,19 @@ pub fn pack_build(
 }
 
 fn check_options(opts: &PackOptions) -> Result<(), PackError> {
-    if opts.frame_size == 0 || opts.frame_size > MAX_FRAME_SIZE {
+    if opts.frame_size == 0 {
+        return Err(PackError::BadOption(
+            "--frame-size 0 is not a size (the default is 2 MiB)".to_string(),
+        ));
+    }
+    // A mount refuses frames over the limit, so pack must not write them.
+    if opts.frame_size > u64::from(MAX_FRAME_SIZE) {
         return Err(PackError::BadOption(format!(
-            "frame size {} is out of range (1 byte to 1 GiB; the default is 2 MiB)",
-            opts.frame_size
+            "--frame-size {} bytes is over the largest frame a mount serves ({} MiB); \
+             pick at most {} MiB (the default is 2 MiB)",
+            opts.frame_size,
+            MAX_FRAME_SIZE >> 20,
+            MAX_FRAME_SIZE >> 20
         )));
     }
     if let Some(bs) = opts.memfile_block_size
@@ -558,4 +565,63 @@ fn default_metadata(build_id: Uuid, base: Option<Uuid>) -> Vec<u8> {
         "from_template": base.map(|b| serde_json::json!({ "build_id": b.to_string() })),
     });
     serde_json::to_vec_pretty(&value).expect("a JSON value serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalStore;
+
+    /// A store directory and two small images (`pages` pages of varied
+    /// bytes each).
+    fn setup(pages: usize) -> (tempfile::TempDir, Arc<dyn Store>, PackInputs) {
+        let dir = tempfile::tempdir().unwrap();
+        let image: Vec<u8> = (0..pages * PAGE_SIZE as usize)
+            .map(|i| (i * 7 / 4096 % 251) as u8)
+            .collect();
+        let memfile = dir.path().join("mem.img");
+        let rootfs = dir.path().join("root.img");
+        fs::write(&memfile, &image).unwrap();
+        fs::write(&rootfs, &image).unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::create(dir.path().join("store")).unwrap());
+        let inputs = PackInputs {
+            memfile,
+            rootfs,
+            snapfile: None,
+            metadata: None,
+        };
+        (dir, store, inputs)
+    }
+
+    #[test]
+    fn frame_size_over_the_mount_limit_is_refused_before_anything_is_written() {
+        let (dir, store, inputs) = setup(8);
+        let opts = PackOptions {
+            frame_size: 128 << 20,
+            work_dir: Some(dir.path().to_path_buf()),
+            ..PackOptions::default()
+        };
+        let err = pack_build(store.clone(), &opts, &inputs).unwrap_err();
+        assert!(matches!(err, PackError::BadOption(_)), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("--frame-size 134217728 bytes")
+                && message.contains("largest frame a mount serves (64 MiB)"),
+            "{message}"
+        );
+        assert_eq!(store.list_builds().unwrap(), Vec::<Uuid>::new());
+        assert_eq!(fs::read_dir(dir.path().join("store")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn frame_size_at_the_mount_limit_packs() {
+        let (dir, store, inputs) = setup(8);
+        let opts = PackOptions {
+            frame_size: u64::from(MAX_FRAME_SIZE),
+            work_dir: Some(dir.path().to_path_buf()),
+            ..PackOptions::default()
+        };
+        let report = pack_build(store.clone(), &opts, &inputs).unwrap();
+        assert_eq!(store.list_builds().unwrap(), vec![report.build_id]);
+    }
 }

@@ -55,7 +55,8 @@ fn images(seed: u64) -> Images {
     }
 }
 
-fn pack(img: &Images, extra: &[&str]) -> Uuid {
+/// The arguments of `tdfs pack` of `img`'s images into its store, then `extra`.
+fn pack_args<'a>(img: &'a Images, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "pack",
         "--store",
@@ -66,7 +67,11 @@ fn pack(img: &Images, extra: &[&str]) -> Uuid {
         s(&img.root_path),
     ];
     args.extend_from_slice(extra);
-    tdfs_ok(&args)
+    args
+}
+
+fn pack(img: &Images, extra: &[&str]) -> Uuid {
+    tdfs_ok(&pack_args(img, extra))
         .trim()
         .parse()
         .expect("pack prints the build id")
@@ -436,4 +441,98 @@ fn verify_detects_a_truncated_object() {
         err.contains("past the object") || err.contains("ended after"),
         "{err}"
     );
+}
+
+#[test]
+fn pack_refuses_a_frame_size_the_mount_would_refuse() {
+    let img = images(7);
+    let (code, err) = stderr_of(&pack_args(&img, &["--frame-size", "128MiB"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--frame-size 134217728 bytes")
+            && err.contains("largest frame a mount serves (64 MiB)"),
+        "{err}"
+    );
+    let written = std::fs::read_dir(&img.store).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "pack wrote to the store before refusing");
+}
+
+/// Replace the last frame of `build`'s memfile data object by `edit` of
+/// it, and give the header's frame table its new compressed size, as a
+/// writer that made such a frame would. Returns the frame's index.
+fn rewrite_last_memfile_frame(
+    store: &Path,
+    build: Uuid,
+    compression: Compression,
+    edit: impl Fn(&mut Vec<u8>),
+) -> usize {
+    let header_path = store.join(ObjectKey::header(build, FileKind::Memfile).to_string());
+    let mut header = tdfs::format::Header::decode(&std::fs::read(&header_path).unwrap()).unwrap();
+    let entry = header
+        .builds
+        .iter_mut()
+        .find(|b| b.build_id == build)
+        .expect("the header lists its own build");
+    let mut frames = entry.frames.frames().to_vec();
+    let last = frames.last_mut().expect("a compressed diff has frames");
+
+    let data_path = store.join(ObjectKey::data(build, FileKind::Memfile, compression).to_string());
+    let mut object = std::fs::read(&data_path).unwrap();
+    assert_eq!(
+        object.len() as u64,
+        last.end_c(),
+        "the last frame ends the object"
+    );
+    let mut frame = object.split_off(last.start_c as usize);
+    edit(&mut frame);
+    last.size_c = frame.len() as u32;
+    object.extend_from_slice(&frame);
+    std::fs::write(&data_path, &object).unwrap();
+
+    let index = frames.len() - 1;
+    entry.frames = tdfs::format::FrameTable::new(compression, frames).unwrap();
+    let version = header.version();
+    std::fs::write(&header_path, header.encode(version).unwrap()).unwrap();
+    index
+}
+
+#[test]
+fn verify_rejects_frames_the_mount_would_refuse() {
+    // A zstd skippable frame of no data (magic 0x184D2A50, length 0): the
+    // zstd decoder passes it unless told the input is one frame.
+    const SKIPPABLE: [u8; 8] = [0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0];
+    type Edit = fn(&mut Vec<u8>);
+    let cases: [(Compression, Edit, &str); 3] = [
+        (
+            Compression::Lz4,
+            |f| f.truncate(f.len() - 4),
+            "lz4: the frame has no end mark",
+        ),
+        (
+            Compression::Lz4,
+            |f| f.extend_from_slice(b"tail"),
+            "lz4: 4 bytes follow the end of the frame",
+        ),
+        (
+            Compression::Zstd,
+            |f| f.extend_from_slice(&SKIPPABLE),
+            "zstd: 8 bytes follow the end of the frame",
+        ),
+    ];
+    for (compression, edit, needle) in cases {
+        let img = images(8);
+        let id = pack(
+            &img,
+            &["--compress", compression.name(), "--header-version", "4"],
+        );
+        tdfs_ok(&["verify", "--store", s(&img.store), &id.to_string()]);
+        let frame = rewrite_last_memfile_frame(&img.store, id, compression, edit);
+        let (code, err) = stderr_of(&["verify", "--store", s(&img.store), &id.to_string()]);
+        let key = ObjectKey::data(id, FileKind::Memfile, compression);
+        assert_eq!(code, 1, "{needle}: {err}");
+        assert!(
+            err.contains(&format!("{key}: frame {frame} ")) && err.contains(needle),
+            "{needle}: {err}"
+        );
+    }
 }

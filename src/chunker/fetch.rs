@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use super::full_disk::is_disk_full;
 use super::layout::Layout;
 use super::session::{Fetched, Session};
-use super::{ChunkerError, Inner, decode, scratch};
+use super::{ChunkerError, Inner, scratch};
 use crate::format::{Frame, PAGE_SIZE};
 use crate::store::StoreError;
 
@@ -214,7 +214,7 @@ impl Inner {
         with_fetch_buf(frame.size_c as usize, |src| {
             self.read_store(frame.start_u, frame.start_c, src)?;
             let mut decoded = dst(frame.size_u as usize);
-            decode::decode_frame(self.compression, src, &mut decoded).map_err(|detail| {
+            crate::codec::decode_frame(self.compression, src, &mut decoded).map_err(|detail| {
                 ChunkerError::CorruptFrame {
                     key: self.key,
                     offset: frame.start_u,

@@ -12,14 +12,11 @@ use uuid::Uuid;
 
 use super::inspect::hex;
 use super::{CliError, header_reader, human_bytes, open_store_arg, parse_build};
+use crate::codec::{decode_frame, diff_reader};
 use crate::format::{Compression, FileKind, FrameTable, Header, ObjectKey};
-use crate::pack::{Lz4Frames, decode_frame, default_threads, ordered_map};
+use crate::pack::{default_threads, ordered_map};
 use crate::store::{Store, StoreError};
 use crate::template::TemplateError;
-
-/// Largest frame verify will decode (the format allows up to 2 GiB; tdfs
-/// writes 2 MiB).
-const MAX_FRAME_LEN: u32 = 1 << 30;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -313,19 +310,16 @@ fn check_compressed(
                     "{at}: ends past the object's {object_size} bytes"
                 )));
             }
-            if f.size_u > MAX_FRAME_LEN {
-                return Ok(Err(format!(
-                    "{at}: frame is over 1 GiB, refusing to decode"
-                )));
-            }
             let raw = match store.read_exact_range(key, f.start_c, u64::from(f.size_c)) {
                 Ok(raw) => raw,
                 Err(e) => return Ok(Err(format!("{at}: {}", problem_or_error(e)?))),
             };
+            // A frame table holds no frame over `limits::MAX_FRAME_SIZE`,
+            // which bounds this buffer.
             let mut out = vec![0u8; f.size_u as usize];
             Ok(decode_frame(frames.compression(), &raw, &mut out)
                 .map(|()| out)
-                .map_err(|e| format!("{at}: does not decode: {e}")))
+                .map_err(|e| format!("{at}: {e}")))
         },
         |_, decoded| {
             match decoded {
@@ -355,15 +349,12 @@ fn check_compressed(
         } else {
             // A sparse table: decode the whole object as a stream of frames.
             let reader = store.read_range(key, 0, object_size)?;
-            let stream: Box<dyn Read> = match frames.compression() {
-                Compression::Lz4 => Box::new(Lz4Frames::new(reader)),
-                _ => match zstd::stream::read::Decoder::new(reader) {
-                    Ok(d) => Box::new(d),
-                    Err(e) => {
-                        problems.push(format!("{key}: {e}"));
-                        return Ok(diff_size);
-                    }
-                },
+            let stream = match diff_reader(frames.compression(), reader) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    problems.push(format!("{key}: {e}"));
+                    return Ok(diff_size);
+                }
             };
             match hash_stream(stream) {
                 Ok(r) => r,

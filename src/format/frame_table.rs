@@ -2,9 +2,7 @@ use std::ops::Range;
 
 use super::FormatError;
 use super::cursor::Cursor;
-
-/// Most frames one table may list (FORMAT.md).
-pub const MAX_FRAMES: u32 = 1_048_576;
+use super::limits::{MAX_FRAME_SIZE, MAX_FRAMES};
 
 /// Compression of a diff object (frame table `compression_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -88,8 +86,6 @@ pub struct FrameTable {
 
 /// Bytes of one frame-table entry on disk.
 const ENTRY_LEN: u64 = 24;
-/// Largest frame size the on-disk `i32` fields can hold.
-const MAX_FRAME_SIZE: u32 = i32::MAX as u32;
 /// Largest frame start the on-disk `i64` fields can hold.
 const MAX_FRAME_START: u64 = i64::MAX as u64;
 
@@ -129,10 +125,15 @@ impl FrameTable {
                     ),
                 ));
             }
+            // Under the on-disk `i32` too, so `encode_into` writes it exactly.
             if f.size_u > MAX_FRAME_SIZE || f.size_c > MAX_FRAME_SIZE {
                 return Err(FormatError::invalid(
                     "frame table",
-                    format!("frame {i} is larger than {MAX_FRAME_SIZE} bytes"),
+                    format!(
+                        "frame {i} is {} bytes ({} compressed), over the largest frame a mount \
+                         serves ({MAX_FRAME_SIZE} bytes, format::limits::MAX_FRAME_SIZE)",
+                        f.size_u, f.size_c
+                    ),
                 ));
             }
             if f.start_u > MAX_FRAME_START || f.start_c > MAX_FRAME_START {
@@ -418,6 +419,25 @@ mod tests {
                 "{frames:?}"
             );
         }
+    }
+
+    #[test]
+    fn frames_over_the_mount_limit_are_refused_naming_it() {
+        let max = MAX_FRAME_SIZE;
+        assert!(FrameTable::new(Compression::Zstd, vec![frame(0, 0, max, max)]).is_ok());
+        for f in [frame(0, 0, max + 1, 1), frame(0, 0, 1, max + 1)] {
+            let err = FrameTable::new(Compression::Lz4, vec![f]).unwrap_err();
+            assert!(
+                matches!(&err, FormatError::Invalid { detail, .. }
+                    if detail.contains(&format!("over the largest frame a mount serves ({max} bytes"))),
+                "{err}"
+            );
+        }
+        let bytes = raw(1, &[(0, 0, max as i32 + 1, 1)]);
+        assert!(matches!(
+            FrameTable::decode(&bytes),
+            Err(FormatError::Invalid { .. })
+        ));
     }
 
     fn raw(ty: u32, entries: &[(i64, i64, i32, i32)]) -> Vec<u8> {

@@ -10,6 +10,11 @@
 /// for writers that choose larger frames.
 pub const MAX_FRAME_SIZE: u32 = 64 << 20;
 
+/// Most frames one frame table may list (FORMAT.md "Frame table"): bounds
+/// a table's allocation whatever count a header claims; `pack` refuses a
+/// diff that would need more.
+pub const MAX_FRAMES: u32 = 1_048_576;
+
 /// Largest header object loaded, in bytes. A V3 header of a huge,
 /// fragmented memfile is tens of MiB; anything near this is not a header.
 pub const MAX_HEADER_LEN: u64 = 512 << 20;

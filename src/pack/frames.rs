@@ -8,9 +8,10 @@ use std::os::unix::fs::FileExt;
 use indicatif::ProgressBar;
 
 use super::PackError;
-use super::codec::compress_frame;
 use super::parallel::ordered_map;
-use crate::format::{Compression, Frame, FrameTable, MAX_FRAMES};
+use crate::codec::compress_frame;
+use crate::format::limits::{MAX_FRAME_SIZE, MAX_FRAMES};
+use crate::format::{Compression, Frame, FrameTable};
 
 /// The compressed object: its frame table and size.
 #[derive(Debug, Clone)]
@@ -69,11 +70,20 @@ pub fn compress_diff(
             Ok((start_u, len, packed))
         },
         |i, (start_u, len, packed)| {
-            let size_c = i32::try_from(packed.len()).map_err(|_| PackError::Compress {
-                compression: job.compression,
-                frame: i,
-                message: format!("compressed frame of {} bytes is over 2 GiB", packed.len()),
-            })?;
+            // Incompressible data grows a little when compressed, so a frame
+            // of a --frame-size near the limit can compress to more than it.
+            let size_c = u32::try_from(packed.len())
+                .ok()
+                .filter(|&n| n <= MAX_FRAME_SIZE)
+                .ok_or_else(|| PackError::Compress {
+                    compression: job.compression,
+                    frame: i,
+                    message: format!(
+                        "the compressed frame is {} bytes, over the largest frame a mount \
+                         serves ({MAX_FRAME_SIZE} bytes); use a smaller --frame-size",
+                        packed.len()
+                    ),
+                })?;
             out.write_all(&packed).map_err(|source| PackError::Io {
                 path: "staged compressed diff".into(),
                 source,
@@ -82,7 +92,7 @@ pub fn compress_diff(
                 start_u,
                 start_c,
                 size_u: len as u32,
-                size_c: size_c as u32,
+                size_c,
             });
             start_c += packed.len() as u64;
             bar.inc(len as u64);

@@ -250,7 +250,7 @@ mod tests {
         ));
         // Frame count over the cap.
         let mut over = 1u32.to_le_bytes().to_vec();
-        over.extend_from_slice(&(crate::format::MAX_FRAMES + 1).to_le_bytes());
+        over.extend_from_slice(&(crate::format::limits::MAX_FRAMES + 1).to_le_bytes());
         assert!(matches!(
             decode_err(&with(&[entry(1, 0, &over)])),
             FormatError::OverLimit {
