@@ -554,6 +554,7 @@ impl Inner {
             return Ok(self.fill(block, &range, &units));
         }
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let _waiting = self.stats.time_fetch_wait();
         let deadline = Instant::now() + self.fetch_timeout;
         let timeout = || ChunkerError::Timeout {
             key: self.key,
@@ -994,6 +995,7 @@ impl Inner {
     fn placed(&self, bytes: u64) {
         self.cached.fetch_add(bytes, Ordering::Relaxed);
         self.stats.cached_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.stats.cache_size.inc_by(bytes);
         if let Some(lru) = &self.lru {
             lru.budget.charge(bytes);
         }

@@ -23,7 +23,7 @@ use crate::format::{
     ObjectKey, ObjectName, PAGE_SIZE,
 };
 use crate::metrics::Stats;
-use crate::store::{Store, StoreError};
+use crate::store::{MeteredStore, Store, StoreError};
 use crate::sync;
 
 pub use cache_dir::CacheDir;
@@ -129,6 +129,9 @@ impl Builds {
         config: TemplateConfig,
     ) -> Result<Arc<Builds>, TemplateError> {
         let cache = CacheDir::create(&config.cache_dir)?;
+        let stats = Arc::new(Stats::default());
+        stats.cache_budget.set(config.max_cache_size);
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, stats.clone()));
         let chunker_config = ChunkerConfig {
             cache_dir: cache.path().to_path_buf(),
             fetch_timeout: config.fetch_timeout,
@@ -139,7 +142,7 @@ impl Builds {
         };
         Ok(Arc::new(Builds {
             store,
-            stats: Arc::new(Stats::default()),
+            stats,
             pool: FetchPool::new(config.fetch_workers.max(1)),
             chunker_config,
             cache,
@@ -404,7 +407,7 @@ impl TemplateFile {
         let result = self.read_mappings(buf, off);
         let n = *result.as_ref().unwrap_or(&0);
         self.stats
-            .record_read(n as u64, start.elapsed(), result.is_ok());
+            .record_read(self.file, n as u64, start.elapsed(), result.is_ok());
         result
     }
 
@@ -423,10 +426,11 @@ impl TemplateFile {
         // A `None` is recorded by the `read_at` that serves it instead.
         match &result {
             Ok(None) => {}
-            Ok(Some(bytes)) => self
-                .stats
-                .record_read(bytes.len() as u64, start.elapsed(), true),
-            Err(_) => self.stats.record_read(0, start.elapsed(), false),
+            Ok(Some(bytes)) => {
+                self.stats
+                    .record_read(self.file, bytes.len() as u64, start.elapsed(), true)
+            }
+            Err(_) => self.stats.record_read(self.file, 0, start.elapsed(), false),
         }
         result
     }

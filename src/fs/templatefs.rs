@@ -298,10 +298,12 @@ impl TemplateFs {
                 Ok(&out[..n])
             }
             Handle::Object { key, .. } => {
+                let start = Instant::now();
+                let result = self.builds.store().read_exact_into(key, offset, out);
                 self.builds
-                    .store()
-                    .read_exact_into(key, offset, out)
-                    .map_err(|source| FsError::object(key.to_string(), Some(offset), source))?;
+                    .stats()
+                    .record_object_read(key.name, start.elapsed());
+                result.map_err(|source| FsError::object(key.to_string(), Some(offset), source))?;
                 Ok(out)
             }
             Handle::Stats(text) => {
