@@ -7,6 +7,7 @@ mod export;
 mod inspect;
 pub mod mount;
 mod pack;
+mod readiness;
 mod verify;
 
 use std::path::PathBuf;

@@ -184,7 +184,7 @@ impl Stats {
         );
         r.register_with_unit(
             "store_request",
-            "ranged reads of the store, from request to last byte",
+            "reads of the store (ranged or whole object), from request to last byte",
             Unit::Seconds,
             self.store_request_latency.clone(),
         );

@@ -54,6 +54,30 @@ impl MetricsEndpoint {
         })
     }
 
+    /// `start` when `address` is given (`--metrics-listen`), logging the
+    /// URL it serves. Errors: a message naming the address and what to do.
+    pub fn start_if_asked(
+        address: Option<SocketAddr>,
+        stats: &Arc<Stats>,
+    ) -> Result<Option<MetricsEndpoint>, String> {
+        let Some(address) = address else {
+            return Ok(None);
+        };
+        let endpoint = MetricsEndpoint::start(address, stats.clone()).map_err(|e| {
+            format!(
+                "--metrics-listen {address}: {e} (give a free address of this host, e.g. 127.0.0.1:9110)"
+            )
+        })?;
+        if !endpoint.address.ip().is_loopback() {
+            log::warn!(
+                "metrics are served beyond this host, on {}: anyone who reaches it can read them",
+                endpoint.address
+            );
+        }
+        log::info!("metrics at http://{}/metrics", endpoint.address);
+        Ok(Some(endpoint))
+    }
+
     /// The address bound, with the port chosen when 0 was asked for.
     pub fn address(&self) -> SocketAddr {
         self.address
