@@ -6,8 +6,10 @@ mod daemon;
 mod demo;
 mod export;
 mod inspect;
+mod man;
 pub mod mount;
 mod pack;
+mod readiness;
 mod verify;
 
 use std::path::PathBuf;
@@ -56,6 +58,9 @@ pub enum Command {
     /// Print a shell completion script (bash, zsh, fish, ...).
     #[command(hide = true)]
     Completions(completions::CompletionsArgs),
+    /// Write the manual pages (tdfs.1, tdfs-mount.1, ...) into a directory.
+    #[command(hide = true)]
+    Man(man::ManArgs),
 }
 
 /// Why a command failed; main prints it after `tdfs: error: `.
@@ -108,6 +113,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             completions::run(args, Cli::command());
             Ok(())
         }
+        Command::Man(args) => man::run(args, Cli::command()),
     }
 }
 

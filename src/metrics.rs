@@ -1,160 +1,367 @@
-//! Counters shared by the read path and shown in `.stats` as Prometheus text.
-//! Plain relaxed atomics: they are statistics, not synchronization.
+//! The figures of a mount: counters, latency histograms and cache gauges,
+//! held in one Prometheus registry (prometheus-client) that `.stats` in the
+//! mount root and the `--metrics-listen` endpoint both render with the
+//! library's OpenMetrics text encoder, so the two always agree.
+//!
+//! Counters are plain relaxed atomics (statistics, not synchronization),
+//! shared with the registry, which reads them at each render. Histogram
+//! buckets and timing live in `latency`, the HTTP endpoint in `endpoint`.
 
-use std::fmt::Write as _;
+mod endpoint;
+mod latency;
+
+use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the read-latency histogram buckets.
-const LATENCY_BUCKETS: [f64; 12] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0, 10.0,
-];
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
-#[derive(Debug, Default)]
+use crate::format::{FileKind, ObjectName};
+
+pub use endpoint::MetricsEndpoint;
+pub use latency::{LATENCY_BUCKETS, Timer};
+
+/// The label set of the per-file read latency: `file="memfile"` and so on.
+type FileLabel = [(&'static str, String); 1];
+
+/// Prefix of every metric name.
+const PREFIX: &str = "tdfs";
+
+/// A mount's figures. Create one per mount (`Stats::default()`) and share
+/// it; `render_prometheus` gives the text of all of them.
+#[derive(Debug)]
 pub struct Stats {
     /// `read` calls served by template files.
-    pub reads: AtomicU64,
-    pub read_bytes: AtomicU64,
-    pub read_errors: AtomicU64,
+    pub reads: Arc<AtomicU64>,
+    /// Bytes returned by those calls.
+    pub read_bytes: Arc<AtomicU64>,
+    pub read_errors: Arc<AtomicU64>,
     /// Chunker lookups answered from the local cache.
-    pub cache_hits: AtomicU64,
+    pub cache_hits: Arc<AtomicU64>,
     /// Chunker lookups that had to wait for a fetch.
-    pub cache_misses: AtomicU64,
-    pub store_requests: AtomicU64,
-    pub store_bytes: AtomicU64,
-    pub fetch_errors: AtomicU64,
+    pub cache_misses: Arc<AtomicU64>,
+    /// Ranged reads the Chunkers sent to the store.
+    pub store_requests: Arc<AtomicU64>,
+    /// Bytes the Chunkers received from the store.
+    pub store_bytes: Arc<AtomicU64>,
+    pub fetch_errors: Arc<AtomicU64>,
     /// Fetches started by read-ahead rather than a reader.
-    pub readahead_fetches: AtomicU64,
-    /// Uncompressed bytes placed in cache files.
-    pub cached_bytes: AtomicU64,
-    pub evictions: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    pub readahead_fetches: Arc<AtomicU64>,
+    /// Uncompressed bytes placed in cache files (ever; see `cache_size`).
+    pub cached_bytes: Arc<AtomicU64>,
+    /// Units (chunks or frames) evicted under the cache budget.
+    pub evictions: Arc<AtomicU64>,
+    /// Bytes held in cache files now: placed minus evicted.
+    pub cache_size: Gauge<u64, AtomicU64>,
+    /// The cache budget (`--max-cache-size`) in bytes; 0 = no bound.
+    pub cache_budget: Gauge<u64, AtomicU64>,
+    read_latency: Family<FileLabel, Histogram, fn() -> Histogram>,
+    /// `read_latency` of the two template files, looked up once.
+    template_read_latency: [Histogram; 2],
+    store_request_latency: Histogram,
+    store_first_byte: Histogram,
+    fetch_wait: Histogram,
+    registry: Registry,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let counter = || Arc::new(AtomicU64::new(0));
+        let read_latency: Family<FileLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency::histogram);
+        let template_read_latency =
+            FileKind::ALL.map(|kind| read_latency.get_or_create(&file_label(kind.name())).clone());
+        let mut stats = Stats {
+            reads: counter(),
+            read_bytes: counter(),
+            read_errors: counter(),
+            cache_hits: counter(),
+            cache_misses: counter(),
+            store_requests: counter(),
+            store_bytes: counter(),
+            fetch_errors: counter(),
+            readahead_fetches: counter(),
+            cached_bytes: counter(),
+            evictions: counter(),
+            cache_size: Gauge::default(),
+            cache_budget: Gauge::default(),
+            read_latency,
+            template_read_latency,
+            store_request_latency: latency::histogram(),
+            store_first_byte: latency::histogram(),
+            fetch_wait: latency::histogram(),
+            registry: Registry::with_prefix(PREFIX),
+        };
+        stats.register();
+        stats
+    }
 }
 
 impl Stats {
-    pub fn record_read(&self, bytes: u64, latency: Duration, ok: bool) {
+    /// Put every figure in the registry; the metrics are handles sharing
+    /// their values with the fields.
+    fn register(&mut self) {
+        // Names gain `_total` (counters) and the unit from the encoder.
+        let counters = Counters(vec![
+            ("reads", "read calls on template files", self.reads.clone()),
+            (
+                "read_bytes",
+                "bytes returned to readers",
+                self.read_bytes.clone(),
+            ),
+            (
+                "read_errors",
+                "read calls that failed",
+                self.read_errors.clone(),
+            ),
+            (
+                "cache_hits",
+                "block lookups served from the local cache",
+                self.cache_hits.clone(),
+            ),
+            (
+                "cache_misses",
+                "block lookups that waited for a fetch",
+                self.cache_misses.clone(),
+            ),
+            (
+                "store_requests",
+                "ranged reads sent to the store",
+                self.store_requests.clone(),
+            ),
+            (
+                "store_bytes",
+                "bytes received from the store",
+                self.store_bytes.clone(),
+            ),
+            (
+                "fetch_errors",
+                "fetches that failed",
+                self.fetch_errors.clone(),
+            ),
+            (
+                "readahead_fetches",
+                "fetches started by read-ahead",
+                self.readahead_fetches.clone(),
+            ),
+            (
+                "cached_bytes",
+                "uncompressed bytes written to cache files",
+                self.cached_bytes.clone(),
+            ),
+            (
+                "cache_evictions",
+                "cached chunks or frames evicted",
+                self.evictions.clone(),
+            ),
+        ]);
+        let r = &mut self.registry;
+        r.register_collector(Box::new(counters));
+        r.register_with_unit(
+            "cache_size",
+            "bytes held in cache files now",
+            Unit::Bytes,
+            self.cache_size.clone(),
+        );
+        r.register_with_unit(
+            "cache_budget",
+            "bound on the bytes in cache files (--max-cache-size; 0 = none)",
+            Unit::Bytes,
+            self.cache_budget.clone(),
+        );
+        r.register_with_unit(
+            "read_latency",
+            "latency of read calls, per file",
+            Unit::Seconds,
+            self.read_latency.clone(),
+        );
+        r.register_with_unit(
+            "store_request",
+            "reads of the store (ranged or whole object), from request to last byte",
+            Unit::Seconds,
+            self.store_request_latency.clone(),
+        );
+        r.register_with_unit(
+            "store_first_byte",
+            "ranged reads of the store, from request to first byte",
+            Unit::Seconds,
+            self.store_first_byte.clone(),
+        );
+        r.register_with_unit(
+            "fetch_wait",
+            "time a reader waited for a missing chunk or frame",
+            Unit::Seconds,
+            self.fetch_wait.clone(),
+        );
+    }
+
+    /// Count a `read` of template file `file` that returned `bytes` (0 when
+    /// it failed) after `latency`.
+    pub fn record_read(&self, file: FileKind, bytes: u64, latency: Duration, ok: bool) {
         self.reads.fetch_add(1, Relaxed);
         if ok {
             self.read_bytes.fetch_add(bytes, Relaxed);
         } else {
             self.read_errors.fetch_add(1, Relaxed);
         }
-        let secs = latency.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
-            self.latency_buckets[i].fetch_add(1, Relaxed);
-        }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_us
-            .fetch_add(latency.as_micros() as u64, Relaxed);
+        let histogram = match file {
+            FileKind::Memfile => &self.template_read_latency[0],
+            FileKind::Rootfs => &self.template_read_latency[1],
+        };
+        histogram.observe(latency.as_secs_f64());
     }
 
-    /// The counters in Prometheus text exposition format.
+    /// Time a `read` of a plain object (snapfile, metadata.json) took; such
+    /// reads are not template-file reads, so only the latency is recorded.
+    pub fn record_object_read(&self, name: ObjectName, latency: Duration) {
+        self.read_latency
+            .get_or_create(&file_label(&name.as_string()))
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Record one store request that took `latency` from request to last
+    /// byte (or to its failure).
+    pub fn record_store_request(&self, latency: Duration) {
+        self.store_request_latency.observe(latency.as_secs_f64());
+    }
+
+    /// Record the time from a store request to its first byte.
+    pub fn record_store_first_byte(&self, latency: Duration) {
+        self.store_first_byte.observe(latency.as_secs_f64());
+    }
+
+    /// Times a reader's wait for a fetch until the returned guard drops.
+    pub fn time_fetch_wait(&self) -> Timer<'_> {
+        Timer::start(&self.fetch_wait)
+    }
+
+    /// Every figure in the OpenMetrics text format (Prometheus reads it;
+    /// `latency`'s buckets, `# EOF` at the end).
     pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 11] = [
-            (
-                "tdfs_reads_total",
-                "read calls on template files",
-                &self.reads,
-            ),
-            (
-                "tdfs_read_bytes_total",
-                "bytes returned to readers",
-                &self.read_bytes,
-            ),
-            (
-                "tdfs_read_errors_total",
-                "read calls that failed",
-                &self.read_errors,
-            ),
-            (
-                "tdfs_cache_hits_total",
-                "block lookups served from the local cache",
-                &self.cache_hits,
-            ),
-            (
-                "tdfs_cache_misses_total",
-                "block lookups that waited for a fetch",
-                &self.cache_misses,
-            ),
-            (
-                "tdfs_store_requests_total",
-                "ranged reads sent to the store",
-                &self.store_requests,
-            ),
-            (
-                "tdfs_store_bytes_total",
-                "bytes received from the store",
-                &self.store_bytes,
-            ),
-            (
-                "tdfs_fetch_errors_total",
-                "fetches that failed",
-                &self.fetch_errors,
-            ),
-            (
-                "tdfs_readahead_fetches_total",
-                "fetches started by read-ahead",
-                &self.readahead_fetches,
-            ),
-            (
-                "tdfs_cached_bytes_total",
-                "uncompressed bytes written to cache files",
-                &self.cached_bytes,
-            ),
-            (
-                "tdfs_cache_evictions_total",
-                "cached chunks or frames evicted",
-                &self.evictions,
-            ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Relaxed)
-            );
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            // Only a metric's own encoder fails, never the String.
+            log::error!("encoding the metrics failed; the text is cut short");
         }
-        let name = "tdfs_read_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} latency of read calls\n# TYPE {name} histogram"
-        );
-        let mut cumulative = 0;
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
-            cumulative += count.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        text
+    }
+}
+
+fn file_label(name: &str) -> FileLabel {
+    [("file", name.to_string())]
+}
+
+/// The counters, read at each render: they are atomics of the read path,
+/// not prometheus-client metrics, so its hot loops stay plain `fetch_add`s.
+#[derive(Debug)]
+struct Counters(Vec<(&'static str, &'static str, Arc<AtomicU64>)>);
+
+impl Collector for Counters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        for (name, help, value) in &self.0 {
+            let counter = ConstCounter::new(value.load(Relaxed));
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
         }
-        let total = self.latency_count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}\n{name}_count {total}",
-            self.latency_sum_us.load(Relaxed) as f64 / 1e6
-        );
-        out
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Blob;
+
+    fn value(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
 
     #[test]
-    fn histogram_is_cumulative() {
+    fn counters_keep_their_names() {
         let s = Stats::default();
-        s.record_read(10, Duration::from_micros(50), true);
-        s.record_read(10, Duration::from_millis(3), true);
-        s.record_read(0, Duration::from_secs(100), false);
+        s.record_read(FileKind::Memfile, 10, Duration::from_micros(50), true);
+        s.record_read(FileKind::Memfile, 10, Duration::from_millis(3), true);
+        s.record_read(FileKind::Rootfs, 0, Duration::from_secs(100), false);
+        s.evictions.fetch_add(2, Relaxed);
         let text = s.render_prometheus();
-        assert!(text.contains("tdfs_reads_total 3"));
-        assert!(text.contains("tdfs_read_bytes_total 20"));
-        assert!(text.contains("tdfs_read_errors_total 1"));
-        assert!(text.contains("tdfs_read_latency_seconds_bucket{le=\"0.0001\"} 1"));
-        assert!(text.contains("tdfs_read_latency_seconds_bucket{le=\"0.005\"} 2"));
-        assert!(text.contains("tdfs_read_latency_seconds_bucket{le=\"10\"} 2"));
-        assert!(text.contains("tdfs_read_latency_seconds_bucket{le=\"+Inf\"} 3"));
+        assert_eq!(value(&text, "tdfs_reads_total"), Some(3), "{text}");
+        assert_eq!(value(&text, "tdfs_read_bytes_total"), Some(20), "{text}");
+        assert_eq!(value(&text, "tdfs_read_errors_total"), Some(1), "{text}");
+        assert_eq!(
+            value(&text, "tdfs_cache_evictions_total"),
+            Some(2),
+            "{text}"
+        );
+        for name in [
+            "cache_hits",
+            "cache_misses",
+            "store_requests",
+            "store_bytes",
+            "fetch_errors",
+            "readahead_fetches",
+            "cached_bytes",
+        ] {
+            assert_eq!(
+                value(&text, &format!("tdfs_{name}_total")),
+                Some(0),
+                "{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn read_latency_is_cumulative_per_file() {
+        let s = Stats::default();
+        s.record_read(FileKind::Memfile, 10, Duration::from_micros(50), true);
+        s.record_read(FileKind::Memfile, 10, Duration::from_millis(3), true);
+        s.record_read(FileKind::Memfile, 0, Duration::from_secs(100), false);
+        s.record_object_read(ObjectName::Blob(Blob::Snapfile), Duration::from_micros(5));
+        let text = s.render_prometheus();
+        let bucket = |file: &str, le: &str| {
+            value(
+                &text,
+                &format!("tdfs_read_latency_seconds_bucket{{le=\"{le}\",file=\"{file}\"}}"),
+            )
+        };
+        assert_eq!(bucket("memfile", "0.00001"), Some(0), "{text}");
+        assert_eq!(bucket("memfile", "0.0001"), Some(1), "{text}");
+        assert_eq!(bucket("memfile", "0.005"), Some(2), "{text}");
+        assert_eq!(bucket("memfile", "60.0"), Some(2), "{text}");
+        assert_eq!(bucket("memfile", "+Inf"), Some(3), "{text}");
+        assert_eq!(bucket("rootfs.ext4", "+Inf"), Some(0), "{text}");
+        assert_eq!(bucket("snapfile", "0.00001"), Some(1), "{text}");
+    }
+
+    #[test]
+    fn store_fetch_and_cache_figures_render() {
+        let s = Stats::default();
+        s.record_store_request(Duration::from_millis(30));
+        s.record_store_first_byte(Duration::from_millis(20));
+        drop(s.time_fetch_wait());
+        s.cache_size.set(4096);
+        s.cache_budget.set(1 << 20);
+        let text = s.render_prometheus();
+        for series in [
+            "tdfs_store_request_seconds_count",
+            "tdfs_store_first_byte_seconds_count",
+            "tdfs_fetch_wait_seconds_count",
+        ] {
+            assert_eq!(value(&text, series), Some(1), "{series}:\n{text}");
+        }
+        assert_eq!(value(&text, "tdfs_cache_size_bytes"), Some(4096), "{text}");
+        assert_eq!(
+            value(&text, "tdfs_cache_budget_bytes"),
+            Some(1 << 20),
+            "{text}"
+        );
     }
 }

@@ -1,12 +1,13 @@
 //! Object stores: the size and ranged reads of an object key, listing of
 //! builds, and writes. The local directory store is the embedded default;
-//! S3/GCS go through `object_store`; a fault-injecting wrapper serves tests
-//! and a throttling one benchmarks.
+//! S3/GCS go through `object_store`; a fault-injecting wrapper serves tests,
+//! a throttling one benchmarks, and a metered one times reads for `metrics`.
 
 mod error;
 mod fault;
 mod local;
 mod location;
+mod metered;
 mod object;
 mod throttle;
 
@@ -19,6 +20,7 @@ pub use error::StoreError;
 pub use fault::{Fault, FaultStore};
 pub use local::LocalStore;
 pub use location::{StoreLocation, StoreOptions, open};
+pub use metered::MeteredStore;
 pub use object::RemoteStore;
 pub use throttle::{Throttle, ThrottleStore};
 

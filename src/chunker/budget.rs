@@ -225,6 +225,7 @@ impl Inner {
             self.cached.fetch_sub(bytes, Ordering::Relaxed);
             lru.budget.release(bytes);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            self.stats.cache_size.dec_by(bytes);
         }
         lru.end_evict(u);
         drop(sessions);

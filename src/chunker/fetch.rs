@@ -260,6 +260,7 @@ impl Inner {
         self.present.set(bits);
         self.cached.fetch_add(bytes, Ordering::Relaxed);
         self.stats.cached_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.stats.cache_size.inc_by(bytes);
         if let Some(lru) = &self.lru {
             lru.budget.charge(bytes);
         }

@@ -63,6 +63,7 @@ impl Inner {
             return Ok(self.fill(block, &range, &units));
         }
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let _waiting = self.stats.time_fetch_wait();
         let deadline = Instant::now() + self.fetch_timeout;
         let timeout = || ChunkerError::Timeout {
             key: self.key,

@@ -12,7 +12,9 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use super::daemon::{self, block_stop_signals, signal_name, wait_for_signals};
+use super::readiness;
 use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs};
+use crate::metrics::MetricsEndpoint;
 use crate::store::{self, Store, StoreLocation, StoreOptions, Throttle, ThrottleStore};
 use crate::template::{Builds, TemplateConfig};
 
@@ -115,6 +117,13 @@ pub struct MountArgs {
     /// jump. 0 turns read-ahead off.
     #[arg(long, value_name = "N", default_value_t = READAHEAD_CHUNKS)]
     pub readahead: usize,
+
+    /// Serve the figures of .stats for Prometheus at
+    /// http://ADDR:PORT/metrics (e.g. 127.0.0.1:9110; port 0 picks one).
+    /// Off unless given; any address given is served, so keep it loopback
+    /// unless the network is trusted.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 
     /// Benchmarks only (contrib/bench): slow every store read down by a
     /// first-byte latency and a per-request bandwidth, e.g. 20ms,100MB.
@@ -224,6 +233,8 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     let builds = Builds::new(store, config);
     // Made now, so a cache directory that cannot be made fails the mount.
     let cache_path = builds.cache_dir().map_err(FsError::open)?.to_path_buf();
+    let _metrics = MetricsEndpoint::start_if_asked(args.metrics_listen, builds.stats())
+        .map_err(FsError::Process)?;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let options = FsOptions {
@@ -239,6 +250,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     // After `ready`: a daemon's terminal should not get log lines once it
     // is told the mount is up.
     ready();
+    readiness::ready(build_count, &setup.store, &setup.mountpoint);
     log::info!(
         "mounted {} ({build_count} builds) on {} ({} threads, cache {})",
         setup.store,
@@ -249,6 +261,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     let stop = wait_for_signals(signals)?;
     crossbeam_channel::select! {
         recv(stop) -> signal => {
+            readiness::stopping(&setup.mountpoint);
             log::info!(
                 "{}: unmounting {}",
                 signal_name(signal.unwrap_or(0)),
@@ -257,6 +270,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
             mounted.unmount(UNMOUNT_GRACE)
         }
         recv(mounted.ended()) -> result => {
+            readiness::stopping(&setup.mountpoint);
             log::info!("{} was unmounted", setup.mountpoint.display());
             result
                 .unwrap_or(Ok(()))

@@ -77,7 +77,8 @@ pub enum FsError {
         #[source]
         source: io::Error,
     },
-    /// Starting or running the daemon process (fork, pipe, signals).
+    /// Starting or running the daemon process (fork, pipe, signals, the
+    /// metrics endpoint, readiness notices).
     #[error("{0}")]
     Process(String),
 }

@@ -2,6 +2,8 @@
 //! are stored, with no header or diff behind them, so a read goes straight
 //! to the store and nothing is cached.
 
+use std::time::Instant;
+
 use uuid::Uuid;
 
 use super::{Builds, TemplateError};
@@ -35,16 +37,17 @@ impl Builds {
         buf: &mut [u8],
     ) -> Result<(), TemplateError> {
         let key = ObjectKey::blob(build, blob);
-        self.store
-            .read_exact_into(&key, offset, buf)
-            .map_err(|e| match e {
-                StoreError::NotFound { .. } => TemplateError::NoBlob {
-                    build,
-                    blob,
-                    location: self.store.location(),
-                },
-                e => e.into(),
-            })
+        let start = Instant::now();
+        let result = self.store.read_exact_into(&key, offset, buf);
+        self.stats().record_object_read(key.name, start.elapsed());
+        result.map_err(|e| match e {
+            StoreError::NotFound { .. } => TemplateError::NoBlob {
+                build,
+                blob,
+                location: self.store.location(),
+            },
+            e => e.into(),
+        })
     }
 
     /// All of `build`'s `blob`, None when it does not exist.

@@ -20,7 +20,7 @@ use crate::format::{
     PAGE_SIZE,
 };
 use crate::metrics::Stats;
-use crate::store::{Store, StoreError};
+use crate::store::{MeteredStore, Store, StoreError};
 use crate::sync;
 
 type FileId = (Uuid, FileKind);
@@ -55,9 +55,12 @@ impl Builds {
     /// Nothing is read or made yet: the store is first asked when a build is
     /// listed, probed or opened.
     pub fn new(store: Arc<dyn Store>, config: TemplateConfig) -> Arc<Builds> {
+        let stats = Arc::new(Stats::default());
+        stats.cache_budget.set(config.max_cache_size);
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, stats.clone()));
         Arc::new(Builds {
             store,
-            stats: Arc::new(Stats::default()),
+            stats,
             listing: Listing::new(config.listing_ttl),
             config,
             headers: Mutex::new(HashMap::new()),

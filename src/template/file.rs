@@ -85,7 +85,7 @@ impl TemplateFile {
         let result = self.read_mappings(buf, off);
         let n = *result.as_ref().unwrap_or(&0);
         self.stats
-            .record_read(n as u64, start.elapsed(), result.is_ok());
+            .record_read(self.file, n as u64, start.elapsed(), result.is_ok());
         result
     }
 
@@ -104,10 +104,11 @@ impl TemplateFile {
         // A `None` is recorded by the `read_at` that serves it instead.
         match &result {
             Ok(None) => {}
-            Ok(Some(bytes)) => self
-                .stats
-                .record_read(bytes.len() as u64, start.elapsed(), true),
-            Err(_) => self.stats.record_read(0, start.elapsed(), false),
+            Ok(Some(bytes)) => {
+                self.stats
+                    .record_read(self.file, bytes.len() as u64, start.elapsed(), true)
+            }
+            Err(_) => self.stats.record_read(self.file, 0, start.elapsed(), false),
         }
         result
     }
