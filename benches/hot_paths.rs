@@ -102,7 +102,7 @@ fn warm_template(dir: &std::path::Path, memfile: &[u8]) -> Arc<TemplateFile> {
     let mut whole = vec![0u8; memfile.len()];
     assert_eq!(template.read_at(&mut whole, 0).unwrap(), memfile.len());
     assert!(whole == memfile, "the packed build reads back as written");
-    template
+    Arc::new(template)
 }
 
 fn template_reads(c: &mut Criterion) {

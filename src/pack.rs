@@ -274,8 +274,8 @@ pub fn pack_build(
             FileKind::Rootfs => &inputs.rootfs,
         };
         let base = bases.as_ref().map(|(m, r)| match file {
-            FileKind::Memfile => m.as_ref(),
-            FileKind::Rootfs => r.as_ref(),
+            FileKind::Memfile => m,
+            FileKind::Rootfs => r,
         });
         staged.push(stage_file(
             store.as_ref(),

@@ -13,6 +13,7 @@
 mod blob;
 mod builds;
 mod cache_dir;
+mod diffs;
 mod file;
 mod listing;
 #[cfg(test)]
@@ -28,7 +29,7 @@ use crate::format::{Blob, FileKind, FormatError};
 use crate::store::StoreError;
 
 pub use builds::Builds;
-pub use file::{FileBytes, TemplateFile};
+pub use file::{FileBytes, TemplateFile, own_compression};
 pub use listing::BuildContents;
 
 /// Why a template file, a blob or the listing could not be read.
@@ -88,6 +89,10 @@ pub struct TemplateConfig {
     /// How long the build listing, and the probe of a build that misses
     /// objects, are trusted before the store is asked again.
     pub listing_ttl: Duration,
+    /// Chunkers of diffs no open file reads that are kept open for reuse
+    /// (each holds a cache file descriptor and a mapping); past it the least
+    /// recently used is closed and its cached bytes dropped.
+    pub max_idle_diffs: usize,
 }
 
 impl TemplateConfig {
@@ -103,6 +108,8 @@ impl TemplateConfig {
             verify_checksums: false,
             // A tool asks once and exits: nothing to keep.
             listing_ttl: Duration::ZERO,
+            // A tool reads one template file, with a handful of ancestors.
+            max_idle_diffs: 16,
         }
     }
 }

@@ -56,7 +56,9 @@ fn a_reader_inside_a_killed_daemon_gets_an_error_and_the_next_mount_serves() {
     // A long fetch timeout: the reader is still waiting when the kill comes.
     let mount = MountGuard::start(&store, &["--fetch-timeout", "120"]);
     let memfile = mount.join(BASE).join("memfile");
-    fs::metadata(&memfile).expect("stat memfile");
+    // Held open, so the diff's Chunker (made at open, with the object's
+    // size) stays open while the object is swapped below.
+    let _held = fs::File::open(&memfile).expect("open memfile");
     let cache = mount.path().parent().unwrap().join("cache");
     let before = cache_dirs(&cache);
     assert_eq!(before.len(), 1, "one cache directory per mount");

@@ -202,6 +202,60 @@ fn return_big_buffers() {
 #[cfg(not(target_env = "gnu"))]
 fn return_big_buffers() {}
 
+/// Descriptors kept free of idle Chunkers: FUSE and fetch threads, store
+/// connections, the log, and the Chunkers of open files.
+const RESERVED_FDS: u64 = 256;
+
+/// Most idle Chunkers kept open whatever the descriptor limit: each also
+/// holds a mapping, and `vm.max_map_count` is 65530 by default.
+const MAX_IDLE_DIFFS: u64 = 1024;
+
+/// Raise the soft limit on open files to the hard limit, so a mount with
+/// many open templates does not run out of descriptors (an idle Chunker
+/// holds one: its cache file). Returns the limit now in force.
+fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            log::debug!(
+                "open file limit unknown: {}",
+                std::io::Error::last_os_error()
+            );
+            return RESERVED_FDS;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            } else {
+                log::debug!(
+                    "raising the open file limit to {}: {}",
+                    limit.rlim_max,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    log::debug!("open file limit: {}", limit.rlim_cur);
+    limit.rlim_cur
+}
+
+/// Idle Chunkers kept open under an open file limit of `nofile`: half of
+/// what `RESERVED_FDS` leaves (the other half is for the Chunkers of open
+/// files), at least 8, at most `MAX_IDLE_DIFFS`.
+fn idle_diff_limit(nofile: u64) -> usize {
+    let limit = (nofile.saturating_sub(RESERVED_FDS) / 2).clamp(8, MAX_IDLE_DIFFS);
+    log::debug!("keeping up to {limit} idle Chunkers open");
+    usize::try_from(limit).unwrap_or(8)
+}
+
 /// A local store path made absolute: the daemon changes directory to `/`.
 fn absolute_store(location: &str) -> String {
     match StoreLocation::parse(location) {
@@ -229,6 +283,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         fetch_workers: FETCH_WORKERS,
         verify_checksums: args.verify_checksums,
         listing_ttl: LISTING_TTL,
+        max_idle_diffs: idle_diff_limit(raise_open_file_limit()),
     };
     let builds = Builds::new(store, config);
     // Made now, so a cache directory that cannot be made fails the mount.

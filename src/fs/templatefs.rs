@@ -16,7 +16,7 @@ use super::error::FsError;
 use super::handles::{Handle, HandleTable};
 use super::inode::{BuildDirFile, InodeTable, Node, ROOT_INO, STATS_INO, STATS_NAME};
 use super::xattr;
-use crate::format::{Blob, FileKind, parse_build_id};
+use crate::format::{Blob, FileKind, Header, parse_build_id};
 use crate::template::{BuildContents, Builds, TemplateFile};
 
 #[cfg(test)]
@@ -160,7 +160,7 @@ impl TemplateFs {
             Node::File(build, BuildDirFile::Template(kind)) => {
                 // Listing names of a build whose header is unreadable would
                 // promise values getxattr cannot give.
-                self.open_template(build, kind)?;
+                self.header(build, kind)?;
                 Ok(xattr::names())
             }
             _ => Ok(Vec::new()),
@@ -172,8 +172,9 @@ impl TemplateFs {
         match self.node(ino)? {
             Node::File(build, BuildDirFile::Template(kind)) => {
                 let name = name.to_str().ok_or_else(missing)?;
-                let file = self.open_template(build, kind)?;
-                xattr::value(&file, name)
+                let header = self.header(build, kind)?;
+                let cached = || self.builds.cached_bytes(build, kind);
+                xattr::value(&header, cached, name)
                     .map(String::into_bytes)
                     .ok_or_else(missing)
             }
@@ -191,10 +192,12 @@ impl TemplateFs {
             Node::Build(_) => (FileType::Directory, 0, 4096, IMMUTABLE_TTL),
             // Size 0 like procfs: `.stats` is opened with direct I/O.
             Node::Stats => (FileType::RegularFile, 0, 4096, Duration::ZERO),
+            // The header has the size: no diff is opened, nothing is
+            // asked of the store but the header.
             Node::File(build, BuildDirFile::Template(kind)) => {
-                let file = self.open_template(build, kind)?;
-                let blksize = u32::try_from(file.block_size()).unwrap_or(u32::MAX);
-                (FileType::RegularFile, file.size(), blksize, IMMUTABLE_TTL)
+                let meta = &self.header(build, kind)?.metadata;
+                let blksize = u32::try_from(meta.block_size).unwrap_or(u32::MAX);
+                (FileType::RegularFile, meta.size, blksize, IMMUTABLE_TTL)
             }
             Node::File(build, BuildDirFile::Blob(blob)) => {
                 let size = self.blob_size(build, blob)?;
@@ -225,6 +228,8 @@ impl TemplateFs {
         Ok(Entry { attr, ttl })
     }
 
+    /// `build`'s `kind` opened for reading: its diffs' Chunkers are open
+    /// while the handle holding it lives.
     pub(super) fn open_template(
         &self,
         build: Uuid,
@@ -232,6 +237,13 @@ impl TemplateFs {
     ) -> Result<Arc<TemplateFile>, FsError> {
         self.builds
             .open(build, kind)
+            .map(Arc::new)
+            .map_err(|e| FsError::template(build, kind, None, e))
+    }
+
+    fn header(&self, build: Uuid, kind: FileKind) -> Result<Arc<Header>, FsError> {
+        self.builds
+            .header(build, kind)
             .map_err(|e| FsError::template(build, kind, None, e))
     }
 

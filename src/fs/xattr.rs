@@ -1,7 +1,8 @@
 //! Extended attributes of template files (`user.tdfs.*`, read with
 //! `getfattr -d`) and the size-probe protocol of getxattr/listxattr.
 
-use crate::template::TemplateFile;
+use crate::format::Header;
+use crate::template::own_compression;
 
 const PREFIX: &str = "user.tdfs.";
 
@@ -27,18 +28,19 @@ pub fn names() -> Vec<u8> {
     list
 }
 
-/// The value of attribute `name` of `file`, None when it has no such
-/// attribute.
-pub fn value(file: &TemplateFile, name: &str) -> Option<String> {
-    let meta = &file.header().metadata;
+/// The value of attribute `name` of the template file `header` describes,
+/// whose own diff has `cached_bytes()` bytes cached; None when it has no such
+/// attribute. Only the header is read: no diff is opened.
+pub fn value(header: &Header, cached_bytes: impl FnOnce() -> u64, name: &str) -> Option<String> {
+    let meta = &header.metadata;
     Some(match name.strip_prefix(PREFIX)? {
         "build_id" => meta.build_id.to_string(),
         "base_build_id" => meta.base_build_id.to_string(),
         "generation" => meta.generation.to_string(),
         "block_size" => meta.block_size.to_string(),
-        "compression" => file.compression().name().to_string(),
-        "header_version" => file.header().version().to_string(),
-        "cached_bytes" => file.cached_bytes().to_string(),
+        "compression" => own_compression(header).name().to_string(),
+        "header_version" => header.version().to_string(),
+        "cached_bytes" => cached_bytes().to_string(),
         _ => return None,
     })
 }

@@ -1,8 +1,10 @@
 //! `Builds`: the headers and shared Chunkers of a store's builds. A header
 //! is loaded once per (build, file); a diff gets one Chunker however many
-//! templates reference it. The cache directory and fetch threads are made
-//! with the first diff, so a `Builds` that only reads headers (inspect,
-//! verify) leaves no trace on disk.
+//! open templates reference it, made when a template file is opened (never
+//! for its attributes) and closed once idle past a limit (see `Diffs`). The
+//! cache directory and fetch threads are made with the first diff, so a
+//! `Builds` that only reads headers (inspect, verify, `stat`) leaves no
+//! trace on disk and sends no request for a data object.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use uuid::Uuid;
 
 use super::cache_dir::CacheDir;
+use super::diffs::{Diffs, FileId};
 use super::listing::Listing;
 use super::{TemplateConfig, TemplateError, TemplateFile};
 use crate::chunker::{CacheBudget, Chunker, ChunkerConfig, DiffSpec, FetchPool};
@@ -22,8 +25,6 @@ use crate::format::{
 use crate::metrics::Stats;
 use crate::store::{MeteredStore, Store, StoreError};
 use crate::sync;
-
-type FileId = (Uuid, FileKind);
 
 /// What only Chunkers need: made with the first diff (see the module docs).
 struct Fetching {
@@ -39,9 +40,7 @@ pub struct Builds {
     stats: Arc<Stats>,
     config: TemplateConfig,
     headers: Mutex<HashMap<FileId, Arc<Header>>>,
-    diffs: Mutex<HashMap<FileId, Arc<Chunker>>>,
-    /// Resolved template files: lookups and getattr reuse them.
-    files: Mutex<HashMap<FileId, Arc<TemplateFile>>>,
+    diffs: Arc<Diffs>,
     pub(super) listing: Listing,
     /// Held while `fetching` is made, so it is made once. Making it touches
     /// only the local disk, never the store.
@@ -62,12 +61,11 @@ impl Builds {
             store,
             stats,
             listing: Listing::new(config.listing_ttl),
-            config,
             headers: Mutex::new(HashMap::new()),
-            diffs: Mutex::new(HashMap::new()),
-            files: Mutex::new(HashMap::new()),
+            diffs: Arc::new(Diffs::new(config.max_idle_diffs)),
             making_fetching: Mutex::new(()),
             fetching: OnceLock::new(),
+            config,
         })
     }
 
@@ -114,38 +112,41 @@ impl Builds {
         }))
     }
 
-    /// The template file `file` of `build`.
+    /// The template file `file` of `build`, ready to read: the Chunkers of
+    /// the diffs its mappings reference are opened (made, with size
+    /// requests for their data objects, unless already open) and held until
+    /// it is dropped. For its size or header alone, use `header`.
     ///
     /// # Errors
     /// `NotFound` when the build has neither header nor data for `file`,
     /// `CorruptHeader` when its header cannot be decoded, `Inconsistent`
     /// when a diff it references is missing or disagrees with it, `Cache`
     /// when the cache directory cannot be made; store errors otherwise.
-    pub fn open(&self, build: Uuid, file: FileKind) -> Result<Arc<TemplateFile>, TemplateError> {
-        if let Some(f) = sync::lock(&self.files).get(&(build, file)) {
-            return Ok(f.clone());
-        }
+    pub fn open(&self, build: Uuid, file: FileKind) -> Result<TemplateFile, TemplateError> {
         let header = self.header(build, file)?;
-        let mut diffs = Vec::new();
+        let mut opened = TemplateFile {
+            file,
+            header: header.clone(),
+            diffs: Vec::new(),
+            stats: self.stats.clone(),
+            registry: self.diffs.clone(),
+        };
         for m in header.mappings.as_slice() {
-            if m.is_zero() || diffs.iter().any(|(id, _)| *id == m.build_id) {
+            if m.is_zero() || opened.diffs.iter().any(|(id, _)| *id == m.build_id) {
                 continue;
             }
-            diffs.push((m.build_id, self.diff(m.build_id, file, &header)?));
+            let chunker = self.diff(m.build_id, file, &header)?;
+            opened.diffs.push((m.build_id, chunker));
         }
-        let own = match diffs.iter().find(|(id, _)| *id == build) {
-            Some((_, c)) => Some(c.clone()),
-            None => self.diff(build, file, &header).ok(),
-        };
-        let opened = Arc::new(TemplateFile {
-            file,
-            header,
-            diffs,
-            own,
-            stats: self.stats.clone(),
-        });
-        let mut files = sync::lock(&self.files);
-        Ok(files.entry((build, file)).or_insert(opened).clone())
+        Ok(opened)
+    }
+
+    /// Bytes of `build`'s own diff of `file` in the cache now; 0 when its
+    /// Chunker is not open. Never opens one.
+    pub fn cached_bytes(&self, build: Uuid, file: FileKind) -> u64 {
+        self.diffs
+            .live((build, file))
+            .map_or(0, |c| c.cached_bytes())
     }
 
     /// The decoded header of `build`'s `file`, loaded once. A build with a
@@ -226,8 +227,8 @@ impl Builds {
         file: FileKind,
         referrer: &Header,
     ) -> Result<Arc<Chunker>, TemplateError> {
-        if let Some(c) = sync::lock(&self.diffs).get(&(build, file)) {
-            return Ok(c.clone());
+        if let Some(c) = self.diffs.live((build, file)) {
+            return Ok(c);
         }
         let own_header = if referrer.metadata.build_id == build {
             None
@@ -299,22 +300,20 @@ impl Builds {
             frames: table,
         };
         let fetching = self.fetching()?;
-        let mut diffs = sync::lock(&self.diffs);
-        if let Some(c) = diffs.get(&(build, file)) {
-            return Ok(c.clone());
-        }
-        let chunker = Arc::new(Chunker::new(
-            spec,
-            self.store.clone(),
-            fetching.pool.clone(),
-            &fetching.config,
-            self.stats.clone(),
-        )?);
-        if let Some(sha256) = sha256.filter(|_| self.config.verify_checksums) {
-            chunker.verify_when_complete(sha256);
-        }
-        diffs.insert((build, file), chunker.clone());
-        Ok(chunker)
+        let verify = sha256.filter(|_| self.config.verify_checksums);
+        self.diffs.get_or_make((build, file), || {
+            let chunker = Chunker::new(
+                spec,
+                self.store.clone(),
+                fetching.pool.clone(),
+                &fetching.config,
+                self.stats.clone(),
+            )?;
+            if let Some(sha256) = verify {
+                chunker.verify_when_complete(sha256);
+            }
+            Ok(chunker)
+        })
     }
 }
 
@@ -342,5 +341,45 @@ mod tests {
         assert_eq!(made.parent(), Some(parent.as_path()));
         drop(builds);
         assert!(!made.exists(), "removed with its Builds");
+    }
+
+    fn cache_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("cache".as_ref()))
+            .count()
+    }
+
+    #[test]
+    fn one_chunker_per_diff_and_idle_ones_closed_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = TemplateConfig::for_tool(dir.path().to_path_buf());
+        config.max_idle_diffs = 1;
+        let builds = fixture_builds("v4-zstd", config);
+        let build = Uuid::parse_str(LAYER).unwrap();
+        let a = builds.open(build, FileKind::Memfile).unwrap();
+        let b = builds.open(build, FileKind::Memfile).unwrap();
+        assert_eq!(a.diffs.len(), 2, "the layer and its base");
+        for ((_, x), (_, y)) in a.diffs.iter().zip(&b.diffs) {
+            assert!(Arc::ptr_eq(x, y), "one Chunker per diff");
+        }
+        let cache = builds.cache_dir().unwrap().to_path_buf();
+        assert_eq!(cache_files(&cache), 2);
+
+        drop(a);
+        assert_eq!(builds.diffs.open_count(), 2, "still held by the other");
+        drop(b);
+        assert_eq!(builds.diffs.open_count(), 1, "one idle Chunker kept");
+        assert_eq!(
+            cache_files(&cache),
+            1,
+            "the closed one's cache file removed"
+        );
+
+        // Reopening reuses the kept one and remakes the closed one.
+        let c = builds.open(build, FileKind::Memfile).unwrap();
+        let mut buf = vec![0; 4096];
+        c.read_at(&mut buf, 0).unwrap();
+        assert_eq!(cache_files(&cache), 2);
     }
 }

@@ -10,8 +10,9 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use super::TemplateError;
+use super::diffs::Diffs;
 use crate::chunker::{Block, Chunker};
-use crate::format::{Compression, FileKind, Header, ObjectKey, ObjectName};
+use crate::format::{Compression, FileKind, Header, ObjectKey};
 use crate::metrics::Stats;
 
 /// Zeros for holes served in place: as long as the largest FUSE read. Never
@@ -38,14 +39,22 @@ impl std::ops::Deref for FileBytes<'_> {
 }
 
 /// One build's `memfile` or `rootfs.ext4`, resolved through its header.
+/// It holds the Chunkers of the diffs it reads while it lives, and hands
+/// them back to its `Builds` when dropped (see `Diffs`).
 pub struct TemplateFile {
     pub(super) file: FileKind,
     pub(super) header: Arc<Header>,
     /// Chunkers of every build the mappings reference (a handful at most).
     pub(super) diffs: Vec<(Uuid, Arc<Chunker>)>,
-    /// This build's own diff, when it has one.
-    pub(super) own: Option<Arc<Chunker>>,
     pub(super) stats: Arc<Stats>,
+    pub(super) registry: Arc<Diffs>,
+}
+
+impl Drop for TemplateFile {
+    fn drop(&mut self) {
+        self.registry
+            .release(self.file, std::mem::take(&mut self.diffs));
+    }
 }
 
 impl TemplateFile {
@@ -70,12 +79,9 @@ impl TemplateFile {
         self.header.metadata.block_size
     }
 
-    /// Compression of this build's own diff.
+    /// Compression of this build's own diff (see `own_compression`).
     pub fn compression(&self) -> Compression {
-        match self.own.as_ref().map(|c| c.key().name) {
-            Some(ObjectName::Data(_, compression)) => compression,
-            _ => Compression::None,
-        }
+        own_compression(&self.header)
     }
 
     /// Read into `buf` from `off`: fills all of `buf` unless the file ends
@@ -176,8 +182,22 @@ impl TemplateFile {
             })
     }
 
-    /// Bytes of this build's own diff held in the local cache.
+    /// Bytes of this build's own diff held in the local cache (0 when no
+    /// mapping reads it).
     pub fn cached_bytes(&self) -> u64 {
-        self.own.as_ref().map_or(0, |c| c.cached_bytes())
+        self.diffs
+            .iter()
+            .find(|(id, _)| *id == self.build_id())
+            .map_or(0, |(_, c)| c.cached_bytes())
     }
+}
+
+/// Compression of the own diff of the build `header` describes, as its
+/// builds section records it (V4/V5); a header without one (V1–V3, legacy)
+/// describes an uncompressed diff.
+pub fn own_compression(header: &Header) -> Compression {
+    header
+        .build(&header.metadata.build_id)
+        .filter(|b| b.frames.is_compressed())
+        .map_or(Compression::None, |b| b.frames.compression())
 }

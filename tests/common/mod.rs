@@ -14,6 +14,8 @@
 //! - `garage`, `fake_gcs`: throwaway S3 and GCS servers on loopback.
 //! - `chunker`: a Chunker over a fault-injecting local store, and diff
 //!   objects the tests write themselves.
+//! - `builds`: builds a test writes itself (any header version, mappings
+//!   and diffs), for cases the fixture stores do not have.
 //! - `pack`: VM-like images and a local store for the pack and CLI tests.
 //!
 //! Benches include this module too (`#[path = "../tests/common/mod.rs"]`).
@@ -22,6 +24,7 @@
 // different part of it: what one binary leaves unused is not dead code.
 #![allow(dead_code)]
 
+pub mod builds;
 pub mod chunker;
 pub mod digest;
 pub mod fake_gcs;

@@ -76,7 +76,28 @@ impl MountGuard {
         let dir = tempfile::tempdir().expect("temp dir");
         let mountpoint = dir.path().join("mnt");
         std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
-        Self::launch(dir, mountpoint, store.as_ref(), extra, env)
+        Self::launch(dir, mountpoint, store.as_ref(), extra, env, None)
+    }
+
+    /// `start`, with the daemon's open file limit set to `soft` (current)
+    /// and `hard` (maximum) before it runs.
+    pub fn start_with_nofile(
+        store: impl AsRef<OsStr>,
+        extra: &[&str],
+        soft: u64,
+        hard: u64,
+    ) -> MountGuard {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
+        Self::launch(
+            dir,
+            mountpoint,
+            store.as_ref(),
+            extra,
+            &[],
+            Some((soft, hard)),
+        )
     }
 
     fn launch(
@@ -85,6 +106,7 @@ impl MountGuard {
         store: &OsStr,
         extra: &[&str],
         env: &[(&str, String)],
+        nofile: Option<(u64, u64)>,
     ) -> MountGuard {
         let mountpoint = std::path::absolute(&mountpoint).expect("absolute mountpoint");
         let log = dir.path().join(format!("tdfs-{}.log", unique()));
@@ -96,7 +118,25 @@ impl MountGuard {
                 dir.path().join("cache").into_os_string(),
             ],
         };
-        let child = Command::new(TDFS)
+        let mut command = Command::new(TDFS);
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit is async-signal-safe, and `limit` is a copy
+            // owned by the closure.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .arg("mount")
             .arg("--foreground")
             .args(&cache)
@@ -129,6 +169,12 @@ impl MountGuard {
     /// `path` inside the mount.
     pub fn join(&self, path: impl AsRef<Path>) -> PathBuf {
         self.mountpoint.join(path)
+    }
+
+    /// The parent of this mount's cache directory (unless the test gave
+    /// its own `--cache-dir`).
+    pub fn cache_parent(&self) -> PathBuf {
+        self._dir.path().join("cache")
     }
 
     pub fn pid(&self) -> u32 {
@@ -213,7 +259,14 @@ impl MountGuard {
         extra: &[&str],
     ) -> MountGuard {
         let dir = crashed.dir.take().expect("not restarted yet");
-        Self::launch(dir, crashed.mountpoint.clone(), store.as_ref(), extra, &[])
+        Self::launch(
+            dir,
+            crashed.mountpoint.clone(),
+            store.as_ref(),
+            extra,
+            &[],
+            None,
+        )
     }
 }
 

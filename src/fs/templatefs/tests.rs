@@ -25,6 +25,7 @@ fn fixture_fs(cache: &Path) -> TemplateFs {
         fetch_workers: 2,
         verify_checksums: false,
         listing_ttl: Duration::from_secs(5),
+        max_idle_diffs: 4,
     };
     let options = FsOptions {
         uid: 1000,
