@@ -28,6 +28,10 @@ pub struct Stats {
     /// Uncompressed bytes placed in cache files.
     pub cached_bytes: AtomicU64,
     pub evictions: AtomicU64,
+    /// Cached chunks or frames dropped because their bytes could no longer
+    /// be read from the cache file (truncated or failing), to be fetched
+    /// again.
+    pub cache_damaged_units: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -53,7 +57,7 @@ impl Stats {
     /// The counters in Prometheus text exposition format.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "tdfs_reads_total",
                 "read calls on template files",
@@ -108,6 +112,11 @@ impl Stats {
                 "tdfs_cache_evictions_total",
                 "cached chunks or frames evicted",
                 &self.evictions,
+            ),
+            (
+                "tdfs_cache_damaged_units_total",
+                "cached chunks or frames found unreadable in their cache file and dropped",
+                &self.cache_damaged_units,
             ),
         ];
         for (name, help, v) in counters {

@@ -249,7 +249,9 @@ impl Inner {
 
     /// Write `bytes` into the cache file at `off`: a range that is not
     /// present, written by its unit's only session.
+    /// A truncated file is repaired first (`damage`).
     fn write_cache(&self, off: u64, bytes: &[u8]) -> Result<(), ChunkerError> {
+        self.check_cache_len(off)?;
         self.cache
             .write_at(off, bytes)
             .map_err(|e| self.cache_error(off, e))
