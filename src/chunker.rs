@@ -174,6 +174,9 @@ struct Inner {
     expected_sha256: OnceLock<[u8; 32]>,
     /// Set once damage to the cache file was logged (`damage`).
     cache_damage_reported: AtomicBool,
+    /// Advanced each time present units are dropped, by eviction or by
+    /// damage (`damage`).
+    discard_epoch: AtomicU64,
     /// Set once the whole-diff check has run (or is running).
     checksum_checked: AtomicBool,
     /// The whole-diff check failed: nothing of this diff is served.
@@ -269,6 +272,7 @@ impl Chunker {
             cache_full: AtomicBool::new(false),
             expected_sha256: OnceLock::new(),
             cache_damage_reported: AtomicBool::new(false),
+            discard_epoch: AtomicU64::new(0),
             checksum_checked: AtomicBool::new(false),
             checksum_failed: OnceLock::new(),
         });

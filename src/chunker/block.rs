@@ -2,7 +2,6 @@
 //! `CacheBudget`, keeps its units pinned against eviction while it lives (see
 //! `budget`); or, when the cache disk was full, a copy made for its reader.
 
-use std::io;
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
@@ -126,18 +125,13 @@ impl Inner {
                 Some((_, data)) => out.copy_from_slice(
                     &data[(part.start - unit.start) as usize..(part.end - unit.start) as usize],
                 ),
-                // Present (checked by the caller) and pinned; tested again
-                // after the read, as `damage` explains.
+                // Present (checked by the caller) and pinned; the caller
+                // checks the discard epoch after (see `damage`).
                 None => {
-                    let read = self.cache.read_at(out, part.start).and_then(|()| {
-                        match self.range_present(&part, &(u..u + 1)) {
-                            true => Ok(()),
-                            false => Err(io::Error::other("dropped while it was read")),
-                        }
-                    });
+                    let read = self.cache.read_at(out, part.start);
                     if let Err(e) = read {
                         drop(block);
-                        self.cache_damaged(u..u + 1, &e);
+                        self.cache_damaged(u..u + 1, &e, None);
                         return Err(self.cache_error(part.start, e));
                     }
                 }

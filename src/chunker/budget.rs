@@ -216,7 +216,7 @@ impl Inner {
         if sessions.contains_key(&u) {
             return 0;
         }
-        let Some((bytes, punched)) = self.discard(u) else {
+        let Some((bytes, punched)) = self.discard(u, false) else {
             return 0;
         };
         drop(sessions);
@@ -235,12 +235,15 @@ impl Inner {
 
     /// Drop unit `u` from the cache (eviction, or a damaged cache file):
     /// clear its present bits, punch its hole, give its bytes back to the
-    /// budget. The caller holds the session lock and has checked that no
-    /// fetch of `u` runs. Under a budget only when no reader pins `u`
-    /// (`None` otherwise); without one there are no pins to respect.
+    /// budget, advance the discard epoch first (see `damage`). The caller
+    /// holds the session lock and has checked that no fetch of `u` runs, or
+    /// runs that fetch itself. Under a budget only when no reader pins `u`
+    /// (`None` otherwise), unless `force` (bytes already lost: see
+    /// `damage`); without a budget there are no pins to respect.
     /// Returns the bytes dropped and how the hole punch went.
-    pub(super) fn discard(&self, u: usize) -> Option<(u64, std::io::Result<()>)> {
-        if let Some(lru) = &self.lru
+    pub(super) fn discard(&self, u: usize, force: bool) -> Option<(u64, std::io::Result<()>)> {
+        let lru = self.lru.as_ref().filter(|_| !force);
+        if let Some(lru) = lru
             && !lru.begin_evict(u)
         {
             return None;
@@ -248,6 +251,7 @@ impl Inner {
         let bytes = self.unit_cached_bytes(u);
         let mut punched = Ok(());
         if bytes > 0 {
+            self.discard_epoch.fetch_add(1, Ordering::AcqRel);
             let range = self.layout.unit_range(u);
             self.present.clear(self.layout.bits_of(&range, &(u..u + 1)));
             punched = self.cache.punch_hole(range);
@@ -256,7 +260,7 @@ impl Inner {
                 lru.budget.release(bytes);
             }
         }
-        if let Some(lru) = &self.lru {
+        if let Some(lru) = lru {
             lru.end_evict(u);
         }
         Some((bytes, punched))

@@ -334,4 +334,36 @@ mod tests {
         // SAFETY: empty slice of an empty mapping.
         assert!(unsafe { g.slice(0, 0) }.is_empty());
     }
+
+    #[test]
+    fn a_truncated_cache_file_is_an_error_to_pread_and_populate_not_a_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = CacheFile::create(dir.path(), "obj.cache", 1 << 20).unwrap();
+        f.write_at(0, &[9u8; 1 << 20]).unwrap();
+        let mut buf = vec![0u8; 8192];
+        f.read_at(&mut buf, 4096).unwrap();
+        assert!(buf.iter().all(|&b| b == 9));
+        f.populate(100, 5000).unwrap();
+
+        // What an operator's `truncate -s 0` does under a running mount.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(f.path())
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        assert_eq!(f.current_len().unwrap(), 4096);
+        f.populate(0, 4096).unwrap();
+        f.read_at(&mut buf[..4096], 0).unwrap();
+        let short = f.read_at(&mut buf, 4096).unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
+        let fault = f.populate(4096, 8192).unwrap_err();
+        assert_eq!(fault.raw_os_error(), Some(libc::EFAULT), "{fault}");
+
+        f.restore_len().unwrap();
+        assert_eq!(f.current_len().unwrap(), 1 << 20);
+        f.populate(4096, 8192).unwrap();
+        f.read_at(&mut buf, 4096).unwrap();
+        assert!(buf.iter().all(|&b| b == 0), "the lost part reads as a hole");
+    }
 }

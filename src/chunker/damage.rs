@@ -6,49 +6,67 @@
 //! Nothing in user space reads the mapping where bytes may be gone: a copy
 //! is a `pread` (`CacheFile::read_at`), and a range served in place is
 //! populated first (`CacheFile::populate`), so the damage shows as an error,
-//! never as a SIGBUS. After the read or the populate, the range's present
-//! bits are tested again: a unit dropped meanwhile (by eviction or by
-//! damage handling, which clears the bits before it gives the file its
-//! length back) is looked up again rather than served as the hole it now is.
+//! never as a SIGBUS. A reader notes the Chunker's discard epoch before it
+//! tests the present bits and checks it again after the read or the
+//! populate: every drop of present units (eviction, damage) advances the
+//! epoch before it clears their bits, and damage handling gives the file
+//! its length back only after, so a read that may have seen the hole left
+//! behind (even if the unit was fetched again since, its bits set again)
+//! looks its range up again rather than serve it. The whole-diff SHA-256
+//! check (`verify`) uses the same epoch.
 //!
-//! On such an error the reader drops its pins and calls `cache_damaged`:
-//! under the session lock, every unit whose bytes are gone (the ones the
-//! read touched, and all units reaching past a truncated file's end) is
-//! dropped as eviction drops it (`Inner::discard`: pins respected, present
-//! bits cleared, hole punched), counted in `cache_damaged_units`; then, when
-//! no unit past the end is left present, the file gets its length back.
-//! The reader looks its range up again, which fetches the dropped units
-//! anew, verified like any fetch. One warning per cache file is logged. A
-//! read gives up with a `Cache` error (EIO) after `MAX_REPAIRS` tries, and
-//! the next read tries again.
+//! On such an error the reader drops its pins and repairs the file
+//! (`cache_damaged`): under the session lock, every unit whose bytes are
+//! gone (the ones the read touched, and all units reaching past a truncated
+//! file's end) is dropped as eviction drops it (`Inner::discard`: pins
+//! respected, present bits cleared, hole punched), counted in
+//! `cache_damaged_units`; then, when no unit past the end is left present,
+//! the file gets its length back. The reader looks its range up again,
+//! which fetches the dropped units anew, verified like any fetch. One
+//! warning per cache file is logged. A read backs off and tries again up to
+//! `MAX_REPAIRS` times (a unit another reader pins, or whose fetch runs, is
+//! dropped by a later repair), then fails with a `Cache` error (EIO); the
+//! next read tries again.
 //!
-//! A fetch checks the file's length before each write: a `pwrite` past a
-//! truncated end would extend the file with a hole under units still marked
-//! present. It repairs the file first, or fails (EIO for its readers).
+//! A fetch checks the file's length before each write, since a `pwrite`
+//! past a truncated end would extend the file with a hole under units still
+//! marked present. It repairs the file first, dropping the part of its own
+//! chunk already written (that bytes are lost, pins or not), and then fails
+//! with a `Cache` error when its own unit lost bytes or the file could not
+//! be repaired: its readers look again (above) and start the unit over.
 //!
 //! Races left, documented rather than locked against (the hit path takes no
 //! lock): damage between a populate and the kernel's copy of that reply
-//! makes the copy fail, so that one read gets EIO and the next one finds the
-//! damage; and a file truncated again between a fetch's length check and
-//! its write, or a unit left present because a reader pinned it, wait for
-//! the next read that finds them.
+//! makes the copy fail, so that one read gets EIO and the next one finds
+//! the damage; a file truncated again between a fetch's length check and
+//! its write is found by the next read of the units it hides.
 
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::{ChunkerError, Inner};
 
-/// Repairs one read attempts before it fails with EIO. Two: a repair can
-/// race with a fetch or another reader's pin once, and the second look
-/// normally finds the units fetched again.
-pub(super) const MAX_REPAIRS: u32 = 2;
+/// Tries one read makes before it fails with EIO, backing off 2, 4, 8 and
+/// 16 ms: what a repair leaves (a unit another reader pins, a fetch that
+/// runs) is gone by then in every test run.
+pub(super) const MAX_REPAIRS: u32 = 4;
 
 impl Inner {
     /// Reading the present bytes of `units` from the cache file failed with
     /// `cause`: drop them, and every unit lost to a truncation, so they are
-    /// fetched again. The caller holds no pin. See the module doc.
-    pub(super) fn cache_damaged(&self, units: Range<usize>, cause: &io::Error) {
+    /// fetched again. `own` is the unit whose fetch the caller runs (its
+    /// written part is dropped despite the session). The caller holds no
+    /// pin. Returns whether the file is whole again (nothing lost left
+    /// present, the length back) and whether `own` lost bytes. See the
+    /// module doc.
+    pub(super) fn cache_damaged(
+        &self,
+        units: Range<usize>,
+        cause: &io::Error,
+        own: Option<usize>,
+    ) -> Repaired {
         let sessions = self.lock_sessions();
         let file_len = match self.cache.current_len() {
             Ok(len) => len.min(self.size),
@@ -56,27 +74,36 @@ impl Inner {
         };
         let truncated = file_len < self.size;
         let mut dropped = 0u64;
-        let mut left_past_end = false;
+        let mut own_dropped = false;
+        let mut whole = true;
         for u in 0..self.layout.units() {
             let range = self.layout.unit_range(u);
-            let past_end = range.end > file_len;
-            if !(past_end || units.contains(&u)) || self.unit_cached_bytes(u) == 0 {
+            let lost = range.end > file_len || units.contains(&u);
+            if !lost || self.unit_cached_bytes(u) == 0 {
                 continue;
             }
-            if sessions.contains_key(&u) {
-                left_past_end |= past_end;
+            let mine = own == Some(u);
+            if sessions.contains_key(&u) && !mine {
+                whole = false;
                 continue;
             }
-            match self.discard(u) {
-                Some((bytes, _)) if bytes > 0 => dropped += 1,
+            match self.discard(u, mine) {
+                Some((bytes, _)) if bytes > 0 => {
+                    dropped += 1;
+                    own_dropped |= mine;
+                }
                 Some(_) => {}
-                None => left_past_end |= past_end,
+                None => whole = false,
             }
         }
-        let restored = match truncated && !left_past_end {
+        let restored = match truncated && whole {
             true => self.cache.restore_len().err(),
             false => None,
         };
+        if dropped > 0 {
+            // The units fetched again are checked with the rest.
+            self.checksum_checked.store(false, Ordering::Release);
+        }
         drop(sessions);
         self.stats
             .cache_damaged_units
@@ -94,18 +121,22 @@ impl Inner {
                 self.cache.path().display()
             );
         }
-        if let Some(e) = restored {
+        if let Some(e) = &restored {
             log::warn!(
                 "{}: giving truncated cache file {} back its length: {e}",
                 self.key,
                 self.cache.path().display()
             );
         }
+        Repaired {
+            whole: whole && restored.is_none(),
+            own_dropped,
+        }
     }
 
-    /// After reading `range` from the cache file failed with `cause` on try
-    /// `*repairs`: repair the file (`cache_damaged`) and let the caller look
-    /// the range up again, or, after `MAX_REPAIRS` tries, fail the read.
+    /// After reading `range` from the cache file failed with `cause`:
+    /// repair the file (`cache_damaged`) and back off, so the caller looks
+    /// the range up again; after `MAX_REPAIRS` tries, fail the read.
     ///
     /// # Errors
     /// `Cache` (the read's cause) once the tries are used up.
@@ -115,22 +146,31 @@ impl Inner {
         range: &Range<u64>,
         cause: io::Error,
     ) -> Result<(), ChunkerError> {
-        let units = self.units_of(range);
-        self.cache_damaged(units, &cause);
-        *repairs += 1;
-        if *repairs > MAX_REPAIRS {
+        if *repairs >= MAX_REPAIRS {
             return Err(self.cache_error(range.start, cause));
         }
+        self.cache_damaged(self.units_of(range), &cause, None);
+        self.back_off(repairs, &cause);
         Ok(())
     }
 
-    /// Before a fetch writes at `off`: when the file is shorter than the
-    /// diff (truncated), repair it first, since a write past its end would
-    /// extend it with a hole under units still marked present.
+    /// Count a try and wait a little before the next: what a repair left
+    /// behind (a pinned unit, a running fetch) is short-lived.
+    pub(super) fn back_off(&self, repairs: &mut u32, cause: &io::Error) {
+        *repairs += 1;
+        log::debug!("{}: cache file damaged ({cause}), looking again", self.key);
+        std::thread::sleep(Duration::from_millis(1 << *repairs));
+    }
+
+    /// Before the fetch of unit `u` writes at `off`: when the file is
+    /// shorter than the diff (truncated), repair it first, since a write
+    /// past its end would extend it with a hole under units still marked
+    /// present.
     ///
     /// # Errors
-    /// `Cache` when the file could not be given its length back.
-    pub(super) fn check_cache_len(&self, off: u64) -> Result<(), ChunkerError> {
+    /// `Cache` when the file could not be repaired, or `u` itself lost
+    /// bytes already written (its readers then start it over).
+    pub(super) fn check_cache_len(&self, u: usize, off: u64) -> Result<(), ChunkerError> {
         let len = self
             .cache
             .current_len()
@@ -142,11 +182,20 @@ impl Inner {
             io::ErrorKind::UnexpectedEof,
             format!("the cache file was truncated to {len} bytes"),
         );
-        self.cache_damaged(0..0, &cause);
-        match self.cache.current_len() {
-            Ok(len) if len >= self.size => Ok(()),
+        match self.cache_damaged(0..0, &cause, Some(u)) {
+            Repaired {
+                whole: true,
+                own_dropped: false,
+            } => Ok(()),
             _ => Err(self.cache_error(off, cause)),
         }
+    }
+
+    /// The discard epoch: advanced by every drop of present units. A reader
+    /// notes it before a lookup and keeps what it read only if it is
+    /// unchanged after.
+    pub(super) fn discard_epoch(&self) -> u64 {
+        self.discard_epoch.load(Ordering::Acquire)
     }
 
     /// The units holding `range` (inside the diff); none for a range in a
@@ -159,4 +208,12 @@ impl Inner {
             .span(range.start, range.end, usize::MAX)
             .map_or(0..0, |(units, _)| units)
     }
+}
+
+/// What a repair of the cache file achieved.
+pub(super) struct Repaired {
+    /// Nothing lost is left present, and the file has its length back.
+    whole: bool,
+    /// The caller's own unit lost bytes it had written.
+    own_dropped: bool,
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::damage::MAX_REPAIRS;
 use super::session::Waited;
 use super::{Block, ChunkerError, Inner};
 
@@ -125,13 +126,23 @@ impl Inner {
     ) -> Result<Block<'_>, ChunkerError> {
         let mut repairs = 0;
         loop {
-            let block = self.get(want.clone(), Extent::Whole)?;
-            if !block.in_cache() {
-                return Ok(block);
-            }
+            let epoch = self.discard_epoch();
+            let block = match self.get(want.clone(), Extent::Whole) {
+                Err(ChunkerError::Cache { source, .. }) if repairs < MAX_REPAIRS => {
+                    // A fetch found the cache file damaged and repaired it.
+                    self.back_off(&mut repairs, &source);
+                    continue;
+                }
+                got => got?,
+            };
             let range = want.start..want.start + block.len() as u64;
-            match self.cache.populate(range.start, range.end - range.start) {
-                Ok(()) if self.still_present(&range) => return Ok(block),
+            let ready = match block.in_cache() {
+                true => self.cache.populate(range.start, range.end - range.start),
+                // A copy (`assemble`), read with `pread`.
+                false => Ok(()),
+            };
+            match ready {
+                Ok(()) if self.discard_epoch() == epoch => return Ok(block),
                 // Dropped meanwhile: look it up again.
                 Ok(()) => {}
                 Err(e) => {
@@ -150,18 +161,28 @@ impl Inner {
         let mut pos = off;
         let mut repairs = 0;
         while pos < end {
+            let epoch = self.discard_epoch();
             // One unit at a time; on a miss, `get` starts the fetches of the
             // whole rest of the range so they run in parallel.
-            let block = self.get(pos..end, Extent::FirstUnit)?;
+            let block = match self.get(pos..end, Extent::FirstUnit) {
+                Err(ChunkerError::Cache { source, .. }) if repairs < MAX_REPAIRS => {
+                    // A fetch found the cache file damaged and repaired it.
+                    self.back_off(&mut repairs, &source);
+                    continue;
+                }
+                got => got?,
+            };
             let range = pos..pos + block.len() as u64;
             let out = &mut buf[(pos - off) as usize..(range.end - off) as usize];
-            if !block.in_cache() {
-                out.copy_from_slice(&block);
-                pos = range.end;
-                continue;
-            }
-            match self.cache.read_at(out, pos) {
-                Ok(()) if self.still_present(&range) => pos = range.end,
+            let read = match block.in_cache() {
+                true => self.cache.read_at(out, pos),
+                false => {
+                    out.copy_from_slice(&block);
+                    Ok(())
+                }
+            };
+            match read {
+                Ok(()) if self.discard_epoch() == epoch => pos = range.end,
                 // Dropped meanwhile: look it up again.
                 Ok(()) => {}
                 Err(e) => {
@@ -171,12 +192,6 @@ impl Inner {
             }
         }
         Ok(())
-    }
-
-    /// True when all of `range` is still present, tested after its bytes
-    /// were read: see `damage`.
-    fn still_present(&self, range: &Range<u64>) -> bool {
-        self.range_present(range, &self.units_of(range))
     }
 
     /// True when all of `range` (held by `units`) is present.

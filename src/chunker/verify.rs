@@ -26,16 +26,17 @@ impl Inner {
             return;
         }
         let all = 0..self.layout.units();
-        let pins = self.pin(&all);
+        // No pins: an eviction or damage while the diff is hashed shows in
+        // the discard epoch (see `damage`), and pins would keep damage
+        // handling from dropping the lost units meanwhile.
+        let epoch = self.discard_epoch();
         if !self.range_present(&(0..self.size), &all) {
             // Evicted meanwhile: check on a later completion.
             self.checksum_checked.store(false, Ordering::Release);
             return;
         }
-        let got = self.hash_cache();
-        drop(pins);
-        let got = match got {
-            Ok(got) if self.range_present(&(0..self.size), &all) => got,
+        let got = match self.hash_cache() {
+            Ok(got) if self.discard_epoch() == epoch => got,
             // Dropped while hashed: check on a later completion.
             Ok(_) => {
                 self.checksum_checked.store(false, Ordering::Release);
@@ -43,7 +44,7 @@ impl Inner {
             }
             Err(e) => {
                 self.checksum_checked.store(false, Ordering::Release);
-                self.cache_damaged(0..0, &e);
+                self.cache_damaged(0..0, &e, None);
                 return;
             }
         };
