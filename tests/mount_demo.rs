@@ -16,7 +16,6 @@ use tdfs::format::{Compression, FileKind};
 use tdfs::pack::demo::make_demo_store;
 use tdfs::store::LocalStore;
 use tdfs::template::{Builds, TemplateConfig};
-use uuid::Uuid;
 
 #[test]
 fn demo_uncompressed_v3() {
