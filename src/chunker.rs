@@ -5,7 +5,9 @@
 //! anything is marked present.
 //!
 //! - Hit path: pin (only under a cache budget), test the present bits with
-//!   Acquire, hand out a slice of the mapping. No lock, no allocation.
+//!   Acquire, then copy the range out with `pread` (`read_blocks`) or
+//!   populate its pages and hand out a slice of the mapping
+//!   (`read_in_place`). No lock, no allocation.
 //! - Miss path: join the fetch session of each missing unit, or start one on
 //!   the shared `FetchPool`; wait (at most `fetch_timeout`) until the range
 //!   is present. A chunk streams into the cache file and its pages become
@@ -32,6 +34,10 @@
 //! - With `verify_when_complete`, the first time the whole diff is cached
 //!   it is hashed against its header's SHA-256; on a mismatch every later
 //!   read fails (the cached bytes are never served again).
+//! - A damaged cache file (truncated, or its disk failing) never kills the
+//!   daemon and serves nothing wrong: user space never reads the mapping
+//!   where bytes may be gone, and units found unreadable are dropped and
+//!   fetched again (see `damage`).
 //! - `read_in_place` returns a `Block` guard rather than a bare slice: under
 //!   a `CacheBudget` it pins its units against eviction while it lives (see
 //!   `budget`); without a budget it is just the slice.
@@ -40,13 +46,15 @@
 //! of its work are in `chunker/`: `lookup` (hit path and wait loop), `queue`
 //! (starting fetch sessions, read-ahead included), `fetch` (the fetch job:
 //! store read, decode, placing bytes in the cache), `full_disk` (the
-//! fallback when the cache disk is full), `verify` (the whole-diff SHA-256),
+//! fallback when the cache disk is full), `damage` (a cache file that lost
+//! bytes), `verify` (the whole-diff SHA-256),
 //! `block` (the `Block` guard), `error`, and below them `layout`, `cache`,
 //! `session`, `pool`, `scratch`, `budget`, `readahead`, `decode`.
 
 mod block;
 mod budget;
 mod cache;
+mod damage;
 mod error;
 mod fetch;
 mod full_disk;
@@ -78,7 +86,6 @@ use crate::sync;
 use budget::Lru;
 use cache::{CacheFile, PresentBits};
 use layout::Layout;
-use lookup::Extent;
 use readahead::ReadAhead;
 use session::Session;
 
@@ -165,6 +172,11 @@ struct Inner {
     cache_full: AtomicBool,
     /// SHA-256 the whole diff must have, checked once it is all cached.
     expected_sha256: OnceLock<[u8; 32]>,
+    /// Set once damage to the cache file was logged (`damage`).
+    cache_damage_reported: AtomicBool,
+    /// Advanced each time present units are dropped, by eviction or by
+    /// damage (`damage`).
+    discard_epoch: AtomicU64,
     /// Set once the whole-diff check has run (or is running).
     checksum_checked: AtomicBool,
     /// The whole-diff check failed: nothing of this diff is served.
@@ -259,6 +271,8 @@ impl Chunker {
             closed: AtomicBool::new(false),
             cache_full: AtomicBool::new(false),
             expected_sha256: OnceLock::new(),
+            cache_damage_reported: AtomicBool::new(false),
+            discard_epoch: AtomicU64::new(0),
             checksum_checked: AtomicBool::new(false),
             checksum_failed: OnceLock::new(),
         });
@@ -275,20 +289,13 @@ impl Chunker {
     /// `OutOfRange` when the range reaches past the diff; `NotInFrameTable`
     /// for bytes no frame holds; a fetch's `Store`, `ShortRead`,
     /// `CorruptFrame`, `Cache` or `Internal`; `Timeout` after
-    /// `fetch_timeout`; `ChecksumMismatch` once the whole-diff check failed.
+    /// `fetch_timeout`; `ChecksumMismatch` once the whole-diff check failed;
+    /// `Cache` when the cached bytes could not be read back even after the
+    /// damaged units were dropped and fetched again (the next read retries).
     pub fn read_blocks(&self, buf: &mut [u8], off: u64) -> Result<(), ChunkerError> {
         let inner = &self.inner;
-        let end = inner.end_inside(off, buf.len() as u64)?;
-        let mut pos = off;
-        while pos < end {
-            // One unit at a time; on a miss, `get` starts the fetches of the
-            // whole rest of the range so they run in parallel.
-            let block = inner.get(pos..end, Extent::FirstUnit)?;
-            let at = (pos - off) as usize;
-            buf[at..at + block.len()].copy_from_slice(&block);
-            pos += block.len() as u64;
-        }
-        Ok(())
+        inner.end_inside(off, buf.len() as u64)?;
+        inner.copy_out(buf, off)
     }
 
     /// The diff's bytes `[off, off + len)` as one block, fetched as needed:
@@ -299,14 +306,16 @@ impl Chunker {
     /// `OutOfRange` when the range reaches past the diff; `NotInFrameTable`
     /// when no frame holds `off`; a fetch's `Store`, `ShortRead`,
     /// `CorruptFrame`, `Cache` or `Internal`; `Timeout` after
-    /// `fetch_timeout`; `ChecksumMismatch` once the whole-diff check failed.
+    /// `fetch_timeout`; `ChecksumMismatch` once the whole-diff check failed;
+    /// `Cache` when the cached bytes could not be read back even after the
+    /// damaged units were dropped and fetched again (the next read retries).
     pub fn read_in_place(&self, off: u64, len: u64) -> Result<Block<'_>, ChunkerError> {
         let inner = &self.inner;
         let end = inner.end_inside(off, len)?;
         if len == 0 {
             return Ok(Block::empty());
         }
-        inner.get(off..end, Extent::Whole)
+        inner.get_in_place(off..end)
     }
 
     /// Uncompressed size of the diff, in bytes.

@@ -58,6 +58,9 @@ pub struct Stats {
     pub cached_bytes: Arc<AtomicU64>,
     /// Units (chunks or frames) evicted under the cache budget.
     pub evictions: Arc<AtomicU64>,
+    /// Units whose cached bytes could not be read from the cache file
+    /// (truncated or failing), dropped to be fetched again.
+    pub cache_damaged_units: Arc<AtomicU64>,
     /// Bytes held in cache files now: placed minus evicted.
     pub cache_size: Gauge<u64, AtomicU64>,
     /// The cache budget (`--max-cache-size`) in bytes; 0 = no bound.
@@ -90,6 +93,7 @@ impl Default for Stats {
             readahead_fetches: counter(),
             cached_bytes: counter(),
             evictions: counter(),
+            cache_damaged_units: counter(),
             cache_size: Gauge::default(),
             cache_budget: Gauge::default(),
             read_latency,
@@ -160,6 +164,11 @@ impl Stats {
                 "cache_evictions",
                 "cached chunks or frames evicted",
                 self.evictions.clone(),
+            ),
+            (
+                "cache_damaged_units",
+                "cached chunks or frames found unreadable in their cache file and dropped",
+                self.cache_damaged_units.clone(),
             ),
         ]);
         let r = &mut self.registry;

@@ -9,15 +9,13 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::digest::hex;
+use common::digest::{sha256_of_file, sha256_of_template};
 use common::mount::{LazyUnmount, MountGuard, fuse_available};
 use common::process::{run_ok, within};
-use sha2::{Digest, Sha256};
 use tdfs::format::{Compression, FileKind};
 use tdfs::pack::demo::make_demo_store;
 use tdfs::store::LocalStore;
 use tdfs::template::{Builds, TemplateConfig};
-use uuid::Uuid;
 
 #[test]
 fn demo_uncompressed_v3() {
@@ -53,7 +51,7 @@ fn check_demo(compression: Compression, version: u16) {
             let what = format!("{compression:?}/v{version} {build}/{kind}");
             let via_mount = within(300, &format!("hashing mounted {what}"), {
                 let mounted = mounted.clone();
-                move || sha256_of_file(&mounted)
+                move || sha256_of_file(&mounted).expect("read mounted file")
             });
             let via_library = sha256_of_template(&library, build, kind);
             assert_eq!(via_mount, via_library, "{what}: mount and library differ");
@@ -112,33 +110,4 @@ fn check_loop_mount(rootfs: &Path, work: &Path) {
         ],
     );
     assert!(sums.lines().count() > 20, "{sums}");
-}
-
-fn sha256_of_file(path: &Path) -> String {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).expect("open mounted file");
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).expect("read mounted file");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    hex(&hasher.finalize())
-}
-
-fn sha256_of_template(builds: &Builds, build: Uuid, kind: FileKind) -> String {
-    let file = builds.open(build, kind).expect("open template");
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut offset = 0;
-    while offset < file.size() {
-        let n = file.read_at(&mut buf, offset).expect("library read");
-        assert!(n > 0, "library read returned 0 before the end");
-        hasher.update(&buf[..n]);
-        offset += n as u64;
-    }
-    hex(&hasher.finalize())
 }

@@ -5,9 +5,9 @@
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
-use super::Inner;
 use super::budget::Lru;
 use super::lookup::clamp;
+use super::{ChunkerError, Inner};
 
 /// One range of the diff: a slice of the cache mapping. While it lives, the
 /// units it covers cannot be evicted (see `CacheBudget`).
@@ -24,6 +24,11 @@ enum BlockBytes<'a> {
 }
 
 impl Block<'_> {
+    /// True when the bytes are a slice of the cache mapping (not a copy).
+    pub(super) fn in_cache(&self) -> bool {
+        matches!(self.bytes, BlockBytes::Cache(_))
+    }
+
     /// No bytes, nothing pinned.
     pub(super) fn empty() -> Block<'static> {
         Block {
@@ -97,29 +102,42 @@ impl Inner {
     }
 
     /// A pinned block of `range` copied together from the units the cache
-    /// could not keep (`uncached`) and the present rest.
+    /// could not keep (`uncached`) and the present rest (read with `pread`:
+    /// see `damage`).
+    ///
+    /// # Errors
+    /// `Cache` when the present rest cannot be read back (the units are
+    /// dropped, to be fetched again by the next read).
     pub(super) fn assemble<'a>(
         &'a self,
         mut block: Block<'a>,
         range: &Range<u64>,
         units: &Range<usize>,
         uncached: &[(usize, Arc<[u8]>)],
-    ) -> Block<'a> {
-        let mut bytes = Vec::with_capacity((range.end - range.start) as usize);
+    ) -> Result<Block<'a>, ChunkerError> {
+        let mut bytes = vec![0u8; (range.end - range.start) as usize];
         for u in units.clone() {
             let unit = self.layout.unit_range(u);
             let part = clamp(range, &unit);
+            let out =
+                &mut bytes[(part.start - range.start) as usize..(part.end - range.start) as usize];
             match uncached.iter().find(|(v, _)| *v == u) {
-                Some((_, data)) => bytes.extend_from_slice(
+                Some((_, data)) => out.copy_from_slice(
                     &data[(part.start - unit.start) as usize..(part.end - unit.start) as usize],
                 ),
-                // SAFETY: present (checked by the caller) and pinned.
-                None => bytes.extend_from_slice(unsafe {
-                    self.cache.slice(part.start, part.end - part.start)
-                }),
+                // Present (checked by the caller) and pinned; the caller
+                // checks the discard epoch after (see `damage`).
+                None => {
+                    let read = self.cache.read_at(out, part.start);
+                    if let Err(e) = read {
+                        drop(block);
+                        self.cache_damaged(u..u + 1, &e, None);
+                        return Err(self.cache_error(part.start, e));
+                    }
+                }
             }
         }
         block.bytes = BlockBytes::Heap(bytes);
-        block
+        Ok(block)
     }
 }

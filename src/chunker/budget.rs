@@ -23,6 +23,9 @@
 //!
 //! Without a budget there are no pins and no eviction: the hit path is the
 //! bitmap test alone.
+//!
+//! A damaged cache file (`damage`) drops its unreadable units the same way
+//! (`Inner::discard`), pins respected under a budget.
 
 use std::fmt;
 use std::ops::Range;
@@ -206,34 +209,66 @@ impl Inner {
     /// Evict unit `u` if no reader pins it and no fetch of it runs; returns
     /// the bytes freed.
     fn try_evict(&self, u: usize) -> u64 {
-        let Some(lru) = &self.lru else { return 0 };
-        let sessions = self.lock_sessions();
-        if sessions.contains_key(&u) || !lru.begin_evict(u) {
+        if self.lru.is_none() {
             return 0;
         }
-        let bytes = self.unit_cached_bytes(u);
+        let sessions = self.lock_sessions();
+        if sessions.contains_key(&u) {
+            return 0;
+        }
+        let Some((bytes, punched)) = self.discard(u, false) else {
+            return 0;
+        };
+        drop(sessions);
         if bytes > 0 {
-            let range = self.layout.unit_range(u);
-            self.present.clear(self.layout.bits_of(&range, &(u..u + 1)));
-            if let Err(e) = self.cache.punch_hole(range) {
-                log::warn!(
-                    "{}: freeing evicted bytes of {}: {e}",
-                    self.cache.path().display(),
-                    self.key
-                );
-            }
-            self.cached.fetch_sub(bytes, Ordering::Relaxed);
-            lru.budget.release(bytes);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             self.stats.cache_size.dec_by(bytes);
         }
-        lru.end_evict(u);
-        drop(sessions);
+        if let Err(e) = punched {
+            log::warn!(
+                "{}: freeing evicted bytes of {}: {e}",
+                self.cache.path().display(),
+                self.key
+            );
+        }
         bytes
     }
 
+    /// Drop unit `u` from the cache (eviction, or a damaged cache file):
+    /// clear its present bits, punch its hole, give its bytes back to the
+    /// budget, advance the discard epoch first (see `damage`). The caller
+    /// holds the session lock and has checked that no fetch of `u` runs, or
+    /// runs that fetch itself. Under a budget only when no reader pins `u`
+    /// (`None` otherwise), unless `force` (bytes already lost: see
+    /// `damage`); without a budget there are no pins to respect.
+    /// Returns the bytes dropped and how the hole punch went.
+    pub(super) fn discard(&self, u: usize, force: bool) -> Option<(u64, std::io::Result<()>)> {
+        let lru = self.lru.as_ref().filter(|_| !force);
+        if let Some(lru) = lru
+            && !lru.begin_evict(u)
+        {
+            return None;
+        }
+        let bytes = self.unit_cached_bytes(u);
+        let mut punched = Ok(());
+        if bytes > 0 {
+            self.discard_epoch.fetch_add(1, Ordering::AcqRel);
+            let range = self.layout.unit_range(u);
+            self.present.clear(self.layout.bits_of(&range, &(u..u + 1)));
+            punched = self.cache.punch_hole(range);
+            self.cached.fetch_sub(bytes, Ordering::Relaxed);
+            if let Some(lru) = &self.lru {
+                lru.budget.release(bytes);
+            }
+        }
+        if let Some(lru) = lru {
+            lru.end_evict(u);
+        }
+        Some((bytes, punched))
+    }
+
     /// Bytes of unit `u` present in the cache.
-    fn unit_cached_bytes(&self, u: usize) -> u64 {
+    pub(super) fn unit_cached_bytes(&self, u: usize) -> u64 {
         let range = self.layout.unit_range(u);
         match self.layout {
             Layout::Frames { .. } => {

@@ -1,6 +1,12 @@
 //! The cache file of one Chunker: a sparse file of the diff's uncompressed
 //! size, mapped shared, plus the present bitmap that says which parts of it
 //! hold verified bytes.
+//!
+//! Something outside tdfs may truncate the file or its disk may fail. User
+//! space then never touches the mapping where bytes may be gone (that would
+//! be a SIGBUS): copies go through `read_at` (`pread`, whose error or short
+//! read is seen), and a range handed to the kernel in place is `populate`d
+//! first (an error instead of a fault). See `damage`.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
@@ -11,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
+
+use crate::format::PAGE_SIZE;
 
 /// A sparse cache file mapped into memory. Writes (`pwrite`) go into ranges
 /// no reader can see yet; reads are slices of the mapping over ranges
@@ -76,6 +84,64 @@ impl CacheFile {
         debug_assert!(off + len <= self.len);
         // SAFETY: in bounds of the mapping (caller), which lives as long as self.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off as usize), len as usize) }
+    }
+
+    /// Fill `buf` from the file at `off` with `pread`, not through the
+    /// mapping, so bytes lost from the file are an error here rather than a
+    /// SIGBUS.
+    ///
+    /// # Errors
+    /// The read's error (EIO from a failing disk), or `UnexpectedEof` when
+    /// the file was truncated below `off + buf.len()`.
+    pub(super) fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        debug_assert!(off + buf.len() as u64 <= self.len);
+        self.file.read_exact_at(buf, off)
+    }
+
+    /// Fault the pages of `[off, off+len)` into the mapping before the
+    /// kernel copies a reply out of them (`MADV_POPULATE_READ`): a page that
+    /// cannot be read (past a truncated end, or an I/O error) is an error
+    /// here, where a copy from the mapping would fault. Kernels before 5.14
+    /// lack the advice (EINVAL): the range is then taken as it is.
+    ///
+    /// # Errors
+    /// EFAULT (beyond the file's end) or EIO/EFAULT (a failing disk).
+    pub(super) fn populate(&self, off: u64, len: u64) -> io::Result<()> {
+        debug_assert!(off + len <= self.len);
+        if len == 0 {
+            return Ok(());
+        }
+        // madvise wants a page-aligned start.
+        let start = off - off % PAGE_SIZE;
+        // SAFETY: a range inside the mapping, which lives as long as self;
+        // populating reads the pages and writes nothing.
+        let rc = unsafe {
+            libc::madvise(
+                self.map.as_ptr().add(start as usize) as *mut libc::c_void,
+                (off + len - start) as usize,
+                libc::MADV_POPULATE_READ,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINVAL) => Ok(()),
+            _ => Err(err),
+        }
+    }
+
+    /// The file's size now, in bytes: less than the diff when something
+    /// truncated it.
+    pub(super) fn current_len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Give a truncated file back its full length (the lost part reads as
+    /// a hole). Only once no byte past the truncation is marked present.
+    pub(super) fn restore_len(&self) -> io::Result<()> {
+        self.file.set_len(self.len)
     }
 
     /// Write `bytes` at `off` with `pwrite` (into a range that is not present
@@ -267,5 +333,37 @@ mod tests {
         );
         // SAFETY: empty slice of an empty mapping.
         assert!(unsafe { g.slice(0, 0) }.is_empty());
+    }
+
+    #[test]
+    fn a_truncated_cache_file_is_an_error_to_pread_and_populate_not_a_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = CacheFile::create(dir.path(), "obj.cache", 1 << 20).unwrap();
+        f.write_at(0, &[9u8; 1 << 20]).unwrap();
+        let mut buf = vec![0u8; 8192];
+        f.read_at(&mut buf, 4096).unwrap();
+        assert!(buf.iter().all(|&b| b == 9));
+        f.populate(100, 5000).unwrap();
+
+        // What an operator's `truncate -s 0` does under a running mount.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(f.path())
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        assert_eq!(f.current_len().unwrap(), 4096);
+        f.populate(0, 4096).unwrap();
+        f.read_at(&mut buf[..4096], 0).unwrap();
+        let short = f.read_at(&mut buf, 4096).unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
+        let fault = f.populate(4096, 8192).unwrap_err();
+        assert_eq!(fault.raw_os_error(), Some(libc::EFAULT), "{fault}");
+
+        f.restore_len().unwrap();
+        assert_eq!(f.current_len().unwrap(), 1 << 20);
+        f.populate(4096, 8192).unwrap();
+        f.read_at(&mut buf, 4096).unwrap();
+        assert!(buf.iter().all(|&b| b == 0), "the lost part reads as a hole");
     }
 }

@@ -139,7 +139,7 @@ impl Inner {
                 let (got, error) = read_full(&mut stream, buf);
                 // Pages from `first_missing` on are not present, and this
                 // session is the unit's only writer.
-                match self.write_cache(from + done, &buf[..got]) {
+                match self.write_cache(u, from + done, &buf[..got]) {
                     Ok(()) => (
                         got,
                         error.map(|e| {
@@ -191,7 +191,7 @@ impl Inner {
         self.reserve_if_full(range.clone())?;
         let decoded = self.load_frame(u, &frame, |len| self.pool.scratch.take(len))?;
         // Not present yet, and this session is the frame's only writer.
-        self.write_cache(range.start, &decoded)?;
+        self.write_cache(u, range.start, &decoded)?;
         drop(decoded);
         self.publish(u..u + 1, u64::from(frame.size_u));
         Ok(())
@@ -249,7 +249,9 @@ impl Inner {
 
     /// Write `bytes` into the cache file at `off`: a range that is not
     /// present, written by its unit's only session.
-    fn write_cache(&self, off: u64, bytes: &[u8]) -> Result<(), ChunkerError> {
+    /// A truncated file is repaired first (`damage`).
+    fn write_cache(&self, u: usize, off: u64, bytes: &[u8]) -> Result<(), ChunkerError> {
+        self.check_cache_len(u, off)?;
         self.cache
             .write_at(off, bytes)
             .map_err(|e| self.cache_error(off, e))

@@ -3,12 +3,15 @@
 //! the fetch session of each missing unit and waits (at most
 //! `fetch_timeout`) until the range is present, or, when the cache disk is
 //! full, puts it together from the bytes the sessions fetched into memory.
+//! `get_in_place` and `copy_out` turn a block into what a reader gets,
+//! checking that its cached bytes can still be read (`damage`).
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::damage::MAX_REPAIRS;
 use super::session::Waited;
 use super::{Block, ChunkerError, Inner};
 
@@ -105,12 +108,91 @@ impl Inner {
                     || self.range_present(&clamp(&range, &self.layout.unit_range(u)), &(u..u + 1))
             });
             if covered {
-                return Ok(self.assemble(block, &range, &units, &uncached));
+                return self.assemble(block, &range, &units, &uncached);
             }
             if Instant::now() >= deadline {
                 return Err(timeout());
             }
         }
+    }
+
+    /// `want` (inside the diff, not empty) as one block to hand to the
+    /// kernel in place, or its prefix before a gap of a sparse frame table:
+    /// its cached pages are populated first, so bytes lost from the cache
+    /// file are found here (and fetched again) rather than by the kernel's
+    /// copy. See `damage`.
+    pub(super) fn get_in_place(
+        self: &Arc<Self>,
+        want: Range<u64>,
+    ) -> Result<Block<'_>, ChunkerError> {
+        let mut repairs = 0;
+        loop {
+            let epoch = self.discard_epoch();
+            let block = match self.get(want.clone(), Extent::Whole) {
+                Err(ChunkerError::Cache { source, .. }) if repairs < MAX_REPAIRS => {
+                    // A fetch found the cache file damaged and repaired it.
+                    self.back_off(&mut repairs, &source);
+                    continue;
+                }
+                got => got?,
+            };
+            let range = want.start..want.start + block.len() as u64;
+            let ready = match block.in_cache() {
+                true => self.cache.populate(range.start, range.end - range.start),
+                // A copy (`assemble`), read with `pread`.
+                false => Ok(()),
+            };
+            match ready {
+                Ok(()) if self.discard_epoch() == epoch => return Ok(block),
+                // Dropped meanwhile: look it up again.
+                Ok(()) => {}
+                Err(e) => {
+                    drop(block);
+                    self.repair(&mut repairs, &range, e)?;
+                }
+            }
+        }
+    }
+
+    /// Fill `buf` with the diff's bytes at `off` (inside the diff), copied
+    /// out of the cache file with `pread`, never through the mapping. See
+    /// `damage`.
+    pub(super) fn copy_out(self: &Arc<Self>, buf: &mut [u8], off: u64) -> Result<(), ChunkerError> {
+        let end = off + buf.len() as u64;
+        let mut pos = off;
+        let mut repairs = 0;
+        while pos < end {
+            let epoch = self.discard_epoch();
+            // One unit at a time; on a miss, `get` starts the fetches of the
+            // whole rest of the range so they run in parallel.
+            let block = match self.get(pos..end, Extent::FirstUnit) {
+                Err(ChunkerError::Cache { source, .. }) if repairs < MAX_REPAIRS => {
+                    // A fetch found the cache file damaged and repaired it.
+                    self.back_off(&mut repairs, &source);
+                    continue;
+                }
+                got => got?,
+            };
+            let range = pos..pos + block.len() as u64;
+            let out = &mut buf[(pos - off) as usize..(range.end - off) as usize];
+            let read = match block.in_cache() {
+                true => self.cache.read_at(out, pos),
+                false => {
+                    out.copy_from_slice(&block);
+                    Ok(())
+                }
+            };
+            match read {
+                Ok(()) if self.discard_epoch() == epoch => pos = range.end,
+                // Dropped meanwhile: look it up again.
+                Ok(()) => {}
+                Err(e) => {
+                    drop(block);
+                    self.repair(&mut repairs, &range, e)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// True when all of `range` (held by `units`) is present.

@@ -1,13 +1,18 @@
 //! The whole-diff check: the first time every byte of a diff is cached, it
 //! is hashed against the SHA-256 its header records (`verify_when_complete`);
 //! on a mismatch the diff is failed for good and its cached bytes are never
-//! served again.
+//! served again. The bytes are read with `pread`: a damaged cache file
+//! (`damage`) is repaired and the check runs again once the diff is whole.
 
+use std::io;
 use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
 
 use super::{ChunkerError, Inner};
+
+/// Bytes hashed per `pread`.
+const HASH_PIECE: u64 = 1 << 20;
 
 impl Inner {
     /// Hash the whole diff, once, when it is all present and a checksum is
@@ -21,15 +26,28 @@ impl Inner {
             return;
         }
         let all = 0..self.layout.units();
-        let pins = self.pin(&all);
+        // No pins: an eviction or damage while the diff is hashed shows in
+        // the discard epoch (see `damage`), and pins would keep damage
+        // handling from dropping the lost units meanwhile.
+        let epoch = self.discard_epoch();
         if !self.range_present(&(0..self.size), &all) {
             // Evicted meanwhile: check on a later completion.
             self.checksum_checked.store(false, Ordering::Release);
             return;
         }
-        // SAFETY: all present (checked above) and pinned against eviction.
-        let got: [u8; 32] = Sha256::digest(unsafe { self.cache.slice(0, self.size) }).into();
-        drop(pins);
+        let got = match self.hash_cache() {
+            Ok(got) if self.discard_epoch() == epoch => got,
+            // Dropped while hashed: check on a later completion.
+            Ok(_) => {
+                self.checksum_checked.store(false, Ordering::Release);
+                return;
+            }
+            Err(e) => {
+                self.checksum_checked.store(false, Ordering::Release);
+                self.cache_damaged(0..0, &e, None);
+                return;
+            }
+        };
         if got == *expected {
             log::debug!("{}: whole diff matches its SHA-256", self.key);
             return;
@@ -41,6 +59,22 @@ impl Inner {
         };
         log::error!("{err}");
         let _ = self.checksum_failed.set(err);
+    }
+}
+
+impl Inner {
+    /// SHA-256 of the cache file's bytes, read with `pread` (see `damage`).
+    fn hash_cache(&self) -> io::Result<[u8; 32]> {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; HASH_PIECE.min(self.size) as usize];
+        let mut off = 0;
+        while off < self.size {
+            let n = HASH_PIECE.min(self.size - off) as usize;
+            self.cache.read_at(&mut buf[..n], off)?;
+            hasher.update(&buf[..n]);
+            off += n as u64;
+        }
+        Ok(hasher.finalize().into())
     }
 }
 
