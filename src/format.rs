@@ -7,6 +7,7 @@
 
 mod compression;
 mod cursor;
+mod digest;
 mod error;
 mod frame_table;
 mod header;
@@ -17,6 +18,7 @@ mod metadata;
 mod varint;
 
 pub use compression::Compression;
+pub use digest::hex;
 pub use error::FormatError;
 pub use frame_table::{Frame, FrameTable};
 pub use header::{BuildEntry, Header, MAX_INNER_LEN};

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use sha2::{Digest, Sha256};
 
 use super::{ChunkerError, Inner};
+use crate::format::hex;
 
 impl Inner {
     /// Hash the whole diff, once, when it is all present and a checksum is
@@ -42,8 +43,4 @@ impl Inner {
         log::error!("{err}");
         let _ = self.checksum_failed.set(err);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
