@@ -71,7 +71,7 @@ pub use error::ChunkerError;
 pub use pool::FetchPool;
 
 use crate::format::limits::MAX_DIFF_SIZE;
-use crate::format::{Compression, FrameTable, ObjectKey, PAGE_SIZE};
+use crate::format::{Compression, FrameTable, ObjectKey};
 use crate::metrics::Stats;
 use crate::store::Store;
 use crate::sync;
@@ -98,11 +98,6 @@ pub struct DiffSpec {
     pub key: ObjectKey,
     /// Uncompressed size of the diff.
     pub size: u64,
-    /// The header's block size (bytes, a positive multiple of the 4 KiB
-    /// page): what a template file's readers are served in. Checked here and
-    /// reported by `Chunker::block_size`; the Chunker itself serves any
-    /// range.
-    pub block_size: u64,
     /// Empty (uncompressed) or the frames of the compressed object.
     pub frames: FrameTable,
 }
@@ -143,7 +138,6 @@ impl std::fmt::Debug for Chunker {
 struct Inner {
     key: ObjectKey,
     size: u64,
-    block_size: u64,
     compression: Compression,
     layout: Layout,
     cache: CacheFile,
@@ -175,8 +169,7 @@ impl Chunker {
     /// A Chunker for `spec`, with a fresh cache file in `config.cache_dir`.
     ///
     /// # Errors
-    /// `BadSpec` when the block size is not a page multiple, the diff is over
-    /// `MAX_DIFF_SIZE`, or a frame ends past the diff (`FrameTable` already
+    /// `BadSpec` when the diff is over `MAX_DIFF_SIZE`, or a frame ends past the diff (`FrameTable` already
     /// bounds each frame by `MAX_FRAME_SIZE`); `Cache` when the cache file
     /// cannot be created.
     pub fn new(
@@ -188,12 +181,6 @@ impl Chunker {
     ) -> Result<Chunker, ChunkerError> {
         let key = spec.key;
         let bad = |detail: String| ChunkerError::BadSpec { key, detail };
-        if spec.block_size == 0 || !spec.block_size.is_multiple_of(PAGE_SIZE) {
-            return Err(bad(format!(
-                "block size {} is not a positive multiple of 4096",
-                spec.block_size
-            )));
-        }
         if spec.size > MAX_DIFF_SIZE {
             return Err(bad(format!(
                 "size {} is over the limit of {MAX_DIFF_SIZE} bytes",
@@ -240,7 +227,6 @@ impl Chunker {
         let inner = Arc::new(Inner {
             key,
             size: spec.size,
-            block_size: spec.block_size,
             compression: spec.frames.compression(),
             present: PresentBits::new(layout.bits()),
             layout,
@@ -312,11 +298,6 @@ impl Chunker {
     /// Uncompressed size of the diff, in bytes.
     pub fn size(&self) -> u64 {
         self.inner.size
-    }
-
-    /// The header's block size, in bytes (see `DiffSpec::block_size`).
-    pub fn block_size(&self) -> u64 {
-        self.inner.block_size
     }
 
     pub fn key(&self) -> &ObjectKey {
