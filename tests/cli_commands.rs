@@ -327,17 +327,7 @@ fn missing_build_and_wrong_flags_fail_clearly() {
         ("--compress", "gzip"),
         ("--header-version", "6"),
     ] {
-        let (code, err) = stderr_of(&[
-            "pack",
-            "--store",
-            s(&img.store),
-            "--memfile",
-            s(&img.mem_path),
-            "--rootfs",
-            s(&img.root_path),
-            flag,
-            value,
-        ]);
+        let (code, err) = stderr_of(&pack_args(&img, &[flag, value]));
         assert_eq!(code, 2, "{flag} {value}: {err}");
         assert!(err.contains(value), "{err}");
     }
@@ -352,17 +342,7 @@ fn missing_build_and_wrong_flags_fail_clearly() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/mem"), "{err}");
-    let (code, err) = stderr_of(&[
-        "pack",
-        "--store",
-        s(&img.store),
-        "--memfile",
-        s(&img.mem_path),
-        "--rootfs",
-        s(&img.root_path),
-        "--base",
-        &missing,
-    ]);
+    let (code, err) = stderr_of(&pack_args(&img, &["--base", &missing]));
     assert_eq!(code, 1);
     assert!(err.contains(&missing), "{err}");
     let (code, err) = stderr_of(&["verify", "--store", "/nonexistent/store", &missing]);

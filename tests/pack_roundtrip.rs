@@ -65,11 +65,9 @@ fn template_flatten(store_dir: &Path, build: Uuid, file: FileKind) -> Vec<u8> {
     out
 }
 
-/// Both readers return `expected`, and the header is consistent with the
-/// layer it describes.
-fn check_build(store_dir: &Path, report: &PackReport, file: FileKind, expected: &[u8]) {
+/// The oracle and the template read path both return `expected`.
+fn check_flatten(store_dir: &Path, build: Uuid, file: FileKind, expected: &[u8]) {
     let store = local_store(store_dir);
-    let build = report.build_id;
     let oracle = oracle_flatten(store.as_ref(), build, file);
     assert!(oracle == expected, "{file} of {build}: oracle differs");
     let template = template_flatten(store_dir, build, file);
@@ -77,11 +75,15 @@ fn check_build(store_dir: &Path, report: &PackReport, file: FileKind, expected: 
         template == expected,
         "{file} of {build}: template read differs"
     );
-    check_builds_section(
-        store.as_ref(),
-        &read_header(store.as_ref(), build, file),
-        file,
-    );
+}
+
+/// Both readers return `expected`, and the header is consistent with the
+/// layer it describes.
+fn check_build(store_dir: &Path, report: &PackReport, file: FileKind, expected: &[u8]) {
+    check_flatten(store_dir, report.build_id, file, expected);
+    let store = local_store(store_dir);
+    let header = read_header(store.as_ref(), report.build_id, file);
+    check_builds_section(store.as_ref(), &header, file);
 }
 
 /// V4+: the section lists the own build and every referenced build; each
@@ -484,18 +486,6 @@ fn layers_on_the_fixture_stores_read_back() {
             &report.build_id.to_string(),
         ]);
     }
-}
-
-/// The oracle and the template read path both return `expected`.
-fn check_flatten(store_dir: &Path, build: Uuid, file: FileKind, expected: &[u8]) {
-    let store = local_store(store_dir);
-    let oracle = oracle_flatten(store.as_ref(), build, file);
-    assert!(oracle == expected, "{file} of {build}: oracle differs");
-    let template = template_flatten(store_dir, build, file);
-    assert!(
-        template == expected,
-        "{file} of {build}: template read differs"
-    );
 }
 
 /// A legacy base and, per FORMAT.md, a V4 base whose builds section leaves
