@@ -42,7 +42,8 @@
 //! store read, decode, placing bytes in the cache), `full_disk` (the
 //! fallback when the cache disk is full), `verify` (the whole-diff SHA-256),
 //! `block` (the `Block` guard), `error`, and below them `layout`, `cache`,
-//! `session`, `pool`, `scratch`, `budget`, `readahead`, `decode`.
+//! `session`, `pool`, `scratch`, `budget`, `readahead`. Frames are decoded
+//! by `crate::codec`.
 
 mod block;
 mod budget;

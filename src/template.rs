@@ -7,7 +7,7 @@
 //! build that has data but no header), shares one Chunker per (build, file)
 //! across every template that references it, and reads the blobs that are
 //! passed through unchanged. `TemplateFile::read_at` walks a range mapping by
-//! mapping, block by block; `TemplateFile::read_in_place` hands out a range
+//! mapping; `TemplateFile::read_in_place` hands out a range
 //! that lies in one mapping without copying it.
 
 mod blob;

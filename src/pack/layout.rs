@@ -1,7 +1,7 @@
 //! A layer's header contents: the base's mappings kept for unchanged
-//! blocks, and the V4/V5
-//! builds section with every referenced ancestor's frame table trimmed to
-//! the frames those mappings touch (FORMAT.md "sparse" tables).
+//! blocks, and the V4/V5 builds section with every referenced ancestor's
+//! frame table trimmed to the frames those mappings touch (FORMAT.md
+//! "sparse" tables), the header version to write.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
