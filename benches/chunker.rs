@@ -24,7 +24,7 @@ const COLD_SIZE: usize = 32 << 20;
 fn warm(c: &mut Criterion) {
     let env = Env::new();
     let data = test_data(WARM_SIZE, 1);
-    let chunker = env.chunker(env.put_raw(&data, PAGE));
+    let chunker = env.chunker(env.put_raw(&data));
     let mut whole = vec![0u8; WARM_SIZE];
     chunker.read_blocks(&mut whole, 0).unwrap();
     assert!(whole == data);
@@ -77,7 +77,7 @@ fn cold_zstd(c: &mut Criterion) {
     let mut env = Env::new();
     env.config.readahead = 4;
     let data = test_data(COLD_SIZE, 2);
-    let spec = env.put_framed(&data, Compression::Zstd, &[2 << 20], PAGE);
+    let spec = env.put_framed(&data, Compression::Zstd, &[2 << 20]);
     let object = env
         .local
         .read_exact_range(&spec.key, 0, spec.frames.frames().last().unwrap().end_c())

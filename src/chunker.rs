@@ -49,7 +49,8 @@
 //! fallback when the cache disk is full), `damage` (a cache file that lost
 //! bytes), `verify` (the whole-diff SHA-256),
 //! `block` (the `Block` guard), `error`, and below them `layout`, `cache`,
-//! `session`, `pool`, `scratch`, `budget`, `readahead`, `decode`.
+//! `session`, `pool`, `scratch`, `budget`, `readahead`. Frames are decoded
+//! by `crate::codec`.
 
 mod block;
 mod budget;
@@ -79,7 +80,7 @@ pub use error::ChunkerError;
 pub use pool::FetchPool;
 
 use crate::format::limits::MAX_DIFF_SIZE;
-use crate::format::{Compression, FrameTable, ObjectKey, PAGE_SIZE};
+use crate::format::{Compression, FrameTable, ObjectKey};
 use crate::metrics::Stats;
 use crate::store::Store;
 use crate::sync;
@@ -105,11 +106,6 @@ pub struct DiffSpec {
     pub key: ObjectKey,
     /// Uncompressed size of the diff.
     pub size: u64,
-    /// The header's block size (bytes, a positive multiple of the 4 KiB
-    /// page): what a template file's readers are served in. Checked here and
-    /// reported by `Chunker::block_size`; the Chunker itself serves any
-    /// range.
-    pub block_size: u64,
     /// Empty (uncompressed) or the frames of the compressed object.
     pub frames: FrameTable,
 }
@@ -150,7 +146,6 @@ impl std::fmt::Debug for Chunker {
 struct Inner {
     key: ObjectKey,
     size: u64,
-    block_size: u64,
     compression: Compression,
     layout: Layout,
     cache: CacheFile,
@@ -187,8 +182,7 @@ impl Chunker {
     /// A Chunker for `spec`, with a fresh cache file in `config.cache_dir`.
     ///
     /// # Errors
-    /// `BadSpec` when the block size is not a page multiple, the diff is over
-    /// `MAX_DIFF_SIZE`, or a frame ends past the diff (`FrameTable` already
+    /// `BadSpec` when the diff is over `MAX_DIFF_SIZE`, or a frame ends past the diff (`FrameTable` already
     /// bounds each frame by `MAX_FRAME_SIZE`); `Cache` when the cache file
     /// cannot be created.
     pub fn new(
@@ -200,12 +194,6 @@ impl Chunker {
     ) -> Result<Chunker, ChunkerError> {
         let key = spec.key;
         let bad = |detail: String| ChunkerError::BadSpec { key, detail };
-        if spec.block_size == 0 || !spec.block_size.is_multiple_of(PAGE_SIZE) {
-            return Err(bad(format!(
-                "block size {} is not a positive multiple of 4096",
-                spec.block_size
-            )));
-        }
         if spec.size > MAX_DIFF_SIZE {
             return Err(bad(format!(
                 "size {} is over the limit of {MAX_DIFF_SIZE} bytes",
@@ -252,7 +240,6 @@ impl Chunker {
         let inner = Arc::new(Inner {
             key,
             size: spec.size,
-            block_size: spec.block_size,
             compression: spec.frames.compression(),
             present: PresentBits::new(layout.bits()),
             layout,
@@ -321,11 +308,6 @@ impl Chunker {
     /// Uncompressed size of the diff, in bytes.
     pub fn size(&self) -> u64 {
         self.inner.size
-    }
-
-    /// The header's block size, in bytes (see `DiffSpec::block_size`).
-    pub fn block_size(&self) -> u64 {
-        self.inner.block_size
     }
 
     pub fn key(&self) -> &ObjectKey {

@@ -5,7 +5,9 @@
 //! file is checked against the bytes present and the caps of FORMAT.md before
 //! it is used or sized into an allocation.
 
+mod compression;
 mod cursor;
+mod digest;
 mod error;
 mod frame_table;
 mod header;
@@ -15,8 +17,10 @@ mod mapping;
 mod metadata;
 mod varint;
 
+pub use compression::Compression;
+pub use digest::hex;
 pub use error::FormatError;
-pub use frame_table::{Compression, Frame, FrameTable};
+pub use frame_table::{Frame, FrameTable};
 pub use header::{BuildEntry, Header, MAX_INNER_LEN};
 pub use keys::{Blob, FileKind, ObjectKey, ObjectName, parse_build_id};
 pub use mapping::{MAX_V5_BUILDS, MAX_V5_MAPPINGS, Mapping, MappingHit, Mappings};

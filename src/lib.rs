@@ -4,8 +4,9 @@
 //!
 //! Layers, each depending only on those below it (ARCHITECTURE.md at the
 //! top of the repository describes them): `cli` → `fs` → `template` →
-//! `chunker` → `store` → `format`; `pack` is the write side and sits beside
-//! `template`. `codec` (frame compression and decoding) is pure like
+//! `chunker` → `store` → `format`; `pack` is the write side, called by
+//! `cli`: it reads base builds (their headers and bytes) through `template`
+//! and writes through `store`. `codec` (frame compression and decoding) is pure like
 //! `format` and shared by both sides; `sync` is the crate's lock policy.
 
 pub mod chunker;

@@ -8,154 +8,32 @@
 //! is not shown by readers.
 
 pub mod demo;
+mod error;
 mod frames;
 mod layout;
+mod options;
 mod parallel;
 mod progress;
 mod scan;
+mod scratch;
+mod stage;
 
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use uuid::Uuid;
 
+pub use error::PackError;
+pub use options::{
+    DEFAULT_FRAME_SIZE, DEFAULT_MEMFILE_BLOCK_SIZE, PackInputs, PackOptions, ROOTFS_BLOCK_SIZE,
+};
 pub use parallel::{default_threads, ordered_map};
 pub use progress::byte_bar;
+pub use scratch::ScratchDir;
 
-use crate::codec::DEFAULT_ZSTD_LEVEL;
-use crate::format::limits::MAX_FRAME_SIZE;
-use crate::format::{
-    Blob, BuildEntry, Compression, FileKind, FormatError, FrameTable, Header, Mappings, Metadata,
-    ObjectKey, PAGE_SIZE,
-};
-use crate::store::{PutOptions, Store, StoreError};
-use crate::template::{Builds, TemplateConfig, TemplateError, TemplateFile};
-
-/// Default uncompressed frame size: the 2 MiB hugepage E2B's writers use.
-pub const DEFAULT_FRAME_SIZE: u64 = 2 << 20;
-/// Default memfile block size of a fresh build (hugepages).
-pub const DEFAULT_MEMFILE_BLOCK_SIZE: u64 = 2 << 20;
-/// Block size of every rootfs.
-pub const ROOTFS_BLOCK_SIZE: u64 = 4096;
-
-/// Why a build could not be packed.
-#[derive(Debug, thiserror::Error)]
-pub enum PackError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    BadInput(String),
-    #[error("{0}")]
-    BadOption(String),
-    #[error(
-        "build {0} already exists in the store (builds are immutable; pick another --build-id)"
-    )]
-    BuildExists(Uuid),
-    #[error("reading {file} of base build {build}: {source}")]
-    Base {
-        build: Uuid,
-        file: FileKind,
-        #[source]
-        source: TemplateError,
-    },
-    #[error("opening base build {build}: {source}")]
-    BaseOpen {
-        build: Uuid,
-        #[source]
-        source: TemplateError,
-    },
-    #[error(
-        "{file} of ancestor build {build} has no diff object {key}; the base chain is incomplete"
-    )]
-    MissingAncestor {
-        build: Uuid,
-        file: FileKind,
-        key: String,
-    },
-    #[error("header {key} is corrupt: {source}")]
-    CorruptHeader {
-        key: String,
-        #[source]
-        source: FormatError,
-    },
-    #[error("{compression:?} compression of frame {frame} failed: {message}")]
-    Compress {
-        compression: Compression,
-        frame: usize,
-        message: String,
-    },
-    #[error("encoding the {file} header: {source}")]
-    Encode {
-        file: FileKind,
-        #[source]
-        source: FormatError,
-    },
-    #[error("{0}")]
-    Tool(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// How to pack a build.
-#[derive(Debug, Clone)]
-pub struct PackOptions {
-    /// Build to layer on; `None` packs a fresh build (generation 0).
-    pub base: Option<Uuid>,
-    /// Id of the new build; `None` draws a random one.
-    pub build_id: Option<Uuid>,
-    pub compression: Compression,
-    /// zstd level; `None` is `DEFAULT_ZSTD_LEVEL`. Only valid with zstd.
-    pub level: Option<i32>,
-    /// Uncompressed bytes per frame of a compressed diff.
-    pub frame_size: u64,
-    /// Memfile block size; `None` takes the base's, or 2 MiB for a fresh build.
-    pub memfile_block_size: Option<u64>,
-    /// Header version 3, 4 or 5; `None`: 3 when nothing involved is
-    /// compressed, 4 otherwise.
-    pub header_version: Option<u16>,
-    /// Draw progress bars (only when stderr is a terminal).
-    pub progress: bool,
-    /// Where staged diffs and the base's read cache go; `None` is the
-    /// system temp directory.
-    pub work_dir: Option<PathBuf>,
-    /// Worker threads; 0 = all cores.
-    pub threads: usize,
-}
-
-impl Default for PackOptions {
-    fn default() -> Self {
-        PackOptions {
-            base: None,
-            build_id: None,
-            compression: Compression::Zstd,
-            level: None,
-            frame_size: DEFAULT_FRAME_SIZE,
-            memfile_block_size: None,
-            header_version: None,
-            progress: false,
-            work_dir: None,
-            threads: 0,
-        }
-    }
-}
-
-/// The raw files of a build.
-#[derive(Debug, Clone)]
-pub struct PackInputs {
-    pub memfile: PathBuf,
-    pub rootfs: PathBuf,
-    pub snapfile: Option<PathBuf>,
-    /// `metadata.json` to store as is; `None` writes a minimal E2B-style one.
-    pub metadata: Option<PathBuf>,
-}
+use crate::format::{Blob, FileKind, ObjectKey};
+use crate::store::{PutOptions, Store};
+use crate::template::{Builds, TemplateConfig};
 
 /// What was written for one template file.
 #[derive(Debug, Clone)]
@@ -184,46 +62,6 @@ pub struct PackReport {
     pub files: Vec<FileReport>,
 }
 
-/// One template file, packed and staged, ready to upload.
-struct StagedFile {
-    file: FileKind,
-    data_key: ObjectKey,
-    data_path: PathBuf,
-    uncompressed_size: Option<u64>,
-    header: Vec<u8>,
-    report: FileReport,
-}
-
-/// A private scratch directory (staged objects, a read cache), removed on
-/// drop.
-#[derive(Debug)]
-pub struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    /// A new directory under `parent`, or under the system temp directory.
-    pub fn new(parent: Option<&Path>) -> Result<Self, PackError> {
-        let parent = parent.map_or_else(std::env::temp_dir, Path::to_path_buf);
-        let path = parent.join(format!("tdfs-pack-{}", Uuid::new_v4().simple()));
-        fs::create_dir_all(&path).map_err(|source| PackError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(ScratchDir { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
 /// Pack `inputs` as a new build in `store` (a layer on `opts.base`, or a
 /// fresh build) and upload it, headers last.
 pub fn pack_build(
@@ -231,7 +69,7 @@ pub fn pack_build(
     opts: &PackOptions,
     inputs: &PackInputs,
 ) -> Result<PackReport, PackError> {
-    check_options(opts)?;
+    options::check_options(opts)?;
     let build_id = opts.build_id.unwrap_or_else(Uuid::new_v4);
     if build_id.is_nil() {
         return Err(PackError::BadOption(
@@ -250,10 +88,13 @@ pub fn pack_build(
         opts.threads
     };
 
+    // One `Builds` reads the base and loads its ancestors' headers.
+    let builds = Builds::new(
+        store.clone(),
+        TemplateConfig::for_tool(staging.path().join("base-cache")),
+    );
     let bases = match opts.base {
         Some(base) => {
-            let config = TemplateConfig::for_tool(staging.path.join("base-cache"));
-            let builds = Builds::new(store.clone(), config);
             let open = |file| {
                 builds
                     .open(base, file)
@@ -277,10 +118,11 @@ pub fn pack_build(
             FileKind::Memfile => m,
             FileKind::Rootfs => r,
         });
-        staged.push(stage_file(
+        staged.push(stage::stage_file(
             store.as_ref(),
+            &builds,
             opts,
-            &staging.path,
+            staging.path(),
             file,
             image,
             base,
@@ -331,232 +173,6 @@ pub fn pack_build(
     })
 }
 
-fn check_options(opts: &PackOptions) -> Result<(), PackError> {
-    if opts.frame_size == 0 {
-        return Err(PackError::BadOption(
-            "--frame-size 0 is not a size (the default is 2 MiB)".to_string(),
-        ));
-    }
-    // A mount refuses frames over the limit, so pack must not write them.
-    if opts.frame_size > u64::from(MAX_FRAME_SIZE) {
-        return Err(PackError::BadOption(format!(
-            "--frame-size {} bytes is over the largest frame a mount serves ({} MiB); \
-             pick at most {} MiB (the default is 2 MiB)",
-            opts.frame_size,
-            MAX_FRAME_SIZE >> 20,
-            MAX_FRAME_SIZE >> 20
-        )));
-    }
-    if let Some(bs) = opts.memfile_block_size
-        && (bs == 0 || bs % PAGE_SIZE != 0)
-    {
-        return Err(PackError::BadOption(format!(
-            "memfile block size {bs} must be a non-zero multiple of 4 KiB (4KiB or 2MiB)"
-        )));
-    }
-    if opts.level.is_some() && opts.compression != Compression::Zstd {
-        return Err(PackError::BadOption(format!(
-            "--level applies only to zstd, not to {}",
-            opts.compression.name()
-        )));
-    }
-    if let Some(level) = opts.level {
-        let range = zstd::compression_level_range();
-        if !range.contains(&level) {
-            return Err(PackError::BadOption(format!(
-                "zstd level {level} is out of range ({} to {})",
-                range.start(),
-                range.end()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Diff, compress and encode the header of one template file, staged under
-/// `dir`; nothing is uploaded yet.
-#[allow(clippy::too_many_arguments)]
-fn stage_file(
-    store: &dyn Store,
-    opts: &PackOptions,
-    dir: &Path,
-    file: FileKind,
-    image_path: &Path,
-    base: Option<&TemplateFile>,
-    build_id: Uuid,
-    threads: usize,
-) -> Result<StagedFile, PackError> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PackError::Io { path, source }
-    };
-    let image = File::open(image_path).map_err(io_err(image_path))?;
-    let size = image.metadata().map_err(io_err(image_path))?.len();
-    if size == 0 || size % PAGE_SIZE != 0 {
-        return Err(PackError::BadInput(format!(
-            "{}: the {file} image is {size} bytes; it must be a non-empty multiple of 4096 \
-             (the page size)",
-            image_path.display()
-        )));
-    }
-    let base_block_size = base.map(TemplateFile::block_size);
-    let block_size = match file {
-        FileKind::Memfile => opts
-            .memfile_block_size
-            .or(base_block_size)
-            .unwrap_or(DEFAULT_MEMFILE_BLOCK_SIZE),
-        FileKind::Rootfs => base_block_size.unwrap_or(ROOTFS_BLOCK_SIZE),
-    };
-    if block_size == 0 || block_size % PAGE_SIZE != 0 {
-        return Err(PackError::BadInput(format!(
-            "the base's {file} block size {block_size} is not a multiple of 4 KiB; \
-             tdfs packs whole pages (for the memfile, pass --memfile-block-size)"
-        )));
-    }
-
-    let diff_path = dir.join(file.name());
-    let mut diff = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&diff_path)
-        .map_err(io_err(&diff_path))?;
-    let bar = byte_bar(opts.progress, size, &format!("diff {}", file.name()));
-    let started = Instant::now();
-    let scanned = scan::scan(
-        &scan::ScanInput {
-            file,
-            image: &image,
-            image_path,
-            size,
-            block_size,
-            own: build_id,
-            base,
-            threads,
-        },
-        &mut diff,
-        &bar,
-    )?;
-    bar.finish_and_clear();
-    log::debug!(
-        "{file}: diffed {size} bytes in {:?}: {} changed, {} kept, {} zeros",
-        started.elapsed(),
-        scanned.changed_bytes,
-        scanned.unchanged_bytes,
-        scanned.zero_bytes
-    );
-
-    let (data_path, own_frames, stored_size) = if opts.compression == Compression::None {
-        (diff_path, FrameTable::uncompressed(), scanned.diff_size)
-    } else {
-        let packed_path = dir.join(format!("{}{}", file.name(), opts.compression.suffix()));
-        let mut packed = File::create(&packed_path).map_err(io_err(&packed_path))?;
-        let bar = byte_bar(
-            opts.progress,
-            scanned.diff_size,
-            &format!("{} {}", opts.compression.name(), file.name()),
-        );
-        let started = Instant::now();
-        let compressed = frames::compress_diff(
-            &frames::FrameJob {
-                diff: &diff,
-                diff_size: scanned.diff_size,
-                compression: opts.compression,
-                level: opts.level.unwrap_or(DEFAULT_ZSTD_LEVEL),
-                frame_size: opts.frame_size,
-                threads,
-            },
-            &mut packed,
-            &bar,
-        )?;
-        bar.finish_and_clear();
-        log::debug!(
-            "{file}: compressed {} bytes to {} in {:?}",
-            scanned.diff_size,
-            compressed.size,
-            started.elapsed()
-        );
-        drop(diff);
-        let _ = fs::remove_file(&diff_path);
-        (packed_path, compressed.frames, compressed.size)
-    };
-    let frame_count = own_frames.frames().len();
-
-    let mappings = Mappings::new(scanned.mappings, size)
-        .map_err(|source| PackError::Encode { file, source })?
-        .normalized();
-    let own = BuildEntry {
-        build_id,
-        file_size: scanned.diff_size,
-        sha256: scanned.diff_sha256,
-        frames: own_frames,
-    };
-    let builds = match base {
-        Some(b) => {
-            let mut ancestors = layout::AncestorEntries::new(store, file, b.header());
-            layout::builds_section(mappings.as_slice(), own, |id| ancestors.entry(id))?
-        }
-        None => layout::builds_section(mappings.as_slice(), own, |id| {
-            Err(PackError::Internal(format!(
-                "a fresh build references build {id}"
-            )))
-        })?,
-    };
-    let version = layout::choose_version(opts.header_version, opts.compression, &builds)?;
-    let (generation, base_build_id) = match base {
-        Some(b) => (
-            b.header().metadata.generation + 1,
-            b.header().metadata.base_build_id,
-        ),
-        None => (0, build_id),
-    };
-    let mapping_count = mappings.len();
-    let header = Header {
-        metadata: Metadata {
-            version: u64::from(version),
-            block_size,
-            size,
-            generation,
-            build_id,
-            base_build_id,
-        },
-        builds: if version >= 4 { builds } else { Vec::new() },
-        mappings,
-    };
-    let header_bytes = header
-        .encode(version)
-        .map_err(|source| PackError::Encode { file, source })?;
-
-    // An empty diff has no frames, which the format reads as "uncompressed":
-    // store it as an empty uncompressed object so the header and the object
-    // agree (a zero-length .zstd/.lz4 object is not a valid stream either).
-    let stored_as = if scanned.diff_size == 0 {
-        Compression::None
-    } else {
-        opts.compression
-    };
-    Ok(StagedFile {
-        file,
-        data_key: ObjectKey::data(build_id, file, stored_as),
-        data_path,
-        uncompressed_size: (stored_as != Compression::None).then_some(scanned.diff_size),
-        header: header_bytes,
-        report: FileReport {
-            file,
-            size,
-            block_size,
-            header_version: version,
-            mappings: mapping_count,
-            zero_bytes: scanned.zero_bytes,
-            unchanged_bytes: scanned.unchanged_bytes,
-            changed_bytes: scanned.changed_bytes,
-            diff_size: scanned.diff_size,
-            stored_size,
-            frames: frame_count,
-        },
-    })
-}
-
 /// A minimal `metadata.json` in E2B's shape, for builds packed without one.
 fn default_metadata(build_id: Uuid, base: Option<Uuid>) -> Vec<u8> {
     let value = serde_json::json!({
@@ -568,60 +184,4 @@ fn default_metadata(build_id: Uuid, base: Option<Uuid>) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::LocalStore;
-
-    /// A store directory and two small images (`pages` pages of varied
-    /// bytes each).
-    fn setup(pages: usize) -> (tempfile::TempDir, Arc<dyn Store>, PackInputs) {
-        let dir = tempfile::tempdir().unwrap();
-        let image: Vec<u8> = (0..pages * PAGE_SIZE as usize)
-            .map(|i| (i * 7 / 4096 % 251) as u8)
-            .collect();
-        let memfile = dir.path().join("mem.img");
-        let rootfs = dir.path().join("root.img");
-        fs::write(&memfile, &image).unwrap();
-        fs::write(&rootfs, &image).unwrap();
-        let store: Arc<dyn Store> = Arc::new(LocalStore::create(dir.path().join("store")).unwrap());
-        let inputs = PackInputs {
-            memfile,
-            rootfs,
-            snapfile: None,
-            metadata: None,
-        };
-        (dir, store, inputs)
-    }
-
-    #[test]
-    fn frame_size_over_the_mount_limit_is_refused_before_anything_is_written() {
-        let (dir, store, inputs) = setup(8);
-        let opts = PackOptions {
-            frame_size: 128 << 20,
-            work_dir: Some(dir.path().to_path_buf()),
-            ..PackOptions::default()
-        };
-        let err = pack_build(store.clone(), &opts, &inputs).unwrap_err();
-        assert!(matches!(err, PackError::BadOption(_)), "{err:?}");
-        let message = err.to_string();
-        assert!(
-            message.contains("--frame-size 134217728 bytes")
-                && message.contains("largest frame a mount serves (64 MiB)"),
-            "{message}"
-        );
-        assert_eq!(store.list_builds().unwrap(), Vec::<Uuid>::new());
-        assert_eq!(fs::read_dir(dir.path().join("store")).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn frame_size_at_the_mount_limit_packs() {
-        let (dir, store, inputs) = setup(8);
-        let opts = PackOptions {
-            frame_size: u64::from(MAX_FRAME_SIZE),
-            work_dir: Some(dir.path().to_path_buf()),
-            ..PackOptions::default()
-        };
-        let report = pack_build(store.clone(), &opts, &inputs).unwrap();
-        assert_eq!(store.list_builds().unwrap(), vec![report.build_id]);
-    }
-}
+mod tests;

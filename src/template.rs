@@ -7,7 +7,7 @@
 //! build that has data but no header), shares one Chunker per (build, file)
 //! across every template that references it, and reads the blobs that are
 //! passed through unchanged. `TemplateFile::read_at` walks a range mapping by
-//! mapping, block by block; `TemplateFile::read_in_place` hands out a range
+//! mapping; `TemplateFile::read_in_place` hands out a range
 //! that lies in one mapping without copying it.
 
 mod blob;
@@ -79,9 +79,15 @@ pub struct TemplateConfig {
     pub cache_dir: PathBuf,
     /// Bound on the bytes held in cache files (0 = unbounded).
     pub max_cache_size: u64,
+    /// How long a reader waits for a fetch before its read fails
+    /// (`--fetch-timeout`); the fetch itself goes on.
     pub fetch_timeout: Duration,
     /// Fetch units read ahead of a sequential reader.
     pub readahead: usize,
+    /// Threads of the shared fetch pool (0 counts as 1): at most this many
+    /// units (chunks or frames) are fetched from the store at once, across
+    /// every diff of this `Builds`, read-ahead included (a remote store also
+    /// bounds its requests: `StoreOptions::max_requests`).
     pub fetch_workers: usize,
     /// Check each diff against the SHA-256 its header records (V4/V5, when
     /// not zero) once all of it is cached; a mismatch fails its reads.

@@ -20,9 +20,9 @@ const SIZE: usize = (3 * CHUNK_SIZE + 5 * PAGE + 100) as usize;
 
 fn objects(env: &Env, data: &[u8]) -> Vec<DiffSpec> {
     vec![
-        env.put_raw(data, PAGE),
-        env.put_framed(data, Compression::Zstd, &[MIB as usize], PAGE),
-        env.put_framed(data, Compression::Lz4, &[MIB as usize], PAGE),
+        env.put_raw(data),
+        env.put_framed(data, Compression::Zstd, &[MIB as usize]),
+        env.put_framed(data, Compression::Lz4, &[MIB as usize]),
     ]
 }
 
@@ -126,7 +126,7 @@ fn truncated_cache_files_are_refetched_under_a_cache_budget() {
 fn a_cache_file_truncated_while_idle_heals_on_the_next_fetch() {
     let env = Env::new();
     let data = test_data(SIZE, 33);
-    let c = env.chunker(env.put_raw(&data, PAGE));
+    let c = env.chunker(env.put_raw(&data));
     // Only the first chunk cached; the file then loses all of it.
     let mut head = vec![0u8; PAGE as usize];
     c.read_blocks(&mut head, 0).unwrap();

@@ -40,9 +40,9 @@ fn together<T: Send + 'static>(
 /// The objects of the fault tests: one of each codec, 2 MiB frames.
 fn objects(env: &Env, data: &[u8]) -> Vec<DiffSpec> {
     vec![
-        env.put_raw(data, PAGE),
-        env.put_framed(data, Compression::Zstd, &[2 << 20], PAGE),
-        env.put_framed(data, Compression::Lz4, &[2 << 20], PAGE),
+        env.put_raw(data),
+        env.put_framed(data, Compression::Zstd, &[2 << 20]),
+        env.put_framed(data, Compression::Lz4, &[2 << 20]),
     ]
 }
 
@@ -117,7 +117,7 @@ fn corrupt_frames_are_never_served_nor_cached() {
     env.store.set_latency(Duration::from_millis(200));
     let data = test_data((6 * MIB) as usize, 3);
     for compression in [Compression::Zstd, Compression::Lz4] {
-        let spec = env.put_framed(&data, compression, &[2 << 20], PAGE);
+        let spec = env.put_framed(&data, compression, &[2 << 20]);
         let key = spec.key;
         let frame = spec.frames.frames()[1];
         let c = Arc::new(env.chunker(spec));
@@ -228,7 +228,7 @@ fn a_chunk_is_readable_page_by_page_while_it_streams() {
     let mut env = Env::new();
     env.config.fetch_timeout = Duration::from_millis(500);
     let data = test_data((2 * CHUNK_SIZE) as usize, 6);
-    let spec = env.put_raw(&data, PAGE);
+    let spec = env.put_raw(&data);
     let key = spec.key;
     let c = env.chunker(spec);
     // The stream stalls 1 MiB into chunk 1.
@@ -260,7 +260,7 @@ fn the_pool_bounds_concurrent_store_requests() {
     let mut env = Env::with_workers(2);
     env.config.fetch_timeout = Duration::from_millis(500);
     let data = test_data((THREADS as u64 * CHUNK_SIZE) as usize, 7);
-    let spec = env.put_raw(&data, PAGE);
+    let spec = env.put_raw(&data);
     let c = Arc::new(env.chunker(spec));
     env.store.inject(None, Fault::Hang, None);
     let results = together(&c, |c, i| {
@@ -322,7 +322,7 @@ fn a_pinned_block_is_never_evicted() {
     let env = with_budget(2);
     let budget = env.config.cache_budget.clone().unwrap();
     let data = test_data((8 * CHUNK_SIZE) as usize, 9);
-    let c = env.chunker(env.put_raw(&data, 2 * MIB));
+    let c = env.chunker(env.put_raw(&data));
     let held = c.read_in_place(0, 2 * MIB).unwrap();
     for chunk in 1..8 {
         let _ = c.read_in_place(chunk * CHUNK_SIZE, 2 * MIB).unwrap();
@@ -342,13 +342,8 @@ fn eviction_under_concurrent_readers_never_shows_wrong_bytes() {
     let env = with_budget(2);
     let data = Arc::new(test_data((12 * CHUNK_SIZE) as usize, 10));
     for spec in [
-        env.put_raw(&data, PAGE),
-        env.put_framed(
-            &data,
-            Compression::Zstd,
-            &[MIB as usize, 3 * MIB as usize],
-            PAGE,
-        ),
+        env.put_raw(&data),
+        env.put_framed(&data, Compression::Zstd, &[MIB as usize, 3 * MIB as usize]),
     ] {
         let c = Arc::new(env.chunker(spec));
         let data = Arc::clone(&data);

@@ -69,7 +69,6 @@ fn fixture_diffs_read_exactly() {
                     DiffSpec {
                         key,
                         size: diff.len() as u64,
-                        block_size: header.metadata.block_size,
                         frames: frames.clone(),
                     },
                     store.clone(),
@@ -91,7 +90,7 @@ fn fixture_diffs_read_exactly() {
                     for off in
                         (range.start.div_ceil(PAGE) * PAGE..range.end).step_by(PAGE as usize * 5)
                     {
-                        let len = c.block_size().min(c.size() - off);
+                        let len = header.metadata.block_size.min(c.size() - off);
                         let block = c.read_in_place(off, len).unwrap();
                         let o = off as usize;
                         assert!(*block == diff[o..o + block.len()], "{key}: block at {off}");

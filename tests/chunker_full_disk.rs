@@ -21,9 +21,9 @@ fn a_full_cache_disk_serves_from_the_store_without_caching() {
     env.config.cache_dir = cache;
     let data = test_data((3 * CHUNK_SIZE) as usize, 11);
     let specs = [
-        env.put_raw(&data, 2 * MIB),
-        env.put_framed(&data, Compression::Zstd, &[2 << 20], 2 * MIB),
-        env.put_framed(&data, Compression::Lz4, &[2 << 20], 2 * MIB),
+        env.put_raw(&data),
+        env.put_framed(&data, Compression::Zstd, &[2 << 20]),
+        env.put_framed(&data, Compression::Lz4, &[2 << 20]),
     ];
     for spec in specs {
         let chunker = Arc::new(env.chunker(spec));

@@ -104,7 +104,6 @@ fn serving_a_4_gib_sparse_diff_keeps_the_heap_small() {
     let chunker = Arc::new(env.chunker(DiffSpec {
         key,
         size: SIZE,
-        block_size: 2 * MIB,
         frames: FrameTable::uncompressed(),
     }));
     let readers: Vec<_> = (0..4u64)

@@ -15,38 +15,33 @@ use tdfs::chunker::{Block, CHUNK_SIZE, Chunker, ChunkerError, DiffSpec, MAX_READ
 use tdfs::format::{Compression, Frame, FrameTable};
 
 /// Every kind of object the Chunker serves, over the same `data`.
-fn specs(env: &Env, data: &[u8], block_size: u64) -> Vec<(&'static str, DiffSpec)> {
+fn specs(env: &Env, data: &[u8]) -> Vec<(&'static str, DiffSpec)> {
     vec![
-        ("raw", env.put_raw(data, block_size)),
+        ("raw", env.put_raw(data)),
         (
             "zstd 2MiB",
-            env.put_framed(data, Compression::Zstd, &[2 << 20], block_size),
+            env.put_framed(data, Compression::Zstd, &[2 << 20]),
         ),
         (
             "zstd odd",
-            env.put_framed(
-                data,
-                Compression::Zstd,
-                &[5000, 1 << 20, 300_001, 4096],
-                block_size,
-            ),
+            env.put_framed(data, Compression::Zstd, &[5000, 1 << 20, 300_001, 4096]),
         ),
         (
             "lz4 odd",
-            env.put_framed(data, Compression::Lz4, &[777_777, 12_345], block_size),
+            env.put_framed(data, Compression::Lz4, &[777_777, 12_345]),
         ),
     ]
 }
 
 /// The block a template file's reader is served at `off`: `block_size`
 /// bytes, or the rest of the diff.
-fn block_at(c: &Chunker, off: u64) -> Result<Block<'_>, ChunkerError> {
-    c.read_in_place(off, c.block_size().min(c.size().saturating_sub(off)))
+fn block_at(c: &Chunker, block_size: u64, off: u64) -> Result<Block<'_>, ChunkerError> {
+    c.read_in_place(off, block_size.min(c.size().saturating_sub(off)))
 }
 
-fn check_block(c: &Chunker, data: &[u8], off: u64) {
-    let block = block_at(c, off).unwrap();
-    let want = (c.block_size()).min(data.len() as u64 - off) as usize;
+fn check_block(c: &Chunker, data: &[u8], block_size: u64, off: u64) {
+    let block = block_at(c, block_size, off).unwrap();
+    let want = block_size.min(data.len() as u64 - off) as usize;
     assert_eq!(block.len(), want, "block length at {off}");
     assert!(
         *block == data[off as usize..off as usize + want],
@@ -58,7 +53,7 @@ fn check_block(c: &Chunker, data: &[u8], off: u64) {
 fn whole_object_reads_back_for_every_codec() {
     let env = Env::new();
     let data = test_data((9 * MIB + 12_345) as usize, 1);
-    for (name, spec) in specs(&env, &data, PAGE) {
+    for (name, spec) in specs(&env, &data) {
         let c = env.chunker(spec);
         assert_eq!(c.size(), data.len() as u64);
         let mut buf = vec![0u8; data.len()];
@@ -68,9 +63,9 @@ fn whole_object_reads_back_for_every_codec() {
         assert_eq!(c.is_compressed(), name != "raw");
         // Warm: every page-aligned block, the last one short.
         for off in (0..data.len() as u64).step_by(PAGE as usize * 7) {
-            check_block(&c, &data, off);
+            check_block(&c, &data, PAGE, off);
         }
-        check_block(&c, &data, (data.len() as u64 - 1) / PAGE * PAGE);
+        check_block(&c, &data, PAGE, (data.len() as u64 - 1) / PAGE * PAGE);
     }
 }
 
@@ -78,7 +73,7 @@ fn whole_object_reads_back_for_every_codec() {
 fn two_mib_blocks_at_page_aligned_offsets() {
     let env = Env::new();
     let data = test_data((11 * MIB + 8192 + 100) as usize, 2);
-    for (name, spec) in specs(&env, &data, 2 * MIB) {
+    for (name, spec) in specs(&env, &data) {
         let c = env.chunker(spec);
         // Cold blocks straddling chunk and frame boundaries.
         for off in [
@@ -89,7 +84,7 @@ fn two_mib_blocks_at_page_aligned_offsets() {
             data.len() as u64 / PAGE * PAGE,
             data.len() as u64 / PAGE * PAGE - 2 * MIB + PAGE,
         ] {
-            check_block(&c, &data, off);
+            check_block(&c, &data, 2 * MIB, off);
         }
         assert!(c.cached_bytes() > 0, "{name}");
     }
@@ -99,7 +94,7 @@ fn two_mib_blocks_at_page_aligned_offsets() {
 fn many_threads_random_blocks_and_ranges() {
     let env = Env::new();
     let data = Arc::new(test_data((13 * MIB + 3000) as usize, 3));
-    for (name, spec) in specs(&env, &data, PAGE) {
+    for (name, spec) in specs(&env, &data) {
         let c = Arc::new(env.chunker(spec));
         let threads: Vec<_> = (0..8u64)
             .map(|t| {
@@ -109,7 +104,7 @@ fn many_threads_random_blocks_and_ranges() {
                     let size = data.len() as u64;
                     for _ in 0..300 {
                         let off = rng.below(size.div_ceil(PAGE)) * PAGE;
-                        check_block(&c, &data, off);
+                        check_block(&c, &data, PAGE, off);
                         let off = rng.below(size);
                         let len = rng.below((size - off).min(3 * MIB)) as usize;
                         let mut buf = vec![0u8; len];
@@ -130,11 +125,11 @@ fn many_threads_random_blocks_and_ranges() {
 fn bad_offsets_are_errors() {
     let env = Env::new();
     let data = test_data(3 * PAGE as usize + 5, 4);
-    let c = env.chunker(env.put_raw(&data, PAGE));
+    let c = env.chunker(env.put_raw(&data));
     // Any offset is served, page-aligned or not.
     assert!(*c.read_in_place(100, PAGE).unwrap() == data[100..][..PAGE as usize]);
     assert!(matches!(
-        block_at(&c, 4 * PAGE),
+        block_at(&c, PAGE, 4 * PAGE),
         Err(ChunkerError::OutOfRange { .. })
     ));
     let mut buf = vec![0u8; 6];
@@ -147,7 +142,7 @@ fn bad_offsets_are_errors() {
         Err(ChunkerError::OutOfRange { .. })
     ));
     c.read_blocks(&mut [], data.len() as u64).unwrap();
-    assert_eq!(block_at(&c, 3 * PAGE).unwrap().len(), 5);
+    assert_eq!(block_at(&c, PAGE, 3 * PAGE).unwrap().len(), 5);
     let msg = c.read_in_place(100, 4 * PAGE).unwrap_err().to_string();
     assert!(
         msg.contains(&c.key().to_string()) && msg.contains("100"),
@@ -159,7 +154,7 @@ fn bad_offsets_are_errors() {
 fn sparse_frame_table_blocks_end_at_gaps() {
     let env = Env::new();
     let data = test_data(6 * MIB as usize, 5);
-    let full = env.put_framed(&data, Compression::Zstd, &[MIB as usize], 2 * MIB);
+    let full = env.put_framed(&data, Compression::Zstd, &[MIB as usize]);
     // Keep frames 0, 1 and 4: a gap over [2 MiB, 4 MiB).
     let kept: Vec<Frame> = full
         .frames
@@ -174,12 +169,12 @@ fn sparse_frame_table_blocks_end_at_gaps() {
         ..full
     };
     let c = env.chunker(spec);
-    let b = block_at(&c, MIB + PAGE).unwrap();
+    let b = block_at(&c, 2 * MIB, MIB + PAGE).unwrap();
     assert_eq!(b.len() as u64, MIB - PAGE, "clipped at the gap");
     assert!(*b == data[(MIB + PAGE) as usize..2 * MIB as usize]);
     drop(b);
     assert!(matches!(
-        block_at(&c, 2 * MIB),
+        block_at(&c, 2 * MIB, 2 * MIB),
         Err(ChunkerError::NotInFrameTable { .. })
     ));
     let mut buf = vec![0u8; 2 * PAGE as usize];
@@ -201,7 +196,7 @@ fn sequential_reads_fetch_ahead_without_duplicate_requests() {
     let mut env = Env::new();
     env.config.readahead = 2;
     let data = test_data((10 * CHUNK_SIZE) as usize, 6);
-    let spec = env.put_raw(&data, PAGE);
+    let spec = env.put_raw(&data);
     let key = spec.key;
     let c = env.chunker(spec);
     let mut buf = vec![0u8; MIB as usize];
@@ -230,13 +225,16 @@ fn readahead_chunker(readahead: usize) -> (Env, Chunker) {
     let mut env = Env::with_workers(2 * MAX_READAHEAD_UNITS);
     env.config.readahead = readahead;
     let data = test_data((RA_UNITS * RA_FRAME) as usize, 11);
-    let spec = env.put_framed(&data, Compression::Zstd, &[RA_FRAME as usize], RA_FRAME);
+    let spec = env.put_framed(&data, Compression::Zstd, &[RA_FRAME as usize]);
     let c = env.chunker(spec);
     (env, c)
 }
 
 fn read_unit(c: &Chunker, u: u64) {
-    assert_eq!(block_at(c, u * RA_FRAME).unwrap().len() as u64, RA_FRAME);
+    assert_eq!(
+        block_at(c, RA_FRAME, u * RA_FRAME).unwrap().len() as u64,
+        RA_FRAME
+    );
 }
 
 #[test]
@@ -331,7 +329,7 @@ fn sequential_reader_on_two_threads_out_of_order_grows_the_window() {
 fn stale_cache_file_is_discarded_and_removed_on_drop() {
     let env = Env::new();
     let data = test_data(2 * PAGE as usize, 7);
-    let spec = env.put_raw(&data, PAGE);
+    let spec = env.put_raw(&data);
     let name = format!("{}-{}.cache", spec.key.build, spec.key.name.as_string());
     std::fs::create_dir_all(&env.config.cache_dir).unwrap();
     let path = env.config.cache_dir.join(name);
@@ -339,7 +337,7 @@ fn stale_cache_file_is_discarded_and_removed_on_drop() {
     let c = env.chunker(spec.clone());
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * PAGE);
     assert_eq!(c.cached_bytes(), 0);
-    assert!(*block_at(&c, 0).unwrap() == data[..PAGE as usize]);
+    assert!(*block_at(&c, PAGE, 0).unwrap() == data[..PAGE as usize]);
     assert!(
         Chunker::new(
             spec.clone(),
@@ -360,15 +358,17 @@ fn stale_cache_file_is_discarded_and_removed_on_drop() {
 fn object_shorter_than_its_size_is_a_short_read() {
     let env = Env::new();
     let data = test_data((CHUNK_SIZE + 10 * PAGE) as usize, 8);
-    let mut spec = env.put_raw(&data, PAGE);
+    let mut spec = env.put_raw(&data);
     spec.size += 3 * PAGE;
     let c = env.chunker(spec);
-    assert!(*block_at(&c, CHUNK_SIZE).unwrap() == data[CHUNK_SIZE as usize..][..PAGE as usize]);
-    let err = block_at(&c, CHUNK_SIZE + 11 * PAGE).unwrap_err();
+    assert!(
+        *block_at(&c, PAGE, CHUNK_SIZE).unwrap() == data[CHUNK_SIZE as usize..][..PAGE as usize]
+    );
+    let err = block_at(&c, PAGE, CHUNK_SIZE + 11 * PAGE).unwrap_err();
     assert!(matches!(err, ChunkerError::ShortRead { .. }), "{err}");
     // The pages that did arrive stay served.
     assert!(
-        *block_at(&c, CHUNK_SIZE + 9 * PAGE).unwrap()
+        *block_at(&c, PAGE, CHUNK_SIZE + 9 * PAGE).unwrap()
             == data[(CHUNK_SIZE + 9 * PAGE) as usize..][..PAGE as usize]
     );
 }
@@ -377,18 +377,7 @@ fn object_shorter_than_its_size_is_a_short_read() {
 fn bad_specs_are_refused() {
     let env = Env::new();
     let data = test_data(PAGE as usize, 9);
-    let mut spec = env.put_raw(&data, 1000);
-    assert!(matches!(
-        Chunker::new(
-            spec.clone(),
-            env.store.clone(),
-            env.pool.clone(),
-            &env.config,
-            env.stats.clone()
-        ),
-        Err(ChunkerError::BadSpec { .. })
-    ));
-    spec.block_size = PAGE;
+    let mut spec = env.put_raw(&data);
     spec.size = 1 << 50;
     assert!(matches!(
         Chunker::new(
@@ -400,7 +389,7 @@ fn bad_specs_are_refused() {
         ),
         Err(ChunkerError::BadSpec { .. })
     ));
-    let mut framed = env.put_framed(&data, Compression::Zstd, &[4096], PAGE);
+    let mut framed = env.put_framed(&data, Compression::Zstd, &[4096]);
     framed.size = 100;
     assert!(matches!(
         Chunker::new(
@@ -417,7 +406,7 @@ fn bad_specs_are_refused() {
 #[test]
 fn empty_diff() {
     let env = Env::new();
-    let c = env.chunker(env.put_raw(&[], PAGE));
+    let c = env.chunker(env.put_raw(&[]));
     assert_eq!(c.size(), 0);
     assert!(c.read_in_place(0, 1).is_err());
     assert!(c.read_in_place(0, 0).unwrap().is_empty());
@@ -437,7 +426,7 @@ fn objects() -> &'static Objects {
     OBJECTS.get_or_init(|| {
         let env = Env::new();
         let data = test_data((9 * MIB + 4321) as usize, 10);
-        let chunkers = specs(&env, &data, 2 * MIB)
+        let chunkers = specs(&env, &data)
             .into_iter()
             .map(|(_, s)| env.chunker(s))
             .collect();
@@ -470,8 +459,8 @@ proptest! {
         let pages = (o.data.len() as u64).div_ceil(PAGE);
         let off = ((pages as f64 * page_frac) as u64).min(pages - 1) * PAGE;
         let c = &o.chunkers[which];
-        let block = block_at(c, off).unwrap();
-        let want = c.block_size().min(o.data.len() as u64 - off) as usize;
+        let block = block_at(c, 2 * MIB, off).unwrap();
+        let want = (2 * MIB).min(o.data.len() as u64 - off) as usize;
         prop_assert_eq!(block.len(), want);
         prop_assert!(*block == o.data[off as usize..off as usize + want]);
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::digest::sha256_hex;
 use common::fixtures::{fixture_stores, manifest};
-use common::pack::{PAGE, local_store};
+use common::pack::{PAGE, local_store, put_legacy_build};
 use common::process::{tdfs, tdfs_ok};
 use common::rng::Rng;
 use tdfs::format::{Compression, FileKind, ObjectKey};
@@ -258,14 +258,10 @@ fn inspect_and_verify_read_a_legacy_build_without_headers() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let store = tdfs::store::LocalStore::create(&store_dir).unwrap();
-    let build = Uuid::new_v4();
     let mut rng = Rng(4);
     let mem = rng.image(300);
     let root = rng.image(70);
-    for (file, bytes) in [(FileKind::Memfile, &mem), (FileKind::Rootfs, &root)] {
-        let key = ObjectKey::data(build, file, Compression::None);
-        tdfs::store::Store::put_bytes(&store, &key, bytes).unwrap();
-    }
+    let build = put_legacy_build(&store, &mem, &root);
 
     let json: serde_json::Value = serde_json::from_str(&tdfs_ok(&[
         "inspect",
@@ -331,17 +327,7 @@ fn missing_build_and_wrong_flags_fail_clearly() {
         ("--compress", "gzip"),
         ("--header-version", "6"),
     ] {
-        let (code, err) = stderr_of(&[
-            "pack",
-            "--store",
-            s(&img.store),
-            "--memfile",
-            s(&img.mem_path),
-            "--rootfs",
-            s(&img.root_path),
-            flag,
-            value,
-        ]);
+        let (code, err) = stderr_of(&pack_args(&img, &[flag, value]));
         assert_eq!(code, 2, "{flag} {value}: {err}");
         assert!(err.contains(value), "{err}");
     }
@@ -356,17 +342,7 @@ fn missing_build_and_wrong_flags_fail_clearly() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/mem"), "{err}");
-    let (code, err) = stderr_of(&[
-        "pack",
-        "--store",
-        s(&img.store),
-        "--memfile",
-        s(&img.mem_path),
-        "--rootfs",
-        s(&img.root_path),
-        "--base",
-        &missing,
-    ]);
+    let (code, err) = stderr_of(&pack_args(&img, &["--base", &missing]));
     assert_eq!(code, 1);
     assert!(err.contains(&missing), "{err}");
     let (code, err) = stderr_of(&["verify", "--store", "/nonexistent/store", &missing]);

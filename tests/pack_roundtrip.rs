@@ -13,7 +13,7 @@ use std::sync::Arc;
 use common::digest::{hex, sha256_hex};
 use common::fixtures::{fixture_stores, manifest};
 use common::oracle::{oracle_flatten, read_header};
-use common::pack::{PAGE, local_store};
+use common::pack::{PAGE, local_store, put_legacy_build};
 use common::process::{require_tool, tdfs_ok};
 use common::rng::Rng;
 use proptest::prelude::*;
@@ -65,11 +65,9 @@ fn template_flatten(store_dir: &Path, build: Uuid, file: FileKind) -> Vec<u8> {
     out
 }
 
-/// Both readers return `expected`, and the header is consistent with the
-/// layer it describes.
-fn check_build(store_dir: &Path, report: &PackReport, file: FileKind, expected: &[u8]) {
+/// The oracle and the template read path both return `expected`.
+fn check_flatten(store_dir: &Path, build: Uuid, file: FileKind, expected: &[u8]) {
     let store = local_store(store_dir);
-    let build = report.build_id;
     let oracle = oracle_flatten(store.as_ref(), build, file);
     assert!(oracle == expected, "{file} of {build}: oracle differs");
     let template = template_flatten(store_dir, build, file);
@@ -77,11 +75,15 @@ fn check_build(store_dir: &Path, report: &PackReport, file: FileKind, expected: 
         template == expected,
         "{file} of {build}: template read differs"
     );
-    check_builds_section(
-        store.as_ref(),
-        &read_header(store.as_ref(), build, file),
-        file,
-    );
+}
+
+/// Both readers return `expected`, and the header is consistent with the
+/// layer it describes.
+fn check_build(store_dir: &Path, report: &PackReport, file: FileKind, expected: &[u8]) {
+    check_flatten(store_dir, report.build_id, file, expected);
+    let store = local_store(store_dir);
+    let header = read_header(store.as_ref(), report.build_id, file);
+    check_builds_section(store.as_ref(), &header, file);
 }
 
 /// V4+: the section lists the own build and every referenced build; each
@@ -483,6 +485,77 @@ fn layers_on_the_fixture_stores_read_back() {
             store_dir.to_str().unwrap(),
             &report.build_id.to_string(),
         ]);
+    }
+}
+
+/// A legacy base and, per FORMAT.md, a V4 base whose builds section leaves
+/// out a legacy ancestor (resolved from the ancestor's own header, which a
+/// legacy build lacks: the legacy fallback applies). Fails if pack loads
+/// the ancestor's header without the fallback.
+#[test]
+fn layers_on_a_legacy_build_without_headers_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let mut rng = Rng(12);
+    // Page by page (no long zero runs), so every layer keeps base pages.
+    let mut pages = |n: usize| -> Vec<u8> { (0..n).flat_map(|_| rng.page()).collect() };
+    let mut images = [pages(300), pages(70)];
+    let store: Arc<dyn Store> = Arc::new(LocalStore::create(&store_dir).unwrap());
+    let legacy = put_legacy_build(store.as_ref(), &images[0], &images[1]);
+
+    rng.mutate(&mut images[0], 20);
+    rng.mutate(&mut images[1], 20);
+    let layer_opts = |base| PackOptions {
+        base: Some(base),
+        compression: Compression::Zstd,
+        header_version: Some(4),
+        frame_size: 64 << 10,
+        ..PackOptions::default()
+    };
+    let layer = pack_images(
+        &store_dir,
+        dir.path(),
+        &images[0],
+        &images[1],
+        &layer_opts(legacy),
+    )
+    .unwrap();
+    assert_eq!(layer.generation, 1);
+    for (file, image) in FileKind::ALL.into_iter().zip(&images) {
+        check_flatten(&store_dir, layer.build_id, file, image);
+    }
+
+    // Leave the legacy build out of the layer's builds section.
+    for file in FileKind::ALL {
+        let mut header = read_header(store.as_ref(), layer.build_id, file);
+        assert!(
+            header.build(&legacy).is_some(),
+            "pack lists the legacy build"
+        );
+        header.builds.retain(|b| b.build_id != legacy);
+        let bytes = header.encode(4).unwrap();
+        store
+            .put_bytes(&ObjectKey::header(layer.build_id, file), &bytes)
+            .unwrap();
+    }
+    rng.mutate(&mut images[0], 20);
+    rng.mutate(&mut images[1], 20);
+    let top = pack_images(
+        &store_dir,
+        dir.path(),
+        &images[0],
+        &images[1],
+        &layer_opts(layer.build_id),
+    )
+    .unwrap();
+    for (file, image) in FileKind::ALL.into_iter().zip(&images) {
+        check_flatten(&store_dir, top.build_id, file, image);
+        let header = read_header(store.as_ref(), top.build_id, file);
+        let entry = header.build(&legacy).expect("the legacy build is listed");
+        assert!(
+            !entry.frames.is_compressed(),
+            "legacy builds are uncompressed"
+        );
     }
 }
 

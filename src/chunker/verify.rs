@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use sha2::{Digest, Sha256};
 
 use super::{ChunkerError, Inner};
+use crate::format::hex;
 
 /// Bytes hashed per `pread`.
 const HASH_PIECE: u64 = 1 << 20;
@@ -76,8 +77,4 @@ impl Inner {
         }
         Ok(hasher.finalize().into())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{CliError, header_reader, human_bytes, open_store_arg, parse_build, parse_file_kind};
-use crate::format::{Blob, FileKind, Header, ObjectKey};
+use crate::format::{Blob, FileKind, Header, ObjectKey, hex};
 use crate::template::Builds;
 
 /// Largest metadata.json shown.
@@ -189,10 +189,6 @@ fn file_report(header: &Header, file: FileKind, build: Uuid) -> FileReport {
         },
         builds,
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn render_text(r: &BuildReport) -> String {

@@ -10,10 +10,9 @@ use std::ops::Range;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::inspect::hex;
 use super::{CliError, header_reader, human_bytes, open_store_arg, parse_build};
 use crate::codec::{decode_frame, diff_reader};
-use crate::format::{Compression, FileKind, FrameTable, Header, ObjectKey};
+use crate::format::{Compression, FileKind, FrameTable, Header, ObjectKey, hex};
 use crate::pack::{default_threads, ordered_map};
 use crate::store::{Store, StoreError};
 use crate::template::TemplateError;

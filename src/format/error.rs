@@ -1,3 +1,6 @@
+//! `FormatError`: why bytes are not a valid header, frame table or mapping
+//! list, in the format's terms.
+
 use thiserror::Error;
 
 /// Why a header, frame table or mapping list was rejected. Every variant says

@@ -1,3 +1,7 @@
+//! Mappings (FORMAT.md "Versions 1–3", "Version 5"): the ranges of a
+//! template file and where each is stored, checked into one canonical
+//! sorted, gap-free list, and the lookup of the mapping holding an offset.
+
 use std::collections::HashSet;
 
 use uuid::Uuid;

@@ -1,3 +1,6 @@
+//! The 64-byte metadata block that starts every header (FORMAT.md
+//! "Header"): version, block size, size, generation, build and base build.
+
 use uuid::Uuid;
 
 use super::FormatError;

@@ -1,7 +1,7 @@
 //! A layer's header contents: the base's mappings kept for unchanged
-//! blocks, and the V4/V5
-//! builds section with every referenced ancestor's frame table trimmed to
-//! the frames those mappings touch (FORMAT.md "sparse" tables).
+//! blocks, and the V4/V5 builds section with every referenced ancestor's
+//! frame table trimmed to the frames those mappings touch (FORMAT.md
+//! "sparse" tables), the header version to write.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -9,11 +9,11 @@ use std::ops::Range;
 use uuid::Uuid;
 
 use super::PackError;
-use crate::format::limits::MAX_HEADER_LEN;
 use crate::format::{
     BuildEntry, Compression, FileKind, FrameTable, Header, Mapping, Mappings, ObjectKey,
 };
 use crate::store::{Store, StoreError};
+use crate::template::{Builds, TemplateError};
 
 /// Append the base's mappings of template range `[start, end)`, clipped to
 /// it. Offsets past the base's mappings (a base smaller than the new image)
@@ -62,18 +62,21 @@ pub fn referenced_ranges(mappings: &[Mapping]) -> BTreeMap<Uuid, Vec<Range<u64>>
 
 /// Finds the builds-section entry (size, sha, full or sparse frame table) of
 /// an ancestor build: from the base header's section when it lists it, else
-/// from the ancestor's own header, else (V1–V3) as an uncompressed build.
+/// from the ancestor's own header (loaded by `Builds`, so a legacy build
+/// without one reads as V3), else (V1–V3) as an uncompressed build.
 pub struct AncestorEntries<'a> {
     store: &'a dyn Store,
+    builds: &'a Builds,
     file: FileKind,
     base: &'a Header,
     loaded: HashMap<Uuid, BuildEntry>,
 }
 
 impl<'a> AncestorEntries<'a> {
-    pub fn new(store: &'a dyn Store, file: FileKind, base: &'a Header) -> Self {
+    pub fn new(store: &'a dyn Store, builds: &'a Builds, file: FileKind, base: &'a Header) -> Self {
         AncestorEntries {
             store,
+            builds,
             file,
             base,
             loaded: HashMap::new(),
@@ -99,12 +102,17 @@ impl<'a> AncestorEntries<'a> {
     }
 
     fn entry_in_own_header(&self, build: Uuid) -> Result<BuildEntry, PackError> {
-        let key = ObjectKey::header(build, self.file);
-        let bytes = self.store.read_all(&key, MAX_HEADER_LEN)?;
-        let header = Header::decode(&bytes).map_err(|source| PackError::CorruptHeader {
-            key: key.to_string(),
-            source,
-        })?;
+        let header = match self.builds.header(build, self.file) {
+            Ok(header) => header,
+            Err(TemplateError::NotFound { .. }) => return Err(self.missing(build)),
+            Err(source) => {
+                return Err(PackError::Ancestor {
+                    build,
+                    file: self.file,
+                    source,
+                });
+            }
+        };
         match header.build(&build) {
             Some(e) if header.version() >= 4 => Ok(e.clone()),
             _ => self.uncompressed(build),
@@ -116,11 +124,7 @@ impl<'a> AncestorEntries<'a> {
     fn uncompressed(&self, build: Uuid) -> Result<BuildEntry, PackError> {
         let key = ObjectKey::data(build, self.file, Compression::None);
         let file_size = self.store.size(&key).map_err(|e| match e {
-            StoreError::NotFound { key } => PackError::MissingAncestor {
-                build,
-                file: self.file,
-                key,
-            },
+            StoreError::NotFound { .. } => self.missing(build),
             other => PackError::Store(other),
         })?;
         Ok(BuildEntry {
@@ -129,6 +133,16 @@ impl<'a> AncestorEntries<'a> {
             sha256: [0; 32],
             frames: FrameTable::uncompressed(),
         })
+    }
+
+    /// The base chain lacks `build`: neither its header nor its
+    /// uncompressed diff object is in the store.
+    fn missing(&self, build: Uuid) -> PackError {
+        PackError::MissingAncestor {
+            build,
+            file: self.file,
+            key: ObjectKey::data(build, self.file, Compression::None).to_string(),
+        }
     }
 }
 

@@ -1,3 +1,6 @@
+//! `StoreError`: why a store operation failed, naming the object, and
+//! whether a retry may help.
+
 use std::io;
 
 use thiserror::Error;

@@ -1,3 +1,6 @@
+//! `LocalStore`: a store in a local directory (the embedded default, and
+//! what the tests and the demo use), with atomic writes.
+
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};

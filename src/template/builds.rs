@@ -288,15 +288,9 @@ impl Builds {
                 Err(e) => return Err(e.into()),
             }
         };
-        let block_size = own_header
-            .as_deref()
-            .unwrap_or(referrer)
-            .metadata
-            .block_size;
         let spec = DiffSpec {
             key,
             size,
-            block_size,
             frames: table,
         };
         let fetching = self.fetching()?;

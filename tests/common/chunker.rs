@@ -68,13 +68,12 @@ impl Env {
     }
 
     /// An uncompressed diff object holding `data`.
-    pub fn put_raw(&self, data: &[u8], block_size: u64) -> DiffSpec {
+    pub fn put_raw(&self, data: &[u8]) -> DiffSpec {
         let key = Env::key(Compression::None);
         self.local.put_bytes(&key, data).unwrap();
         DiffSpec {
             key,
             size: data.len() as u64,
-            block_size,
             frames: FrameTable::uncompressed(),
         }
     }
@@ -86,7 +85,6 @@ impl Env {
         data: &[u8],
         compression: Compression,
         frame_sizes: &[usize],
-        block_size: u64,
     ) -> DiffSpec {
         let key = Env::key(compression);
         let mut object = Vec::new();
@@ -111,7 +109,6 @@ impl Env {
         DiffSpec {
             key,
             size: data.len() as u64,
-            block_size,
             frames: FrameTable::new(compression, frames).unwrap(),
         }
     }

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use tdfs::format::{Compression, FileKind, ObjectKey};
 use tdfs::store::{LocalStore, Store};
+use uuid::Uuid;
 
 use super::rng::Rng;
 
@@ -57,4 +59,16 @@ impl Rng {
 /// The existing local store at `dir`.
 pub fn local_store(dir: &Path) -> Arc<dyn Store> {
     Arc::new(LocalStore::open(dir).expect("store dir"))
+}
+
+/// A legacy build in `store`: raw `memfile` and `rootfs.ext4` data objects
+/// and no `.header` objects (readers see one identity mapping per file).
+pub fn put_legacy_build(store: &dyn Store, memfile: &[u8], rootfs: &[u8]) -> Uuid {
+    let build = Uuid::new_v4();
+    for (file, bytes) in [(FileKind::Memfile, memfile), (FileKind::Rootfs, rootfs)] {
+        store
+            .put_bytes(&ObjectKey::data(build, file, Compression::None), bytes)
+            .expect("write a legacy data object");
+    }
+    build
 }

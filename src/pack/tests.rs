@@ -1,0 +1,61 @@
+//! Unit tests of `pack_build`: option checks against the mount's limits.
+
+use std::fs;
+
+use super::*;
+use crate::format::PAGE_SIZE;
+use crate::format::limits::MAX_FRAME_SIZE;
+use crate::store::LocalStore;
+
+/// A store directory and two small images (`pages` pages of varied
+/// bytes each).
+fn setup(pages: usize) -> (tempfile::TempDir, Arc<dyn Store>, PackInputs) {
+    let dir = tempfile::tempdir().unwrap();
+    let image: Vec<u8> = (0..pages * PAGE_SIZE as usize)
+        .map(|i| (i * 7 / 4096 % 251) as u8)
+        .collect();
+    let memfile = dir.path().join("mem.img");
+    let rootfs = dir.path().join("root.img");
+    fs::write(&memfile, &image).unwrap();
+    fs::write(&rootfs, &image).unwrap();
+    let store: Arc<dyn Store> = Arc::new(LocalStore::create(dir.path().join("store")).unwrap());
+    let inputs = PackInputs {
+        memfile,
+        rootfs,
+        snapfile: None,
+        metadata: None,
+    };
+    (dir, store, inputs)
+}
+
+#[test]
+fn frame_size_over_the_mount_limit_is_refused_before_anything_is_written() {
+    let (dir, store, inputs) = setup(8);
+    let opts = PackOptions {
+        frame_size: 128 << 20,
+        work_dir: Some(dir.path().to_path_buf()),
+        ..PackOptions::default()
+    };
+    let err = pack_build(store.clone(), &opts, &inputs).unwrap_err();
+    assert!(matches!(err, PackError::BadOption(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("--frame-size 134217728 bytes")
+            && message.contains("largest frame a mount serves (64 MiB)"),
+        "{message}"
+    );
+    assert_eq!(store.list_builds().unwrap(), Vec::<Uuid>::new());
+    assert_eq!(fs::read_dir(dir.path().join("store")).unwrap().count(), 0);
+}
+
+#[test]
+fn frame_size_at_the_mount_limit_packs() {
+    let (dir, store, inputs) = setup(8);
+    let opts = PackOptions {
+        frame_size: u64::from(MAX_FRAME_SIZE),
+        work_dir: Some(dir.path().to_path_buf()),
+        ..PackOptions::default()
+    };
+    let report = pack_build(store.clone(), &opts, &inputs).unwrap();
+    assert_eq!(store.list_builds().unwrap(), vec![report.build_id]);
+}
