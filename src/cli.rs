@@ -6,6 +6,7 @@ mod daemon;
 mod demo;
 mod export;
 mod inspect;
+mod logging;
 pub mod mount;
 mod pack;
 mod verify;

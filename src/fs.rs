@@ -4,8 +4,10 @@
 //! `TemplateFs` is the tree itself and can be driven without a kernel
 //! (`templatefs` for nodes and attributes, `handles` for open files and
 //! reads); `fuse` links fuser's callbacks to it; `mount` mounts and
-//! unmounts; `error` is where every failure becomes an errno and a log line.
+//! unmounts; `error` is where every failure becomes an errno and a log line;
+//! `connection` tells the log a reply refused because the mount ended.
 
+mod connection;
 mod error;
 mod fuse;
 mod handles;
@@ -14,9 +16,10 @@ mod mount;
 mod templatefs;
 mod xattr;
 
+pub use connection::is_reply_after_end;
 pub use error::{FsError, ToErrno, chain};
 pub use inode::STATS_NAME;
 pub use mount::{
-    MountOptions, Mounted, check_fuse_device, mount, mount_points, prepare_mountpoint,
+    MountOptions, Mounted, Unmounted, check_fuse_device, mount, mount_points, prepare_mountpoint,
 };
 pub use templatefs::{DirEntry, Entry, FsOptions, IMMUTABLE_TTL, Opened, TemplateFs};
