@@ -5,7 +5,8 @@
 //! (`templatefs` for nodes and attributes, `handles` for open files and
 //! reads); `fuse` links fuser's callbacks to it; `mount` mounts and
 //! unmounts; `error` is where every failure becomes an errno and a log line;
-//! `connection` tells the log a reply refused because the mount ended.
+//! `connection` tells the log a reply refused because the mount ended;
+//! `statfs` is what `df` shows.
 
 mod connection;
 mod error;
@@ -13,6 +14,7 @@ mod fuse;
 mod handles;
 mod inode;
 mod mount;
+mod statfs;
 mod templatefs;
 mod xattr;
 
@@ -22,4 +24,5 @@ pub use inode::STATS_NAME;
 pub use mount::{
     MountOptions, Mounted, Unmounted, check_fuse_device, mount, mount_points, prepare_mountpoint,
 };
+pub use statfs::{FsFigures, NAME_MAX, STATFS_BLOCK};
 pub use templatefs::{DirEntry, Entry, FsOptions, IMMUTABLE_TTL, Opened, TemplateFs};

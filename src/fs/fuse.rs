@@ -180,7 +180,17 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
+        let f = self.fs.statfs();
+        reply.statfs(
+            f.blocks,
+            f.free,
+            f.available,
+            f.files,
+            f.files_free,
+            f.block_size,
+            f.name_max,
+            f.block_size,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -64,7 +64,7 @@ pub struct TemplateFs {
     pub(super) handles: HandleTable,
     pub(super) builds: Arc<Builds>,
     options: FsOptions,
-    inodes: InodeTable,
+    pub(super) inodes: InodeTable,
     /// Timestamp of every node: the store keeps none.
     mounted_at: SystemTime,
 }

@@ -87,6 +87,20 @@ impl Builds {
         Ok(self.fetching()?.cache.path())
     }
 
+    /// Bytes held in this instance's cache files now (uncompressed, summed
+    /// over its Chunkers).
+    pub fn cached_bytes(&self) -> u64 {
+        sync::lock(&self.diffs)
+            .values()
+            .map(|c| c.cached_bytes())
+            .sum()
+    }
+
+    /// The cache budget in bytes (`--max-cache-size`); 0 when unbounded.
+    pub fn max_cache_size(&self) -> u64 {
+        self.config.max_cache_size
+    }
+
     fn fetching(&self) -> Result<&Fetching, TemplateError> {
         if let Some(f) = self.fetching.get() {
             return Ok(f);
