@@ -6,13 +6,14 @@
 //! reads); `fuse` links fuser's callbacks to it; `mount` mounts and
 //! unmounts; `error` is where every failure becomes an errno and a log line;
 //! `connection` tells the log a reply refused because the mount ended;
-//! `statfs` is what `df` shows.
+//! `statfs` is what `df` shows; `log_limit` keeps the error log bounded.
 
 mod connection;
 mod error;
 mod fuse;
 mod handles;
 mod inode;
+mod log_limit;
 mod mount;
 mod statfs;
 mod templatefs;
