@@ -21,6 +21,7 @@ use super::connection::Connection;
 use super::error::FsError;
 use super::fuse::{FuseAdapter, MAX_READAHEAD};
 use super::templatefs::TemplateFs;
+use crate::sync;
 
 /// How the mount is exposed.
 #[derive(Debug, Clone)]
@@ -215,13 +216,13 @@ pub fn mount(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let mut fuse = Session::new(FuseAdapter::new(fs), mountpoint, &config).map_err(|source| {
-        FsError::Mount {
-            path: mountpoint.to_path_buf(),
-            source,
-        }
+    let (adapter, adapter_mount) = FuseAdapter::new(fs);
+    let mut fuse = Session::new(adapter, mountpoint, &config).map_err(|source| FsError::Mount {
+        path: mountpoint.to_path_buf(),
+        source,
     })?;
     let unmounter = fuse.unmount_callable();
+    *sync::lock(&adapter_mount) = Some(fuse.unmount_callable());
     let connection = Connection::watch(&fuse).map_err(|source| FsError::Mount {
         path: mountpoint.to_path_buf(),
         source,
