@@ -268,7 +268,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
             result
                 .unwrap_or(Ok(()))
                 .map_err(|source| FsError::Mount { path: setup.mountpoint.clone(), source })?;
-            log::info!("stopped serving {mountpoint} (unmounted)");
+            log::info!("stopped serving {mountpoint}: it was unmounted");
             Ok(())
         }
     }
