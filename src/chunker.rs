@@ -340,8 +340,11 @@ impl Drop for Chunker {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // The cache file goes with the Chunker: its bytes leave the cache.
+        let cached = self.cached.load(Ordering::Relaxed);
+        self.stats.cache_size.dec_by(cached);
         if let Some(lru) = &self.lru {
-            lru.budget.release(self.cached.load(Ordering::Relaxed));
+            lru.budget.release(cached);
         }
     }
 }

@@ -6,6 +6,7 @@ mod daemon;
 mod demo;
 mod export;
 mod inspect;
+mod logging;
 mod man;
 pub mod mount;
 mod pack;

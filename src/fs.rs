@@ -4,19 +4,26 @@
 //! `TemplateFs` is the tree itself and can be driven without a kernel
 //! (`templatefs` for nodes and attributes, `handles` for open files and
 //! reads); `fuse` links fuser's callbacks to it; `mount` mounts and
-//! unmounts; `error` is where every failure becomes an errno and a log line.
+//! unmounts; `error` is where every failure becomes an errno and a log line;
+//! `connection` tells the log a reply refused because the mount ended;
+//! `statfs` is what `df` shows; `log_limit` keeps the error log bounded.
 
+mod connection;
 mod error;
 mod fuse;
 mod handles;
 mod inode;
+mod log_limit;
 mod mount;
+mod statfs;
 mod templatefs;
 mod xattr;
 
+pub use connection::is_reply_after_end;
 pub use error::{FsError, ToErrno, chain};
 pub use inode::STATS_NAME;
 pub use mount::{
-    MountOptions, Mounted, check_fuse_device, mount, mount_points, prepare_mountpoint,
+    MountOptions, Mounted, Unmounted, check_fuse_device, mount, mount_points, prepare_mountpoint,
 };
+pub use statfs::{FsFigures, NAME_MAX, STATFS_BLOCK};
 pub use templatefs::{DirEntry, Entry, FsOptions, IMMUTABLE_TTL, Opened, TemplateFs};

@@ -222,7 +222,6 @@ impl Inner {
         drop(sessions);
         if bytes > 0 {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-            self.stats.cache_size.dec_by(bytes);
         }
         if let Err(e) = punched {
             log::warn!(
@@ -257,6 +256,7 @@ impl Inner {
             self.present.clear(self.layout.bits_of(&range, &(u..u + 1)));
             punched = self.cache.punch_hole(range);
             self.cached.fetch_sub(bytes, Ordering::Relaxed);
+            self.stats.cache_size.dec_by(bytes);
             if let Some(lru) = &self.lru {
                 lru.budget.release(bytes);
             }

@@ -4,16 +4,14 @@
 //! taking the signals are `daemon`'s job.
 
 use std::env;
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::LevelFilter;
-
 use super::daemon::{self, block_stop_signals, signal_name, wait_for_signals};
+use super::logging::init_logging;
 use super::readiness;
-use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs};
+use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs, Unmounted};
 use crate::metrics::MetricsEndpoint;
 use crate::store::{self, Store, StoreLocation, StoreOptions, Throttle, ThrottleStore};
 use crate::template::{Builds, TemplateConfig};
@@ -314,60 +312,35 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         cache_path.display()
     );
     let stop = wait_for_signals(signals)?;
+    let mountpoint = setup.mountpoint.display();
+    // Exactly one line says how the mount ended (operators grep for it).
     crossbeam_channel::select! {
         recv(stop) -> signal => {
             readiness::stopping(&setup.mountpoint);
-            log::info!(
-                "{}: unmounting {}",
-                signal_name(signal.unwrap_or(0)),
-                setup.mountpoint.display()
-            );
-            mounted.unmount(UNMOUNT_GRACE)
+            let signal = signal_name(signal.unwrap_or(0));
+            log::info!("{signal}: unmounting {mountpoint}");
+            match mounted.unmount(UNMOUNT_GRACE)? {
+                Unmounted::Done => log::info!("stopped serving {mountpoint} ({signal})"),
+                Unmounted::DetachedThenDone => log::info!(
+                    "stopped serving {mountpoint} ({signal}; it was in use, so it was detached \
+                     and served until its files were closed)"
+                ),
+                Unmounted::StillInUse => log::warn!(
+                    "stopped serving {mountpoint} ({signal}) with files still open after \
+                     {UNMOUNT_GRACE:?}: their reads now fail (close them before stopping tdfs)"
+                ),
+            }
+            Ok(())
         }
         recv(mounted.ended()) -> result => {
             readiness::stopping(&setup.mountpoint);
-            log::info!("{} was unmounted", setup.mountpoint.display());
             result
                 .unwrap_or(Ok(()))
-                .map_err(|source| FsError::Mount { path: setup.mountpoint.clone(), source })
+                .map_err(|source| FsError::Mount { path: setup.mountpoint.clone(), source })?;
+            log::info!("stopped serving {mountpoint}: it was unmounted");
+            Ok(())
         }
     }
-}
-
-/// Logs go to stderr, or appended to `--log-file`; level info, RUST_LOG
-/// filters, `-d` makes debug the default level.
-fn init_logging(args: &MountArgs) -> Result<(), FsError> {
-    let mut builder = env_logger::Builder::new();
-    builder.filter_level(LevelFilter::Info);
-    match env::var("RUST_LOG") {
-        Ok(filters) => {
-            builder.parse_filters(&filters);
-        }
-        // fuser warns when a session it did not unmount ends, which is
-        // every plain `umount` of the mountpoint: not worth a warning.
-        Err(_) if !args.debug => {
-            builder.filter_module("fuser::session", LevelFilter::Error);
-        }
-        Err(_) => {}
-    }
-    if args.debug {
-        builder.filter_level(LevelFilter::Debug);
-    }
-    if let Some(path) = &args.log_file {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| FsError::File {
-                what: "opening the log file",
-                path: path.clone(),
-                source,
-            })?;
-        builder.target(env_logger::Target::Pipe(Box::new(file)));
-    }
-    // A logger set up earlier by the caller stays in charge.
-    let _ = builder.try_init();
-    Ok(())
 }
 
 /// The parent of this mount's cache directory (`--cache-dir` or the

@@ -1,11 +1,15 @@
-//! The fs layer's one error type and the one place errors become errnos.
+//! The fs layer's one error type and the one place errors become errnos
+//! and log lines (rate-limited per object by `log_limit`).
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::time::Instant;
 
 use fuser::Errno;
 use uuid::Uuid;
 
+use super::log_limit::{self, LogLimiter, Verdict};
 use crate::format::{Blob, FileKind};
 use crate::template::TemplateError;
 
@@ -169,15 +173,48 @@ impl ToErrno for FsError {
     }
 }
 
-/// The errno for a failed request `op`, logging the error: one line per
-/// failure that is the filesystem's fault (naming build, file, offset and
-/// cause), debug level for the answers a caller expects (ENOENT, EROFS, ...).
+impl FsError {
+    /// The object a request failed on, as the log's rate limit counts
+    /// failures: a build's file or blob, a build's probe, the listing.
+    fn object(&self) -> Option<String> {
+        match self {
+            FsError::Template { build, file, .. } => Some(format!("{build}/{file}")),
+            FsError::Blob { build, blob, .. } => Some(format!("{build}/{blob}")),
+            FsError::Probe { build, .. } => Some(build.to_string()),
+            FsError::List(_) => Some("the build listing".into()),
+            _ => None,
+        }
+    }
+}
+
+/// Failures of the mount's objects, so the log stays bounded however often
+/// a broken object is read (see `log_limit`).
+static LOG_LIMIT: LazyLock<LogLimiter> =
+    LazyLock::new(|| LogLimiter::new(log_limit::INTERVAL, log_limit::MAX_OBJECTS));
+
+/// The errno for a failed request `op`, logging the error: a failure that is
+/// the filesystem's fault is logged at error level naming build, file,
+/// offset and cause, the first time for its object and then as one summary
+/// line per object per minute (`log_limit`); the answers a caller expects
+/// (ENOENT, EROFS, ...) go to debug level.
 pub fn report(op: std::fmt::Arguments<'_>, err: &FsError) -> Errno {
     let errno = err.errno();
-    if errno == Errno::EIO {
-        log::error!("{op}: {}", chain(err));
-    } else {
+    if errno != Errno::EIO {
         log::debug!("{op}: {err}");
+        return errno;
+    }
+    let Some(object) = err.object() else {
+        log::error!("{op}: {}", chain(err));
+        return errno;
+    };
+    match LOG_LIMIT.failure(&object, Instant::now()) {
+        Verdict::Full => log::error!("{op}: {}", chain(err)),
+        Verdict::Counted => log::debug!("{op}: {}", chain(err)),
+        Verdict::Summary { count } => log::error!(
+            "{object}: failed {count} more times in the last {} s: {}",
+            LOG_LIMIT.interval().as_secs(),
+            chain(err)
+        ),
     }
     errno
 }

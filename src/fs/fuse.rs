@@ -7,18 +7,20 @@ use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use fuser::{
     Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionUnmounter,
+    TimeOrNow, WriteFlags,
 };
 
 use super::error::report;
 use super::templatefs::TemplateFs;
 use super::xattr::{XattrReply, size_probe};
+use crate::sync;
 
 /// Largest read-ahead we ask the kernel for (it may offer less).
 pub const MAX_READAHEAD: u32 = 1 << 20;
@@ -29,11 +31,22 @@ const MAX_BACKGROUND: u16 = 64;
 /// The fuser `Filesystem` of a mount.
 pub struct FuseAdapter {
     fs: Arc<TemplateFs>,
+    /// The mount, for `destroy` to take (see there); set once mounted.
+    mount: Arc<Mutex<Option<SessionUnmounter>>>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<TemplateFs>) -> Self {
-        FuseAdapter { fs }
+    /// The adapter, and the slot to put the mount's unmounter in once the
+    /// session exists.
+    pub fn new(fs: Arc<TemplateFs>) -> (Self, Arc<Mutex<Option<SessionUnmounter>>>) {
+        let mount = Arc::new(Mutex::new(None));
+        (
+            FuseAdapter {
+                fs,
+                mount: mount.clone(),
+            },
+            mount,
+        )
     }
 }
 
@@ -68,6 +81,18 @@ impl Filesystem for FuseAdapter {
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         log::debug!("kernel connection: {config:?}");
         Ok(())
+    }
+
+    /// Serving has ended. If the mount was unmounted from outside, fuser
+    /// would now unmount its path again and warn that it could not (EINVAL:
+    /// nothing is mounted there any more). Taking the mount here ends that
+    /// attempt quietly: its error only says the mount is already gone.
+    fn destroy(&mut self) {
+        if let Some(mut mount) = sync::lock(&self.mount).take()
+            && let Err(e) = mount.unmount()
+        {
+            log::debug!("unmounting at the end of serving: {e} (already unmounted)");
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -180,7 +205,17 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
+        let f = self.fs.statfs();
+        reply.statfs(
+            f.blocks,
+            f.free,
+            f.available,
+            f.files,
+            f.files_free,
+            f.block_size,
+            f.name_max,
+            f.block_size,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

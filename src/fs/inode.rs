@@ -104,6 +104,13 @@ impl InodeTable {
         FIRST_BUILD_INO + index * SLOTS
     }
 
+    /// Inodes handed out so far: the root, `.stats`, and each build seen
+    /// with its directory and every file it may hold.
+    pub fn known(&self) -> u64 {
+        let builds = sync::read(&self.inner).ids.len() as u64;
+        2 + builds * (1 + BuildDirFile::ALL.len() as u64)
+    }
+
     /// The inode of `file` in the directory `build_ino`.
     pub fn file_ino(build_ino: u64, file: BuildDirFile) -> u64 {
         build_ino + file.slot()
@@ -150,6 +157,7 @@ mod tests {
             assert_eq!(table.node(ino), Some(Node::File(b, f)));
             assert_eq!(BuildDirFile::from_name(f.name()), Some(f));
         }
+        assert_eq!(table.known(), 2 + 2 * 5);
         assert_eq!(table.node(ROOT_INO), Some(Node::Root));
         assert_eq!(table.node(STATS_INO), Some(Node::Stats));
         assert_eq!(table.node(0), None);

@@ -17,9 +17,11 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 
+use super::connection::Connection;
 use super::error::FsError;
 use super::fuse::{FuseAdapter, MAX_READAHEAD};
 use super::templatefs::TemplateFs;
+use crate::sync;
 
 /// How the mount is exposed.
 #[derive(Debug, Clone)]
@@ -173,6 +175,21 @@ pub struct Mounted {
     unmounter: SessionUnmounter,
     serving: JoinHandle<()>,
     ended: Receiver<io::Result<()>>,
+    /// Watched while the mount lives (see `connection`).
+    _connection: Connection,
+}
+
+/// How `unmount` went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmounted {
+    /// Nothing was open: the mount is gone and serving has ended.
+    Done,
+    /// Files were open: the mount was detached; serving went on until they
+    /// were closed, and has ended.
+    DetachedThenDone,
+    /// Files were still open after the grace period; serving is left to
+    /// the process exit.
+    StillInUse,
 }
 
 /// Mount `fs` on `mountpoint` (already prepared) and serve it from
@@ -199,18 +216,22 @@ pub fn mount(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let mut fuse = Session::new(FuseAdapter::new(fs), mountpoint, &config).map_err(|source| {
-        FsError::Mount {
-            path: mountpoint.to_path_buf(),
-            source,
-        }
+    let (adapter, adapter_mount) = FuseAdapter::new(fs);
+    let mut fuse = Session::new(adapter, mountpoint, &config).map_err(|source| FsError::Mount {
+        path: mountpoint.to_path_buf(),
+        source,
     })?;
     let unmounter = fuse.unmount_callable();
+    *sync::lock(&adapter_mount) = Some(fuse.unmount_callable());
+    let connection = Connection::watch(&fuse).map_err(|source| FsError::Mount {
+        path: mountpoint.to_path_buf(),
+        source,
+    })?;
     let (tx, ended) = crossbeam_channel::bounded(1);
     let serving = thread::Builder::new()
         .name("fuse-serve".into())
         .spawn(move || {
-            let _ = tx.send(fuse.run());
+            let _ = tx.send(fuse.run().or_else(normal_end));
         })
         .map_err(|source| FsError::Mount {
             path: mountpoint.to_path_buf(),
@@ -224,7 +245,21 @@ pub fn mount(
         unmounter,
         serving,
         ended,
+        _connection: connection,
     })
+}
+
+/// The errors a serving loop ends with when the mount simply went away.
+/// The kernel answers a worker's read of /dev/fuse with ECONNABORTED when it
+/// ends the connection (the last file of a detached mount closed, or an
+/// unmount) while that worker was being handed a request (fs/fuse/dev.c,
+/// `fuse_dev_do_read`); the other workers get ENODEV, which fuser already
+/// counts as a normal end.
+fn normal_end(e: io::Error) -> io::Result<()> {
+    match e.raw_os_error() {
+        Some(libc::ECONNABORTED | libc::ENODEV) => Ok(()),
+        _ => Err(e),
+    }
 }
 
 /// The kernel offers FUSE mounts a small read-ahead window and only lets the
@@ -254,18 +289,27 @@ impl Mounted {
     }
 
     /// Unmount and wait up to `grace` for serving to finish. A busy
-    /// mount is detached lazily: open files keep working until closed, or
-    /// until this process exits.
-    pub fn unmount(mut self, grace: Duration) -> Result<(), FsError> {
+    /// mount (EBUSY: a file is open) is detached lazily: open files keep
+    /// working until closed, or until this process exits. Once serving has
+    /// ended, the `TemplateFs` is dropped, and with it the cache directory.
+    ///
+    /// # Errors
+    /// `FsError::Mount` when the mount could neither be unmounted nor
+    /// detached, or serving failed.
+    pub fn unmount(mut self, grace: Duration) -> Result<Unmounted, FsError> {
+        let mut how = Unmounted::Done;
         if let Err(e) = self.unmounter.unmount() {
-            log::warn!(
-                "{}: unmount failed ({e}); detaching it lazily",
-                self.path.display()
-            );
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                log::warn!(
+                    "{}: unmount failed ({e}); detaching it lazily",
+                    self.path.display()
+                );
+            }
             detach(&self.path).map_err(|source| FsError::Mount {
                 path: self.path.clone(),
                 source,
             })?;
+            how = Unmounted::DetachedThenDone;
         }
         match self.ended.recv_timeout(grace) {
             Ok(result) => {
@@ -273,15 +317,10 @@ impl Mounted {
                 result.map_err(|source| FsError::Mount {
                     path: self.path.clone(),
                     source,
-                })
+                })?;
+                Ok(how)
             }
-            Err(_) => {
-                log::warn!(
-                    "{}: still in use {grace:?} after unmounting; exiting anyway",
-                    self.path.display()
-                );
-                Ok(())
-            }
+            Err(_) => Ok(Unmounted::StillInUse),
         }
     }
 }

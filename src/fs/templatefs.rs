@@ -58,10 +58,13 @@ pub struct Opened {
 
 /// The filesystem. See the module docs.
 pub struct TemplateFs {
+    /// First, so it is dropped first: a handle the kernel never released
+    /// (its RELEASE was lost when the mount ended) holds Chunkers whose
+    /// cache files lie in the cache directory that `builds` removes.
+    pub(super) handles: HandleTable,
     pub(super) builds: Arc<Builds>,
     options: FsOptions,
-    inodes: InodeTable,
-    pub(super) handles: HandleTable,
+    pub(super) inodes: InodeTable,
     /// Timestamp of every node: the store keeps none.
     mounted_at: SystemTime,
 }
@@ -69,10 +72,10 @@ pub struct TemplateFs {
 impl TemplateFs {
     pub fn new(builds: Arc<Builds>, options: FsOptions) -> Self {
         TemplateFs {
+            handles: HandleTable::default(),
             builds,
             options,
             inodes: InodeTable::default(),
-            handles: HandleTable::default(),
             mounted_at: SystemTime::now(),
         }
     }

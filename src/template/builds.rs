@@ -88,6 +88,17 @@ impl Builds {
         Ok(self.fetching()?.cache.path())
     }
 
+    /// Bytes held in this instance's cache files now (uncompressed, over
+    /// every open Chunker): the `cache_size` gauge of `.stats`.
+    pub fn cache_used_bytes(&self) -> u64 {
+        self.stats.cache_size.get()
+    }
+
+    /// The cache budget in bytes (`--max-cache-size`); 0 when unbounded.
+    pub fn max_cache_size(&self) -> u64 {
+        self.config.max_cache_size
+    }
+
     fn fetching(&self) -> Result<&Fetching, TemplateError> {
         if let Some(f) = self.fetching.get() {
             return Ok(f);

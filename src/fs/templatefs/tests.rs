@@ -206,3 +206,30 @@ fn reads_stats_and_xattrs() {
         .unwrap();
     assert_eq!(tail, &text.as_bytes()[10..]);
 }
+
+#[test]
+fn statfs_shows_cache_use_and_known_inodes() {
+    let cache = tempfile::tempdir().unwrap();
+    let fs = fixture_fs(cache.path());
+    let before = fs.statfs();
+    assert_eq!((before.block_size, before.name_max), (4096, 255));
+    assert_eq!(before.files, 2, "root and .stats");
+    assert!(before.blocks > 0, "no budget: the cache disk's size");
+    assert_eq!(before.free, before.blocks, "nothing cached yet");
+    assert_eq!(before.available, before.free);
+
+    let build = fs.lookup(ROOT_INO, OsStr::new(LAYER)).unwrap().attr.ino.0;
+    let memfile = fs.lookup(build, OsStr::new("memfile")).unwrap().attr.ino.0;
+    let opened = fs.open(memfile, libc::O_RDONLY).unwrap();
+    let mut buf = Vec::new();
+    fs.read(opened.fh, 0, 1 << 20, &mut buf, <[u8]>::to_vec)
+        .unwrap();
+    let after = fs.statfs();
+    assert_eq!(
+        after.files,
+        2 + 5,
+        "one build seen: its directory and files"
+    );
+    let used = after.blocks - after.free;
+    assert!(used >= (1 << 20) / 4096, "used grows with reads: {after:?}");
+}
