@@ -8,13 +8,16 @@
 //! across every template that references it, and reads the blobs that are
 //! passed through unchanged. `TemplateFile::read_at` walks a range mapping by
 //! mapping, block by block; `TemplateFile::read_in_place` hands out a range
-//! that lies in one mapping without copying it.
+//! that lies in one mapping without copying it. `ReadAhead` is one reader's
+//! sequential-stream state; `TemplateFile::read_ahead` turns what it plans
+//! into fetches of the diffs the planned range maps to.
 
 mod blob;
 mod builds;
 mod cache_dir;
 mod file;
 mod listing;
+mod readahead;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -30,6 +33,7 @@ use crate::store::StoreError;
 pub use builds::Builds;
 pub use file::{FileBytes, TemplateFile};
 pub use listing::BuildContents;
+pub use readahead::{MAX_READAHEAD_BYTES, MAX_READAHEAD_UNITS, ReadAhead};
 
 /// Why a template file, a blob or the listing could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +83,9 @@ pub struct TemplateConfig {
     /// Bound on the bytes held in cache files (0 = unbounded).
     pub max_cache_size: u64,
     pub fetch_timeout: Duration,
-    /// Fetch units read ahead of a sequential reader.
+    /// Start window of a sequential reader's read-ahead, in steps of the
+    /// template file (a step is the largest fetch unit of its diffs; see
+    /// `ReadAhead`); 0 = off.
     pub readahead: usize,
     pub fetch_workers: usize,
     /// Check each diff against the SHA-256 its header records (V4/V5, when

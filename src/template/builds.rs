@@ -99,7 +99,6 @@ impl Builds {
         let config = ChunkerConfig {
             cache_dir: cache.path().to_path_buf(),
             fetch_timeout: self.config.fetch_timeout,
-            readahead: self.config.readahead,
             cache_budget: (self.config.max_cache_size > 0)
                 .then(|| CacheBudget::new(self.config.max_cache_size)),
         };
@@ -140,6 +139,7 @@ impl Builds {
             diffs,
             own,
             stats: self.stats.clone(),
+            readahead: self.config.readahead,
         });
         let mut files = sync::lock(&self.files);
         Ok(files.entry((build, file)).or_insert(opened).clone())
