@@ -376,7 +376,7 @@ prepare_many() {
     log "reusing the layered store in $MANY"
   else
     rm -rf "$MANY"
-    mkdir -p "$MANY/data"
+    mkdir -p "$MANY/data" "$WORK/logs"
     log "writing a $MANY_MIB MiB memfile and $LAYER_COUNT layers on it"
     python3 "$HELPER" memfile "$MANY/data/base.mem" "$MANY_MIB" "$SEED"
     truncate -s 16M "$MANY/data/rootfs"
