@@ -17,6 +17,7 @@ use common::rng::Rng;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tdfs::format::Compression;
 use tdfs::store::Store;
+use tdfs::template::ReadAhead;
 
 const WARM_SIZE: usize = 64 << 20;
 const COLD_SIZE: usize = 32 << 20;
@@ -74,8 +75,7 @@ fn warm(c: &mut Criterion) {
 }
 
 fn cold_zstd(c: &mut Criterion) {
-    let mut env = Env::new();
-    env.config.readahead = 4;
+    let env = Env::new();
     let data = test_data(COLD_SIZE, 2);
     let spec = env.put_framed(&data, Compression::Zstd, &[2 << 20]);
     let object = env
@@ -91,7 +91,12 @@ fn cold_zstd(c: &mut Criterion) {
         b.iter_batched(
             || Arc::new(env.chunker(spec.clone())),
             |chunker| {
+                // The reader's own read-ahead, as an open file has it.
+                let ra = ReadAhead::for_file(COLD_SIZE as u64, chunker.unit_size(), 4);
                 for off in (0..COLD_SIZE as u64).step_by(MIB as usize) {
+                    if let Some(plan) = ra.on_read(off, MIB) {
+                        ra.queued(&plan, chunker.read_ahead(plan.clone()));
+                    }
                     chunker.read_blocks(&mut buf, off).unwrap();
                     black_box(&buf);
                 }

@@ -17,12 +17,11 @@
 //!   see `CacheFile::write_at`.
 //! - A failed fetch marks nothing new present; every waiter gets the error and
 //!   the next read starts a new session.
-//! - Read-ahead, as the kernel's page cache does it (see `readahead`): a
-//!   reader whose lookups move on to the next unit gets fetches of the
-//!   following `readahead` units queued; while it keeps reading sequentially
-//!   into what read-ahead queued, the window doubles, in batches, up to
-//!   `MAX_READAHEAD_UNITS` and `MAX_READAHEAD_BYTES`; a jump sets it back.
-//!   Read-ahead only takes the pool's spare room, never a reader's.
+//! - Read-ahead: the Chunker does not watch its readers; a reader's own
+//!   read-ahead state (`template::ReadAhead`, one per open file) asks it to
+//!   fetch the units of a range (`read_ahead`). Units present or in flight
+//!   are skipped, so readers sharing the diff fetch each unit once, and
+//!   read-ahead only takes the pool's spare room, never a reader's.
 //! - A store request that never answers keeps its session: its readers time
 //!   out, and no second fetch of the unit starts (two writers cannot share
 //!   the unit's place in the cache). The store bounds its own requests.
@@ -49,8 +48,8 @@
 //! fallback when the cache disk is full), `damage` (a cache file that lost
 //! bytes), `verify` (the whole-diff SHA-256),
 //! `block` (the `Block` guard), `error`, and below them `layout`, `cache`,
-//! `session`, `pool`, `scratch`, `budget`, `readahead`. Frames are decoded
-//! by `crate::codec`.
+//! `session`, `pool`, `scratch`, `budget`. Frames are decoded by
+//! `crate::codec`.
 
 mod block;
 mod budget;
@@ -63,12 +62,12 @@ mod layout;
 mod lookup;
 mod pool;
 mod queue;
-mod readahead;
 mod scratch;
 mod session;
 mod verify;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -87,18 +86,10 @@ use crate::sync;
 use budget::Lru;
 use cache::{CacheFile, PresentBits};
 use layout::Layout;
-use readahead::ReadAhead;
 use session::Session;
 
 /// Fetch unit of uncompressed objects (E2B's MemoryChunkSize).
 pub const CHUNK_SIZE: u64 = 4 << 20;
-
-/// Largest read-ahead window, in units (chunks or frames).
-pub const MAX_READAHEAD_UNITS: usize = 64;
-
-/// Largest read-ahead window, in bytes of its units (the largest unit of
-/// the object counts for every unit): 32 chunks, or 64 frames of 2 MiB.
-pub const MAX_READAHEAD_BYTES: u64 = 128 << 20;
 
 /// What a Chunker serves: one diff object.
 #[derive(Debug, Clone)]
@@ -119,9 +110,6 @@ pub struct ChunkerConfig {
     /// (the fetch itself goes on for other readers; the store bounds its own
     /// requests).
     pub fetch_timeout: Duration,
-    /// Chunks/frames fetched ahead of a sequential reader at first (0 =
-    /// off); the window grows while the reader stays sequential.
-    pub readahead: usize,
     /// Limit on the bytes cached by all Chunkers sharing it
     /// (`--max-cache-size`); `None` = unbounded, and no eviction cost.
     pub cache_budget: Option<Arc<CacheBudget>>,
@@ -158,7 +146,8 @@ struct Inner {
     pool: Arc<FetchPool>,
     stats: Arc<Stats>,
     fetch_timeout: Duration,
-    readahead: ReadAhead,
+    /// The largest unit of the diff, in bytes.
+    unit_size: u64,
     lru: Option<Lru>,
     /// Set when the Chunker is dropped: queued fetches are skipped.
     closed: AtomicBool,
@@ -235,8 +224,6 @@ impl Chunker {
                 .max()
                 .unwrap_or(CHUNK_SIZE),
         };
-        let max_readahead =
-            MAX_READAHEAD_UNITS.min((MAX_READAHEAD_BYTES / largest_unit.max(1)).max(1) as usize);
         let inner = Arc::new(Inner {
             key,
             size: spec.size,
@@ -250,7 +237,7 @@ impl Chunker {
             pool,
             stats,
             fetch_timeout: config.fetch_timeout,
-            readahead: ReadAhead::new(config.readahead, max_readahead, units),
+            unit_size: largest_unit,
             lru: config
                 .cache_budget
                 .as_ref()
@@ -303,6 +290,31 @@ impl Chunker {
             return Ok(Block::empty());
         }
         inner.get_in_place(off..end)
+    }
+
+    /// Queue fetches of the units holding the diff's bytes `range` (clipped
+    /// to the diff) that are neither present nor in flight, as far as the
+    /// fetch pool has spare room: read-ahead never delays a reader's fetch.
+    /// Returns the offset up to which everything is present, in flight or
+    /// queued: `range.end` unless the pool ran out of room. Nothing is
+    /// queued once the cache disk was found full (it could not keep what it
+    /// fetches). Errors of the fetches surface when the bytes are read.
+    pub fn read_ahead(&self, range: Range<u64>) -> u64 {
+        let inner = &self.inner;
+        let end = range.end.min(inner.size);
+        if range.start >= end || inner.cache_full.load(Ordering::Relaxed) {
+            return range.end;
+        }
+        match inner.queue_read_ahead(inner.layout.units_within(range.start..end)) {
+            None => range.end,
+            Some(u) => inner.layout.unit_range(u).start.max(range.start),
+        }
+    }
+
+    /// The largest fetch unit (chunk or frame) of the diff, in bytes: what
+    /// one read-ahead step of a template file stands for.
+    pub fn unit_size(&self) -> u64 {
+        self.inner.unit_size
     }
 
     /// Uncompressed size of the diff, in bytes.

@@ -8,7 +8,9 @@
 //! across every template that references it, and reads the blobs that are
 //! passed through unchanged. `TemplateFile::read_at` walks a range mapping by
 //! mapping; `TemplateFile::read_in_place` hands out a range
-//! that lies in one mapping without copying it.
+//! that lies in one mapping without copying it. `ReadAhead` is one reader's
+//! sequential-stream state; `TemplateFile::read_ahead` turns what it plans
+//! into fetches of the diffs the planned range maps to.
 
 mod blob;
 mod builds;
@@ -16,6 +18,7 @@ mod cache_dir;
 mod diffs;
 mod file;
 mod listing;
+mod readahead;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -31,6 +34,7 @@ use crate::store::StoreError;
 pub use builds::Builds;
 pub use file::{FileBytes, TemplateFile, own_compression};
 pub use listing::BuildContents;
+pub use readahead::{MAX_READAHEAD_BYTES, MAX_READAHEAD_UNITS, ReadAhead};
 
 /// Why a template file, a blob or the listing could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +86,9 @@ pub struct TemplateConfig {
     /// How long a reader waits for a fetch before its read fails
     /// (`--fetch-timeout`); the fetch itself goes on.
     pub fetch_timeout: Duration,
-    /// Fetch units read ahead of a sequential reader.
+    /// Start window of a sequential reader's read-ahead, in steps of the
+    /// template file (a step is the largest fetch unit of its diffs; see
+    /// `ReadAhead`); 0 = off.
     pub readahead: usize,
     /// Threads of the shared fetch pool (0 counts as 1): at most this many
     /// units (chunks or frames) are fetched from the store at once, across

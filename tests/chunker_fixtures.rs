@@ -26,7 +26,6 @@ fn fixture_diffs_read_exactly() {
     let config = tdfs::chunker::ChunkerConfig {
         cache_dir: cache.path().to_path_buf(),
         fetch_timeout: std::time::Duration::from_secs(30),
-        readahead: 2,
         cache_budget: None,
     };
     let mut frames_checked = 0;

@@ -11,8 +11,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use common::chunker::{Env, MIB, PAGE, test_data};
 use common::rng::Rng;
 use proptest::prelude::*;
-use tdfs::chunker::{Block, CHUNK_SIZE, Chunker, ChunkerError, DiffSpec, MAX_READAHEAD_UNITS};
+use tdfs::chunker::{Block, CHUNK_SIZE, Chunker, ChunkerError, DiffSpec};
 use tdfs::format::{Compression, Frame, FrameTable};
+use tdfs::template::{MAX_READAHEAD_UNITS, ReadAhead};
 
 /// Every kind of object the Chunker serves, over the same `data`.
 fn specs(env: &Env, data: &[u8]) -> Vec<(&'static str, DiffSpec)> {
@@ -193,14 +194,15 @@ fn sparse_frame_table_blocks_end_at_gaps() {
 
 #[test]
 fn sequential_reads_fetch_ahead_without_duplicate_requests() {
-    let mut env = Env::new();
-    env.config.readahead = 2;
+    let env = Env::new();
     let data = test_data((10 * CHUNK_SIZE) as usize, 6);
     let spec = env.put_raw(&data);
     let key = spec.key;
     let c = env.chunker(spec);
+    let reader = Reader::new(&c, 2);
     let mut buf = vec![0u8; MIB as usize];
     for off in (0..data.len() as u64).step_by(MIB as usize) {
+        reader.note(off, MIB);
         c.read_blocks(&mut buf, off).unwrap();
         assert!(buf == data[off as usize..][..buf.len()]);
     }
@@ -218,31 +220,55 @@ fn sequential_reads_fetch_ahead_without_duplicate_requests() {
 const RA_FRAME: u64 = 16 << 10;
 const RA_UNITS: u64 = 400;
 
-/// A Chunker of `RA_UNITS` frames of `RA_FRAME` bytes (one block each) with
-/// a start window of `readahead`, on a pool so large that read-ahead always
-/// finds room: what it queues then depends only on the lookups.
-fn readahead_chunker(readahead: usize) -> (Env, Chunker) {
-    let mut env = Env::with_workers(2 * MAX_READAHEAD_UNITS);
-    env.config.readahead = readahead;
+/// One reader of a Chunker as an open template file drives it (the diff
+/// mapped one to one): its own read-ahead stream in steps of the Chunker's
+/// unit, whose plans the Chunker queues (`Chunker::read_ahead`) before the
+/// read itself.
+struct Reader<'c> {
+    c: &'c Chunker,
+    ra: ReadAhead,
+}
+
+impl<'c> Reader<'c> {
+    fn new(c: &'c Chunker, readahead: usize) -> Reader<'c> {
+        let ra = ReadAhead::for_file(c.size(), c.unit_size(), readahead);
+        Reader { c, ra }
+    }
+
+    /// Note a read of `[off, off + len)`: queue what read-ahead plans.
+    fn note(&self, off: u64, len: u64) {
+        if let Some(plan) = self.ra.on_read(off, len) {
+            self.ra.queued(&plan, self.c.read_ahead(plan.clone()));
+        }
+    }
+
+    fn read_unit(&self, u: u64) {
+        self.note(u * RA_FRAME, RA_FRAME);
+        assert_eq!(
+            block_at(self.c, RA_FRAME, u * RA_FRAME).unwrap().len() as u64,
+            RA_FRAME
+        );
+    }
+}
+
+/// A Chunker of `RA_UNITS` frames of `RA_FRAME` bytes (one block each), on
+/// a pool so large that read-ahead always finds room: what it queues then
+/// depends only on the reads.
+fn readahead_chunker() -> (Env, Chunker) {
+    let env = Env::with_workers(2 * MAX_READAHEAD_UNITS);
     let data = test_data((RA_UNITS * RA_FRAME) as usize, 11);
     let spec = env.put_framed(&data, Compression::Zstd, &[RA_FRAME as usize]);
     let c = env.chunker(spec);
     (env, c)
 }
 
-fn read_unit(c: &Chunker, u: u64) {
-    assert_eq!(
-        block_at(c, RA_FRAME, u * RA_FRAME).unwrap().len() as u64,
-        RA_FRAME
-    );
-}
-
 #[test]
 fn sequential_reader_grows_the_read_ahead_window() {
-    let (env, c) = readahead_chunker(2);
+    let (env, c) = readahead_chunker();
+    let reader = Reader::new(&c, 2);
     let read = 100;
     for u in 0..read {
-        read_unit(&c, u);
+        reader.read_unit(u);
     }
     // Read-ahead queued every unit from 2 on up to some point ahead of the
     // reader (at unit 99). A fixed window of 2 reaches unit 101: 100
@@ -258,10 +284,12 @@ fn sequential_reader_grows_the_read_ahead_window() {
 
 #[test]
 fn long_reads_in_place_grow_the_read_ahead_window() {
-    let (env, c) = readahead_chunker(2);
+    let (env, c) = readahead_chunker();
+    let reader = Reader::new(&c, 2);
     let read = 100;
     for u in (0..read).step_by(4) {
         // One lookup of four units.
+        reader.note(u * RA_FRAME, 4 * RA_FRAME);
         assert_eq!(
             c.read_in_place(u * RA_FRAME, 4 * RA_FRAME).unwrap().len() as u64,
             4 * RA_FRAME
@@ -279,40 +307,43 @@ fn long_reads_in_place_grow_the_read_ahead_window() {
 
 #[test]
 fn random_reader_gets_no_read_ahead_and_a_jump_resets_the_window() {
-    let (env, c) = readahead_chunker(4);
+    let (env, c) = readahead_chunker();
+    let reader = Reader::new(&c, 4);
     let mut rng = Rng(99);
     for _ in 0..300 {
         // Never within two units of the previous lookup: not sequential.
-        read_unit(&c, rng.below(RA_UNITS / 3) * 3);
+        reader.read_unit(rng.below(RA_UNITS / 3) * 3);
     }
     assert_eq!(env.stats.readahead_fetches.load(Relaxed), 0);
 
-    let (env, c) = readahead_chunker(4);
+    let (env, c) = readahead_chunker();
+    let reader = Reader::new(&c, 4);
     for u in 0..60 {
-        read_unit(&c, u);
+        reader.read_unit(u);
     }
     let before = env.stats.readahead_fetches.load(Relaxed);
     assert!(before > 60 + 4, "grew: {before}");
     // Far past anything queued so far: a new stream gets the start window.
-    read_unit(&c, 300);
-    read_unit(&c, 301);
+    reader.read_unit(300);
+    reader.read_unit(301);
     assert_eq!(env.stats.readahead_fetches.load(Relaxed) - before, 4);
 }
 
 #[test]
 fn sequential_reader_on_two_threads_out_of_order_grows_the_window() {
-    let (env, c) = readahead_chunker(2);
+    let (env, c) = readahead_chunker();
+    let reader = Reader::new(&c, 2);
     let rounds = 50u64;
     let barrier = std::sync::Barrier::new(2);
     // Each round, two threads look up units 2r and 2r+1 at once, as the
     // kernel's concurrent read-ahead requests do: either may come first.
     std::thread::scope(|s| {
         for t in 0..2 {
-            let (c, barrier) = (&c, &barrier);
+            let (reader, barrier) = (&reader, &barrier);
             s.spawn(move || {
                 for r in 0..rounds {
                     barrier.wait();
-                    read_unit(c, 2 * r + t);
+                    reader.read_unit(2 * r + t);
                 }
             });
         }

@@ -7,6 +7,9 @@ summaries and the results table. Standard library only.
   bench.py memwatch PID OUT             sample PID's anonymous memory until it exits
   bench.py fio JSON                     print "iops p50_us p99_us" of a fio run
   bench.py bandwidth THROTTLE           bytes per second of a LATENCY,BANDWIDTH throttle
+  bench.py cats FILE...                 cat the FILEs at once; print "wall_s reader_cpu_s"
+  bench.py cpu PID                      print PID's CPU seconds so far (user + system)
+  bench.py stat FILE NAME               print counter NAME of a mount's .stats FILE
   bench.py table RESULTS.tsv            print the Markdown table of medians
 """
 
@@ -188,6 +191,40 @@ def bandwidth(throttle):
     if not m or m.group(2).lower() not in scale:
         sys.exit(f"bench.py: {throttle!r} is not LATENCY,BANDWIDTH")
     print(int(float(m.group(1)) * scale[m.group(2).lower()]))
+
+
+def cats(files):
+    """`cat` every file to /dev/null at once; wall seconds until the last
+    ends, and the CPU seconds (user + system) of the cats."""
+    import resource
+    import subprocess
+
+    start = time.monotonic()
+    procs = [subprocess.Popen(["cat", f], stdout=subprocess.DEVNULL) for f in files]
+    codes = [p.wait() for p in procs]
+    wall = time.monotonic() - start
+    if any(codes):
+        sys.exit(f"bench.py: cat failed: {codes}")
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"{wall:.4f} {ru.ru_utime + ru.ru_stime:.4f}")
+
+
+def cpu(pid):
+    """User + system CPU seconds of PID so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    print(f"{(int(fields[11]) + int(fields[12])) / ticks:.4f}")
+
+
+def stat_counter(path, name):
+    """A counter of a tdfs mount's .stats (Prometheus text)."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(name + " "):
+                print(line.split()[1])
+                return
+    sys.exit(f"bench.py: no {name} in {path}")
 
 
 def load(path):
@@ -390,6 +427,8 @@ def table(path):
             dl / (p99 / 1e6) if dl and p99 else None,
         )
 
+    many_rows(t)
+
     peaks = {n: t.median(n) for n in t.values if n.startswith("memory.")}
     if peaks:
         worst = max(peaks, key=peaks.get)
@@ -411,6 +450,38 @@ def table(path):
         print(
             "The S3 random row's ratio is the download time ÷ tdfs's p99 read latency: how "
             "much sooner a random page can be read than after downloading the object."
+        )
+
+
+def cpu_note(t, name):
+    """`daemon 1.2 s + readers 0.3 s CPU` of a `many` measurement."""
+    d, r = t.median(name + ".daemon-cpu"), t.median(name + ".reader-cpu")
+    return "" if d is None or r is None else f"; CPU: daemon {d:.2f} s + readers {r:.2f} s"
+
+
+def many_rows(t):
+    """Several readers at once on the slow store (`many` group): time
+    against one reader alone, store bytes against the unique bytes."""
+    for row, readers, what, unique_name, time_target, bytes_target in (
+        ("same-file", 3, "the same memfile", "object bytes", 1.3, 1.05),
+        ("shared-base", 4, "4 layers on one base", "unique bytes", 1.5, 1.1),
+    ):
+        if f"{row}.many.secs" not in t.values:
+            continue
+        # A time ratio here is many ÷ one: at most the target is met.
+        ratio = t.ratio(f"{row}.many.secs", f"{row}.one.secs")
+        met = "—" if ratio is None else ("yes" if ratio <= time_target else "**no**")
+        t.lines.append(
+            f"| {row} | {readers} `cat`s of {what}: {t.median(row + '.many.secs'):.2f} s"
+            f"{cpu_note(t, row + '.many')} | one `cat` alone: {t.median(row + '.one.secs'):.2f} s"
+            f"{cpu_note(t, row + '.one')} | {ratio:.2f}× the time | ≤ {time_target}× | {met} |"
+        )
+        fetched = t.ratio(f"{row}.many.store-bytes", f"{row}.unique-bytes")
+        met = "—" if fetched is None else ("yes" if fetched <= bytes_target else "**no**")
+        t.lines.append(
+            f"| {row} | fetched {t.median(row + '.many.store-bytes') / 2**20:.0f} MiB from the store"
+            f" | {unique_name}: {t.median(row + '.unique-bytes') / 2**20:.0f} MiB"
+            f" | {fetched:.2f}× the bytes | ≤ {bytes_target}× | {met} |"
         )
 
 
@@ -436,6 +507,12 @@ def main(argv):
         fio_summary(args[0])
     elif cmd == "bandwidth" and len(args) == 1:
         bandwidth(args[0])
+    elif cmd == "cats" and args:
+        cats(args)
+    elif cmd == "cpu" and len(args) == 1:
+        cpu(int(args[0]))
+    elif cmd == "stat" and len(args) == 2:
+        stat_counter(args[0], args[1])
     elif cmd == "table" and len(args) == 1:
         table(args[0])
     else:

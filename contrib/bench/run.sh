@@ -16,8 +16,10 @@ HELPER="$HERE/bench.py"
 TDFS=${TDFS:-$REPO/target/release/tdfs}
 WORK=${BENCH_DIR:-/var/tmp/tdfs-bench}
 RUNS=${RUNS:-3}
-GROUPS_WANTED=${GROUPS_WANTED:-seq,rand,slow,s3}
+GROUPS_WANTED=${GROUPS_WANTED:-seq,rand,slow,many,s3}
 MEMFILE_MIB=${MEMFILE_MIB:-2048}
+# Memfile of the `many` group's base build (its layers are copies of it).
+MANY_MIB=${MANY_MIB:-512}
 ROOTFS_MIB=${ROOTFS_MIB:-1024}
 FIO_SECS=${FIO_SECS:-15}
 THROTTLE=${THROTTLE:-20ms,100MB}
@@ -31,14 +33,15 @@ usage() {
 usage: contrib/bench/run.sh [--runs N] [--groups LIST] [--work DIR] [--fio-secs S] [--out FILE]
 
   --runs N        runs to take medians over (default $RUNS)
-  --groups LIST   comma list of seq, rand, slow, s3 (default $GROUPS_WANTED)
+  --groups LIST   comma list of seq, rand, slow, many, s3 (default $GROUPS_WANTED)
   --work DIR      data, images, stores and mounts (default $WORK; reused
                   between invocations, delete it to regenerate the data)
   --fio-secs S    length of each fio run (default $FIO_SECS)
   --out FILE      also write the report (machine, date, table) to FILE
 
 Environment: TDFS (binary, default target/release/tdfs), MEMFILE_MIB
-($MEMFILE_MIB), ROOTFS_MIB ($ROOTFS_MIB), THROTTLE ($THROTTLE), SEED ($SEED).
+($MEMFILE_MIB), ROOTFS_MIB ($ROOTFS_MIB), MANY_MIB ($MANY_MIB), THROTTLE
+($THROTTLE), SEED ($SEED).
 EOF
 }
 
@@ -56,6 +59,8 @@ while [ $# -gt 0 ]; do
 done
 
 want() { [[ ",$GROUPS_WANTED," == *",$1,"* ]]; }
+# The groups that read the main data set (prepare, verify_mounts).
+want_main() { want seq || want rand || want slow || want s3; }
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 
@@ -63,7 +68,8 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 
 check_tools() {
   local missing=() tool
-  local tools=(python3 fio zstd mksquashfs squashfuse mkfs.ext4 fusermount3 timeout dd mountpoint)
+  local tools=(python3 fusermount3 timeout dd mountpoint)
+  if want_main; then tools+=(fio zstd mksquashfs squashfuse mkfs.ext4); fi
   if want s3; then tools+=(garage aws); fi
   for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
@@ -357,6 +363,77 @@ group_slow() {
   done
 }
 
+# --- many readers at once (the `many` group) ----------------------------------
+
+MANY="$WORK/many"
+LAYER_COUNT=4
+
+# A base build of a MANY_MIB memfile and LAYER_COUNT layers packed on it (zstd),
+# each the base with 4 regions of 8 MiB rewritten, in their own store.
+prepare_many() {
+  local stamp="many=$MANY_MIB seed=$SEED" i r base
+  if [ -f "$MANY/ready" ] && [ "$(cat "$MANY/ready")" = "$stamp" ]; then
+    log "reusing the layered store in $MANY"
+  else
+    rm -rf "$MANY"
+    mkdir -p "$MANY/data" "$WORK/logs"
+    log "writing a $MANY_MIB MiB memfile and $LAYER_COUNT layers on it"
+    python3 "$HELPER" memfile "$MANY/data/base.mem" "$MANY_MIB" "$SEED"
+    truncate -s 16M "$MANY/data/rootfs"
+    base=$(timeout 1200 "$TDFS" pack --store "$MANY/store" --memfile "$MANY/data/base.mem" \
+      --rootfs "$MANY/data/rootfs" --compress zstd 2>>"$WORK/logs/pack.log")
+    echo "$base" >"$MANY/data/build.base"
+    for i in $(seq "$LAYER_COUNT"); do
+      cp --sparse=always "$MANY/data/base.mem" "$MANY/data/layer$i.mem"
+      for r in 1 2 3 4; do
+        dd if=/dev/urandom of="$MANY/data/layer$i.mem" bs=1M count=8 conv=notrunc status=none \
+          seek=$(( (i * 131 + r * 37) % (MANY_MIB / 8) * 8 ))
+      done
+      timeout 1200 "$TDFS" pack --store "$MANY/store" --memfile "$MANY/data/layer$i.mem" \
+        --rootfs "$MANY/data/rootfs" --compress zstd --base "$base" \
+        2>>"$WORK/logs/pack.log" >"$MANY/data/build.layer$i"
+      rm "$MANY/data/layer$i.mem"
+    done
+    echo "$stamp" >"$MANY/ready"
+  fi
+}
+
+# many_read ROW KIND FILE...: cat the FILEs at once on a fresh mount of the
+# slow store, caches dropped; records ROW.KIND.secs, .reader-cpu,
+# .daemon-cpu (the mount's CPU seconds while they ran) and .store-bytes.
+many_read() {
+  local row=$1 kind=$2 cpu0 cpu1 wall rcpu f files=()
+  shift 2
+  mount_tdfs "many-$row-$kind" "$MANY/store" --bench-throttle "$THROTTLE"
+  for f in "$@"; do files+=("$MNT/$f"); done
+  drop_caches
+  cpu0=$(python3 "$HELPER" cpu "$TDFS_PID")
+  read -r wall rcpu < <(timeout "$READ_TIMEOUT" python3 "$HELPER" cats "${files[@]}")
+  cpu1=$(python3 "$HELPER" cpu "$TDFS_PID")
+  record "$row.$kind.secs" "$wall"
+  record "$row.$kind.reader-cpu" "$rcpu"
+  record "$row.$kind.daemon-cpu" "$(python3 -c "print($cpu1 - $cpu0)")"
+  record "$row.$kind.store-bytes" "$(python3 "$HELPER" stat "$MNT/.stats" tdfs_store_bytes_total)"
+  log "  $row.$kind: $wall s for $# reader(s), readers $rcpu s CPU, daemon $(python3 -c "print(f'{$cpu1 - $cpu0:.2f}')") s CPU"
+  umount_tdfs
+}
+
+group_many() {
+  local base i unique layers=()
+  base=$(cat "$MANY/data/build.base")
+  unique=$(stat -c %s "$MANY/store/$base/memfile.zstd")
+  for i in $(seq "$LAYER_COUNT"); do
+    layers+=("$(cat "$MANY/data/build.layer$i")/memfile")
+    unique=$((unique + $(stat -c %s "$MANY/store/$(cat "$MANY/data/build.layer$i")/memfile.zstd")))
+  done
+  record same-file.unique-bytes "$(stat -c %s "$MANY/store/$base/memfile.zstd")"
+  record shared-base.unique-bytes "$unique"
+  many_read same-file one "$base/memfile"
+  many_read same-file many "$base/memfile" "$base/memfile" "$base/memfile"
+  many_read shared-base one "${layers[0]}"
+  many_read shared-base many "${layers[@]}"
+}
+
 # --- S3 (Garage on loopback) ----------------------------------------------------
 
 GARAGE_PID=""
@@ -420,8 +497,9 @@ describe_machine() {
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) memory, kernel $(uname -r)"
   echo "- disk under $WORK: $(df -h --output=source,fstype,size "$WORK" | tail -1 | tr -s ' ')"
-  echo "- tdfs $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') ($TDFS, built $(date -u -r "$TDFS" '+%H:%M UTC')$BINARY_NOTE); $(squashfuse --version 2>&1 | head -1); $(mksquashfs -version | head -1); $(fio --version); $(zstd --version)"
-  echo "- data: ${MEMFILE_MIB} MiB memfile ($(du -m "$DATA/memfile" | cut -f1) MiB not zero, zstd object $(( $(stat -c %s "$ZSTD_OBJECT") >> 20 )) MiB), ${ROOTFS_MIB} MiB ext4 rootfs; squashfs images $(du -m "$DATA/memfile-128K.sqfs" | cut -f1) MiB (128 KiB) and $(du -m "$DATA/memfile-1M.sqfs" | cut -f1) MiB (1 MiB)"
+  echo "- tdfs $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') ($TDFS, built $(date -u -r "$TDFS" '+%H:%M UTC')$BINARY_NOTE)$(want_main && echo "; $(squashfuse --version 2>&1 | head -1); $(mksquashfs -version | head -1); $(fio --version); $(zstd --version)")"
+  want_main && echo "- data: ${MEMFILE_MIB} MiB memfile ($(du -m "$DATA/memfile" | cut -f1) MiB not zero, zstd object $(( $(stat -c %s "$ZSTD_OBJECT") >> 20 )) MiB), ${ROOTFS_MIB} MiB ext4 rootfs; squashfs images $(du -m "$DATA/memfile-128K.sqfs" | cut -f1) MiB (128 KiB) and $(du -m "$DATA/memfile-1M.sqfs" | cut -f1) MiB (1 MiB)"
+  want many && echo "- many: a ${MANY_MIB} MiB memfile (zstd object $(( $(stat -c %s "$MANY/store/$(cat "$MANY/data/build.base")/memfile.zstd") >> 20 )) MiB) and $LAYER_COUNT layers on it, each rewriting 32 MiB"
   echo "- runs: $RUNS; fio: random 4 KiB reads, 4 jobs, psync, ${FIO_SECS} s; slow store: $THROTTLE per request; after dropping caches: ${SETTLE} s settle"
 }
 
@@ -430,15 +508,19 @@ main() {
   mkdir -p "$WORK"
   local load_start
   load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-  prepare
   : >"$RESULTS"
-  verify_mounts
+  if want_main; then
+    prepare
+    verify_mounts
+  fi
   if want s3; then start_garage; fi
+  if want many; then prepare_many; fi
   for RUN in $(seq "$RUNS"); do
     log "run $RUN of $RUNS (load $(cut -d' ' -f1-3 /proc/loadavg))"
     if want seq; then group_seq; fi
     if want rand; then group_rand; fi
     if want slow; then group_slow; fi
+    if want many; then group_many; fi
     if want s3; then group_s3; fi
   done
   local report="$WORK/report.md"

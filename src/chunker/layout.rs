@@ -58,6 +58,22 @@ impl Layout {
         }
     }
 
+    /// The units holding any byte of `range` (inside the object; gaps of a
+    /// sparse frame table are skipped).
+    pub(super) fn units_within(&self, range: Range<u64>) -> Range<usize> {
+        match self {
+            Layout::Chunks { .. } => {
+                (range.start / CHUNK_SIZE) as usize..range.end.div_ceil(CHUNK_SIZE) as usize
+            }
+            Layout::Frames { table } => {
+                let frames = table.frames();
+                let first = frames.partition_point(|f| f.end_u() <= range.start);
+                let end = frames.partition_point(|f| f.start_u < range.end);
+                first..end.max(first)
+            }
+        }
+    }
+
     /// The units that hold `[off, end)`, at most `max_units` of them, and the
     /// end of the part they hold: `end`, or less where the units stop (the
     /// `max_units` limit, or a gap of a sparse frame table). An `off` in no
@@ -126,6 +142,9 @@ mod tests {
             (0..1, CHUNK_SIZE)
         );
         assert_eq!(l.bits_of(&(4095..4097), &(0..1)), 0..2);
+        assert_eq!(l.units_within(CHUNK_SIZE - 1..CHUNK_SIZE + 1), 0..2);
+        assert_eq!(l.units_within(CHUNK_SIZE..2 * CHUNK_SIZE), 1..2);
+        assert_eq!(l.units_within(3 * CHUNK_SIZE..3 * CHUNK_SIZE + 5), 3..4);
     }
 
     #[test]
@@ -143,5 +162,8 @@ mod tests {
         assert_eq!(l.span(20_050, 20_100, usize::MAX).unwrap(), (2..3, 20_100));
         assert!(l.span(20_100, 20_101, usize::MAX).is_err());
         assert_eq!(l.bits_of(&(0..1), &(1..3)), 1..3);
+        assert_eq!(l.units_within(4999..20_001), 0..3);
+        assert_eq!(l.units_within(8000..20_000), 2..2, "only a gap");
+        assert_eq!(l.units_within(5000..8000), 1..2);
     }
 }

@@ -56,7 +56,6 @@ impl Inner {
                 key: self.key,
                 offset: off,
             })?;
-        self.note_access(units.clone());
         let range = off..end;
         // Pinned from here on, misses included: a unit fetched for this
         // reader cannot be evicted before the reader has it.

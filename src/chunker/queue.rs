@@ -1,6 +1,6 @@
 //! Starting fetches: the single-flight map of fetch sessions (one per unit
 //! in flight), filled by readers (`join_or_start`, `start_fetches`) and by
-//! read-ahead (`note_access`, which only takes the pool's spare room), and
+//! read-ahead (`queue_read_ahead`, which only takes the pool's spare room), and
 //! the job each session queues on the `FetchPool`.
 
 use std::ops::Range;
@@ -64,23 +64,17 @@ impl Inner {
         }
     }
 
-    /// Note a lookup of `units` and queue the read-ahead it calls for.
-    pub(super) fn note_access(self: &Arc<Self>, units: Range<usize>) {
-        if self.cache_full.load(Ordering::Relaxed) {
-            return;
-        }
-        let Some(plan) = self.readahead.on_access(units) else {
-            return;
-        };
-        let mut reached = plan.end;
+    /// Queue fetches of `units` for read-ahead, skipping units present or in
+    /// flight, while the pool has spare room. Returns the first unit left
+    /// unqueued for lack of room, `None` when all are covered.
+    pub(super) fn queue_read_ahead(self: &Arc<Self>, units: Range<usize>) -> Option<usize> {
         let mut sessions = None;
-        for v in plan.clone() {
+        for v in units {
             if self.unit_complete(v) {
                 continue;
             }
             if !self.pool.has_spare_room() {
-                reached = v;
-                break;
+                return Some(v);
             }
             let sessions = sessions.get_or_insert_with(|| self.lock_sessions());
             if sessions.contains_key(&v) || self.unit_complete(v) {
@@ -90,14 +84,12 @@ impl Inner {
             // Queued while holding the session lock, so the job cannot end
             // its session before it is in the map.
             if self.pool.try_submit(self.job(v, &session)).is_err() {
-                reached = v;
-                break;
+                return Some(v);
             }
             sessions.insert(v, session);
             self.stats.readahead_fetches.fetch_add(1, Ordering::Relaxed);
         }
-        drop(sessions);
-        self.readahead.queued(&plan, reached);
+        None
     }
 
     /// The pool job that fetches unit `u` and ends `session`.

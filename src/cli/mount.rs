@@ -21,9 +21,10 @@ const LISTING_TTL: Duration = Duration::from_secs(5);
 /// How long a stop waits for serving to wind down.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
 /// Chunks or frames fetched ahead of a sequential reader at first, by
-/// default: the start of each Chunker's read-ahead window, which doubles
+/// default: the start of each open file's read-ahead window, which doubles
 /// while the reader stays sequential and uses what was fetched ahead (up to
-/// 64 units and 128 MiB) and falls back to this on a jump (see `chunker`).
+/// 64 units and 128 MiB) and falls back to this on a jump (see
+/// `template::ReadAhead`).
 /// Each store request pays the store's first-byte latency, so only many
 /// requests in flight reach its bandwidth: with 20 ms to first byte and
 /// 100 MB/s per request, a cold sequential read of a 2 GiB zstd memfile ran
@@ -110,9 +111,9 @@ pub struct MountArgs {
     pub region: Option<String>,
 
     /// Chunks (4 MiB) or compressed frames fetched ahead of a sequential
-    /// reader at first; the window doubles while the reader stays
-    /// sequential (up to 64 of them and 128 MiB) and starts over after a
-    /// jump. 0 turns read-ahead off.
+    /// reader at first (each open file has its own window); the window
+    /// doubles while the reader stays sequential (up to 64 of them and
+    /// 128 MiB) and starts over after a jump. 0 turns read-ahead off.
     #[arg(long, value_name = "N", default_value_t = READAHEAD_CHUNKS)]
     pub readahead: usize,
 

@@ -14,11 +14,17 @@ use super::inode::{BuildDirFile, Node};
 use super::templatefs::{DirEntry, Opened, TemplateFs};
 use crate::format::Blob;
 use crate::sync;
-use crate::template::TemplateFile;
+use crate::template::{ReadAhead, TemplateFile};
 
 /// What an open handle reads from.
 pub(super) enum Handle {
-    Template(Arc<TemplateFile>),
+    /// A template file, with this open file's own read-ahead stream (so
+    /// readers of one file, or of files sharing a base, do not reset each
+    /// other's window).
+    Template {
+        file: Arc<TemplateFile>,
+        read_ahead: ReadAhead,
+    },
     Blob {
         build: Uuid,
         blob: Blob,
@@ -92,10 +98,14 @@ impl TemplateFs {
                 Handle::Stats(self.builds.stats().render_prometheus().into_bytes()),
                 FopenFlags::FOPEN_DIRECT_IO,
             ),
-            Node::File(build, BuildDirFile::Template(kind)) => (
-                Handle::Template(self.open_template(build, kind)?),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Node::File(build, BuildDirFile::Template(kind)) => {
+                let file = self.open_template(build, kind)?;
+                let read_ahead = file.read_ahead_state();
+                (
+                    Handle::Template { file, read_ahead },
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
             Node::File(build, BuildDirFile::Blob(blob)) => {
                 let size = self.blob_size(build, blob)?;
                 (
@@ -124,7 +134,8 @@ impl TemplateFs {
         reply: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, FsError> {
         let handle = self.handles.get(fh)?;
-        if let Handle::Template(file) = &*handle {
+        if let Handle::Template { file, read_ahead } = &*handle {
+            file.read_ahead(read_ahead, offset, u64::from(len));
             let in_place = file
                 .read_in_place(offset, len as usize)
                 .map_err(|e| FsError::template(file.build_id(), file.file(), Some(offset), e))?;
@@ -143,7 +154,7 @@ impl TemplateFs {
         buf: &'b mut Vec<u8>,
     ) -> Result<&'b [u8], FsError> {
         let size = match handle {
-            Handle::Template(file) => file.size(),
+            Handle::Template { file, .. } => file.size(),
             Handle::Blob { size, .. } => *size,
             Handle::Stats(text) => text.len() as u64,
             Handle::Dir(_) => return Err(FsError::IsADirectory),
@@ -157,7 +168,7 @@ impl TemplateFs {
             return Ok(out);
         }
         match handle {
-            Handle::Template(file) => {
+            Handle::Template { file, .. } => {
                 let n = file.read_at(out, offset).map_err(|e| {
                     FsError::template(file.build_id(), file.file(), Some(offset), e)
                 })?;

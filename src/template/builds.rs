@@ -111,7 +111,6 @@ impl Builds {
         let config = ChunkerConfig {
             cache_dir: cache.path().to_path_buf(),
             fetch_timeout: self.config.fetch_timeout,
-            readahead: self.config.readahead,
             cache_budget: (self.config.max_cache_size > 0)
                 .then(|| CacheBudget::new(self.config.max_cache_size)),
         };
@@ -141,6 +140,7 @@ impl Builds {
             diffs: Vec::new(),
             stats: self.stats.clone(),
             registry: self.diffs.clone(),
+            readahead: self.config.readahead,
         };
         for m in header.mappings.as_slice() {
             if m.is_zero() || opened.diffs.iter().any(|(id, _)| *id == m.build_id) {

@@ -2,16 +2,19 @@
 //! its header. A read walks the mappings: a hole is zeros, anything else is
 //! read from the Chunker of the build the mapping names. A range inside one
 //! mapping can be handed out in place (a slice of the cache, or of a static
-//! run of zero pages) so the FUSE reply needs no copy of its own.
+//! run of zero pages) so the FUSE reply needs no copy of its own. Read-ahead
+//! works on the template file too: a reader's `ReadAhead` plans a range of
+//! the file, and `read_ahead` asks each diff the range maps to for its part.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
 use uuid::Uuid;
 
-use super::TemplateError;
 use super::diffs::Diffs;
-use crate::chunker::{Block, Chunker};
+use super::{ReadAhead, TemplateError};
+use crate::chunker::{Block, CHUNK_SIZE, Chunker};
 use crate::format::{Compression, FileKind, Header, ObjectKey};
 use crate::metrics::Stats;
 
@@ -48,6 +51,8 @@ pub struct TemplateFile {
     pub(super) diffs: Vec<(Uuid, Arc<Chunker>)>,
     pub(super) stats: Arc<Stats>,
     pub(super) registry: Arc<Diffs>,
+    /// Start window of a reader's read-ahead, in steps (`--readahead`).
+    pub(super) readahead: usize,
 }
 
 impl Drop for TemplateFile {
@@ -169,6 +174,54 @@ impl TemplateFile {
             done += n;
         }
         Ok(len)
+    }
+
+    /// A new reader's read-ahead state (one per open file): steps of the
+    /// largest fetch unit of the file's diffs (4 MiB chunks when it has
+    /// none), starting at the configured window.
+    pub fn read_ahead_state(&self) -> ReadAhead {
+        let step = self
+            .diffs
+            .iter()
+            .map(|(_, c)| c.unit_size())
+            .max()
+            .unwrap_or(CHUNK_SIZE);
+        ReadAhead::for_file(self.size(), step, self.readahead)
+    }
+
+    /// Note that the reader owning `ra` reads `[off, off + len)` and queue
+    /// the read-ahead its stream calls for: the planned range of the file
+    /// goes through the mappings, and each diff it maps to is asked for its
+    /// storage range (`Chunker::read_ahead`, spare pool room only). Best
+    /// effort: a mapping problem is reported by the read itself.
+    pub fn read_ahead(&self, ra: &ReadAhead, off: u64, len: u64) {
+        if let Some(plan) = ra.on_read(off, len) {
+            ra.queued(&plan, self.queue_read_ahead(plan.clone()));
+        }
+    }
+
+    /// Ask the diffs that `range` of the file maps to for their parts; the
+    /// file offset up to which all was queued (`range.end` when all was).
+    fn queue_read_ahead(&self, range: Range<u64>) -> u64 {
+        let mut pos = range.start;
+        while pos < range.end {
+            let Some(hit) = self.header.mappings.lookup(pos) else {
+                return range.end;
+            };
+            let n = hit.remaining.min(range.end - pos);
+            if !hit.build_id.is_nil() {
+                let Ok(chunker) = self.chunker(hit.build_id) else {
+                    return range.end;
+                };
+                let storage = hit.storage_offset..hit.storage_offset + n;
+                let reached = chunker.read_ahead(storage.clone());
+                if reached < storage.end {
+                    return pos + (reached - storage.start);
+                }
+            }
+            pos += n;
+        }
+        range.end
     }
 
     fn chunker(&self, build: Uuid) -> Result<&Chunker, TemplateError> {

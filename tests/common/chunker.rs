@@ -39,7 +39,6 @@ impl Env {
         let config = ChunkerConfig {
             cache_dir: dir.path().join("cache"),
             fetch_timeout: Duration::from_secs(30),
-            readahead: 0,
             cache_budget: None,
         };
         Env {
