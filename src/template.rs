@@ -8,11 +8,13 @@
 //! across every template that references it, and reads the blobs that are
 //! passed through unchanged. `TemplateFile::read_at` walks a range mapping by
 //! mapping, block by block; `TemplateFile::read_in_place` hands out a range
-//! that lies in one mapping without copying it.
+//! that lies in one mapping without copying it. `DiffFile` is the diff view:
+//! one build's own diff, uncompressed, at storage offsets.
 
 mod blob;
 mod builds;
 mod cache_dir;
+mod diff;
 mod file;
 mod listing;
 #[cfg(test)]
@@ -28,6 +30,7 @@ use crate::format::{Blob, FileKind, FormatError};
 use crate::store::StoreError;
 
 pub use builds::Builds;
+pub use diff::DiffFile;
 pub use file::{FileBytes, TemplateFile};
 pub use listing::BuildContents;
 
@@ -42,6 +45,15 @@ pub enum TemplateError {
         build: Uuid,
         file: FileKind,
         /// The store, for the message (`/srv/templates`, `s3://bucket/p`).
+        location: String,
+    },
+    /// No diff of its own for `file` (`Builds::open_diff`).
+    #[error(
+        "build {build} has no {file} diff of its own in {location} (its header maps no range to it: read the builds it names)"
+    )]
+    NoDiff {
+        build: Uuid,
+        file: FileKind,
         location: String,
     },
     #[error("build {build} has no {blob} in {location}")]

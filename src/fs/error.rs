@@ -37,6 +37,15 @@ pub enum FsError {
         #[source]
         source: Box<TemplateError>,
     },
+    /// A build's own diff (`<build>/diff/<file>`).
+    #[error("{build}/diff/{file}{}: {source}", at_offset(*.offset))]
+    Diff {
+        build: Uuid,
+        file: FileKind,
+        offset: Option<u64>,
+        #[source]
+        source: Box<TemplateError>,
+    },
     /// A blob of a build (`snapfile`, `metadata.json`).
     #[error("{build}/{blob}{}: {source}", at_offset(*.offset))]
     Blob {
@@ -98,6 +107,15 @@ impl FsError {
         }
     }
 
+    pub fn diff(build: Uuid, file: FileKind, offset: Option<u64>, source: TemplateError) -> Self {
+        FsError::Diff {
+            build,
+            file,
+            offset,
+            source: Box::new(source),
+        }
+    }
+
     pub fn blob(build: Uuid, blob: Blob, offset: Option<u64>, source: TemplateError) -> Self {
         FsError::Blob {
             build,
@@ -133,7 +151,9 @@ pub trait ToErrno {
 impl ToErrno for TemplateError {
     fn errno(&self) -> Errno {
         match self {
-            TemplateError::NotFound { .. } | TemplateError::NoBlob { .. } => Errno::ENOENT,
+            TemplateError::NotFound { .. }
+            | TemplateError::NoBlob { .. }
+            | TemplateError::NoDiff { .. } => Errno::ENOENT,
             // A corrupt header, an unreachable store, a failed or timed out
             // fetch: the data exists but cannot be served right now.
             TemplateError::CorruptHeader { .. }
@@ -155,6 +175,7 @@ impl ToErrno for FsError {
             FsError::ReadOnly => Errno::EROFS,
             FsError::NoXattr(_) => Errno::NO_XATTR,
             FsError::Template { source, .. }
+            | FsError::Diff { source, .. }
             | FsError::Blob { source, .. }
             | FsError::List(source)
             | FsError::Probe { source, .. }

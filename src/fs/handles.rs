@@ -14,11 +14,13 @@ use super::inode::{BuildDirFile, Node};
 use super::templatefs::{DirEntry, Opened, TemplateFs};
 use crate::format::Blob;
 use crate::sync;
-use crate::template::TemplateFile;
+use crate::template::{DiffFile, TemplateFile};
 
 /// What an open handle reads from.
 pub(super) enum Handle {
     Template(Arc<TemplateFile>),
+    /// A build's own diff.
+    Diff(DiffFile),
     Blob {
         build: Uuid,
         blob: Blob,
@@ -86,7 +88,7 @@ impl TemplateFs {
             return Err(FsError::ReadOnly);
         }
         let (handle, flags) = match self.node(ino)? {
-            Node::Root | Node::Build(_) => return Err(FsError::IsADirectory),
+            Node::Root | Node::Build(_) | Node::DiffDir(_) => return Err(FsError::IsADirectory),
             // Direct I/O: the size is not known before the content exists.
             Node::Stats => (
                 Handle::Stats(self.builds.stats().render_prometheus().into_bytes()),
@@ -94,6 +96,10 @@ impl TemplateFs {
             ),
             Node::File(build, BuildDirFile::Template(kind)) => (
                 Handle::Template(self.open_template(build, kind)?),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Node::Diff(build, kind) => (
+                Handle::Diff(self.open_diff(build, kind)?),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Node::File(build, BuildDirFile::Blob(blob)) => {
@@ -132,6 +138,14 @@ impl TemplateFs {
                 return Ok(reply(&bytes));
             }
         }
+        if let Handle::Diff(diff) = &*handle {
+            let in_place = diff
+                .read_in_place(offset, u64::from(len))
+                .map_err(|e| FsError::diff(diff.build_id(), diff.file(), Some(offset), e))?;
+            if let Some(block) = in_place {
+                return Ok(reply(&block));
+            }
+        }
         self.read_copy(&handle, offset, len, buf).map(reply)
     }
 
@@ -144,6 +158,7 @@ impl TemplateFs {
     ) -> Result<&'b [u8], FsError> {
         let size = match handle {
             Handle::Template(file) => file.size(),
+            Handle::Diff(diff) => diff.size(),
             Handle::Blob { size, .. } => *size,
             Handle::Stats(text) => text.len() as u64,
             Handle::Dir(_) => return Err(FsError::IsADirectory),
@@ -161,6 +176,12 @@ impl TemplateFs {
                 let n = file.read_at(out, offset).map_err(|e| {
                     FsError::template(file.build_id(), file.file(), Some(offset), e)
                 })?;
+                Ok(&out[..n])
+            }
+            Handle::Diff(diff) => {
+                let n = diff
+                    .read_at(out, offset)
+                    .map_err(|e| FsError::diff(diff.build_id(), diff.file(), Some(offset), e))?;
                 Ok(&out[..n])
             }
             Handle::Blob { build, blob, .. } => {
