@@ -5,7 +5,8 @@
 //! Layers, each depending only on those below it (ARCHITECTURE.md at the
 //! top of the repository describes them): `cli` → `fs` → `template` →
 //! `chunker` → `store` → `format`; `pack` is the write side and sits beside
-//! `template`. `codec` (frame compression and decoding) is pure like
+//! `template`; `peer` (E2B's ChunkService, serving diffs to other hosts) sits
+//! beside `fs` over `template`. `codec` (frame compression and decoding) is pure like
 //! `format` and shared by both sides; `sync` is the crate's lock policy.
 
 pub mod chunker;
@@ -15,6 +16,7 @@ pub mod format;
 pub mod fs;
 pub mod metrics;
 pub mod pack;
+pub mod peer;
 pub mod store;
 pub mod sync;
 pub mod template;

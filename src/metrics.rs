@@ -28,6 +28,10 @@ pub struct Stats {
     /// Uncompressed bytes placed in cache files.
     pub cached_bytes: AtomicU64,
     pub evictions: AtomicU64,
+    /// Streams started for peers (`ReadAtBuildSeekable`, `GetBuildBlob`).
+    pub peer_served_requests: AtomicU64,
+    /// Data bytes sent to peers.
+    pub peer_served_bytes: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -53,7 +57,7 @@ impl Stats {
     /// The counters in Prometheus text exposition format.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             (
                 "tdfs_reads_total",
                 "read calls on template files",
@@ -108,6 +112,16 @@ impl Stats {
                 "tdfs_cache_evictions_total",
                 "cached chunks or frames evicted",
                 &self.evictions,
+            ),
+            (
+                "tdfs_peer_served_requests_total",
+                "streams served to peers",
+                &self.peer_served_requests,
+            ),
+            (
+                "tdfs_peer_served_bytes_total",
+                "bytes sent to peers",
+                &self.peer_served_bytes,
             ),
         ];
         for (name, help, v) in counters {

@@ -86,6 +86,9 @@ pub enum FsError {
         #[source]
         source: io::Error,
     },
+    /// Starting the peer server (`--peer-listen`).
+    #[error(transparent)]
+    Peer(Box<crate::peer::PeerError>),
     /// Starting or running the daemon process (fork, pipe, signals).
     #[error("{0}")]
     Process(String),
@@ -184,6 +187,7 @@ impl ToErrno for FsError {
             | FsError::Mountpoint { .. }
             | FsError::Mount { .. }
             | FsError::File { .. }
+            | FsError::Peer(_)
             | FsError::Process(_) => Errno::EIO,
         }
     }

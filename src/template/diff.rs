@@ -77,11 +77,22 @@ impl DiffFile {
     /// `Chunker::read_blocks`).
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<usize, TemplateError> {
         let start = Instant::now();
-        let len = self.clamp(off, buf.len() as u64);
-        let result = self.chunker.read_blocks(&mut buf[..len as usize], off);
-        self.stats.record_read(len, start.elapsed(), result.is_ok());
-        result?;
-        Ok(len as usize)
+        let result = self.copy_at(buf, off);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.stats
+            .record_read(n as u64, start.elapsed(), result.is_ok());
+        result
+    }
+
+    /// `read_at` without counting a read of the mount: for a reader that
+    /// keeps its own counters (a peer).
+    ///
+    /// # Errors
+    /// As `read_at`.
+    pub fn copy_at(&self, buf: &mut [u8], off: u64) -> Result<usize, TemplateError> {
+        let len = self.clamp(off, buf.len() as u64) as usize;
+        self.chunker.read_blocks(&mut buf[..len], off)?;
+        Ok(len)
     }
 
     /// The bytes of `[off, off + len)` (cut at the end of the diff) as one

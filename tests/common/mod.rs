@@ -14,6 +14,8 @@
 //! - `garage`, `fake_gcs`: throwaway S3 and GCS servers on loopback.
 //! - `chunker`: a Chunker over a fault-injecting local store, and diff
 //!   objects the tests write themselves.
+//! - `peer`: mounts serving ChunkService, a gRPC client of it, and mTLS
+//!   certificates made with openssl.
 //! - `pack`: VM-like images and a local store for the pack and CLI tests.
 //!
 //! Benches include this module too (`#[path = "../tests/common/mod.rs"]`).
@@ -30,6 +32,7 @@ pub mod garage;
 pub mod mount;
 pub mod oracle;
 pub mod pack;
+pub mod peer;
 pub mod process;
 pub mod rng;
 pub mod tmpfs;
