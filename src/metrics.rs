@@ -61,6 +61,10 @@ pub struct Stats {
     /// Units whose cached bytes could not be read from the cache file
     /// (truncated or failing), dropped to be fetched again.
     pub cache_damaged_units: Arc<AtomicU64>,
+    /// Streams started for peers (`ReadAtBuildSeekable`, `GetBuildBlob`).
+    pub peer_served_requests: Arc<AtomicU64>,
+    /// Data bytes sent to peers.
+    pub peer_served_bytes: Arc<AtomicU64>,
     /// Bytes held in cache files now: placed minus evicted.
     pub cache_size: Gauge<u64, AtomicU64>,
     /// The cache budget (`--max-cache-size`) in bytes; 0 = no bound.
@@ -94,6 +98,8 @@ impl Default for Stats {
             cached_bytes: counter(),
             evictions: counter(),
             cache_damaged_units: counter(),
+            peer_served_requests: counter(),
+            peer_served_bytes: counter(),
             cache_size: Gauge::default(),
             cache_budget: Gauge::default(),
             read_latency,
@@ -169,6 +175,16 @@ impl Stats {
                 "cache_damaged_units",
                 "cached chunks or frames found unreadable in their cache file and dropped",
                 self.cache_damaged_units.clone(),
+            ),
+            (
+                "peer_served_requests",
+                "streams served to peers",
+                self.peer_served_requests.clone(),
+            ),
+            (
+                "peer_served_bytes",
+                "bytes sent to peers",
+                self.peer_served_bytes.clone(),
             ),
         ]);
         let r = &mut self.registry;

@@ -10,11 +10,13 @@
 //! mapping; `TemplateFile::read_in_place` hands out a range
 //! that lies in one mapping without copying it. `ReadAhead` is one reader's
 //! sequential-stream state; `TemplateFile::read_ahead` turns what it plans
-//! into fetches of the diffs the planned range maps to.
+//! into fetches of the diffs the planned range maps to. `DiffFile` is the
+//! diff view: one build's own diff, uncompressed, at storage offsets.
 
 mod blob;
 mod builds;
 mod cache_dir;
+mod diff;
 mod diffs;
 mod file;
 mod listing;
@@ -32,6 +34,7 @@ use crate::format::{Blob, FileKind, FormatError};
 use crate::store::StoreError;
 
 pub use builds::Builds;
+pub use diff::DiffFile;
 pub use file::{FileBytes, TemplateFile, own_compression};
 pub use listing::BuildContents;
 pub use readahead::{MAX_READAHEAD_BYTES, MAX_READAHEAD_UNITS, ReadAhead};
@@ -47,6 +50,15 @@ pub enum TemplateError {
         build: Uuid,
         file: FileKind,
         /// The store, for the message (`/srv/templates`, `s3://bucket/p`).
+        location: String,
+    },
+    /// No diff of its own for `file` (`Builds::open_diff`).
+    #[error(
+        "build {build} has no {file} diff of its own in {location} (its header maps no range to it: read the builds it names)"
+    )]
+    NoDiff {
+        build: Uuid,
+        file: FileKind,
         location: String,
     },
     #[error("build {build} has no {blob} in {location}")]

@@ -239,7 +239,7 @@ fn broken_and_missing_builds_affect_only_themselves() {
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect();
             names.sort();
-            assert_eq!(names, ["memfile", "rootfs.ext4", "snapfile"]);
+            assert_eq!(names, ["diff", "memfile", "rootfs.ext4", "snapfile"]);
             assert_eq!(
                 os_error(std::fs::metadata(corrupt_dir.join("memfile"))),
                 libc::EIO

@@ -13,6 +13,7 @@ use super::logging::init_logging;
 use super::readiness;
 use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs, Unmounted};
 use crate::metrics::MetricsEndpoint;
+use crate::peer::PeerListen;
 use crate::store::{self, Store, StoreLocation, StoreOptions, Throttle, ThrottleStore};
 use crate::template::{Builds, TemplateConfig};
 
@@ -123,6 +124,24 @@ pub struct MountArgs {
     /// unless the network is trusted.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve E2B's ChunkService to peers on ADDR:PORT: the builds' own
+    /// diffs, from this mount's cache. Plain text only on loopback unless
+    /// --peer-insecure; elsewhere mutual TLS (--peer-tls-*).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub peer_listen: Option<std::net::SocketAddr>,
+    /// This host's certificate (PEM) for --peer-listen's mutual TLS.
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --peer-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// The fleet's CA (PEM): peers must present a certificate it signed.
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// Serve peers in plain text on a non-loopback address (for networks
+    /// where E2B runs its peers in plain text).
+    #[arg(long)]
+    pub peer_insecure: bool,
 
     /// Benchmarks only (contrib/bench): slow every store read down by a
     /// first-byte latency and a per-request bandwidth, e.g. 20ms,100MB.
@@ -134,6 +153,14 @@ pub struct MountArgs {
 /// been unmounted (foreground).
 pub fn run(args: MountArgs) -> Result<(), FsError> {
     init_logging(&args)?;
+    let peer_listen = PeerListen::from_flags(
+        args.peer_listen,
+        args.peer_tls_cert.clone(),
+        args.peer_tls_key.clone(),
+        args.peer_tls_ca.clone(),
+        args.peer_insecure,
+    )
+    .map_err(|e| FsError::Peer(Box::new(e)))?;
     fs::check_fuse_device()?;
     let mountpoint = fs::prepare_mountpoint(&args.mountpoint)?;
     let store = absolute_store(&args.store);
@@ -142,6 +169,7 @@ pub fn run(args: MountArgs) -> Result<(), FsError> {
         store,
         mountpoint,
         cache_dir,
+        peer_listen,
         args,
     };
     if setup.args.foreground {
@@ -163,6 +191,8 @@ struct Setup {
     store: String,
     mountpoint: PathBuf,
     cache_dir: PathBuf,
+    /// `--peer-listen` and its TLS, checked.
+    peer_listen: Option<PeerListen>,
     args: MountArgs,
 }
 
@@ -294,6 +324,16 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     let options = FsOptions {
         uid: args.uid.unwrap_or(uid),
         gid: args.gid.unwrap_or(gid),
+    };
+    // Before the mount, so an address it cannot bind fails the mount; kept
+    // until serving ends.
+    let _peer_server = match &setup.peer_listen {
+        Some(listen) => Some(
+            listen
+                .start(builds.clone())
+                .map_err(|e| FsError::Peer(Box::new(e)))?,
+        ),
+        None => None,
     };
     let tree = Arc::new(TemplateFs::new(builds, options));
     let mount_options = MountOptions {

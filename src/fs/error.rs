@@ -41,6 +41,15 @@ pub enum FsError {
         #[source]
         source: Box<TemplateError>,
     },
+    /// A build's own diff (`<build>/diff/<file>`).
+    #[error("{build}/diff/{file}{}: {source}", at_offset(*.offset))]
+    Diff {
+        build: Uuid,
+        file: FileKind,
+        offset: Option<u64>,
+        #[source]
+        source: Box<TemplateError>,
+    },
     /// A blob of a build (`snapfile`, `metadata.json`).
     #[error("{build}/{blob}{}: {source}", at_offset(*.offset))]
     Blob {
@@ -81,6 +90,9 @@ pub enum FsError {
         #[source]
         source: io::Error,
     },
+    /// Starting the peer server (`--peer-listen`).
+    #[error(transparent)]
+    Peer(Box<crate::peer::PeerError>),
     /// Starting or running the daemon process (fork, pipe, signals, the
     /// metrics endpoint, readiness notices).
     #[error("{0}")]
@@ -96,6 +108,15 @@ impl FsError {
         source: TemplateError,
     ) -> Self {
         FsError::Template {
+            build,
+            file,
+            offset,
+            source: Box::new(source),
+        }
+    }
+
+    pub fn diff(build: Uuid, file: FileKind, offset: Option<u64>, source: TemplateError) -> Self {
+        FsError::Diff {
             build,
             file,
             offset,
@@ -138,7 +159,9 @@ pub trait ToErrno {
 impl ToErrno for TemplateError {
     fn errno(&self) -> Errno {
         match self {
-            TemplateError::NotFound { .. } | TemplateError::NoBlob { .. } => Errno::ENOENT,
+            TemplateError::NotFound { .. }
+            | TemplateError::NoBlob { .. }
+            | TemplateError::NoDiff { .. } => Errno::ENOENT,
             // A corrupt header, an unreachable store, a failed or timed out
             // fetch: the data exists but cannot be served right now.
             TemplateError::CorruptHeader { .. }
@@ -160,6 +183,7 @@ impl ToErrno for FsError {
             FsError::ReadOnly => Errno::EROFS,
             FsError::NoXattr(_) => Errno::NO_XATTR,
             FsError::Template { source, .. }
+            | FsError::Diff { source, .. }
             | FsError::Blob { source, .. }
             | FsError::List(source)
             | FsError::Probe { source, .. }
@@ -168,6 +192,7 @@ impl ToErrno for FsError {
             | FsError::Mountpoint { .. }
             | FsError::Mount { .. }
             | FsError::File { .. }
+            | FsError::Peer(_)
             | FsError::Process(_) => Errno::EIO,
         }
     }

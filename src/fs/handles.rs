@@ -14,7 +14,7 @@ use super::inode::{BuildDirFile, Node};
 use super::templatefs::{DirEntry, Opened, TemplateFs};
 use crate::format::Blob;
 use crate::sync;
-use crate::template::{ReadAhead, TemplateFile};
+use crate::template::{DiffFile, ReadAhead, TemplateFile};
 
 /// What an open handle reads from.
 pub(super) enum Handle {
@@ -25,6 +25,8 @@ pub(super) enum Handle {
         file: Arc<TemplateFile>,
         read_ahead: ReadAhead,
     },
+    /// A build's own diff.
+    Diff(DiffFile),
     Blob {
         build: Uuid,
         blob: Blob,
@@ -92,7 +94,7 @@ impl TemplateFs {
             return Err(FsError::ReadOnly);
         }
         let (handle, flags) = match self.node(ino)? {
-            Node::Root | Node::Build(_) => return Err(FsError::IsADirectory),
+            Node::Root | Node::Build(_) | Node::DiffDir(_) => return Err(FsError::IsADirectory),
             // Direct I/O: the size is not known before the content exists.
             Node::Stats => (
                 Handle::Stats(self.builds.stats().render_prometheus().into_bytes()),
@@ -106,6 +108,10 @@ impl TemplateFs {
                     FopenFlags::FOPEN_KEEP_CACHE,
                 )
             }
+            Node::Diff(build, kind) => (
+                Handle::Diff(self.open_diff(build, kind)?),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Node::File(build, BuildDirFile::Blob(blob)) => {
                 let size = self.blob_size(build, blob)?;
                 (
@@ -143,6 +149,14 @@ impl TemplateFs {
                 return Ok(reply(&bytes));
             }
         }
+        if let Handle::Diff(diff) = &*handle {
+            let in_place = diff
+                .read_in_place(offset, u64::from(len))
+                .map_err(|e| FsError::diff(diff.build_id(), diff.file(), Some(offset), e))?;
+            if let Some(block) = in_place {
+                return Ok(reply(&block));
+            }
+        }
         self.read_copy(&handle, offset, len, buf).map(reply)
     }
 
@@ -155,6 +169,7 @@ impl TemplateFs {
     ) -> Result<&'b [u8], FsError> {
         let size = match handle {
             Handle::Template { file, .. } => file.size(),
+            Handle::Diff(diff) => diff.size(),
             Handle::Blob { size, .. } => *size,
             Handle::Stats(text) => text.len() as u64,
             Handle::Dir(_) => return Err(FsError::IsADirectory),
@@ -172,6 +187,12 @@ impl TemplateFs {
                 let n = file.read_at(out, offset).map_err(|e| {
                     FsError::template(file.build_id(), file.file(), Some(offset), e)
                 })?;
+                Ok(&out[..n])
+            }
+            Handle::Diff(diff) => {
+                let n = diff
+                    .read_at(out, offset)
+                    .map_err(|e| FsError::diff(diff.build_id(), diff.file(), Some(offset), e))?;
                 Ok(&out[..n])
             }
             Handle::Blob { build, blob, .. } => {

@@ -12,12 +12,19 @@ use crate::sync;
 pub const ROOT_INO: u64 = 1;
 pub const STATS_INO: u64 = 2;
 /// The first build directory's inode; each build owns `SLOTS` inodes from
-/// there: its directory, then one per `BuildDirFile`.
+/// there: its directory, one per `BuildDirFile`, its `diff` directory and
+/// one per file in it.
 const FIRST_BUILD_INO: u64 = 16;
 const SLOTS: u64 = 8;
 
 /// The name of the statistics file in the root.
 pub const STATS_NAME: &str = ".stats";
+
+/// The name of a build's directory of its own diffs.
+pub const DIFF_DIR_NAME: &str = "diff";
+/// Slot of a build's `diff` directory; its files follow, in `FileKind::ALL`
+/// order.
+const DIFF_DIR_SLOT: u64 = 5;
 
 /// A file of a build directory: a template file or a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,6 +75,10 @@ pub enum Node {
     Stats,
     Build(Uuid),
     File(Uuid, BuildDirFile),
+    /// A build's `diff` directory.
+    DiffDir(Uuid),
+    /// `diff/memfile` or `diff/rootfs.ext4`: the build's own diff.
+    Diff(Uuid, FileKind),
 }
 
 /// Builds get inodes in the order they are first seen, and keep them.
@@ -105,15 +116,27 @@ impl InodeTable {
     }
 
     /// Inodes handed out so far: the root, `.stats`, and each build seen
-    /// with its directory and every file it may hold.
+    /// with its directory, every file it may hold, its `diff` directory and
+    /// the diff files in it.
     pub fn known(&self) -> u64 {
         let builds = sync::read(&self.inner).ids.len() as u64;
-        2 + builds * (1 + BuildDirFile::ALL.len() as u64)
+        2 + builds * (1 + BuildDirFile::ALL.len() as u64 + 1 + FileKind::ALL.len() as u64)
     }
 
     /// The inode of `file` in the directory `build_ino`.
     pub fn file_ino(build_ino: u64, file: BuildDirFile) -> u64 {
         build_ino + file.slot()
+    }
+
+    /// The inode of the `diff` directory of the build directory `build_ino`.
+    pub fn diff_dir_ino(build_ino: u64) -> u64 {
+        build_ino + DIFF_DIR_SLOT
+    }
+
+    /// The inode of `diff/<file>` in the build directory `build_ino`.
+    pub fn diff_ino(build_ino: u64, file: FileKind) -> u64 {
+        let index = FileKind::ALL.iter().position(|f| *f == file).unwrap_or(0);
+        build_ino + DIFF_DIR_SLOT + 1 + index as u64
     }
 
     /// What `ino` is; None for inodes never handed out.
@@ -130,10 +153,13 @@ impl InodeTable {
             let inner = sync::read(&self.inner);
             *inner.ids.get(usize::try_from(index).ok()?)?
         };
-        if slot == 0 {
-            Some(Node::Build(build))
-        } else {
-            BuildDirFile::from_slot(slot).map(|f| Node::File(build, f))
+        match slot {
+            0 => Some(Node::Build(build)),
+            DIFF_DIR_SLOT => Some(Node::DiffDir(build)),
+            _ if slot > DIFF_DIR_SLOT => FileKind::ALL
+                .get((slot - DIFF_DIR_SLOT - 1) as usize)
+                .map(|f| Node::Diff(build, *f)),
+            _ => BuildDirFile::from_slot(slot).map(|f| Node::File(build, f)),
         }
     }
 }
@@ -157,12 +183,21 @@ mod tests {
             assert_eq!(table.node(ino), Some(Node::File(b, f)));
             assert_eq!(BuildDirFile::from_name(f.name()), Some(f));
         }
-        assert_eq!(table.known(), 2 + 2 * 5);
+        let diff_dir = InodeTable::diff_dir_ino(ib);
+        assert_eq!(table.node(diff_dir), Some(Node::DiffDir(b)));
+        for f in FileKind::ALL {
+            let ino = InodeTable::diff_ino(ib, f);
+            assert!(
+                ino > diff_dir && ino < ib + SLOTS,
+                "inside the build's slots"
+            );
+            assert_eq!(table.node(ino), Some(Node::Diff(b, f)));
+        }
+        assert_eq!(table.known(), 2 + 2 * 8);
         assert_eq!(table.node(ROOT_INO), Some(Node::Root));
         assert_eq!(table.node(STATS_INO), Some(Node::Stats));
         assert_eq!(table.node(0), None);
         assert_eq!(table.node(5), None);
-        assert_eq!(table.node(ib + 7), None);
         assert_eq!(table.node(ib + SLOTS), None);
         assert_eq!(table.node(u64::MAX), None);
         assert_eq!(BuildDirFile::from_name("memfile.header"), None);

@@ -1,6 +1,7 @@
 //! The filesystem as the kernel sees it, minus the kernel: a tree of nodes
 //! over `Builds` (root → build directories → template files and blobs, plus
-//! `.stats`), their attributes, directory listings and extended attributes.
+//! `.stats`; each build directory with a header also has `diff/`, the
+//! build's own diffs as files), their attributes, directory listings and extended attributes.
 //! Open handles and reads are in `handles`. Every call returns a `Result`
 //! the FUSE adapter replies with, so all of it can be driven by tests
 //! without a mount.
@@ -14,10 +15,12 @@ use uuid::Uuid;
 
 use super::error::FsError;
 use super::handles::{Handle, HandleTable};
-use super::inode::{BuildDirFile, InodeTable, Node, ROOT_INO, STATS_INO, STATS_NAME};
+use super::inode::{
+    BuildDirFile, DIFF_DIR_NAME, InodeTable, Node, ROOT_INO, STATS_INO, STATS_NAME,
+};
 use super::xattr;
 use crate::format::{Blob, FileKind, Header, parse_build_id};
-use crate::template::{BuildContents, Builds, TemplateFile};
+use crate::template::{BuildContents, Builds, DiffFile, TemplateError, TemplateFile};
 
 #[cfg(test)]
 mod tests;
@@ -96,12 +99,24 @@ impl TemplateFs {
                 let ino = self.inodes.build_ino(build);
                 self.entry(ino, Node::Build(build))
             }
+            Node::Build(build) if name == DIFF_DIR_NAME => {
+                let ino = InodeTable::diff_dir_ino(self.inodes.build_ino(build));
+                self.entry(ino, Node::DiffDir(build))
+            }
             Node::Build(build) => {
                 let file = BuildDirFile::from_name(name).ok_or_else(|| FsError::NoEntry(text()))?;
                 let ino = InodeTable::file_ino(self.inodes.build_ino(build), file);
                 self.entry(ino, Node::File(build, file))
             }
-            Node::Stats | Node::File(..) => Err(FsError::NotADirectory),
+            Node::DiffDir(build) => {
+                let file = FileKind::ALL
+                    .into_iter()
+                    .find(|f| f.name() == name)
+                    .ok_or_else(|| FsError::NoEntry(text()))?;
+                let ino = InodeTable::diff_ino(self.inodes.build_ino(build), file);
+                self.entry(ino, Node::Diff(build, file))
+            }
+            Node::Stats | Node::File(..) | Node::Diff(..) => Err(FsError::NotADirectory),
         }
     }
 
@@ -147,9 +162,33 @@ impl TemplateFs {
                         entries.push(dir_entry(file_ino, FileType::RegularFile, file.name()));
                     }
                 }
+                if has_diff_dir(&contents) {
+                    let dir_ino = InodeTable::diff_dir_ino(ino);
+                    entries.push(dir_entry(dir_ino, FileType::Directory, DIFF_DIR_NAME));
+                }
                 entries
             }
-            Node::Stats | Node::File(..) => return Err(FsError::NotADirectory),
+            Node::DiffDir(build) => {
+                let build_ino = self.inodes.build_ino(build);
+                let mut entries = vec![
+                    dir_entry(ino, FileType::Directory, "."),
+                    dir_entry(build_ino, FileType::Directory, ".."),
+                ];
+                for file in FileKind::ALL {
+                    // Only the diffs the build has: a header that maps
+                    // nothing to its own build has none.
+                    match self.builds.open_diff(build, file) {
+                        Ok(_) => {
+                            let diff_ino = InodeTable::diff_ino(build_ino, file);
+                            entries.push(dir_entry(diff_ino, FileType::RegularFile, file.name()));
+                        }
+                        Err(TemplateError::NoDiff { .. } | TemplateError::NotFound { .. }) => {}
+                        Err(e) => return Err(FsError::diff(build, file, None, e)),
+                    }
+                }
+                entries
+            }
+            Node::Stats | Node::File(..) | Node::Diff(..) => return Err(FsError::NotADirectory),
         };
         Ok(Opened {
             fh: self.handles.add(Handle::Dir(entries)),
@@ -193,6 +232,17 @@ impl TemplateFs {
         let (kind, size, blksize, ttl) = match node {
             Node::Root => (FileType::Directory, 0, 4096, self.builds.listing_ttl()),
             Node::Build(_) => (FileType::Directory, 0, 4096, IMMUTABLE_TTL),
+            Node::DiffDir(build) => {
+                if !has_diff_dir(&self.contents(build)?) {
+                    return Err(FsError::NoEntry(DIFF_DIR_NAME.to_string()));
+                }
+                (FileType::Directory, 0, 4096, IMMUTABLE_TTL)
+            }
+            Node::Diff(build, kind) => {
+                let diff = self.open_diff(build, kind)?;
+                let blksize = u32::try_from(diff.block_size()).unwrap_or(u32::MAX);
+                (FileType::RegularFile, diff.size(), blksize, IMMUTABLE_TTL)
+            }
             // Size 0 like procfs: `.stats` is opened with direct I/O.
             Node::Stats => (FileType::RegularFile, 0, 4096, Duration::ZERO),
             // The header has the size: no diff is opened, nothing is
@@ -250,6 +300,12 @@ impl TemplateFs {
             .map_err(|e| FsError::template(build, kind, None, e))
     }
 
+    pub(super) fn open_diff(&self, build: Uuid, kind: FileKind) -> Result<DiffFile, FsError> {
+        self.builds
+            .open_diff(build, kind)
+            .map_err(|e| FsError::diff(build, kind, None, e))
+    }
+
     /// The size of `build`'s `blob` as last probed; ENOENT when it has none.
     pub(super) fn blob_size(&self, build: Uuid, blob: Blob) -> Result<u64, FsError> {
         self.contents(build)?
@@ -262,6 +318,12 @@ impl TemplateFs {
             .contents(build)
             .map_err(|e| FsError::probe(build, e))
     }
+}
+
+/// A build directory shows `diff/` when the build has a header: only a
+/// header says whether the build has a diff of its own.
+fn has_diff_dir(contents: &BuildContents) -> bool {
+    FileKind::ALL.into_iter().any(|f| contents.has_header(f))
 }
 
 fn dir_entry(ino: u64, kind: FileType, name: &str) -> DirEntry {

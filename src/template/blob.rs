@@ -1,5 +1,5 @@
-//! The blobs of a build (`snapfile`, `metadata.json`): objects read as they
-//! are stored, with no header or diff behind them, so a read goes straight
+//! The blobs of a build (`snapfile`, `metadata.json`, and headers as a peer
+//! passes them on): objects read as they are stored, with no header or diff behind them, so a read goes straight
 //! to the store and nothing is cached.
 
 use std::time::Instant;
@@ -7,7 +7,8 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use super::{Builds, TemplateError};
-use crate::format::{Blob, ObjectKey};
+use crate::format::limits::MAX_HEADER_LEN;
+use crate::format::{Blob, FileKind, ObjectKey};
 use crate::store::StoreError;
 
 impl Builds {
@@ -62,6 +63,27 @@ impl Builds {
         max_len: u64,
     ) -> Result<Option<Vec<u8>>, TemplateError> {
         match self.store.read_all(&ObjectKey::blob(build, blob), max_len) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The header object of `build`'s `file` as stored (E2B peers pass
+    /// headers on as blobs), None when it does not exist.
+    ///
+    /// # Errors
+    /// `TemplateError::Store` when it is over `MAX_HEADER_LEN` bytes or
+    /// cannot be read.
+    pub fn read_header_object(
+        &self,
+        build: Uuid,
+        file: FileKind,
+    ) -> Result<Option<Vec<u8>>, TemplateError> {
+        match self
+            .store
+            .read_all(&ObjectKey::header(build, file), MAX_HEADER_LEN)
+        {
             Ok(bytes) => Ok(Some(bytes)),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),

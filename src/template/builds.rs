@@ -232,7 +232,7 @@ impl Builds {
     /// `referrer`. The frame table comes from the build's own header when it
     /// has one (a referrer may carry a sparse table, or none at all), merged
     /// with the referrer's entry; without any table the diff is uncompressed.
-    fn diff(
+    pub(super) fn diff(
         &self,
         build: Uuid,
         file: FileKind,

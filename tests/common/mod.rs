@@ -16,6 +16,8 @@
 //!   objects the tests write themselves.
 //! - `builds`: builds a test writes itself (any header version, mappings
 //!   and diffs), for cases the fixture stores do not have.
+//! - `peer`: mounts serving ChunkService, a gRPC client of it, and mTLS
+//!   certificates made with openssl.
 //! - `pack`: VM-like images and a local store for the pack and CLI tests.
 //!
 //! Benches include this module too (`#[path = "../tests/common/mod.rs"]`).
@@ -33,6 +35,7 @@ pub mod garage;
 pub mod mount;
 pub mod oracle;
 pub mod pack;
+pub mod peer;
 pub mod process;
 pub mod rng;
 pub mod tmpfs;

@@ -74,7 +74,8 @@ fn tree_attributes_and_listing() {
             "memfile",
             "rootfs.ext4",
             "snapfile",
-            "metadata.json"
+            "metadata.json",
+            "diff"
         ]
     );
 
@@ -227,9 +228,66 @@ fn statfs_shows_cache_use_and_known_inodes() {
     let after = fs.statfs();
     assert_eq!(
         after.files,
-        2 + 5,
-        "one build seen: its directory and files"
+        2 + 8,
+        "one build seen: its directory, files, diff directory and diff files"
     );
     let used = after.blocks - after.free;
     assert!(used >= (1 << 20) / 4096, "used grows with reads: {after:?}");
+}
+
+#[test]
+fn diff_directory_shows_the_builds_own_diffs() {
+    let cache = tempfile::tempdir().unwrap();
+    let fs = fixture_fs(cache.path());
+    let dir = fs.lookup(ROOT_INO, OsStr::new(LAYER)).unwrap().attr.ino.0;
+    let diff_dir = fs.lookup(dir, OsStr::new("diff")).unwrap();
+    assert_eq!(diff_dir.attr.kind, FileType::Directory);
+    assert_eq!(diff_dir.attr.perm, 0o555);
+    let opened = fs.opendir(diff_dir.attr.ino.0).unwrap();
+    let entries = fs.readdir(opened.fh, 0).unwrap();
+    assert_eq!(names(&entries), [".", "..", "memfile", "rootfs.ext4"]);
+    assert_eq!(entries[1].ino, dir, "`..` is the build directory");
+    fs.release(opened.fh);
+
+    let diff = fs
+        .lookup(diff_dir.attr.ino.0, OsStr::new("memfile"))
+        .unwrap();
+    // The layer's own memfile diff in the v4-zstd fixture: one 2 MiB block.
+    assert_eq!(diff.attr.size, 2 << 20);
+    assert_eq!(diff.attr.kind, FileType::RegularFile);
+    assert_eq!(diff.attr.perm, 0o444);
+    let ino = diff.attr.ino.0;
+    assert_eq!(
+        fs.open(ino, libc::O_RDWR).unwrap_err().errno(),
+        fuser::Errno::EROFS
+    );
+    let opened = fs.open(ino, libc::O_RDONLY).unwrap();
+    let mut buf = Vec::new();
+    let whole = fs
+        .read(opened.fh, 0, 4 << 20, &mut buf, <[u8]>::to_vec)
+        .unwrap();
+    assert_eq!(whole.len(), 2 << 20, "cut at the end of the diff");
+    let part = fs
+        .read(opened.fh, 4097, 10_000, &mut buf, <[u8]>::to_vec)
+        .unwrap();
+    assert_eq!(part, &whole[4097..14_097]);
+    assert!(
+        fs.read(opened.fh, 2 << 20, 10, &mut buf, <[u8]>::to_vec)
+            .unwrap()
+            .is_empty()
+    );
+    fs.release(opened.fh);
+
+    let enoent = |parent, name: &str| fs.lookup(parent, OsStr::new(name)).unwrap_err().errno();
+    assert_eq!(
+        enoent(diff_dir.attr.ino.0, "snapfile"),
+        fuser::Errno::ENOENT
+    );
+    assert_eq!(enoent(ino, "x"), fuser::Errno::ENOTDIR);
+    assert_eq!(
+        fs.open(diff_dir.attr.ino.0, libc::O_RDONLY)
+            .unwrap_err()
+            .errno(),
+        fuser::Errno::EISDIR
+    );
 }

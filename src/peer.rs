@@ -1,0 +1,55 @@
+//! The peer edge: E2B's ChunkService (gRPC, `proto/chunk_service.proto`),
+//! through which hosts mounting the same store serve each other the bytes
+//! of builds' own diffs from their caches. `server` answers the service
+//! from the mount's `Builds` (a peer's read is a read of the diff view,
+//! single-flight with the mount's own readers); `listen` checks who may
+//! connect (plain text on loopback only, unless told otherwise; mutual TLS
+//! elsewhere) and runs the server on its own small tokio runtime, the only
+//! async code of the read side besides the object store client.
+
+mod listen;
+mod server;
+
+pub use listen::{PeerListen, PeerServer, TlsFiles};
+pub use server::{ChunkServer, MAX_MESSAGE_DATA};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The code generated from `proto/chunk_service.proto` (no `package` line,
+/// so method paths are `/ChunkService/<Method>`). Public so tests and other
+/// tools can use its client.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("_");
+}
+
+/// Why the peer server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error(
+        "--peer-listen {addr}: plain-text gRPC is served only on loopback, and template memory holds customers' data (give --peer-tls-cert, --peer-tls-key and --peer-tls-ca for mutual TLS, or --peer-insecure on a network you trust)"
+    )]
+    PlainTextOffLoopback { addr: SocketAddr },
+    #[error(
+        "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together (mutual TLS needs this host's certificate, its key and the fleet's CA): give all three"
+    )]
+    PartialTls,
+    #[error("--peer-tls-* given without --peer-listen: there is no server to secure")]
+    TlsWithoutListen,
+    #[error("{what} {}: {source} (check the path and its permissions)", .path.display())]
+    ReadTls {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--peer-listen {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("peer server: {0}")]
+    Server(String),
+}
