@@ -13,6 +13,7 @@ mod keys;
 pub mod limits;
 mod mapping;
 mod metadata;
+pub mod prefetch;
 mod varint;
 
 pub use error::FormatError;
