@@ -41,7 +41,8 @@
 //! (starting fetch sessions, read-ahead included), `fetch` (the fetch job:
 //! store read, decode, placing bytes in the cache), `full_disk` (the
 //! fallback when the cache disk is full), `verify` (the whole-diff SHA-256),
-//! `block` (the `Block` guard), `error`, and below them `layout`, `cache`,
+//! `block` (the `Block` guard), `prefetch` (fetches of a recorded working
+//! set, below readers and read-ahead), `error`, and below them `layout`, `cache`,
 //! `session`, `pool`, `scratch`, `budget`, `readahead`, `decode`.
 
 mod block;
@@ -53,6 +54,7 @@ mod full_disk;
 mod layout;
 mod lookup;
 mod pool;
+mod prefetch;
 mod queue;
 mod readahead;
 mod scratch;
@@ -61,7 +63,7 @@ mod verify;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -69,6 +71,7 @@ pub use block::Block;
 pub use budget::CacheBudget;
 pub use error::ChunkerError;
 pub use pool::FetchPool;
+pub use prefetch::PrefetchStart;
 
 use crate::format::limits::MAX_DIFF_SIZE;
 use crate::format::{Compression, FrameTable, ObjectKey, PAGE_SIZE};
@@ -169,6 +172,10 @@ struct Inner {
     checksum_checked: AtomicBool,
     /// The whole-diff check failed: nothing of this diff is served.
     checksum_failed: OnceLock<ChunkerError>,
+    /// Units prefetch brought in (see `prefetch`), made on first use.
+    prefetched: OnceLock<PresentBits>,
+    /// Prefetch fetches of this diff queued or running.
+    prefetching: AtomicUsize,
 }
 
 impl Chunker {
@@ -261,6 +268,8 @@ impl Chunker {
             expected_sha256: OnceLock::new(),
             checksum_checked: AtomicBool::new(false),
             checksum_failed: OnceLock::new(),
+            prefetched: OnceLock::new(),
+            prefetching: AtomicUsize::new(0),
         });
         if let Some(budget) = &config.cache_budget {
             budget.register(Arc::downgrade(&inner));

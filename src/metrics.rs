@@ -28,6 +28,12 @@ pub struct Stats {
     /// Uncompressed bytes placed in cache files.
     pub cached_bytes: AtomicU64,
     pub evictions: AtomicU64,
+    /// Fetches started by prefetch (replaying a trace).
+    pub prefetch_fetches: AtomicU64,
+    /// Uncompressed bytes prefetch placed in cache files.
+    pub prefetch_bytes: AtomicU64,
+    /// Chunker lookups answered from a unit prefetch fetched.
+    pub prefetch_hits: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -53,7 +59,7 @@ impl Stats {
     /// The counters in Prometheus text exposition format.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "tdfs_reads_total",
                 "read calls on template files",
@@ -108,6 +114,21 @@ impl Stats {
                 "tdfs_cache_evictions_total",
                 "cached chunks or frames evicted",
                 &self.evictions,
+            ),
+            (
+                "tdfs_prefetch_fetches_total",
+                "fetches started by prefetch",
+                &self.prefetch_fetches,
+            ),
+            (
+                "tdfs_prefetch_bytes_total",
+                "uncompressed bytes prefetch placed in cache files",
+                &self.prefetch_bytes,
+            ),
+            (
+                "tdfs_prefetch_hits_total",
+                "block lookups served from prefetched data",
+                &self.prefetch_hits,
             ),
         ];
         for (name, help, v) in counters {

@@ -15,6 +15,7 @@ mod builds;
 mod cache_dir;
 mod file;
 mod listing;
+mod prefetch;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -30,6 +31,7 @@ use crate::store::StoreError;
 pub use builds::Builds;
 pub use file::{FileBytes, TemplateFile};
 pub use listing::BuildContents;
+pub use prefetch::{PrefetchConfig, PrefetchState, recording_path};
 
 /// Why a template file, a blob or the listing could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,8 @@ pub struct TemplateConfig {
     /// How long the build listing, and the probe of a build that misses
     /// objects, are trusted before the store is asked again.
     pub listing_ttl: Duration,
+    /// Replaying recorded working sets when a template file is opened.
+    pub prefetch: PrefetchConfig,
 }
 
 impl TemplateConfig {
@@ -103,6 +107,8 @@ impl TemplateConfig {
             verify_checksums: false,
             // A tool asks once and exits: nothing to keep.
             listing_ttl: Duration::ZERO,
+            // A tool reads what it reads, once.
+            prefetch: PrefetchConfig::default(),
         }
     }
 }

@@ -14,7 +14,7 @@ use log::LevelFilter;
 use super::daemon::{self, block_stop_signals, signal_name, wait_for_signals};
 use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs};
 use crate::store::{self, Store, StoreLocation, StoreOptions, Throttle, ThrottleStore};
-use crate::template::{Builds, TemplateConfig};
+use crate::template::{Builds, PrefetchConfig, TemplateConfig};
 
 /// How long the root listing is trusted (new builds show up within it).
 const LISTING_TTL: Duration = Duration::from_secs(5);
@@ -116,6 +116,22 @@ pub struct MountArgs {
     #[arg(long, value_name = "N", default_value_t = READAHEAD_CHUNKS)]
     pub readahead: usize,
 
+    /// Replay each build's recorded working set (metadata.json's
+    /// `prefetch`) into the cache when its memfile or rootfs.ext4 is first
+    /// opened, below every read and read-ahead.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    pub prefetch: bool,
+
+    /// Most bytes one build may prefetch, e.g. 2GiB; 0 = no bound.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = super::parse_size)]
+    pub prefetch_max: u64,
+
+    /// Also replay recordings DIR/<build>/<file>.prefetch.json (as
+    /// `--record-prefetch` writes them) for builds whose metadata lists
+    /// none.
+    #[arg(long, value_name = "DIR")]
+    pub prefetch_dir: Option<PathBuf>,
+
     /// Benchmarks only (contrib/bench): slow every store read down by a
     /// first-byte latency and a per-request bandwidth, e.g. 20ms,100MB.
     #[arg(long, hide = true, value_name = "LATENCY,BANDWIDTH", value_parser = Throttle::parse)]
@@ -124,12 +140,24 @@ pub struct MountArgs {
 
 /// Run `tdfs mount`: returns once the mount is up (daemon) or after it has
 /// been unmounted (foreground).
-pub fn run(args: MountArgs) -> Result<(), FsError> {
+pub fn run(mut args: MountArgs) -> Result<(), FsError> {
     init_logging(&args)?;
     fs::check_fuse_device()?;
     let mountpoint = fs::prepare_mountpoint(&args.mountpoint)?;
     let store = absolute_store(&args.store);
     let cache_dir = cache_root(args.cache_dir.as_deref())?;
+    // Absolute: the daemon changes directory to `/`.
+    args.prefetch_dir = args
+        .prefetch_dir
+        .as_deref()
+        .map(|d| {
+            std::path::absolute(d).map_err(|source| FsError::File {
+                what: "prefetch directory",
+                path: d.to_path_buf(),
+                source,
+            })
+        })
+        .transpose()?;
     let setup = Setup {
         store,
         mountpoint,
@@ -220,6 +248,11 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         fetch_workers: FETCH_WORKERS,
         verify_checksums: args.verify_checksums,
         listing_ttl: LISTING_TTL,
+        prefetch: PrefetchConfig {
+            enabled: args.prefetch,
+            max_bytes: args.prefetch_max,
+            dir: args.prefetch_dir.clone(),
+        },
     };
     let builds = Builds::new(store, config);
     // Made now, so a cache directory that cannot be made fails the mount.
@@ -262,6 +295,15 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
                 .unwrap_or(Ok(()))
                 .map_err(|source| FsError::Mount { path: setup.mountpoint.clone(), source })
         }
+    }
+}
+
+/// `on` or `off` (`--prefetch`).
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{value:?}: say on or off")),
     }
 }
 

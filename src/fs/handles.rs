@@ -92,10 +92,11 @@ impl TemplateFs {
                 Handle::Stats(self.builds.stats().render_prometheus().into_bytes()),
                 FopenFlags::FOPEN_DIRECT_IO,
             ),
-            Node::File(build, BuildDirFile::Template(kind)) => (
-                Handle::Template(self.open_template(build, kind)?),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Node::File(build, BuildDirFile::Template(kind)) => {
+                let file = self.open_template(build, kind)?;
+                self.builds.start_prefetch(&file);
+                (Handle::Template(file), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Node::File(build, BuildDirFile::Blob(blob)) => {
                 let size = self.blob_size(build, blob)?;
                 (

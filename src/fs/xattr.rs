@@ -6,7 +6,7 @@ use crate::template::TemplateFile;
 const PREFIX: &str = "user.tdfs.";
 
 /// Attribute names without the prefix, in listing order.
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 8] = [
     "build_id",
     "base_build_id",
     "generation",
@@ -14,6 +14,7 @@ const NAMES: [&str; 7] = [
     "compression",
     "header_version",
     "cached_bytes",
+    "prefetch",
 ];
 
 /// The NUL-terminated list of attribute names of a template file.
@@ -39,6 +40,7 @@ pub fn value(file: &TemplateFile, name: &str) -> Option<String> {
         "compression" => file.compression().name().to_string(),
         "header_version" => file.header().version().to_string(),
         "cached_bytes" => file.cached_bytes().to_string(),
+        "prefetch" => file.prefetch_state().describe(),
         _ => return None,
     })
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::cache_dir::CacheDir;
 use super::listing::Listing;
+use super::prefetch::Prefetcher;
 use super::{TemplateConfig, TemplateError, TemplateFile};
 use crate::chunker::{CacheBudget, Chunker, ChunkerConfig, DiffSpec, FetchPool};
 use crate::format::limits::MAX_HEADER_LEN;
@@ -46,6 +47,9 @@ pub struct Builds {
     /// Held while `fetching` is made, so it is made once. Making it touches
     /// only the local disk, never the store.
     making_fetching: Mutex<()>,
+    /// Before `fetching`, so its threads are stopped before the cache
+    /// directory goes.
+    prefetcher: Prefetcher,
     /// Last, so its cache directory is removed after the Chunkers that
     /// delete their files in it.
     fetching: OnceLock<Fetching>,
@@ -56,9 +60,10 @@ impl Builds {
     /// listed, probed or opened.
     pub fn new(store: Arc<dyn Store>, config: TemplateConfig) -> Arc<Builds> {
         Arc::new(Builds {
-            store,
             stats: Arc::new(Stats::default()),
             listing: Listing::new(config.listing_ttl),
+            prefetcher: Prefetcher::new(config.prefetch.clone(), Arc::clone(&store)),
+            store,
             config,
             headers: Mutex::new(HashMap::new()),
             diffs: Mutex::new(HashMap::new()),
@@ -140,9 +145,16 @@ impl Builds {
             diffs,
             own,
             stats: self.stats.clone(),
+            prefetch: Default::default(),
         });
         let mut files = sync::lock(&self.files);
         Ok(files.entry((build, file)).or_insert(opened).clone())
+    }
+
+    /// Start replaying `file`'s recorded working set, the first time it is
+    /// opened for reading (see `template::prefetch`); later calls do nothing.
+    pub fn start_prefetch(&self, file: &Arc<TemplateFile>) {
+        self.prefetcher.start(file);
     }
 
     /// The decoded header of `build`'s `file`, loaded once. A build with a

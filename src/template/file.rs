@@ -10,6 +10,7 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use super::TemplateError;
+use super::prefetch::PrefetchState;
 use crate::chunker::{Block, Chunker};
 use crate::format::{Compression, FileKind, Header, ObjectKey, ObjectName};
 use crate::metrics::Stats;
@@ -46,6 +47,8 @@ pub struct TemplateFile {
     /// This build's own diff, when it has one.
     pub(super) own: Option<Arc<Chunker>>,
     pub(super) stats: Arc<Stats>,
+    /// Where replaying this file's recorded working set stands.
+    pub(super) prefetch: PrefetchState,
 }
 
 impl TemplateFile {
@@ -164,7 +167,7 @@ impl TemplateFile {
         Ok(len)
     }
 
-    fn chunker(&self, build: Uuid) -> Result<&Chunker, TemplateError> {
+    pub(super) fn chunker(&self, build: Uuid) -> Result<&Chunker, TemplateError> {
         self.diffs
             .iter()
             .find(|(id, _)| *id == build)
@@ -173,6 +176,11 @@ impl TemplateFile {
                 key: ObjectKey::header(self.build_id(), self.file).to_string(),
                 detail: format!("mapping references build {build} that was not resolved"),
             })
+    }
+
+    /// Where replaying this file's recorded working set stands.
+    pub fn prefetch_state(&self) -> &PrefetchState {
+        &self.prefetch
     }
 
     /// Bytes of this build's own diff held in the local cache.

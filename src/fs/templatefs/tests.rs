@@ -9,8 +9,8 @@ use fuser::{FileType, FopenFlags};
 use super::*;
 use crate::fs::ToErrno;
 use crate::fs::inode::{ROOT_INO, STATS_INO, STATS_NAME};
-use crate::template::TemplateConfig;
 use crate::template::testing::fixture_builds;
+use crate::template::{PrefetchConfig, TemplateConfig};
 
 /// A layer of the v4-zstd fixture and its base.
 const LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
@@ -25,6 +25,7 @@ fn fixture_fs(cache: &Path) -> TemplateFs {
         fetch_workers: 2,
         verify_checksums: false,
         listing_ttl: Duration::from_secs(5),
+        prefetch: PrefetchConfig::default(),
     };
     let options = FsOptions {
         uid: 1000,
