@@ -119,7 +119,8 @@ pub struct MountArgs {
     /// Replay each build's recorded working set (metadata.json's
     /// `prefetch`) into the cache when its memfile or rootfs.ext4 is first
     /// opened, below every read and read-ahead.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
     pub prefetch: bool,
 
     /// Most bytes one build may prefetch, e.g. 2GiB; 0 = no bound.
@@ -434,6 +435,18 @@ mod tests {
             .unwrap_or_default();
         assert!(help.contains("--readahead"), "{help}");
         assert!(!help.contains("bench-throttle"), "{help}");
+    }
+
+    #[test]
+    fn prefetch_flags() {
+        let plain = try_args(&[]).unwrap();
+        assert!(plain.prefetch);
+        assert_eq!((plain.prefetch_max, plain.prefetch_dir), (0, None));
+        let off = try_args(&["--prefetch", "off", "--prefetch-max", "1GiB"]).unwrap();
+        assert!(!off.prefetch);
+        assert_eq!(off.prefetch_max, 1 << 30);
+        let err = try_args(&["--prefetch", "yes"]).unwrap_err().to_string();
+        assert!(err.contains("say on or off"), "{err}");
     }
 
     #[test]

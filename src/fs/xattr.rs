@@ -13,8 +13,8 @@ const NAMES: [&str; 8] = [
     "block_size",
     "compression",
     "header_version",
-    "cached_bytes",
     "prefetch",
+    "cached_bytes",
 ];
 
 /// The NUL-terminated list of attribute names of a template file.

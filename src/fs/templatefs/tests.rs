@@ -179,6 +179,11 @@ fn reads_stats_and_xattrs() {
     assert_eq!(value("user.tdfs.block_size"), "2097152");
     assert_eq!(value("user.tdfs.compression"), "zstd");
     assert_eq!(value("user.tdfs.header_version"), "4");
+    // Opened for reading, on a `Builds` whose prefetch is off.
+    assert_eq!(
+        value("user.tdfs.prefetch"),
+        "skipped: prefetch is off (--prefetch off)"
+    );
     assert_eq!(
         fs.getxattr(memfile, OsStr::new("user.tdfs.nope"))
             .unwrap_err()
