@@ -98,12 +98,6 @@ impl Trace {
         before - self.indices.len()
     }
 
-    /// Keep only the first `n` blocks.
-    pub fn truncate(&mut self, n: usize) {
-        self.indices.truncate(n);
-        self.access_types.truncate(n);
-    }
-
     /// The trace as E2B's JSON object (`indices`, `access_types`,
     /// `block_size`).
     pub fn to_json(&self) -> Value {
