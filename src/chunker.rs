@@ -46,10 +46,10 @@
 //! (starting fetch sessions, read-ahead included), `fetch` (the fetch job:
 //! store read, decode, placing bytes in the cache), `full_disk` (the
 //! fallback when the cache disk is full), `damage` (a cache file that lost
-//! bytes), `verify` (the whole-diff SHA-256),
-//! `block` (the `Block` guard), `error`, and below them `layout`, `cache`,
-//! `session`, `pool`, `scratch`, `budget`. Frames are decoded by
-//! `crate::codec`.
+//! bytes), `verify` (the whole-diff SHA-256), `block` (the `Block` guard),
+//! `prefetch` (fetches of a recorded working set, below readers and
+//! read-ahead), `error`, and below them `layout`, `cache`, `session`,
+//! `pool`, `scratch`, `budget`. Frames are decoded by `crate::codec`.
 
 mod block;
 mod budget;
@@ -61,6 +61,7 @@ mod full_disk;
 mod layout;
 mod lookup;
 mod pool;
+mod prefetch;
 mod queue;
 mod scratch;
 mod session;
@@ -69,7 +70,7 @@ mod verify;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -77,6 +78,7 @@ pub use block::Block;
 pub use budget::CacheBudget;
 pub use error::ChunkerError;
 pub use pool::FetchPool;
+pub use prefetch::PrefetchStart;
 
 use crate::format::limits::MAX_DIFF_SIZE;
 use crate::format::{Compression, FrameTable, ObjectKey};
@@ -165,6 +167,10 @@ struct Inner {
     checksum_checked: AtomicBool,
     /// The whole-diff check failed: nothing of this diff is served.
     checksum_failed: OnceLock<ChunkerError>,
+    /// Units prefetch brought in (see `prefetch`), made on first use.
+    prefetched: OnceLock<PresentBits>,
+    /// Prefetch fetches of this diff queued or running.
+    prefetching: AtomicUsize,
 }
 
 impl Chunker {
@@ -249,6 +255,8 @@ impl Chunker {
             discard_epoch: AtomicU64::new(0),
             checksum_checked: AtomicBool::new(false),
             checksum_failed: OnceLock::new(),
+            prefetched: OnceLock::new(),
+            prefetching: AtomicUsize::new(0),
         });
         if let Some(budget) = &config.cache_budget {
             budget.register(Arc::downgrade(&inner));

@@ -15,6 +15,7 @@ mod keys;
 pub mod limits;
 mod mapping;
 mod metadata;
+pub mod prefetch;
 mod varint;
 
 pub use compression::Compression;

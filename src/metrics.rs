@@ -65,6 +65,12 @@ pub struct Stats {
     pub peer_served_requests: Arc<AtomicU64>,
     /// Data bytes sent to peers.
     pub peer_served_bytes: Arc<AtomicU64>,
+    /// Fetches started by prefetch (replaying a trace).
+    pub prefetch_fetches: Arc<AtomicU64>,
+    /// Uncompressed bytes prefetch placed in cache files.
+    pub prefetch_bytes: Arc<AtomicU64>,
+    /// Chunker lookups answered from a unit prefetch fetched.
+    pub prefetch_hits: Arc<AtomicU64>,
     /// Bytes held in cache files now: placed minus evicted.
     pub cache_size: Gauge<u64, AtomicU64>,
     /// The cache budget (`--max-cache-size`) in bytes; 0 = no bound.
@@ -100,6 +106,9 @@ impl Default for Stats {
             cache_damaged_units: counter(),
             peer_served_requests: counter(),
             peer_served_bytes: counter(),
+            prefetch_fetches: counter(),
+            prefetch_bytes: counter(),
+            prefetch_hits: counter(),
             cache_size: Gauge::default(),
             cache_budget: Gauge::default(),
             read_latency,
@@ -185,6 +194,21 @@ impl Stats {
                 "peer_served_bytes",
                 "bytes sent to peers",
                 self.peer_served_bytes.clone(),
+            ),
+            (
+                "prefetch_fetches",
+                "fetches started by prefetch",
+                self.prefetch_fetches.clone(),
+            ),
+            (
+                "prefetch_bytes",
+                "uncompressed bytes prefetch placed in cache files",
+                self.prefetch_bytes.clone(),
+            ),
+            (
+                "prefetch_hits",
+                "block lookups served from prefetched data",
+                self.prefetch_hits.clone(),
             ),
         ]);
         let r = &mut self.registry;

@@ -20,6 +20,7 @@ mod diff;
 mod diffs;
 mod file;
 mod listing;
+mod prefetch;
 mod readahead;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -37,6 +38,7 @@ pub use builds::Builds;
 pub use diff::DiffFile;
 pub use file::{FileBytes, TemplateFile, own_compression};
 pub use listing::BuildContents;
+pub use prefetch::{PrefetchConfig, recording_path};
 pub use readahead::{MAX_READAHEAD_BYTES, MAX_READAHEAD_UNITS, ReadAhead};
 
 /// Why a template file, a blob or the listing could not be read.
@@ -117,6 +119,8 @@ pub struct TemplateConfig {
     /// (each holds a cache file descriptor and a mapping); past it the least
     /// recently used is closed and its cached bytes dropped.
     pub max_idle_diffs: usize,
+    /// Replaying recorded working sets when a template file is opened.
+    pub prefetch: PrefetchConfig,
 }
 
 impl TemplateConfig {
@@ -134,6 +138,8 @@ impl TemplateConfig {
             listing_ttl: Duration::ZERO,
             // A tool reads one template file, with a handful of ancestors.
             max_idle_diffs: 16,
+            // A tool reads what it reads, once.
+            prefetch: PrefetchConfig::default(),
         }
     }
 }

@@ -18,7 +18,7 @@ use common::mount::{MountGuard, fuse_available};
 use common::process::run_ok;
 use tdfs::fs::{FsOptions, TemplateFs, ToErrno};
 use tdfs::store::LocalStore;
-use tdfs::template::{Builds, TemplateConfig};
+use tdfs::template::{Builds, PrefetchConfig, TemplateConfig};
 
 /// The base build of the v3-none fixture.
 const BASE: &str = "cd62c694-5fb3-4cd8-b26e-db3191758be8";
@@ -133,6 +133,7 @@ fn lookups_of_dot_dot_slash_and_nul_names_are_enoent() {
         verify_checksums: false,
         listing_ttl: Duration::from_secs(5),
         max_idle_diffs: 4,
+        prefetch: PrefetchConfig::default(),
     };
     let options = FsOptions { uid: 0, gid: 0 };
     let fs = TemplateFs::new(Builds::new(store, config), options);

@@ -62,6 +62,7 @@ impl Inner {
         let mut block = self.pin(&units);
         if self.range_present(&range, &units) {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.note_prefetch_hit(&units);
             return Ok(self.fill(block, &range, &units));
         }
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);

@@ -4,6 +4,7 @@
 //! readers.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Instant;
 
@@ -24,6 +25,8 @@ const QUEUE_PER_WORKER: usize = 4;
 pub struct FetchPool {
     jobs: Sender<Job>,
     workers: usize,
+    /// Prefetch fetches queued or running (see `try_start_prefetch`).
+    prefetching: AtomicUsize,
     /// Decode buffers, one per core (see `scratch`).
     pub(super) scratch: ScratchBuffers,
 }
@@ -62,6 +65,7 @@ impl FetchPool {
         std::sync::Arc::new(FetchPool {
             jobs,
             workers,
+            prefetching: AtomicUsize::new(0),
             scratch: ScratchBuffers::new(cores.min(workers)),
         })
     }
@@ -91,5 +95,30 @@ impl FetchPool {
             return Err(job);
         }
         self.jobs.try_send(job).map_err(|e| e.into_inner())
+    }
+
+    /// Most prefetch fetches queued or running at once: a quarter of the
+    /// workers, so three quarters are always free for readers and
+    /// read-ahead whatever a trace lists.
+    fn max_prefetching(&self) -> usize {
+        (self.workers / 4).max(1)
+    }
+
+    /// Claim a slot for one prefetch fetch: only when nothing else waits in
+    /// the queue (readers and read-ahead go first) and under
+    /// `max_prefetching`. Give it back with `end_prefetch`.
+    pub(super) fn try_start_prefetch(&self) -> bool {
+        if !self.jobs.is_empty() {
+            return false;
+        }
+        self.prefetching
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_prefetching()).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub(super) fn end_prefetch(&self) {
+        self.prefetching.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -15,7 +15,7 @@ use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs, Unmounted};
 use crate::metrics::MetricsEndpoint;
 use crate::peer::PeerListen;
 use crate::store::{self, Store, StoreLocation, StoreOptions, Throttle, ThrottleStore};
-use crate::template::{Builds, TemplateConfig};
+use crate::template::{Builds, PrefetchConfig, TemplateConfig};
 
 /// How long the root listing is trusted (new builds show up within it).
 const LISTING_TTL: Duration = Duration::from_secs(5);
@@ -142,6 +142,22 @@ pub struct MountArgs {
     /// where E2B runs its peers in plain text).
     #[arg(long)]
     pub peer_insecure: bool,
+    /// Replay each build's recorded working set (metadata.json's
+    /// `prefetch`) into the cache when its memfile or rootfs.ext4 is first
+    /// opened, below every read and read-ahead.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
+    pub prefetch: bool,
+
+    /// Most bytes one build may prefetch, e.g. 2GiB; 0 = no bound.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = super::parse_size)]
+    pub prefetch_max: u64,
+
+    /// Also replay recordings DIR/<build>/<file>.prefetch.json (as
+    /// `--record-prefetch` writes them) for builds whose metadata lists
+    /// none.
+    #[arg(long, value_name = "DIR")]
+    pub prefetch_dir: Option<PathBuf>,
 
     /// Benchmarks only (contrib/bench): slow every store read down by a
     /// first-byte latency and a per-request bandwidth, e.g. 20ms,100MB.
@@ -151,7 +167,7 @@ pub struct MountArgs {
 
 /// Run `tdfs mount`: returns once the mount is up (daemon) or after it has
 /// been unmounted (foreground).
-pub fn run(args: MountArgs) -> Result<(), FsError> {
+pub fn run(mut args: MountArgs) -> Result<(), FsError> {
     init_logging(&args)?;
     let peer_listen = PeerListen::from_flags(
         args.peer_listen,
@@ -165,6 +181,18 @@ pub fn run(args: MountArgs) -> Result<(), FsError> {
     let mountpoint = fs::prepare_mountpoint(&args.mountpoint)?;
     let store = absolute_store(&args.store);
     let cache_dir = cache_root(args.cache_dir.as_deref())?;
+    // Absolute: the daemon changes directory to `/`.
+    args.prefetch_dir = args
+        .prefetch_dir
+        .as_deref()
+        .map(|d| {
+            std::path::absolute(d).map_err(|source| FsError::File {
+                what: "prefetch directory",
+                path: d.to_path_buf(),
+                source,
+            })
+        })
+        .transpose()?;
     let setup = Setup {
         store,
         mountpoint,
@@ -313,6 +341,11 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         verify_checksums: args.verify_checksums,
         listing_ttl: LISTING_TTL,
         max_idle_diffs: idle_diff_limit(raise_open_file_limit()),
+        prefetch: PrefetchConfig {
+            enabled: args.prefetch,
+            max_bytes: args.prefetch_max,
+            dir: args.prefetch_dir.clone(),
+        },
     };
     let builds = Builds::new(store, config);
     // Made now, so a cache directory that cannot be made fails the mount.
@@ -381,6 +414,15 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
             log::info!("stopped serving {mountpoint}: it was unmounted");
             Ok(())
         }
+    }
+}
+
+/// `on` or `off` (`--prefetch`).
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{value:?}: say on or off")),
     }
 }
 
@@ -475,6 +517,18 @@ mod tests {
             .unwrap_or_default();
         assert!(help.contains("--readahead"), "{help}");
         assert!(!help.contains("bench-throttle"), "{help}");
+    }
+
+    #[test]
+    fn prefetch_flags() {
+        let plain = try_args(&[]).unwrap();
+        assert!(plain.prefetch);
+        assert_eq!((plain.prefetch_max, plain.prefetch_dir), (0, None));
+        let off = try_args(&["--prefetch", "off", "--prefetch-max", "1GiB"]).unwrap();
+        assert!(!off.prefetch);
+        assert_eq!(off.prefetch_max, 1 << 30);
+        let err = try_args(&["--prefetch", "yes"]).unwrap_err().to_string();
+        assert!(err.contains("say on or off"), "{err}");
     }
 
     #[test]

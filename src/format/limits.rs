@@ -23,3 +23,20 @@ pub const MAX_HEADER_LEN: u64 = 512 << 20;
 /// bounds a Chunker's present bitmap to 32 MiB whatever size a header
 /// claims.
 pub const MAX_DIFF_SIZE: u64 = 1 << 40;
+
+/// Largest `metadata.json` (or recorded prefetch trace file) read, in
+/// bytes: checked before anything is read. E2B's metadata is a few KiB plus
+/// its prefetch trace, under 20 bytes per block listed, so a trace of
+/// `MAX_PREFETCH_ENTRIES` fits.
+pub const MAX_METADATA_LEN: u64 = 32 << 20;
+
+/// Most blocks one prefetch trace lists (`prefetch.memory` or
+/// `prefetch.rootfs` of metadata.json, or a recording): later entries are
+/// ignored, so a trace never costs more than 8 bytes times this. With E2B's
+/// 4 KiB blocks it covers a 4 GiB working set; a recording stops noting
+/// first touches at this many.
+pub const MAX_PREFETCH_ENTRIES: usize = 1 << 20;
+
+/// Largest block size of a prefetch trace, in bytes (E2B writes the
+/// memfile's 4 KiB pages or 2 MiB huge pages).
+pub const MAX_PREFETCH_BLOCK_SIZE: u64 = 1 << 30;

@@ -103,6 +103,7 @@ impl TemplateFs {
             Node::File(build, BuildDirFile::Template(kind)) => {
                 let file = self.open_template(build, kind)?;
                 let read_ahead = file.read_ahead_state();
+                self.builds.start_prefetch(&file);
                 (
                     Handle::Template { file, read_ahead },
                     FopenFlags::FOPEN_KEEP_CACHE,

@@ -216,7 +216,8 @@ impl TemplateFs {
                 let name = name.to_str().ok_or_else(missing)?;
                 let header = self.header(build, kind)?;
                 let cached = || self.builds.cached_bytes(build, kind);
-                xattr::value(&header, cached, name)
+                let prefetch = || self.builds.prefetch_state(build, kind);
+                xattr::value(&header, cached, prefetch, name)
                     .map(String::into_bytes)
                     .ok_or_else(missing)
             }

@@ -7,13 +7,14 @@ use crate::template::own_compression;
 const PREFIX: &str = "user.tdfs.";
 
 /// Attribute names without the prefix, in listing order.
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 8] = [
     "build_id",
     "base_build_id",
     "generation",
     "block_size",
     "compression",
     "header_version",
+    "prefetch",
     "cached_bytes",
 ];
 
@@ -29,9 +30,15 @@ pub fn names() -> Vec<u8> {
 }
 
 /// The value of attribute `name` of the template file `header` describes,
-/// whose own diff has `cached_bytes()` bytes cached; None when it has no such
-/// attribute. Only the header is read: no diff is opened.
-pub fn value(header: &Header, cached_bytes: impl FnOnce() -> u64, name: &str) -> Option<String> {
+/// whose own diff has `cached_bytes()` bytes cached and whose prefetch stands
+/// as `prefetch()` says; None when it has no such attribute. Only the header
+/// is read: no diff is opened.
+pub fn value(
+    header: &Header,
+    cached_bytes: impl FnOnce() -> u64,
+    prefetch: impl FnOnce() -> String,
+    name: &str,
+) -> Option<String> {
     let meta = &header.metadata;
     Some(match name.strip_prefix(PREFIX)? {
         "build_id" => meta.build_id.to_string(),
@@ -41,6 +48,7 @@ pub fn value(header: &Header, cached_bytes: impl FnOnce() -> u64, name: &str) ->
         "compression" => own_compression(header).name().to_string(),
         "header_version" => header.version().to_string(),
         "cached_bytes" => cached_bytes().to_string(),
+        "prefetch" => prefetch(),
         _ => return None,
     })
 }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::cache_dir::CacheDir;
 use super::diffs::{Diffs, FileId};
 use super::listing::Listing;
+use super::prefetch::Prefetcher;
 use super::{TemplateConfig, TemplateError, TemplateFile};
 use crate::chunker::{CacheBudget, Chunker, ChunkerConfig, DiffSpec, FetchPool};
 use crate::format::limits::MAX_HEADER_LEN;
@@ -45,6 +46,9 @@ pub struct Builds {
     /// Held while `fetching` is made, so it is made once. Making it touches
     /// only the local disk, never the store.
     making_fetching: Mutex<()>,
+    /// Before `fetching`, so its threads are stopped before the cache
+    /// directory goes.
+    prefetcher: Prefetcher,
     /// Last, so its cache directory is removed after the Chunkers that
     /// delete their files in it.
     fetching: OnceLock<Fetching>,
@@ -58,6 +62,7 @@ impl Builds {
         stats.cache_budget.set(config.max_cache_size);
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, stats.clone()));
         Arc::new(Builds {
+            prefetcher: Prefetcher::new(config.prefetch.clone(), Arc::clone(&store)),
             store,
             stats,
             listing: Listing::new(config.listing_ttl),
@@ -158,6 +163,19 @@ impl Builds {
         self.diffs
             .live((build, file))
             .map_or(0, |c| c.cached_bytes())
+    }
+
+    /// Start replaying `file`'s recorded working set, the first time it is
+    /// opened for reading (see `template::prefetch`); later calls do nothing.
+    pub fn start_prefetch(&self, file: &Arc<TemplateFile>) {
+        self.prefetcher.start(file);
+    }
+
+    /// Where the prefetch of `build`'s `file` stands, as the
+    /// `user.tdfs.prefetch` xattr shows it (`none`, `running n/m`, `done`,
+    /// `skipped: why`). Never opens the file.
+    pub fn prefetch_state(&self, build: Uuid, file: FileKind) -> String {
+        self.prefetcher.describe(build, file)
     }
 
     /// The decoded header of `build`'s `file`, loaded once. A build with a

@@ -224,7 +224,7 @@ impl TemplateFile {
         range.end
     }
 
-    fn chunker(&self, build: Uuid) -> Result<&Chunker, TemplateError> {
+    pub(super) fn chunker(&self, build: Uuid) -> Result<&Chunker, TemplateError> {
         self.diffs
             .iter()
             .find(|(id, _)| *id == build)

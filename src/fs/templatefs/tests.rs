@@ -9,8 +9,8 @@ use fuser::{FileType, FopenFlags};
 use super::*;
 use crate::fs::ToErrno;
 use crate::fs::inode::{ROOT_INO, STATS_INO, STATS_NAME};
-use crate::template::TemplateConfig;
 use crate::template::testing::fixture_builds;
+use crate::template::{PrefetchConfig, TemplateConfig};
 
 /// A layer of the v4-zstd fixture and its base.
 const LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
@@ -26,6 +26,7 @@ fn fixture_fs(cache: &Path) -> TemplateFs {
         verify_checksums: false,
         listing_ttl: Duration::from_secs(5),
         max_idle_diffs: 4,
+        prefetch: PrefetchConfig::default(),
     };
     let options = FsOptions {
         uid: 1000,
@@ -180,6 +181,11 @@ fn reads_stats_and_xattrs() {
     assert_eq!(value("user.tdfs.block_size"), "2097152");
     assert_eq!(value("user.tdfs.compression"), "zstd");
     assert_eq!(value("user.tdfs.header_version"), "4");
+    // Opened for reading, on a `Builds` whose prefetch is off.
+    assert_eq!(
+        value("user.tdfs.prefetch"),
+        "skipped: prefetch is off (--prefetch off)"
+    );
     assert_eq!(
         fs.getxattr(memfile, OsStr::new("user.tdfs.nope"))
             .unwrap_err()

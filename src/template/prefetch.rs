@@ -1,0 +1,337 @@
+//! Prefetch: when a template file is first opened on a mount, fetch the
+//! blocks its build's recorded working set lists, in list order, into the
+//! cache, so a VM resumed from it finds them there (the REAP idea: a
+//! snapshot's working set is small and stable across runs, so fetching it
+//! eagerly beats faulting it in page by page).
+//!
+//! The trace comes from the build's `metadata.json` (`prefetch.memory`,
+//! E2B's, or `prefetch.rootfs`, tdfs's own; see `format::prefetch`), else
+//! from a local recording `<prefetch dir>/<build>/<file>.prefetch.json`.
+//! One thread per template file walks the trace, maps each block through
+//! the header's mappings and asks the diff's Chunker to queue its units
+//! (`Chunker::prefetch`, below every reader and read-ahead fetch); while
+//! the pool has no room for prefetch it waits `BUSY_WAIT` and asks again.
+//! `--prefetch-max` bounds the bytes queued per build. A trace that cannot
+//! be used is one warning naming the build; the mount serves as without it.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::TemplateFile;
+use crate::chunker::PrefetchStart;
+use crate::format::limits::MAX_METADATA_LEN;
+use crate::format::prefetch::{self, Parsed};
+use crate::format::{Blob, FileKind, ObjectKey};
+use crate::store::{Store, StoreError};
+use crate::sync;
+
+/// How long prefetch waits for room in the fetch pool before asking again.
+/// Short against a store request (tens of ms to first byte on object
+/// stores), so the pool's prefetch slots never stay idle for long.
+const BUSY_WAIT: Duration = Duration::from_millis(2);
+
+/// Settings of prefetch on a mount.
+#[derive(Debug, Clone, Default)]
+pub struct PrefetchConfig {
+    /// Replay traces at all (`--prefetch on|off`).
+    pub enabled: bool,
+    /// Bytes of fetch units one build may prefetch (`--prefetch-max`); 0 =
+    /// no bound.
+    pub max_bytes: u64,
+    /// Local recordings replayed for builds whose metadata lists none
+    /// (`--prefetch-dir`).
+    pub dir: Option<PathBuf>,
+}
+
+/// Where a template file's prefetch stands, as the `user.tdfs.prefetch`
+/// xattr shows it.
+#[derive(Debug, Default)]
+pub struct PrefetchState {
+    started: AtomicBool,
+    phase: Mutex<Phase>,
+    /// Trace entries walked so far.
+    walked: AtomicUsize,
+    /// Trace entries to walk.
+    total: AtomicUsize,
+}
+
+#[derive(Debug, Default, Clone)]
+enum Phase {
+    #[default]
+    None,
+    Running,
+    Done,
+    Skipped(String),
+}
+
+impl PrefetchState {
+    /// `none`, `running n/m`, `done` or `skipped: <why>`.
+    pub fn describe(&self) -> String {
+        match &*sync::lock(&self.phase) {
+            Phase::None => "none".to_string(),
+            Phase::Running => format!(
+                "running {}/{}",
+                self.walked.load(Ordering::Relaxed),
+                self.total.load(Ordering::Relaxed)
+            ),
+            Phase::Done => "done".to_string(),
+            Phase::Skipped(why) => format!("skipped: {why}"),
+        }
+    }
+
+    fn set(&self, phase: Phase) {
+        *sync::lock(&self.phase) = phase;
+    }
+}
+
+/// The prefetch threads of one `Builds`; dropping it stops and joins them.
+pub(super) struct Prefetcher {
+    config: PrefetchConfig,
+    store: Arc<dyn Store>,
+    /// Bytes queued per build, against `max_bytes`.
+    queued: Mutex<HashMap<Uuid, Arc<AtomicU64>>>,
+    /// Where each template file's prefetch stands: kept here, not in the
+    /// `TemplateFile` (a new one is made at every open), so it is started
+    /// once per mount and the xattr reads it without opening the file.
+    states: Mutex<HashMap<(Uuid, FileKind), Arc<PrefetchState>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Prefetcher {
+    pub(super) fn new(config: PrefetchConfig, store: Arc<dyn Store>) -> Prefetcher {
+        Prefetcher {
+            config,
+            store,
+            queued: Mutex::new(HashMap::new()),
+            states: Mutex::new(HashMap::new()),
+            threads: Mutex::new(Vec::new()),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Where the prefetch of `build`'s `file` stands (`none` before its
+    /// first open), as `PrefetchState::describe` says it.
+    pub(super) fn describe(&self, build: Uuid, file: FileKind) -> String {
+        sync::lock(&self.states)
+            .get(&(build, file))
+            .map_or_else(|| "none".to_string(), |s| s.describe())
+    }
+
+    /// Start `file`'s prefetch, the first time only.
+    pub(super) fn start(&self, file: &Arc<TemplateFile>) {
+        let state = Arc::clone(
+            sync::lock(&self.states)
+                .entry((file.build_id(), file.file()))
+                .or_default(),
+        );
+        if state.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if !self.config.enabled {
+            state.set(Phase::Skipped("prefetch is off (--prefetch off)".into()));
+            return;
+        }
+        let build = file.build_id();
+        let run = Run {
+            file: Arc::clone(file),
+            state: Arc::clone(&state),
+            store: Arc::clone(&self.store),
+            dir: self.config.dir.clone(),
+            max_bytes: self.config.max_bytes,
+            queued: Arc::clone(sync::lock(&self.queued).entry(build).or_default()),
+            stop: Arc::clone(&self.stop),
+        };
+        let spawned = thread::Builder::new()
+            .name(format!("tdfs-prefetch-{}", &build.to_string()[..8]))
+            .spawn(move || run.run());
+        let mut threads = sync::lock(&self.threads);
+        threads.retain(|t| !t.is_finished());
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                log::warn!("build {build} {}: prefetch not started: {e}", file.file());
+                state.set(Phase::Skipped(format!("no thread: {e}")));
+            }
+        }
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in sync::lock(&self.threads).drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One template file's prefetch, run on its own thread.
+struct Run {
+    file: Arc<TemplateFile>,
+    state: Arc<PrefetchState>,
+    store: Arc<dyn Store>,
+    dir: Option<PathBuf>,
+    max_bytes: u64,
+    queued: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Run {
+    fn run(self) {
+        let state = &self.state;
+        let (build, kind) = (self.file.build_id(), self.file.file());
+        let (parsed, source) = match self.load() {
+            Ok(Some(found)) => found,
+            Ok(None) => return state.set(Phase::None),
+            Err(why) => {
+                log::warn!("build {build} {kind}: prefetch skipped: {why}");
+                return state.set(Phase::Skipped(why));
+            }
+        };
+        let Parsed {
+            mut trace,
+            mut notes,
+        } = parsed;
+        let past_end = trace.clamp_to(self.file.size());
+        if past_end > 0 {
+            notes.push(format!(
+                "{past_end} blocks past the end of the file ({} bytes) skipped",
+                self.file.size()
+            ));
+        }
+        if !notes.is_empty() {
+            log::warn!(
+                "build {build} {kind}: prefetch trace from {source} repaired: {}",
+                notes.join("; ")
+            );
+        }
+        state.total.store(trace.indices.len(), Ordering::Relaxed);
+        state.set(Phase::Running);
+        for &index in &trace.indices {
+            // In range: `clamp_to` kept only blocks starting in the file.
+            let off = index * trace.block_size;
+            let end = off.saturating_add(trace.block_size).min(self.file.size());
+            if let Err(why) = self.block(off..end) {
+                return state.set(Phase::Skipped(why));
+            }
+            state.walked.fetch_add(1, Ordering::Relaxed);
+        }
+        // Done once the last fetches queued have ended.
+        while self
+            .file
+            .diffs
+            .iter()
+            .any(|(_, c)| c.prefetches_in_flight() > 0)
+        {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            thread::sleep(BUSY_WAIT);
+        }
+        state.set(Phase::Done);
+        log::debug!(
+            "build {build} {kind}: prefetched {} blocks from {source}",
+            trace.indices.len()
+        );
+    }
+
+    /// The trace to replay and where it came from; `None` when there is
+    /// none.
+    fn load(&self) -> Result<Option<(Parsed, String)>, String> {
+        let (build, kind) = (self.file.build_id(), self.file.file());
+        let key = ObjectKey::blob(build, Blob::Metadata);
+        match self.store.read_all(&key, MAX_METADATA_LEN) {
+            Ok(bytes) => {
+                if let Some(parsed) =
+                    prefetch::parse_metadata(&bytes, kind).map_err(|e| e.to_string())?
+                {
+                    return Ok(Some((parsed, "metadata.json".into())));
+                }
+            }
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(format!("metadata.json: {e}")),
+        }
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let path = recording_path(dir, build, kind);
+        match read_bounded(&path) {
+            Ok(Some(bytes)) => prefetch::parse_trace_file(&bytes)
+                .map(|p| Some((p, path.display().to_string())))
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Queue the units holding template-file bytes `range`, through the
+    /// mappings; waits while the pool has no room. `Err` says why prefetch
+    /// stops.
+    fn block(&self, range: std::ops::Range<u64>) -> Result<(), String> {
+        let mut pos = range.start;
+        while pos < range.end {
+            let Some(hit) = self.file.header.mappings.lookup(pos) else {
+                return Ok(());
+            };
+            let n = hit.remaining.min(range.end - pos);
+            pos += n;
+            if hit.build_id.is_nil() {
+                continue;
+            }
+            let Ok(chunker) = self.file.chunker(hit.build_id) else {
+                continue;
+            };
+            if self.max_bytes > 0 && self.queued.load(Ordering::Relaxed) >= self.max_bytes {
+                return Err(format!(
+                    "--prefetch-max of {} bytes reached for this build",
+                    self.max_bytes
+                ));
+            }
+            loop {
+                if self.stop.load(Ordering::Relaxed) {
+                    return Err("the mount is stopping".into());
+                }
+                match chunker.prefetch(hit.storage_offset, n) {
+                    Ok(PrefetchStart::Started { queued_bytes }) => {
+                        self.queued.fetch_add(queued_bytes, Ordering::Relaxed);
+                        break;
+                    }
+                    Ok(PrefetchStart::Busy) => thread::sleep(BUSY_WAIT),
+                    // A mapping past its diff: reads report it; skip it.
+                    Err(_) => break,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a recording of `build`'s `file` lives under `dir`.
+pub fn recording_path(dir: &Path, build: Uuid, file: FileKind) -> PathBuf {
+    dir.join(build.to_string())
+        .join(format!("{}.prefetch.json", file.name()))
+}
+
+/// The file at `path`, `None` when there is none; refused over
+/// `MAX_METADATA_LEN` bytes before it is read.
+fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len > MAX_METADATA_LEN {
+        return Err(std::io::Error::other(format!(
+            "{len} bytes, over the limit of {MAX_METADATA_LEN}"
+        )));
+    }
+    fs::read(path).map(Some)
+}

@@ -1,0 +1,202 @@
+//! Prefetch on a real mount: a build whose metadata.json lists blocks gets
+//! them cached when its memfile is opened, before any read; a read during
+//! a prefetch from a slow store is not held up behind it; bad traces of
+//! every kind leave the mount serving right bytes, with one warning.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::digest::sha256_hex;
+use common::fixtures::{fixture_store, manifest_build};
+use common::mount::{MountGuard, fuse_available};
+use common::process::run_ok;
+use serde_json::{Value, json};
+
+/// A layer of the v4-zstd fixture: a 16 MiB memfile in 1 MiB frames.
+const LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
+const MEMFILE_SIZE: u64 = 16 << 20;
+
+/// A copy of the v4-zstd fixture store whose layer's metadata.json (E2B's,
+/// every key kept) gets `prefetch` (raw JSON text, or not JSON at all).
+fn store_with_prefetch(prefetch: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    run_ok(
+        "cp",
+        [
+            "-r",
+            fixture_store("v4-zstd").to_str().unwrap(),
+            store.to_str().unwrap(),
+        ],
+    );
+    let path = store.join(LAYER).join("metadata.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let body = text.trim_end().strip_suffix('}').unwrap();
+    std::fs::write(&path, format!("{body}, \"prefetch\": {prefetch}}}")).unwrap();
+    (dir, store)
+}
+
+fn xattr(path: &Path) -> String {
+    run_ok(
+        "getfattr",
+        [
+            "--only-values",
+            "-n",
+            "user.tdfs.prefetch",
+            path.to_str().unwrap(),
+        ],
+    )
+}
+
+/// The xattr once prefetch no longer runs (at most 30 s).
+fn settled(path: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = xattr(path);
+        if !state.starts_with("running") && state != "none" || Instant::now() > deadline {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stat(mount: &MountGuard, name: &str) -> u64 {
+    let stats = std::fs::read_to_string(mount.join(".stats")).unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in .stats:\n{stats}"))
+}
+
+fn expected_sha() -> String {
+    let build = manifest_build(&fixture_store("v4-zstd"), LAYER);
+    build["files"]["memfile"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn trace(indices: Value, types: usize, block_size: u64) -> String {
+    json!({
+        "memory": {
+            "indices": indices,
+            "access_types": vec!["r"; types],
+            "block_size": block_size,
+        }
+    })
+    .to_string()
+}
+
+#[test]
+fn listed_blocks_are_cached_without_a_read() {
+    if !fuse_available() {
+        return;
+    }
+    // Blocks in three of the sixteen 1 MiB frames.
+    let (_dir, store) = store_with_prefetch(&trace(json!([0, 1, 1024, 3840]), 4, 4096));
+    let mount = MountGuard::start(&store, &[]);
+    let memfile = mount.join(format!("{LAYER}/memfile"));
+    assert_eq!(xattr(&memfile), "none", "nothing starts before an open");
+    let file = std::fs::File::open(&memfile).unwrap();
+    assert_eq!(settled(&memfile), "done");
+    assert_eq!(stat(&mount, "tdfs_reads_total"), 0, "no read was made");
+    let fetched = stat(&mount, "tdfs_prefetch_fetches_total");
+    assert!((1..=3).contains(&fetched), "{fetched} prefetch fetches");
+    assert!(
+        stat(&mount, "tdfs_prefetch_bytes_total") >= 1 << 20,
+        "whole frames"
+    );
+    let stores = stat(&mount, "tdfs_store_requests_total");
+
+    let bytes = std::fs::read(&memfile).unwrap();
+    drop(file);
+    assert_eq!(sha256_hex(&bytes), expected_sha());
+    assert!(stat(&mount, "tdfs_prefetch_hits_total") > 0);
+    assert!(stat(&mount, "tdfs_store_requests_total") > stores);
+}
+
+#[test]
+fn prefetch_off_replays_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let (_dir, store) = store_with_prefetch(&trace(json!([0, 1024]), 2, 4096));
+    let mount = MountGuard::start(&store, &["--prefetch", "off"]);
+    let memfile = mount.join(format!("{LAYER}/memfile"));
+    let _file = std::fs::File::open(&memfile).unwrap();
+    assert!(settled(&memfile).starts_with("skipped: prefetch is off"));
+    assert_eq!(stat(&mount, "tdfs_prefetch_fetches_total"), 0);
+}
+
+/// Prefetch takes at most a quarter of the fetch pool and only when no
+/// reader waits: a read of a unit the trace does not list, from a store
+/// with 20 ms to first byte and 10 MB/s per request, takes about one fetch
+/// (20 ms + 1 MiB at 10 MB/s ≈ 125 ms), however long the trace.
+#[test]
+fn reads_during_a_prefetch_are_not_held_up() {
+    if !fuse_available() {
+        return;
+    }
+    // Every block of the first 15 frames, in order: the last frame stays
+    // for the reader.
+    let listed: Vec<u64> = (0..15 * 256).collect();
+    let (_dir, store) = store_with_prefetch(&trace(json!(listed), listed.len(), 4096));
+    let mount = MountGuard::start(&store, &["--bench-throttle", "20ms,10MB"]);
+    let memfile = mount.join(format!("{LAYER}/memfile"));
+    let _file = std::fs::File::open(&memfile).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(xattr(&memfile).starts_with("running"), "prefetch runs");
+    let start = Instant::now();
+    let mut buf = vec![0; 4096];
+    let f = std::fs::File::open(&memfile).unwrap();
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, MEMFILE_SIZE - 4096).unwrap();
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "a read during prefetch took {took:?}"
+    );
+    assert_eq!(settled(&memfile), "done");
+}
+
+#[test]
+fn bad_traces_leave_right_bytes_and_one_warning() {
+    if !fuse_available() {
+        return;
+    }
+    let millions: Vec<u64> = (0..1_100_000).map(|i| i % 4096).collect();
+    let cases: [(&str, String, &str); 6] = [
+        ("not JSON", "{not json".to_string(), "skipped"),
+        (
+            "indices past the end",
+            trace(json!([1, 99999, u64::MAX]), 3, 4096),
+            "done",
+        ),
+        ("lengths disagree", trace(json!([1, 2, 3]), 1, 4096), "done"),
+        ("block_size 0", trace(json!([1]), 1, 0), "skipped"),
+        ("block_size 12288", trace(json!([1]), 1, 12288), "skipped"),
+        (
+            "millions of entries",
+            trace(json!(millions), millions.len(), 4096),
+            "done",
+        ),
+    ];
+    for (what, prefetch, outcome) in cases {
+        let (_dir, store) = store_with_prefetch(&prefetch);
+        let mount = MountGuard::start(&store, &[]);
+        let memfile = mount.join(format!("{LAYER}/memfile"));
+        let bytes = std::fs::read(&memfile).unwrap();
+        assert_eq!(sha256_hex(&bytes), expected_sha(), "{what}");
+        let state = settled(&memfile);
+        assert!(state.starts_with(outcome), "{what}: {state}");
+        let log = mount.log();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("prefetch"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{what}: {log}");
+        assert!(warnings[0].contains(LAYER), "{what}: {}", warnings[0]);
+    }
+}
