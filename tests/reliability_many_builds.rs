@@ -169,9 +169,12 @@ fn thousands_of_builds_keep_open_files_and_memory_bounded() {
         }
     }
     report("reads", &mount);
+    // Idle Chunkers are bounded by the limit; the last file read may still
+    // hold its own (the kernel sends RELEASE after `read` returned, and its
+    // first-open prefetch check holds the file while it looks for a trace).
     let cached = cache_files(&mount.cache_parent());
     assert!(
-        cached <= IDLE_LIMIT,
+        cached <= IDLE_LIMIT + FileKind::ALL.len(),
         "{cached} cache files: idle Chunkers are not closed"
     );
     assert!(stat_value(&mount, "tdfs_store_requests_total") > 0);
