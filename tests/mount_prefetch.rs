@@ -62,15 +62,6 @@ fn settled(path: &Path) -> String {
     }
 }
 
-fn stat(mount: &MountGuard, name: &str) -> u64 {
-    let stats = std::fs::read_to_string(mount.join(".stats")).unwrap();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in .stats:\n{stats}"))
-}
-
 fn expected_sha() -> String {
     let build = manifest_build(&fixture_store("v4-zstd"), LAYER);
     build["files"]["memfile"]["sha256"]
@@ -102,20 +93,20 @@ fn listed_blocks_are_cached_without_a_read() {
     assert_eq!(xattr(&memfile), "none", "nothing starts before an open");
     let file = std::fs::File::open(&memfile).unwrap();
     assert_eq!(settled(&memfile), "done");
-    assert_eq!(stat(&mount, "tdfs_reads_total"), 0, "no read was made");
-    let fetched = stat(&mount, "tdfs_prefetch_fetches_total");
+    assert_eq!(mount.stat("tdfs_reads_total"), 0, "no read was made");
+    let fetched = mount.stat("tdfs_prefetch_fetches_total");
     assert!((1..=3).contains(&fetched), "{fetched} prefetch fetches");
     assert!(
-        stat(&mount, "tdfs_prefetch_bytes_total") >= 1 << 20,
+        mount.stat("tdfs_prefetch_bytes_total") >= 1 << 20,
         "whole frames"
     );
-    let stores = stat(&mount, "tdfs_store_requests_total");
+    let stores = mount.stat("tdfs_store_requests_total");
 
     let bytes = std::fs::read(&memfile).unwrap();
     drop(file);
     assert_eq!(sha256_hex(&bytes), expected_sha());
-    assert!(stat(&mount, "tdfs_prefetch_hits_total") > 0);
-    assert!(stat(&mount, "tdfs_store_requests_total") > stores);
+    assert!(mount.stat("tdfs_prefetch_hits_total") > 0);
+    assert!(mount.stat("tdfs_store_requests_total") > stores);
 }
 
 #[test]
@@ -128,7 +119,7 @@ fn prefetch_off_replays_nothing() {
     let memfile = mount.join(format!("{LAYER}/memfile"));
     let _file = std::fs::File::open(&memfile).unwrap();
     assert!(settled(&memfile).starts_with("skipped: prefetch is off"));
-    assert_eq!(stat(&mount, "tdfs_prefetch_fetches_total"), 0);
+    assert_eq!(mount.stat("tdfs_prefetch_fetches_total"), 0);
 }
 
 /// Prefetch takes at most a quarter of the fetch pool and only when no

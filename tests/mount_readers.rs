@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use common::digest::sha256_hex;
 use common::mount::{MountGuard, fuse_available};
-use common::process::{run_ok, tdfs_pack};
+use common::process::tdfs_pack;
 use common::rng::Rng;
 
 const MEMFILE_SIZE: usize = 32 << 20;
@@ -65,17 +65,6 @@ fn memfile_object_bytes(root: &Path, build: &str) -> u64 {
         .len()
 }
 
-/// A counter of the mount's `.stats`.
-fn stat(mount: &MountGuard, name: &str) -> u64 {
-    let stats = run_ok("cat", [mount.join(".stats").to_str().unwrap()]);
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in .stats:\n{stats}"))
-        .parse()
-        .unwrap()
-}
-
 /// `sha256sum` of every build's memfile at once, one process each; checks
 /// each against the packed image's digest.
 fn read_all_at_once(mount: &MountGuard, builds: &[&(String, String)]) {
@@ -116,13 +105,13 @@ fn readers_of_one_memfile_and_of_layers_on_one_base_fetch_each_unit_once() {
     let mount = MountGuard::start(&root, &SLOW_STORE);
     let base = &digests[0];
     read_all_at_once(&mount, &[base, base, base]);
-    let fetched = stat(&mount, "tdfs_store_bytes_total");
+    let fetched = mount.stat("tdfs_store_bytes_total");
     let stored = memfile_object_bytes(&root, BASE);
     assert!(
         fetched as f64 <= 1.05 * stored as f64,
         "3 readers of one memfile fetched {fetched} bytes of a {stored}-byte object"
     );
-    assert!(stat(&mount, "tdfs_readahead_fetches_total") > 0);
+    assert!(mount.stat("tdfs_readahead_fetches_total") > 0);
     drop(mount);
 
     // Three layers on one base, read at once on a fresh (cold) mount: the
@@ -130,7 +119,7 @@ fn readers_of_one_memfile_and_of_layers_on_one_base_fetch_each_unit_once() {
     let mount = MountGuard::start(&root, &SLOW_STORE);
     let layers: Vec<_> = digests[1..].iter().collect();
     read_all_at_once(&mount, &layers);
-    let fetched = stat(&mount, "tdfs_store_bytes_total");
+    let fetched = mount.stat("tdfs_store_bytes_total");
     let unique: u64 = [BASE]
         .into_iter()
         .chain(LAYERS)
@@ -140,5 +129,5 @@ fn readers_of_one_memfile_and_of_layers_on_one_base_fetch_each_unit_once() {
         fetched as f64 <= 1.1 * unique as f64,
         "3 layers fetched {fetched} bytes; their objects hold {unique}"
     );
-    assert!(stat(&mount, "tdfs_readahead_fetches_total") > 0);
+    assert!(mount.stat("tdfs_readahead_fetches_total") > 0);
 }

@@ -92,16 +92,6 @@ fn cache_files(parent: &Path) -> usize {
     count
 }
 
-fn stat_value(mount: &MountGuard, name: &str) -> u64 {
-    let stats = run_ok("cat", [mount.join(".stats").to_str().unwrap()]);
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in .stats:\n{stats}"))
-        .parse()
-        .unwrap()
-}
-
 fn report(phase: &str, mount: &MountGuard) -> (usize, u64) {
     let (fds, rss) = usage(mount.pid());
     let cached = cache_files(&mount.cache_parent());
@@ -155,7 +145,7 @@ fn thousands_of_builds_keep_open_files_and_memory_bounded() {
         0,
         "stat made cache files"
     );
-    assert_eq!(stat_value(&mount, "tdfs_store_requests_total"), 0);
+    assert_eq!(mount.stat("tdfs_store_requests_total"), 0);
 
     // Phase 3: reads of random builds, byte for byte.
     put_diffs(&store);
@@ -177,5 +167,5 @@ fn thousands_of_builds_keep_open_files_and_memory_bounded() {
         cached <= IDLE_LIMIT + FileKind::ALL.len(),
         "{cached} cache files: idle Chunkers are not closed"
     );
-    assert!(stat_value(&mount, "tdfs_store_requests_total") > 0);
+    assert!(mount.stat("tdfs_store_requests_total") > 0);
 }

@@ -186,6 +186,17 @@ impl MountGuard {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The value of counter `name` (e.g. `tdfs_store_bytes_total`) in the
+    /// mount's `.stats` now.
+    pub fn stat(&self, name: &str) -> u64 {
+        let stats = std::fs::read_to_string(self.join(".stats")).unwrap();
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in .stats:\n{stats}"))
+    }
+
     /// Wait until this process says it has mounted (mountinfo alone cannot
     /// tell a new mount from a stale one it is about to replace).
     fn wait_mounted(&mut self) {
