@@ -216,7 +216,7 @@ impl Inner {
         if sessions.contains_key(&u) {
             return 0;
         }
-        let Some((bytes, punched)) = self.discard(u, false) else {
+        let Some((bytes, punched)) = self.discard(u, false, true) else {
             return 0;
         };
         drop(sessions);
@@ -239,9 +239,18 @@ impl Inner {
     /// holds the session lock and has checked that no fetch of `u` runs, or
     /// runs that fetch itself. Under a budget only when no reader pins `u`
     /// (`None` otherwise), unless `force` (bytes already lost: see
-    /// `damage`); without a budget there are no pins to respect.
+    /// `damage`); without a budget there are no pins to respect. `punch`
+    /// frees the unit's disk blocks (eviction); damage handling does not
+    /// punch: without a budget nothing pins a reader's `Block`, and the
+    /// intact part of a unit cut by a truncation may be under one right now.
+    /// Its bytes stay valid, and the refetch writes the same bytes there.
     /// Returns the bytes dropped and how the hole punch went.
-    pub(super) fn discard(&self, u: usize, force: bool) -> Option<(u64, std::io::Result<()>)> {
+    pub(super) fn discard(
+        &self,
+        u: usize,
+        force: bool,
+        punch: bool,
+    ) -> Option<(u64, std::io::Result<()>)> {
         let lru = self.lru.as_ref().filter(|_| !force);
         if let Some(lru) = lru
             && !lru.begin_evict(u)
@@ -254,7 +263,9 @@ impl Inner {
             self.discard_epoch.fetch_add(1, Ordering::AcqRel);
             let range = self.layout.unit_range(u);
             self.present.clear(self.layout.bits_of(&range, &(u..u + 1)));
-            punched = self.cache.punch_hole(range);
+            if punch {
+                punched = self.cache.punch_hole(range);
+            }
             self.cached.fetch_sub(bytes, Ordering::Relaxed);
             self.stats.cache_size.dec_by(bytes);
             if let Some(lru) = &self.lru {

@@ -19,7 +19,9 @@
 //! (`cache_damaged`): under the session lock, every unit whose bytes are
 //! gone (the ones the read touched, and all units reaching past a truncated
 //! file's end) is dropped as eviction drops it (`Inner::discard`: pins
-//! respected, present bits cleared, hole punched), counted in
+//! respected, present bits cleared), but without punching its hole: a
+//! reader may hold the intact part of a cut unit right now (nothing pins
+//! it without a budget), and the refetch writes the same bytes there. Counted in
 //! `cache_damaged_units`; then, when no unit past the end is left present,
 //! the file gets its length back. The reader looks its range up again,
 //! which fetches the dropped units anew, verified like any fetch. One
@@ -87,7 +89,7 @@ impl Inner {
                 whole = false;
                 continue;
             }
-            match self.discard(u, mine) {
+            match self.discard(u, mine, false) {
                 Some((bytes, _)) if bytes > 0 => {
                     dropped += 1;
                     own_dropped |= mine;
