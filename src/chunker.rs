@@ -44,7 +44,8 @@
 //! This file holds the `Chunker`, its settings and its public API; the parts
 //! of its work are in `chunker/`: `lookup` (hit path and wait loop), `queue`
 //! (starting fetch sessions, read-ahead included), `fetch` (the fetch job:
-//! store read, decode, placing bytes in the cache), `full_disk` (the
+//! store read, decode, placing bytes in the cache), `peer_source` (a unit
+//! from the peer owning it, before the store), `full_disk` (the
 //! fallback when the cache disk is full), `damage` (a cache file that lost
 //! bytes), `verify` (the whole-diff SHA-256), `block` (the `Block` guard),
 //! `prefetch` (fetches of a recorded working set, below readers and
@@ -60,6 +61,7 @@ mod fetch;
 mod full_disk;
 mod layout;
 mod lookup;
+mod peer_source;
 mod pool;
 mod prefetch;
 mod queue;
@@ -77,6 +79,7 @@ use std::time::Duration;
 pub use block::Block;
 pub use budget::CacheBudget;
 pub use error::ChunkerError;
+pub use peer_source::{PeerFallback, PeerSource};
 pub use pool::FetchPool;
 pub use prefetch::PrefetchStart;
 
@@ -115,6 +118,9 @@ pub struct ChunkerConfig {
     /// Limit on the bytes cached by all Chunkers sharing it
     /// (`--max-cache-size`); `None` = unbounded, and no eviction cost.
     pub cache_budget: Option<Arc<CacheBudget>>,
+    /// Peers asked for a unit before the store (`--peer`); `None` = the
+    /// store only.
+    pub peers: Option<Arc<dyn PeerSource>>,
 }
 
 /// A Chunker. See the module docs. The cache file is deleted on drop.
@@ -145,6 +151,8 @@ struct Inner {
     /// The fetch in flight per unit (single-flight).
     sessions: Mutex<HashMap<usize, Arc<Session>>>,
     store: Arc<dyn Store>,
+    /// Asked for a unit before `store` (see `peer_source`).
+    peers: Option<Arc<dyn PeerSource>>,
     pool: Arc<FetchPool>,
     stats: Arc<Stats>,
     fetch_timeout: Duration,
@@ -240,6 +248,7 @@ impl Chunker {
             cached: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
             store,
+            peers: config.peers.clone(),
             pool,
             stats,
             fetch_timeout: config.fetch_timeout,

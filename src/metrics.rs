@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::chunker::PeerFallback;
 use crate::format::{FileKind, ObjectName};
 
 pub use endpoint::MetricsEndpoint;
@@ -30,6 +31,9 @@ pub use latency::{LATENCY_BUCKETS, Timer};
 
 /// The label set of the per-file read latency: `file="memfile"` and so on.
 type FileLabel = [(&'static str, String); 1];
+
+/// The label set of peer fallbacks: `reason="timeout"` and so on.
+type ReasonLabel = [(&'static str, &'static str); 1];
 
 /// Prefix of every metric name.
 const PREFIX: &str = "tdfs";
@@ -65,6 +69,13 @@ pub struct Stats {
     pub peer_served_requests: Arc<AtomicU64>,
     /// Data bytes sent to peers.
     pub peer_served_bytes: Arc<AtomicU64>,
+    /// Units asked of peers (`--peer`), answered or not.
+    pub peer_requests: Arc<AtomicU64>,
+    /// Bytes received from peers and placed in cache files.
+    pub peer_bytes: Arc<AtomicU64>,
+    /// Units read from the store instead of their owner peer, by reason
+    /// (`chunker::PeerFallback`); see `record_peer_fallback`.
+    peer_fallbacks: Family<ReasonLabel, Counter>,
     /// Fetches started by prefetch (replaying a trace).
     pub prefetch_fetches: Arc<AtomicU64>,
     /// Uncompressed bytes prefetch placed in cache files.
@@ -106,6 +117,9 @@ impl Default for Stats {
             cache_damaged_units: counter(),
             peer_served_requests: counter(),
             peer_served_bytes: counter(),
+            peer_requests: counter(),
+            peer_bytes: counter(),
+            peer_fallbacks: Family::default(),
             prefetch_fetches: counter(),
             prefetch_bytes: counter(),
             prefetch_hits: counter(),
@@ -196,6 +210,16 @@ impl Stats {
                 self.peer_served_bytes.clone(),
             ),
             (
+                "peer_requests",
+                "chunks or frames asked of their owner peer",
+                self.peer_requests.clone(),
+            ),
+            (
+                "peer_bytes",
+                "bytes received from peers",
+                self.peer_bytes.clone(),
+            ),
+            (
                 "prefetch_fetches",
                 "fetches started by prefetch",
                 self.prefetch_fetches.clone(),
@@ -211,8 +235,20 @@ impl Stats {
                 self.prefetch_hits.clone(),
             ),
         ]);
+        // Every reason shows, 0 until it happens.
+        for reason in PeerFallback::COUNTED {
+            drop(
+                self.peer_fallbacks
+                    .get_or_create(&[("reason", reason.name())]),
+            );
+        }
         let r = &mut self.registry;
         r.register_collector(Box::new(counters));
+        r.register(
+            "peer_fallbacks",
+            "chunks or frames read from the store instead of their owner peer, by reason",
+            self.peer_fallbacks.clone(),
+        );
         r.register_with_unit(
             "cache_size",
             "bytes held in cache files now",
@@ -265,6 +301,14 @@ impl Stats {
             FileKind::Rootfs => &self.template_read_latency[1],
         };
         histogram.observe(latency.as_secs_f64());
+    }
+
+    /// Count a unit read from the store instead of its owner peer, for
+    /// `reason` (a `PeerFallback` name).
+    pub fn record_peer_fallback(&self, reason: &'static str) {
+        self.peer_fallbacks
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// Time a `read` of a plain object (snapfile, metadata.json) took; such
@@ -365,6 +409,18 @@ mod tests {
             );
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn peer_fallbacks_render_by_reason() {
+        let s = Stats::default();
+        s.record_peer_fallback(PeerFallback::Timeout.name());
+        s.record_peer_fallback(PeerFallback::Timeout.name());
+        let text = s.render_prometheus();
+        let series = |r: &str| format!("tdfs_peer_fallbacks_total{{reason=\"{r}\"}}");
+        assert_eq!(value(&text, &series("timeout")), Some(2), "{text}");
+        assert_eq!(value(&text, &series("short")), Some(0), "{text}");
+        assert_eq!(value(&text, "tdfs_peer_requests_total"), Some(0), "{text}");
     }
 
     #[test]

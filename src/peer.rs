@@ -4,13 +4,24 @@
 //! from the mount's `Builds` (a peer's read is a read of the diff view,
 //! single-flight with the mount's own readers); `listen` checks who may
 //! connect (plain text on loopback only, unless told otherwise; mutual TLS
-//! elsewhere) and runs the server on its own small tokio runtime, the only
-//! async code of the read side besides the object store client.
+//! elsewhere) and runs the server on its own small tokio runtime.
+//!
+//! The client half: `fleet` is the member list (`--peer`, `--peers-file`),
+//! `ring` picks each unit's owner by rendezvous hashing, and `client` asks
+//! the owner for units as the Chunkers' `PeerSource`, on a runtime of its
+//! own. These runtimes and the object store client are the only async code
+//! of the read side.
 
+mod client;
+mod fleet;
 mod listen;
+mod ring;
 mod server;
 
+pub use client::{PeerClient, PeerClientConfig};
+pub use fleet::parse_peer_url;
 pub use listen::{PeerListen, PeerServer, TlsFiles};
+pub use ring::{Member, Ring};
 pub use server::{ChunkServer, MAX_MESSAGE_DATA};
 
 use std::net::SocketAddr;
@@ -35,8 +46,18 @@ pub enum PeerError {
         "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together (mutual TLS needs this host's certificate, its key and the fleet's CA): give all three"
     )]
     PartialTls,
-    #[error("--peer-tls-* given without --peer-listen: there is no server to secure")]
+    #[error(
+        "--peer-tls-* given without --peer-listen, --peer or --peers-file: there is nothing to secure"
+    )]
     TlsWithoutListen,
+    #[error("--peer {detail}")]
+    BadPeer { detail: String },
+    #[error("--peers-file {}: {source} (check the path and its permissions)", .path.display())]
+    PeersFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what} {}: {source} (check the path and its permissions)", .path.display())]
     ReadTls {
         what: &'static str,

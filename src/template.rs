@@ -26,11 +26,12 @@ mod readahead;
 pub(crate) mod testing;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::chunker::ChunkerError;
+use crate::chunker::{ChunkerError, PeerSource};
 use crate::format::{Blob, FileKind, FormatError};
 use crate::store::StoreError;
 
@@ -121,6 +122,9 @@ pub struct TemplateConfig {
     pub max_idle_diffs: usize,
     /// Replaying recorded working sets when a template file is opened.
     pub prefetch: PrefetchConfig,
+    /// Peers asked for a unit before the store (`--peer`); `None` = the
+    /// store only.
+    pub peers: Option<Arc<dyn PeerSource>>,
 }
 
 impl TemplateConfig {
@@ -140,6 +144,8 @@ impl TemplateConfig {
             max_idle_diffs: 16,
             // A tool reads what it reads, once.
             prefetch: PrefetchConfig::default(),
+            // A tool reads its store.
+            peers: None,
         }
     }
 }

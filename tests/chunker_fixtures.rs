@@ -27,6 +27,7 @@ fn fixture_diffs_read_exactly() {
         cache_dir: cache.path().to_path_buf(),
         fetch_timeout: std::time::Duration::from_secs(30),
         cache_budget: None,
+        peers: None,
     };
     let mut frames_checked = 0;
     let mut objects_checked = 0;

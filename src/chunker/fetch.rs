@@ -1,4 +1,5 @@
-//! The fetch job: bring one unit from the store into the cache file. A
+//! The fetch job: bring one unit from the store (or first from its owner
+//! peer, `peer_source`) into the cache file. A
 //! chunk streams in piece by piece and its pages are published as they
 //! complete; a frame is read whole, decoded into a scratch buffer, checked,
 //! written to its place and published at once. Both go through one store
@@ -30,7 +31,7 @@ thread_local! {
 }
 
 /// Run `f` on this thread's fetch buffer, `len` bytes long.
-fn with_fetch_buf<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
+pub(super) fn with_fetch_buf<T>(len: usize, f: impl FnOnce(&mut [u8]) -> T) -> T {
     FETCH_BUF.with_borrow_mut(|buf| {
         if buf.len() < len {
             buf.resize(len, 0);
@@ -125,6 +126,11 @@ impl Inner {
         let from = first_missing as u64 * PAGE_SIZE;
         let len = range.end - from;
         self.reserve_if_full(from..range.end)?;
+        if self.write_from_peer(u, from..range.end)? {
+            self.publish(first_missing..pages.end, len);
+            session.progress();
+            return Ok(());
+        }
         self.stats.store_requests.fetch_add(1, Ordering::Relaxed);
         let mut stream = self
             .store
@@ -189,6 +195,11 @@ impl Inner {
         let frame = self.frame(u);
         let range = frame.range_u();
         self.reserve_if_full(range.clone())?;
+        // A peer sends the frame's uncompressed range: nothing to decode.
+        if self.write_from_peer(u, range.clone())? {
+            self.publish(u..u + 1, u64::from(frame.size_u));
+            return Ok(());
+        }
         let decoded = self.load_frame(u, &frame, |len| self.pool.scratch.take(len))?;
         // Not present yet, and this session is the frame's only writer.
         self.write_cache(u, range.start, &decoded)?;
@@ -250,7 +261,7 @@ impl Inner {
     /// Write `bytes` into the cache file at `off`: a range that is not
     /// present, written by its unit's only session.
     /// A truncated file is repaired first (`damage`).
-    fn write_cache(&self, u: usize, off: u64, bytes: &[u8]) -> Result<(), ChunkerError> {
+    pub(super) fn write_cache(&self, u: usize, off: u64, bytes: &[u8]) -> Result<(), ChunkerError> {
         self.check_cache_len(u, off)?;
         self.cache
             .write_at(off, bytes)

@@ -11,9 +11,10 @@ use std::time::Duration;
 use super::daemon::{self, block_stop_signals, signal_name, wait_for_signals};
 use super::logging::init_logging;
 use super::readiness;
+use crate::chunker::PeerSource;
 use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs, Unmounted};
 use crate::metrics::MetricsEndpoint;
-use crate::peer::PeerListen;
+use crate::peer::{PeerClient, PeerClientConfig, PeerListen};
 use crate::store::{self, Store, StoreLocation, StoreOptions, Throttle, ThrottleStore};
 use crate::template::{Builds, PrefetchConfig, TemplateConfig};
 
@@ -124,24 +125,9 @@ pub struct MountArgs {
     /// unless the network is trusted.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Serve E2B's ChunkService to peers on ADDR:PORT: the builds' own
-    /// diffs, from this mount's cache. Plain text only on loopback unless
-    /// --peer-insecure; elsewhere mutual TLS (--peer-tls-*).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub peer_listen: Option<std::net::SocketAddr>,
-    /// This host's certificate (PEM) for --peer-listen's mutual TLS.
-    #[arg(long, value_name = "FILE")]
-    pub peer_tls_cert: Option<PathBuf>,
-    /// The private key (PEM) of --peer-tls-cert.
-    #[arg(long, value_name = "FILE")]
-    pub peer_tls_key: Option<PathBuf>,
-    /// The fleet's CA (PEM): peers must present a certificate it signed.
-    #[arg(long, value_name = "FILE")]
-    pub peer_tls_ca: Option<PathBuf>,
-    /// Serve peers in plain text on a non-loopback address (for networks
-    /// where E2B runs its peers in plain text).
-    #[arg(long)]
-    pub peer_insecure: bool,
+    #[command(flatten)]
+    pub peer: PeerArgs,
+
     /// Replay each build's recorded working set (metadata.json's
     /// `prefetch`) into the cache when its memfile or rootfs.ext4 is first
     /// opened, below every read and read-ahead.
@@ -169,14 +155,7 @@ pub struct MountArgs {
 /// been unmounted (foreground).
 pub fn run(mut args: MountArgs) -> Result<(), FsError> {
     init_logging(&args)?;
-    let peer_listen = PeerListen::from_flags(
-        args.peer_listen,
-        args.peer_tls_cert.clone(),
-        args.peer_tls_key.clone(),
-        args.peer_tls_ca.clone(),
-        args.peer_insecure,
-    )
-    .map_err(|e| FsError::Peer(Box::new(e)))?;
+    let (peer_listen, peer_client) = args.peer.check().map_err(|e| FsError::Peer(Box::new(e)))?;
     fs::check_fuse_device()?;
     let mountpoint = fs::prepare_mountpoint(&args.mountpoint)?;
     let store = absolute_store(&args.store);
@@ -198,6 +177,7 @@ pub fn run(mut args: MountArgs) -> Result<(), FsError> {
         mountpoint,
         cache_dir,
         peer_listen,
+        peer_client,
         args,
     };
     if setup.args.foreground {
@@ -221,6 +201,9 @@ struct Setup {
     cache_dir: PathBuf,
     /// `--peer-listen` and its TLS, checked.
     peer_listen: Option<PeerListen>,
+    /// `--peer`, `--peers-file` and their companions, checked; the client
+    /// itself is made after the fork (its runtime has threads).
+    peer_client: PeerClientConfig,
     args: MountArgs,
 }
 
@@ -332,6 +315,9 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     return_big_buffers();
     let args = &setup.args;
     let (store, build_count) = connect_store(args, &setup.store)?;
+    let peers = PeerClient::from_config(&setup.peer_client)
+        .map_err(|e| FsError::Peer(Box::new(e)))?
+        .map(|c| Arc::new(c) as Arc<dyn PeerSource>);
     let config = TemplateConfig {
         cache_dir: setup.cache_dir.clone(),
         max_cache_size: args.max_cache_size,
@@ -346,6 +332,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
             max_bytes: args.prefetch_max,
             dir: args.prefetch_dir.clone(),
         },
+        peers,
     };
     let builds = Builds::new(store, config);
     // Made now, so a cache directory that cannot be made fails the mount.
@@ -454,6 +441,10 @@ fn default_cache_root() -> PathBuf {
         None => env::temp_dir().join("tdfs-cache"),
     }
 }
+
+mod peer_args;
+
+pub use peer_args::PeerArgs;
 
 #[cfg(test)]
 mod tests;

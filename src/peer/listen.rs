@@ -35,6 +35,51 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
+impl TlsFiles {
+    /// The three files from their flags: `None` when none is given.
+    ///
+    /// # Errors
+    /// `PartialTls` when only some are given.
+    pub fn from_flags(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        ca: Option<PathBuf>,
+    ) -> Result<Option<TlsFiles>, PeerError> {
+        match (cert, key, ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca })),
+            _ => Err(PeerError::PartialTls),
+        }
+    }
+
+    /// The PEM bytes of the three files, for the server and the client
+    /// alike.
+    ///
+    /// # Errors
+    /// `ReadTls` naming the file that cannot be read.
+    pub fn read(&self) -> Result<TlsPem, PeerError> {
+        let read = |what, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| PeerError::ReadTls {
+                what,
+                path: path.clone(),
+                source,
+            })
+        };
+        Ok(TlsPem {
+            cert: read("--peer-tls-cert", &self.cert)?,
+            key: read("--peer-tls-key", &self.key)?,
+            ca: read("--peer-tls-ca", &self.ca)?,
+        })
+    }
+}
+
+/// The contents of `TlsFiles`.
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub ca: Vec<u8>,
+}
+
 /// What `--peer-listen` and its companions asked for.
 #[derive(Debug, Clone)]
 pub struct PeerListen {
@@ -46,28 +91,25 @@ pub struct PeerListen {
 
 impl PeerListen {
     /// The peer server's settings from the mount's flags: None without
-    /// `--peer-listen`. Checked before anything starts.
+    /// `--peer-listen`. `has_peers`: the mount is a client of peers too
+    /// (`--peer`, `--peers-file`), which uses the TLS files without a
+    /// server. Checked before anything starts.
     ///
     /// # Errors
     /// `PartialTls` when only some TLS files are given, `TlsWithoutListen`
-    /// when TLS files come without an address, `PlainTextOffLoopback` for
-    /// plain text on a non-loopback address without `insecure`.
+    /// when TLS files come with neither an address nor peers,
+    /// `PlainTextOffLoopback` for plain text on a non-loopback address
+    /// without `insecure`.
     pub fn from_flags(
         addr: Option<SocketAddr>,
-        cert: Option<PathBuf>,
-        key: Option<PathBuf>,
-        ca: Option<PathBuf>,
+        tls: Option<TlsFiles>,
         insecure: bool,
+        has_peers: bool,
     ) -> Result<Option<PeerListen>, PeerError> {
-        let tls = match (cert, key, ca) {
-            (None, None, None) => None,
-            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
-            _ => return Err(PeerError::PartialTls),
-        };
         let Some(addr) = addr else {
             return match tls {
-                Some(_) => Err(PeerError::TlsWithoutListen),
-                None => Ok(None),
+                Some(_) if !has_peers => Err(PeerError::TlsWithoutListen),
+                _ => Ok(None),
             };
         };
         if tls.is_none() && !insecure && !addr.ip().is_loopback() {
@@ -145,20 +187,11 @@ impl PeerListen {
 }
 
 fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, PeerError> {
-    let read = |what, path: &PathBuf| {
-        std::fs::read(path).map_err(|source| PeerError::ReadTls {
-            what,
-            path: path.clone(),
-            source,
-        })
-    };
-    let cert = read("--peer-tls-cert", &files.cert)?;
-    let key = read("--peer-tls-key", &files.key)?;
-    let ca = read("--peer-tls-ca", &files.ca)?;
+    let pem = files.read()?;
     // A CA root makes a client certificate required (tonic's default).
     Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(ca)))
+        .identity(Identity::from_pem(pem.cert, pem.key))
+        .client_ca_root(Certificate::from_pem(pem.ca)))
 }
 
 /// A running peer server; dropping it stops the server and waits for it.
@@ -190,15 +223,25 @@ impl Drop for PeerServer {
 mod tests {
     use super::*;
 
-    fn flags(addr: &str, tls: bool, insecure: bool) -> Result<Option<PeerListen>, PeerError> {
-        let file = |name: &str| tls.then(|| PathBuf::from(name));
-        PeerListen::from_flags(
-            Some(addr.parse().unwrap()),
-            file("c.pem"),
-            file("k.pem"),
-            file("ca.pem"),
-            insecure,
+    fn files(
+        cert: Option<&str>,
+        key: Option<&str>,
+        ca: Option<&str>,
+    ) -> Result<Option<TlsFiles>, PeerError> {
+        TlsFiles::from_flags(
+            cert.map(PathBuf::from),
+            key.map(PathBuf::from),
+            ca.map(PathBuf::from),
         )
+    }
+
+    fn flags(addr: &str, tls: bool, insecure: bool) -> Result<Option<PeerListen>, PeerError> {
+        let tls = if tls {
+            files(Some("c.pem"), Some("k.pem"), Some("ca.pem"))?
+        } else {
+            None
+        };
+        PeerListen::from_flags(Some(addr.parse().unwrap()), tls, insecure, false)
     }
 
     #[test]
@@ -214,24 +257,19 @@ mod tests {
 
     #[test]
     fn tls_flags_go_together() {
-        let partial = PeerListen::from_flags(
-            Some("10.0.0.7:5008".parse().unwrap()),
-            Some("c.pem".into()),
-            None,
-            Some("ca.pem".into()),
-            false,
-        );
+        let partial = files(Some("c.pem"), None, Some("ca.pem"));
         assert!(matches!(partial, Err(PeerError::PartialTls)));
-        let no_listen = PeerListen::from_flags(
-            None,
-            Some("c".into()),
-            Some("k".into()),
-            Some("ca".into()),
-            false,
-        );
+        let all = files(Some("c"), Some("k"), Some("ca")).unwrap();
+        let no_listen = PeerListen::from_flags(None, all.clone(), false, false);
         assert!(matches!(no_listen, Err(PeerError::TlsWithoutListen)));
+        // A client of peers uses the files without a server.
         assert!(
-            PeerListen::from_flags(None, None, None, None, false)
+            PeerListen::from_flags(None, all, false, true)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            PeerListen::from_flags(None, None, false, false)
                 .unwrap()
                 .is_none()
         );

@@ -118,6 +118,7 @@ impl Builds {
             fetch_timeout: self.config.fetch_timeout,
             cache_budget: (self.config.max_cache_size > 0)
                 .then(|| CacheBudget::new(self.config.max_cache_size)),
+            peers: self.config.peers.clone(),
         };
         let pool = FetchPool::new(self.config.fetch_workers.max(1));
         Ok(self.fetching.get_or_init(|| Fetching {

@@ -40,6 +40,7 @@ impl Env {
             cache_dir: dir.path().join("cache"),
             fetch_timeout: Duration::from_secs(30),
             cache_budget: None,
+            peers: None,
         };
         Env {
             dir,

@@ -1,0 +1,350 @@
+//! `PeerClient`: the Chunkers' `PeerSource` over gRPC. A unit whose owner
+//! (see `ring`) is another peer is asked of it with `ReadAtBuildSeekable`
+//! for exactly the unit's missing range, and the stream is checked whole
+//! into the fetch job's buffer (one unit, at most 4 MiB or one frame)
+//! before anything reaches the cache: exact total length, availability
+//! only in the first message, no message over `MAX_MESSAGE_DATA` plus
+//! framing slack. Any fault returns its reason, and the fetch reads its
+//! store. A peer that faults (anything but `not_available`, which is the
+//! normal answer of a busy peer or one without the build) is skipped for a
+//! back-off period that doubles from `BACKOFF_START` to `BACKOFF_MAX` and
+//! is reset by a success; the fault that starts a back-off is logged, the
+//! requests that were already in flight to it are only counted.
+//!
+//! The Chunker's fetch workers are plain threads: each blocks on this
+//! client's own small tokio runtime for the one request it makes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use uuid::Uuid;
+
+use super::PeerError;
+use super::fleet::Fleet;
+use super::listen::TlsFiles;
+use super::proto::ReadAtBuildSeekableRequest;
+use super::proto::chunk_service_client::ChunkServiceClient;
+use super::server::MAX_MESSAGE_DATA;
+use crate::chunker::{PeerFallback, PeerSource};
+use crate::format::FileKind;
+use crate::sync;
+
+/// Threads of the client's runtime: they only drive sockets; the fetch
+/// workers copy the bytes.
+const RUNTIME_THREADS: usize = 2;
+/// Room over `MAX_MESSAGE_DATA` a message may take: a peer that packs a
+/// little more than 2 MiB is still within a Go client's 4 MiB limit.
+const MESSAGE_SLACK: usize = 64 << 10;
+/// The shortest bound on the wait between two messages of a stream (the
+/// first-byte timeout, when longer, is used instead): a 2 MiB message takes
+/// 20 ms at 100 MB/s, so a second of silence is a stalled peer.
+const MIN_STALL: Duration = Duration::from_secs(1);
+/// Bound on one whole request past its first byte: a peer trickling bytes
+/// cannot hold a fetch worker for long (a 4 MiB unit at 1 MB/s fits).
+const STREAM_DEADLINE: Duration = Duration::from_secs(5);
+/// First back-off of a faulty peer, doubled on each fault while it lasts.
+const BACKOFF_START: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// `not_available` answers of one peer are logged at most this often.
+const NOT_AVAILABLE_LOG: Duration = Duration::from_secs(60);
+
+/// What `--peer`, `--peers-file` and their companions asked for.
+#[derive(Debug, Clone)]
+pub struct PeerClientConfig {
+    /// `--peer` URLs.
+    pub peers: Vec<String>,
+    /// `--peers-file`.
+    pub peers_file: Option<std::path::PathBuf>,
+    /// This host's own URL in the fleet list (`--peer-advertise`, or
+    /// derived from `--peer-listen`).
+    pub self_url: Option<String>,
+    /// Time to the first byte of an answer (`--peer-timeout`).
+    pub timeout: Duration,
+    /// Mutual TLS for https:// peers (`--peer-tls-*`).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A peer's recent faults.
+#[derive(Debug, Default)]
+struct Health {
+    /// Skipped until then.
+    skip_until: Option<Instant>,
+    /// The next back-off period.
+    next_backoff: Option<Duration>,
+    /// When a `not_available` was last logged.
+    not_available_logged: Option<Instant>,
+}
+
+/// The client; see the module docs.
+pub struct PeerClient {
+    fleet: Fleet,
+    runtime: tokio::runtime::Runtime,
+    tls: Option<ClientTlsConfig>,
+    timeout: Duration,
+    channels: Mutex<HashMap<String, Channel>>,
+    health: Mutex<HashMap<String, Health>>,
+}
+
+impl fmt::Debug for PeerClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerClient")
+            .field("fleet", &self.fleet)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl PeerClient {
+    /// The client of `config`'s fleet; `None` without any `--peer` or
+    /// `--peers-file`. Connects lazily, at the first request to a peer.
+    ///
+    /// # Errors
+    /// `BadPeer` for a URL that is not http(s)://HOST:PORT or an https://
+    /// peer without TLS files; `PeersFile` when the peers file cannot be
+    /// read; `ReadTls` when a PEM file cannot be read; `Server` when the
+    /// runtime cannot start.
+    pub fn from_config(config: &PeerClientConfig) -> Result<Option<PeerClient>, PeerError> {
+        if config.peers.is_empty() && config.peers_file.is_none() {
+            return Ok(None);
+        }
+        let fleet = Fleet::new(
+            &config.peers,
+            config.peers_file.clone(),
+            config.self_url.clone(),
+        )?;
+        let tls = match &config.tls {
+            Some(files) => {
+                let pem = files.read()?;
+                Some(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(pem.ca))
+                        .identity(Identity::from_pem(pem.cert, pem.key)),
+                )
+            }
+            None => None,
+        };
+        if tls.is_none()
+            && let Some(m) = fleet
+                .ring()
+                .members()
+                .iter()
+                .find(|m| !m.is_self && m.url.starts_with("https://"))
+        {
+            return Err(PeerError::BadPeer {
+                detail: format!(
+                    "{}: https:// peers need --peer-tls-cert, --peer-tls-key and --peer-tls-ca",
+                    m.url
+                ),
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_THREADS)
+            .thread_name("tdfs-peer-client")
+            .enable_all()
+            .build()
+            .map_err(|e| PeerError::Server(format!("starting the client's runtime: {e}")))?;
+        let members = fleet.ring().members().len();
+        log::info!(
+            "asking {members} fleet members for the chunks they own (first-byte timeout {:?})",
+            config.timeout
+        );
+        Ok(Some(PeerClient {
+            fleet,
+            runtime,
+            tls,
+            timeout: config.timeout,
+            channels: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The (lazily connecting) channel to `url`, made once.
+    fn channel(&self, url: &str) -> Result<Channel, String> {
+        let mut channels = sync::lock(&self.channels);
+        if let Some(c) = channels.get(url) {
+            return Ok(c.clone());
+        }
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(self.timeout)
+            .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let tls = self
+                .tls
+                .clone()
+                .ok_or("https:// needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca")?;
+            endpoint = endpoint.tls_config(tls).map_err(|e| e.to_string())?;
+        }
+        let channel = {
+            let _entered = self.runtime.enter();
+            endpoint.connect_lazy()
+        };
+        channels.insert(url.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Whether `url` is in back-off now.
+    fn skipped(&self, url: &str) -> bool {
+        sync::lock(&self.health)
+            .get(url)
+            .and_then(|h| h.skip_until)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn succeeded(&self, url: &str) {
+        let mut health = sync::lock(&self.health);
+        if let Some(h) = health.get_mut(url) {
+            h.skip_until = None;
+            h.next_backoff = None;
+        }
+    }
+
+    /// Note a fault of `url`: back-off (except for `not_available`) and
+    /// one log line per fault that starts a back-off.
+    fn fault(&self, url: &str, reason: PeerFallback, what: &str, detail: &str) {
+        let now = Instant::now();
+        let mut health = sync::lock(&self.health);
+        let h = health.entry(url.to_string()).or_default();
+        if reason == PeerFallback::NotAvailable {
+            if h.not_available_logged
+                .is_none_or(|t| now.duration_since(t) >= NOT_AVAILABLE_LOG)
+            {
+                h.not_available_logged = Some(now);
+                log::info!(
+                    "peer {url}: not_available for {what}; reading the store (logged once a minute per peer)"
+                );
+            }
+            return;
+        }
+        if h.skip_until.is_some_and(|until| now < until) {
+            // In flight when the back-off started: already logged.
+            return;
+        }
+        let backoff = h.next_backoff.unwrap_or(BACKOFF_START);
+        h.skip_until = Some(now + backoff);
+        h.next_backoff = Some((backoff * 2).min(BACKOFF_MAX));
+        log::warn!(
+            "peer {url}: {} reading {what}: {detail}; reading the store instead and skipping this peer for {}s",
+            reason.name(),
+            backoff.as_secs()
+        );
+    }
+}
+
+impl PeerSource for PeerClient {
+    fn read_unit(
+        &self,
+        build: Uuid,
+        file: FileKind,
+        unit: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), PeerFallback> {
+        let ring = self.fleet.ring();
+        let owner = match ring.owner(build, file, unit) {
+            Some(m) if !m.is_self => m,
+            _ => return Err(PeerFallback::Owned),
+        };
+        let url = owner.url.as_str();
+        if self.skipped(url) {
+            return Err(PeerFallback::Backoff);
+        }
+        let what = format!("{build}/{file} at {offset} ({} bytes)", buf.len());
+        let channel = self.channel(url).map_err(|detail| {
+            self.fault(url, PeerFallback::Error, &what, &detail);
+            PeerFallback::Error
+        })?;
+        let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(buf.len())) else {
+            return Err(PeerFallback::Owned);
+        };
+        let request = ReadAtBuildSeekableRequest {
+            build_id: build.to_string(),
+            name: file.name().to_string(),
+            offset,
+            length,
+        };
+        let stall = self.timeout.max(MIN_STALL);
+        let read = read_range(channel, request, buf, self.timeout, stall);
+        match self.runtime.block_on(read) {
+            Ok(()) => {
+                self.succeeded(url);
+                Ok(())
+            }
+            Err((reason, detail)) => {
+                self.fault(url, reason, &what, &detail);
+                Err(reason)
+            }
+        }
+    }
+}
+
+/// Stream `request`'s range into all of `buf`, checking every message.
+async fn read_range(
+    channel: Channel,
+    request: ReadAtBuildSeekableRequest,
+    buf: &mut [u8],
+    first_byte: Duration,
+    stall: Duration,
+) -> Result<(), (PeerFallback, String)> {
+    use PeerFallback::{Error, Long, Malformed, NotAvailable, Short, Timeout, UseStorage};
+    let start = tokio::time::Instant::now();
+    let first_deadline = start + first_byte;
+    let last_deadline = first_deadline + STREAM_DEADLINE;
+    let timed_out = |what: &str| (Timeout, what.to_string());
+    let mut client = ChunkServiceClient::new(channel);
+    let mut stream =
+        match tokio::time::timeout_at(first_deadline, client.read_at_build_seekable(request)).await
+        {
+            Err(_) => return Err(timed_out("no answer within the first-byte timeout")),
+            Ok(Err(status)) => return Err((Error, status.to_string())),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+    let mut got = 0;
+    let mut first = true;
+    loop {
+        let deadline = if first {
+            first_deadline
+        } else {
+            (tokio::time::Instant::now() + stall).min(last_deadline)
+        };
+        let message = match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) if first => {
+                return Err(timed_out("no first byte within the first-byte timeout"));
+            }
+            Err(_) => return Err(timed_out("the stream stalled")),
+            Ok(Err(status)) => return Err((Error, status.to_string())),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(m))) => m,
+        };
+        match (&message.availability, first) {
+            (Some(a), true) if a.use_storage => return Err((UseStorage, "use_storage".into())),
+            (Some(a), true) if a.not_available => {
+                return Err((NotAvailable, "not_available".into()));
+            }
+            (Some(_), false) => {
+                return Err((Malformed, "availability past the first message".into()));
+            }
+            _ => {}
+        }
+        first = false;
+        let n = message.data.len();
+        if n > MAX_MESSAGE_DATA + MESSAGE_SLACK {
+            return Err((Malformed, format!("a message of {n} bytes")));
+        }
+        let Some(place) = buf.get_mut(got..got + n) else {
+            return Err((
+                Long,
+                format!("over {} bytes sent for {} asked", got + n, buf.len()),
+            ));
+        };
+        place.copy_from_slice(&message.data);
+        got += n;
+    }
+    if got < buf.len() {
+        return Err((Short, format!("{got} bytes sent for {} asked", buf.len())));
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! The fleet's member list: `--peer` URLs plus the lines of `--peers-file`,
+//! re-read when the file's modification time changes (looked at no more
+//! than every `RECHECK`), with this host's own URL marking "self". A bad
+//! line is warned about once and skipped; a file that cannot be read later
+//! keeps the last list (warned once per change of its error).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tonic::codegen::http::Uri;
+
+use super::PeerError;
+use super::ring::Ring;
+use crate::sync;
+
+/// How often the peers file's modification time is looked at, at most: a
+/// `stat` per fetch would be wasted, and fleets change in seconds, not
+/// milliseconds.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// A peer's URL, checked and normalized (no trailing `/`).
+///
+/// # Errors
+/// What is wrong with it and what a good one looks like.
+pub fn parse_peer_url(text: &str) -> Result<String, String> {
+    let url = text.trim().trim_end_matches('/');
+    let bad = |why: &str| {
+        Err(format!(
+            "{text:?}: {why} (give http://HOST:PORT or https://HOST:PORT)"
+        ))
+    };
+    let Ok(uri) = url.parse::<Uri>() else {
+        return bad("not a URL");
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return bad("the scheme is not http or https");
+    }
+    match uri.authority() {
+        Some(a) if a.port_u16().is_some() && !a.host().is_empty() => {}
+        _ => return bad("no host and port"),
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return bad("a peer's URL has no path");
+    }
+    Ok(url.to_string())
+}
+
+/// The member list; see the module docs.
+#[derive(Debug)]
+pub struct Fleet {
+    /// `--peer` URLs, checked.
+    flags: Vec<String>,
+    file: Option<PathBuf>,
+    self_url: Option<String>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    ring: Arc<Ring>,
+    checked: Instant,
+    /// The file's modification time when last read.
+    read_at: Option<SystemTime>,
+    /// Bad lines and read errors already warned about.
+    warned: HashSet<String>,
+}
+
+impl Fleet {
+    /// The fleet of `peers` (`--peer`) and the lines of `file`
+    /// (`--peers-file`), where the entry equal to `self_url` is this host.
+    ///
+    /// # Errors
+    /// `BadPeer` for a `--peer` that is not an http(s)://HOST:PORT URL;
+    /// `PeersFile` when the file cannot be read at start.
+    pub fn new(
+        peers: &[String],
+        file: Option<PathBuf>,
+        self_url: Option<String>,
+    ) -> Result<Fleet, PeerError> {
+        let flags = peers
+            .iter()
+            .map(|p| parse_peer_url(p).map_err(|detail| PeerError::BadPeer { detail }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let self_url = self_url
+            .map(|u| parse_peer_url(&u).map_err(|detail| PeerError::BadPeer { detail }))
+            .transpose()?;
+        let mut state = State {
+            ring: Arc::new(Ring::default()),
+            checked: Instant::now(),
+            read_at: None,
+            warned: HashSet::new(),
+        };
+        let mut listed = Vec::new();
+        if let Some(path) = &file {
+            let (lines, mtime) = read_list(path).map_err(|source| PeerError::PeersFile {
+                path: path.clone(),
+                source,
+            })?;
+            state.read_at = mtime;
+            listed = parse_lines(path, &lines, &mut state.warned);
+        }
+        let fleet = Fleet {
+            flags,
+            file,
+            self_url,
+            state: Mutex::new(state),
+        };
+        let ring = fleet.make_ring(&listed);
+        sync::lock(&fleet.state).ring = ring;
+        Ok(fleet)
+    }
+
+    fn make_ring(&self, listed: &[String]) -> Arc<Ring> {
+        let mut all = self.flags.clone();
+        all.extend_from_slice(listed);
+        Arc::new(Ring::new(&all, self.self_url.as_deref()))
+    }
+
+    /// The members now: the peers file is re-read when it changed.
+    pub fn ring(&self) -> Arc<Ring> {
+        let mut state = sync::lock(&self.state);
+        let Some(path) = &self.file else {
+            return state.ring.clone();
+        };
+        if state.checked.elapsed() < RECHECK {
+            return state.ring.clone();
+        }
+        state.checked = Instant::now();
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if mtime.is_some() && mtime == state.read_at {
+            return state.ring.clone();
+        }
+        match read_list(path) {
+            Ok((lines, mtime)) => {
+                let listed = parse_lines(path, &lines, &mut state.warned);
+                state.read_at = mtime;
+                state.ring = self.make_ring(&listed);
+                log::info!(
+                    "--peers-file {}: {} members now",
+                    path.display(),
+                    state.ring.members().len()
+                );
+            }
+            Err(e) => {
+                let key = format!("read error: {e}");
+                if state.warned.insert(key) {
+                    log::warn!(
+                        "--peers-file {}: {e}; keeping the last list (fix the file; it is read again when it changes)",
+                        path.display()
+                    );
+                }
+            }
+        }
+        state.ring.clone()
+    }
+}
+
+fn read_list(path: &Path) -> std::io::Result<(String, Option<SystemTime>)> {
+    let mtime = std::fs::metadata(path)?.modified().ok();
+    Ok((std::fs::read_to_string(path)?, mtime))
+}
+
+/// The URLs of a peers file's text: one a line, `#` starts a comment;
+/// bad lines warned once (by text) and skipped.
+fn parse_lines(path: &Path, text: &str, warned: &mut HashSet<String>) -> Vec<String> {
+    let mut urls = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        match parse_peer_url(line) {
+            Ok(url) => urls.push(url),
+            Err(detail) => {
+                if warned.insert(line.to_string()) {
+                    log::warn!(
+                        "--peers-file {} line {}: {detail}; skipped",
+                        path.display(),
+                        n + 1
+                    );
+                }
+            }
+        }
+    }
+    urls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_normalized() {
+        assert_eq!(
+            parse_peer_url(" http://10.0.0.1:5008/ ").unwrap(),
+            "http://10.0.0.1:5008"
+        );
+        assert!(parse_peer_url("https://host.example:443").is_ok());
+        for bad in ["10.0.0.1:5008", "ftp://h:1", "http://h", "http://h:1/x", ""] {
+            let e = parse_peer_url(bad).unwrap_err();
+            assert!(e.contains("http://HOST:PORT"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn peers_file_lines_comments_bad_lines_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers");
+        std::fs::write(
+            &path,
+            "# fleet\nhttp://10.0.0.1:5008\n\nnot a url\nhttp://10.0.0.2:5008 # me\n",
+        )
+        .unwrap();
+        let fleet = Fleet::new(
+            &["http://10.0.0.9:5008".into()],
+            Some(path.clone()),
+            Some("http://10.0.0.2:5008".into()),
+        )
+        .unwrap();
+        let ring = fleet.ring();
+        let urls: Vec<_> = ring.members().iter().map(|m| m.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://10.0.0.9:5008",
+                "http://10.0.0.1:5008",
+                "http://10.0.0.2:5008"
+            ]
+        );
+        assert!(ring.members()[2].is_self);
+
+        std::fs::write(&path, "http://10.0.0.3:5008\n").unwrap();
+        // A later modification time than the first read's.
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        sync::lock(&fleet.state).checked -= RECHECK;
+        let urls: Vec<_> = fleet
+            .ring()
+            .members()
+            .iter()
+            .map(|m| m.url.clone())
+            .collect();
+        assert_eq!(urls, ["http://10.0.0.9:5008", "http://10.0.0.3:5008"]);
+
+        assert!(matches!(
+            Fleet::new(&["nope".into()], None, None),
+            Err(PeerError::BadPeer { .. })
+        ));
+        assert!(matches!(
+            Fleet::new(&[], Some(dir.path().join("missing")), None),
+            Err(PeerError::PeersFile { .. })
+        ));
+    }
+}
