@@ -1,13 +1,24 @@
 //! Peers in tests: a free loopback port, a mount serving ChunkService, a
-//! gRPC client of it (the crate's generated one), and certificates for
-//! mutual TLS made with `openssl`.
+//! gRPC client of it (the crate's generated one), a fake peer that
+//! misbehaves on demand, and certificates for mutual TLS made with
+//! `openssl`.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
+use futures::{Stream, StreamExt};
 use tdfs::peer::proto::chunk_service_client::ChunkServiceClient;
-use tdfs::peer::proto::{PeerAvailability, ReadAtBuildSeekableRequest};
-use tonic::transport::Channel;
+use tdfs::peer::proto::chunk_service_server::{ChunkService, ChunkServiceServer};
+use tdfs::peer::proto::{
+    GetBuildBlobRequest, GetBuildBlobResponse, GetBuildFileExistsRequest,
+    GetBuildFileExistsResponse, GetBuildFileSizeRequest, GetBuildFileSizeResponse,
+    PeerAvailability, ReadAtBuildSeekableRequest, ReadAtBuildSeekableResponse,
+};
+use tonic::transport::{Channel, Server};
+use tonic::{Request, Response, Status};
 
 use super::mount::MountGuard;
 use super::process::{require_tool, run_ok};
@@ -167,5 +178,196 @@ pub fn make_certs(dir: &Path) -> Certs {
         server_key,
         client_cert,
         client_key,
+    }
+}
+
+/// How a `FakePeer` answers `ReadAtBuildSeekable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeMode {
+    /// The right bytes, in 1 MiB messages.
+    Healthy,
+    /// One message saying `not_available`.
+    NotAvailable,
+    /// One message saying `use_storage`.
+    UseStorage,
+    /// The right bytes but the last one.
+    Short,
+    /// The right bytes and ten more.
+    Long,
+    /// Availability set on every message, not only the first.
+    LateAvailability,
+    /// The range in 3 MiB messages: over the protocol's 2 MiB, within a
+    /// gRPC client's 4 MiB.
+    Oversized,
+    /// Nothing at all: the stream stays open, silent.
+    Stall,
+    /// The first message, then silence.
+    StallMidway,
+    /// The first message, then a gRPC error.
+    ErrorMidway,
+}
+
+type Messages = Pin<Box<dyn Stream<Item = Result<ReadAtBuildSeekableResponse, Status>> + Send>>;
+type Blobs = Pin<Box<dyn Stream<Item = Result<GetBuildBlobResponse, Status>> + Send>>;
+
+struct FakeService {
+    /// Diffs by (build, name): the uncompressed bytes at storage offsets.
+    diffs: Arc<HashMap<(String, String), Vec<u8>>>,
+    mode: Arc<Mutex<FakeMode>>,
+}
+
+#[tonic::async_trait]
+impl ChunkService for FakeService {
+    async fn get_build_file_size(
+        &self,
+        _: Request<GetBuildFileSizeRequest>,
+    ) -> Result<Response<GetBuildFileSizeResponse>, Status> {
+        Err(Status::unimplemented("fake peer"))
+    }
+
+    async fn get_build_file_exists(
+        &self,
+        _: Request<GetBuildFileExistsRequest>,
+    ) -> Result<Response<GetBuildFileExistsResponse>, Status> {
+        Err(Status::unimplemented("fake peer"))
+    }
+
+    type ReadAtBuildSeekableStream = Messages;
+
+    async fn read_at_build_seekable(
+        &self,
+        request: Request<ReadAtBuildSeekableRequest>,
+    ) -> Result<Response<Messages>, Status> {
+        let r = request.into_inner();
+        let mode = *self.mode.lock().unwrap();
+        let message =
+            |data: Vec<u8>, availability| Ok(ReadAtBuildSeekableResponse { data, availability });
+        let flags = |not_available, use_storage| {
+            Some(PeerAvailability {
+                not_available,
+                use_storage,
+            })
+        };
+        let Some(diff) = self.diffs.get(&(r.build_id.clone(), r.name.clone())) else {
+            return Ok(Response::new(Box::pin(futures::stream::iter([message(
+                Vec::new(),
+                flags(true, false),
+            )]))));
+        };
+        let (o, l) = (r.offset as usize, r.length as usize);
+        let range = diff[o..o + l].to_vec();
+        let pieces =
+            |bytes: &[u8], every: bool| -> Vec<Result<ReadAtBuildSeekableResponse, Status>> {
+                bytes
+                    .chunks(1 << 20)
+                    .enumerate()
+                    .map(|(i, c)| {
+                        message(
+                            c.to_vec(),
+                            (i == 0 || every).then(PeerAvailability::default),
+                        )
+                    })
+                    .collect()
+            };
+        let messages = match mode {
+            FakeMode::Healthy => pieces(&range, false),
+            FakeMode::NotAvailable => vec![message(Vec::new(), flags(true, false))],
+            FakeMode::UseStorage => vec![message(Vec::new(), flags(false, true))],
+            FakeMode::Short => pieces(&range[..l - 1], false),
+            FakeMode::Long => {
+                let mut m = pieces(&range, false);
+                m.push(message(vec![7; 10], None));
+                m
+            }
+            FakeMode::LateAvailability => pieces(&range, true),
+            FakeMode::Oversized => range
+                .chunks(3 << 20)
+                .enumerate()
+                .map(|(i, c)| message(c.to_vec(), (i == 0).then(PeerAvailability::default)))
+                .collect(),
+            FakeMode::Stall => {
+                return Ok(Response::new(Box::pin(futures::stream::pending())));
+            }
+            FakeMode::StallMidway => {
+                let first = pieces(&range, false).swap_remove(0);
+                return Ok(Response::new(Box::pin(
+                    futures::stream::iter([first]).chain(futures::stream::pending()),
+                )));
+            }
+            FakeMode::ErrorMidway => {
+                let first = pieces(&range, false).swap_remove(0);
+                vec![first, Err(Status::internal("fake peer fails midway"))]
+            }
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
+    }
+
+    type GetBuildBlobStream = Blobs;
+
+    async fn get_build_blob(
+        &self,
+        _: Request<GetBuildBlobRequest>,
+    ) -> Result<Response<Blobs>, Status> {
+        Err(Status::unimplemented("fake peer"))
+    }
+}
+
+/// A ChunkService on loopback answering ranges of given diffs as its
+/// `FakeMode` says; stopped on drop (its runtime dropped, stalled streams
+/// and all).
+pub struct FakePeer {
+    addr: SocketAddr,
+    mode: Arc<Mutex<FakeMode>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl FakePeer {
+    /// Serve `diffs` ((build id, file name) -> the diff's bytes) in `mode`.
+    pub fn start(diffs: HashMap<(String, String), Vec<u8>>, mode: FakeMode) -> FakePeer {
+        let mode = Arc::new(Mutex::new(mode));
+        let service = FakeService {
+            diffs: Arc::new(diffs),
+            mode: mode.clone(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let incoming = {
+            let _entered = runtime.enter();
+            tonic::transport::server::TcpIncoming::from(
+                tokio::net::TcpListener::from_std(listener).expect("listener"),
+            )
+        };
+        runtime.spawn(
+            Server::builder()
+                .add_service(ChunkServiceServer::new(service))
+                .serve_with_incoming(incoming),
+        );
+        FakePeer {
+            addr,
+            mode,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: FakeMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+}
+
+impl Drop for FakePeer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
