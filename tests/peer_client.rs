@@ -316,17 +316,15 @@ fn a_killed_peer_is_survived() {
     let (a, addr) = mount_serving(&path, &["--prefetch", "off"]);
     let b = MountGuard::start(&path, &strs(&client_flags(&format!("http://{addr}"))));
     let file = b.join(format!("{V3_BASE}/diff/memfile"));
-    assert!(pread(&file, 0, CHUNK as usize) == diff[..CHUNK as usize]);
+    assert!(pread(&file, 0, PIECE) == diff[..PIECE]);
     assert_eq!(b.stat("tdfs_peer_bytes_total"), CHUNK);
     let _dead = a.crash();
-    let got = pread(&file, CHUNK, CHUNK as usize);
-    assert!(
-        got == diff[CHUNK as usize..][..CHUNK as usize],
-        "from the store"
-    );
+    let got = pread(&file, 2 * CHUNK, PIECE);
+    assert!(got == diff[2 * CHUNK as usize..][..PIECE], "from the store");
     assert_eq!(fallbacks(&b, "error"), 1);
     assert_eq!(b.stat("tdfs_store_requests_total"), 1);
     assert_eq!(b.stat("tdfs_fetch_errors_total"), 0);
+    assert!(std::fs::read(&file).unwrap() == diff, "the whole diff");
 }
 
 #[test]
@@ -370,22 +368,14 @@ fn mutual_tls_peers_share_and_a_stranger_gets_nothing() {
         MountGuard::start(&path, &strs(&flags))
     };
     let b = client(&fleet.client_cert, &fleet.client_key);
-    let got = pread(
-        &b.join(format!("{V3_BASE}/diff/memfile")),
-        0,
-        CHUNK as usize,
-    );
-    assert!(got == diff[..CHUNK as usize]);
+    let got = pread(&b.join(format!("{V3_BASE}/diff/memfile")), 0, PIECE);
+    assert!(got == diff[..PIECE]);
     assert_eq!(b.stat("tdfs_peer_bytes_total"), CHUNK, "through A");
     assert_eq!(b.stat("tdfs_store_requests_total"), 0);
 
     let stranger = client(&other.client_cert, &other.client_key);
-    let got = pread(
-        &stranger.join(format!("{V3_BASE}/diff/memfile")),
-        0,
-        CHUNK as usize,
-    );
-    assert!(got == diff[..CHUNK as usize], "from its own store");
+    let got = pread(&stranger.join(format!("{V3_BASE}/diff/memfile")), 0, PIECE);
+    assert!(got == diff[..PIECE], "from its own store");
     assert_eq!(stranger.stat("tdfs_peer_bytes_total"), 0, "nothing from A");
     assert_eq!(fallbacks(&stranger, "error"), 1);
 }
