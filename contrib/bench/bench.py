@@ -428,6 +428,7 @@ def table(path):
         )
 
     many_rows(t)
+    peers_rows(t)
 
     peaks = {n: t.median(n) for n in t.values if n.startswith("memory.")}
     if peaks:
@@ -483,6 +484,35 @@ def many_rows(t):
             f" | {unique_name}: {t.median(row + '.unique-bytes') / 2**20:.0f} MiB"
             f" | {fetched:.2f}× the bytes | ≤ {bytes_target}× | {met} |"
         )
+
+
+def peers_rows(t):
+    """Host B reading through its peer A (A's cache warm), against B
+    reading the slow store and the unthrottled local store (`peers` group)."""
+    if "peers-seq.peer.secs" not in t.values:
+        return
+
+    def note(name):
+        b, a = t.median(name + ".cpu"), t.median(name + ".peer-cpu")
+        reqs = t.median(name + ".store-requests")
+        parts = [] if b is None else [f"CPU {b:.2f} s" + ("" if a is None else f" + peer {a:.2f} s")]
+        if reqs is not None:
+            parts.append(f"{reqs:.0f} store requests")
+        return "; " + ", ".join(parts) if parts else ""
+
+    for kind, show, metric, invert in (
+        ("seq", seq, "secs", True),
+        ("rand", rand, "iops", False),
+    ):
+        for base, label, minimum in (("slow", "slow store", 3.0), ("local", "local store", 0.5)):
+            t.row(
+                f"peers {kind}-cold",
+                show(t, f"peers-{kind}.peer") + note(f"peers-{kind}.peer"),
+                f"{label}: {show(t, f'peers-{kind}.{base}')}{note(f'peers-{kind}.{base}')}",
+                t.ratio(f"peers-{kind}.peer.{metric}", f"peers-{kind}.{base}.{metric}", invert=invert),
+                f"≥ {minimum}×",
+                minimum,
+            )
 
 
 SQ_NAMES = {

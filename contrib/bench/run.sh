@@ -16,7 +16,7 @@ HELPER="$HERE/bench.py"
 TDFS=${TDFS:-$REPO/target/release/tdfs}
 WORK=${BENCH_DIR:-/var/tmp/tdfs-bench}
 RUNS=${RUNS:-3}
-GROUPS_WANTED=${GROUPS_WANTED:-seq,rand,slow,many,s3}
+GROUPS_WANTED=${GROUPS_WANTED:-seq,rand,slow,many,s3,peers}
 MEMFILE_MIB=${MEMFILE_MIB:-2048}
 # Memfile of the `many` group's base build (its layers are copies of it).
 MANY_MIB=${MANY_MIB:-512}
@@ -33,7 +33,7 @@ usage() {
 usage: contrib/bench/run.sh [--runs N] [--groups LIST] [--work DIR] [--fio-secs S] [--out FILE]
 
   --runs N        runs to take medians over (default $RUNS)
-  --groups LIST   comma list of seq, rand, slow, many, s3 (default $GROUPS_WANTED)
+  --groups LIST   comma list of seq, rand, slow, many, s3, peers (default $GROUPS_WANTED)
   --work DIR      data, images, stores and mounts (default $WORK; reused
                   between invocations, delete it to regenerate the data)
   --fio-secs S    length of each fio run (default $FIO_SECS)
@@ -60,7 +60,7 @@ done
 
 want() { [[ ",$GROUPS_WANTED," == *",$1,"* ]]; }
 # The groups that read the main data set (prepare, verify_mounts).
-want_main() { want seq || want rand || want slow || want s3; }
+want_main() { want seq || want rand || want slow || want s3 || want peers; }
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 
@@ -363,6 +363,57 @@ group_slow() {
   done
 }
 
+# --- peers (the `peers` group) -------------------------------------------------
+
+# A free loopback port for a peer server.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# peers_read KIND NAME FILE: a cold `cat` (KIND seq) or fio run (KIND rand)
+# of FILE on the last mount, recorded as NAME, with the CPU seconds the
+# mount (and, when A_PID is set, the peer A) spent on it.
+peers_read() {
+  local kind=$1 name=$2 file=$3 b0 a0=0
+  drop_caches
+  b0=$(python3 "$HELPER" cpu "$TDFS_PID")
+  [ -n "${A_PID:-}" ] && a0=$(python3 "$HELPER" cpu "$A_PID")
+  if [ "$kind" = seq ]; then timed_cat "$name" "$file"; else fio_rand "$name" "$file" 1; fi
+  record "$name.cpu" "$(python3 -c "print($(python3 "$HELPER" cpu "$TDFS_PID") - $b0)")"
+  if [ -n "${A_PID:-}" ]; then
+    record "$name.peer-cpu" "$(python3 -c "print($(python3 "$HELPER" cpu "$A_PID") - $a0)")"
+  fi
+  record "$name.store-requests" "$(python3 "$HELPER" stat "$MNT/.stats" tdfs_store_requests_total)"
+}
+
+# Host B reads the zstd memfile cold through its peer A, whose cache is
+# warm (A read the file from the slow store first); against B reading the
+# slow store itself (THROTTLE) and the unthrottled local store. B's only
+# peer is A, so A owns every unit and B's store requests stay 0.
+group_peers() {
+  local addr kind a_mnt a_watch a_name file="$ZSTD_BUILD/memfile"
+  addr="127.0.0.1:$(free_port)"
+  mount_tdfs peers-a "$STORE" --peer-listen "$addr" --bench-throttle "$THROTTLE"
+  A_PID=$TDFS_PID a_mnt=$MNT a_watch=$WATCH_PID a_name=$MOUNT_NAME
+  cat "$a_mnt/$file" >/dev/null
+  for kind in seq rand; do
+    mount_tdfs "peers-b-$kind" "$STORE" --peer "http://$addr" --bench-throttle "$THROTTLE"
+    peers_read "$kind" "peers-$kind.peer" "$MNT/$file"
+    umount_tdfs
+  done
+  TDFS_PID=$A_PID MNT=$a_mnt WATCH_PID=$a_watch MOUNT_NAME=$a_name
+  A_PID=""
+  umount_tdfs
+  for kind in seq rand; do
+    mount_tdfs "peers-slow-$kind" "$STORE" --bench-throttle "$THROTTLE"
+    peers_read "$kind" "peers-$kind.slow" "$MNT/$file"
+    umount_tdfs
+    mount_tdfs "peers-local-$kind" "$STORE"
+    peers_read "$kind" "peers-$kind.local" "$MNT/$file"
+    umount_tdfs
+  done
+}
+
 # --- many readers at once (the `many` group) ----------------------------------
 
 MANY="$WORK/many"
@@ -522,6 +573,7 @@ main() {
     if want slow; then group_slow; fi
     if want many; then group_many; fi
     if want s3; then group_s3; fi
+    if want peers; then group_peers; fi
   done
   local report="$WORK/report.md"
   {
