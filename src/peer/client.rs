@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -81,7 +82,8 @@ struct Health {
 /// The client; see the module docs.
 pub struct PeerClient {
     fleet: Fleet,
-    runtime: tokio::runtime::Runtime,
+    /// Shut down without waiting on drop (see `Drop`).
+    runtime: ManuallyDrop<tokio::runtime::Runtime>,
     tls: Option<ClientTlsConfig>,
     timeout: Duration,
     channels: Mutex<HashMap<String, Channel>>,
@@ -153,7 +155,7 @@ impl PeerClient {
         );
         Ok(Some(PeerClient {
             fleet,
-            runtime,
+            runtime: ManuallyDrop::new(runtime),
             tls,
             timeout: config.timeout,
             channels: Mutex::new(HashMap::new()),
@@ -231,6 +233,17 @@ impl PeerClient {
             reason.name(),
             backoff.as_secs()
         );
+    }
+}
+
+impl Drop for PeerClient {
+    fn drop(&mut self) {
+        // SAFETY: `runtime` is taken once, here, and never used again.
+        let runtime = unsafe { ManuallyDrop::take(&mut self.runtime) };
+        // The last holder of the mount's `Builds` may be the peer server,
+        // dropped inside its own runtime, where a plain drop (which waits
+        // for this runtime's threads) panics; nothing here needs waiting for.
+        runtime.shutdown_background();
     }
 }
 
