@@ -274,7 +274,8 @@ fn render_prefetch(summary: &PrefetchSummary) -> String {
             notes,
         } => {
             let mut line = format!(
-                "{entries} blocks of {} ({})",
+                "{entries} block{} of {} ({})",
+                if *entries == 1 { "" } else { "s" },
                 human_bytes(*block_size),
                 human_bytes(*bytes)
             );
