@@ -95,22 +95,36 @@ fn a_recording_is_replayed_on_a_fresh_mount() {
     let record = dir.path().join("record");
     let memfile_blocks = [5u64, 1, 3];
     let rootfs_blocks = [900u64, 17, 1500];
-    {
-        let mount = MountGuard::start(&store, &["--record-prefetch", record.to_str().unwrap()]);
-        let memfile = mount.join(format!("{LAYER}/memfile"));
-        let rootfs = mount.join(format!("{LAYER}/rootfs.ext4"));
-        for &b in &memfile_blocks {
-            read_block(&memfile, MEMFILE_BLOCK, b);
-        }
-        // Held open across the unmount: written then.
-        let _open = std::fs::File::open(&rootfs).unwrap();
-        for &b in &rootfs_blocks {
-            read_block(&rootfs, ROOTFS_BLOCK, b);
-        }
-        // Each dd closed the memfile: written at its last close.
-        let early = recording(&record, "memfile");
-        assert_eq!(indices(&early), memfile_blocks, "the union of three opens");
+    let mount = MountGuard::start(&store, &["--record-prefetch", record.to_str().unwrap()]);
+    let memfile = mount.join(format!("{LAYER}/memfile"));
+    let rootfs = mount.join(format!("{LAYER}/rootfs.ext4"));
+    for &b in &memfile_blocks {
+        read_block(&memfile, MEMFILE_BLOCK, b);
     }
+    // Each dd closed the memfile: written at its last close (the kernel
+    // sends RELEASE after close returned, so wait for it, boundedly).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let path = record.join(LAYER).join("memfile.prefetch.json");
+    while Instant::now() < deadline
+        && (!path.exists() || indices(&recording(&record, "memfile")).len() < 3)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let early = recording(&record, "memfile");
+    assert_eq!(indices(&early), memfile_blocks, "the union of three opens");
+    // Held open across the stop (SIGTERM): written at unmount.
+    let open = std::fs::File::open(&rootfs).unwrap();
+    for &b in &rootfs_blocks {
+        read_block(&rootfs, ROOTFS_BLOCK, b);
+    }
+    assert!(
+        !record
+            .join(LAYER)
+            .join("rootfs.ext4.prefetch.json")
+            .exists()
+    );
+    drop(mount);
+    drop(open);
     let memfile = recording(&record, "memfile");
     assert_eq!(indices(&memfile), memfile_blocks, "first-touch order");
     assert_eq!(memfile["block_size"], MEMFILE_BLOCK);
@@ -171,6 +185,14 @@ fn an_unwritable_recording_directory_is_one_warning() {
     }
     let bytes = std::fs::read(&memfile).unwrap();
     assert_eq!(bytes.len() as u64, 8 * MEMFILE_BLOCK, "the mount serves");
+    // Four closes, each a failed write (RELEASE comes after close
+    // returned: wait for the first, boundedly).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !mount.log().contains("recording not written") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Time for the other closes to warn, were they to.
+    std::thread::sleep(Duration::from_millis(300));
     let log = mount.log();
     let warnings: Vec<&str> = log
         .lines()
