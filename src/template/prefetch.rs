@@ -350,3 +350,75 @@ pub fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     }
     fs::read(path).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::store::{Fault, FaultStore, LocalStore};
+    use crate::template::{Builds, TemplateConfig};
+
+    /// A layer of the v4-zstd fixture.
+    const LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
+
+    fn cache_files(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("cache".as_ref()))
+            .count()
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 10 s");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Looking for a trace (a metadata fetch that may take long) does not
+    /// keep the file's Chunkers open after its last close; the next open
+    /// looks again.
+    #[test]
+    fn a_closed_file_is_not_held_while_its_trace_is_looked_for() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2b/v4-zstd");
+        let store = Arc::new(FaultStore::new(Arc::new(LocalStore::open(root).unwrap())));
+        let build = Uuid::parse_str(LAYER).unwrap();
+        let metadata = ObjectKey::blob(build, Blob::Metadata);
+        store.inject(Some(metadata), Fault::Hang, Some(1));
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = TemplateConfig::for_tool(dir.path().join("cache"));
+        config.max_idle_diffs = 0;
+        config.prefetch.enabled = true;
+        // The metadata lists no trace: a recording does.
+        let recordings = dir.path().join("record");
+        let recording = recording_path(&recordings, build, FileKind::Memfile);
+        fs::create_dir_all(recording.parent().unwrap()).unwrap();
+        fs::write(&recording, br#"{"indices": [3], "block_size": 4096}"#).unwrap();
+        config.prefetch.dir = Some(recordings);
+        let builds = Builds::new(store.clone(), config);
+
+        let file = Arc::new(builds.open(build, FileKind::Memfile).unwrap());
+        builds.start_prefetch(&file);
+        wait_until("the metadata fetch hangs", || store.hanging() == 1);
+        let cache = builds.cache_dir().unwrap().to_path_buf();
+        assert!(cache_files(&cache) > 0);
+        drop(file);
+        let open_after_close = cache_files(&cache);
+        // Healed before asserting: a failed test must not leave the run
+        // hanging (the Prefetcher joins it when dropped).
+        store.heal();
+        assert_eq!(open_after_close, 0, "Chunkers closed at the last close");
+        let file = Arc::new(builds.open(build, FileKind::Memfile).unwrap());
+        // Once the first run found the file gone, an open starts over.
+        wait_until("the next open looks again", || {
+            builds.start_prefetch(&file);
+            store.requests_for(&metadata) == 2
+        });
+        wait_until("replayed", || {
+            builds.prefetch_state(build, FileKind::Memfile) == "done"
+        });
+    }
+}
