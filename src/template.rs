@@ -22,6 +22,7 @@ mod file;
 mod listing;
 mod prefetch;
 mod readahead;
+mod record;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -39,8 +40,9 @@ pub use builds::Builds;
 pub use diff::DiffFile;
 pub use file::{FileBytes, TemplateFile, own_compression};
 pub use listing::BuildContents;
-pub use prefetch::{PrefetchConfig, recording_path};
+pub use prefetch::{PrefetchConfig, read_bounded, recording_path};
 pub use readahead::{MAX_READAHEAD_BYTES, MAX_READAHEAD_UNITS, ReadAhead};
+pub use record::Recording;
 
 /// Why a template file, a blob or the listing could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +122,8 @@ pub struct TemplateConfig {
     /// (each holds a cache file descriptor and a mapping); past it the least
     /// recently used is closed and its cached bytes dropped.
     pub max_idle_diffs: usize,
-    /// Replaying recorded working sets when a template file is opened.
+    /// Replaying recorded working sets when a template file is opened,
+    /// and recording them.
     pub prefetch: PrefetchConfig,
     /// Peers asked for a unit before the store (`--peer`); `None` = the
     /// store only.

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -48,6 +48,9 @@ pub struct PrefetchConfig {
     /// Local recordings replayed for builds whose metadata lists none
     /// (`--prefetch-dir`).
     pub dir: Option<PathBuf>,
+    /// Where the first-touch order of each template file read is recorded
+    /// (`--record-prefetch`; see `template::record`).
+    pub record_dir: Option<PathBuf>,
 }
 
 /// Where a template file's prefetch stands, as the `user.tdfs.prefetch`
@@ -141,7 +144,9 @@ impl Prefetcher {
         }
         let build = file.build_id();
         let run = Run {
-            file: Arc::clone(file),
+            file: Arc::downgrade(file),
+            build,
+            kind: file.file(),
             state: Arc::clone(&state),
             store: Arc::clone(&self.store),
             dir: self.config.dir.clone(),
@@ -175,7 +180,12 @@ impl Drop for Prefetcher {
 
 /// One template file's prefetch, run on its own thread.
 struct Run {
-    file: Arc<TemplateFile>,
+    /// Held strongly only while the trace is replayed: looking for it (a
+    /// metadata fetch) must not keep the build's Chunkers open after the
+    /// file's last close.
+    file: Weak<TemplateFile>,
+    build: Uuid,
+    kind: FileKind,
     state: Arc<PrefetchState>,
     store: Arc<dyn Store>,
     dir: Option<PathBuf>,
@@ -187,7 +197,7 @@ struct Run {
 impl Run {
     fn run(self) {
         let state = &self.state;
-        let (build, kind) = (self.file.build_id(), self.file.file());
+        let (build, kind) = (self.build, self.kind);
         let (parsed, source) = match self.load() {
             Ok(Some(found)) => found,
             Ok(None) => return state.set(Phase::None),
@@ -200,11 +210,17 @@ impl Run {
             mut trace,
             mut notes,
         } = parsed;
-        let past_end = trace.clamp_to(self.file.size());
+        let Some(file) = self.file.upgrade() else {
+            // Closed before its trace was found: the next open starts over.
+            state.set(Phase::None);
+            state.started.store(false, Ordering::Release);
+            return;
+        };
+        let past_end = trace.clamp_to(file.size());
         if past_end > 0 {
             notes.push(format!(
                 "{past_end} blocks past the end of the file ({} bytes) skipped",
-                self.file.size()
+                file.size()
             ));
         }
         if !notes.is_empty() {
@@ -218,19 +234,14 @@ impl Run {
         for &index in &trace.indices {
             // In range: `clamp_to` kept only blocks starting in the file.
             let off = index * trace.block_size;
-            let end = off.saturating_add(trace.block_size).min(self.file.size());
-            if let Err(why) = self.block(off..end) {
+            let end = off.saturating_add(trace.block_size).min(file.size());
+            if let Err(why) = self.block(&file, off..end) {
                 return state.set(Phase::Skipped(why));
             }
             state.walked.fetch_add(1, Ordering::Relaxed);
         }
         // Done once the last fetches queued have ended.
-        while self
-            .file
-            .diffs
-            .iter()
-            .any(|(_, c)| c.prefetches_in_flight() > 0)
-        {
+        while file.diffs.iter().any(|(_, c)| c.prefetches_in_flight() > 0) {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
@@ -246,7 +257,7 @@ impl Run {
     /// The trace to replay and where it came from; `None` when there is
     /// none.
     fn load(&self) -> Result<Option<(Parsed, String)>, String> {
-        let (build, kind) = (self.file.build_id(), self.file.file());
+        let (build, kind) = (self.build, self.kind);
         let key = ObjectKey::blob(build, Blob::Metadata);
         match self.store.read_all(&key, MAX_METADATA_LEN) {
             Ok(bytes) => {
@@ -275,10 +286,10 @@ impl Run {
     /// Queue the units holding template-file bytes `range`, through the
     /// mappings; waits while the pool has no room. `Err` says why prefetch
     /// stops.
-    fn block(&self, range: std::ops::Range<u64>) -> Result<(), String> {
+    fn block(&self, file: &TemplateFile, range: std::ops::Range<u64>) -> Result<(), String> {
         let mut pos = range.start;
         while pos < range.end {
-            let Some(hit) = self.file.header.mappings.lookup(pos) else {
+            let Some(hit) = file.header.mappings.lookup(pos) else {
                 return Ok(());
             };
             let n = hit.remaining.min(range.end - pos);
@@ -286,7 +297,7 @@ impl Run {
             if hit.build_id.is_nil() {
                 continue;
             }
-            let Ok(chunker) = self.file.chunker(hit.build_id) else {
+            let Ok(chunker) = file.chunker(hit.build_id) else {
                 continue;
             };
             if self.max_bytes > 0 && self.queued.load(Ordering::Relaxed) >= self.max_bytes {
@@ -320,9 +331,13 @@ pub fn recording_path(dir: &Path, build: Uuid, file: FileKind) -> PathBuf {
         .join(format!("{}.prefetch.json", file.name()))
 }
 
-/// The file at `path`, `None` when there is none; refused over
-/// `MAX_METADATA_LEN` bytes before it is read.
-fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+/// The file at `path` (a recording or a metadata.json), `None` when there
+/// is none.
+///
+/// # Errors
+/// When it cannot be read, or is over `MAX_METADATA_LEN` bytes (checked
+/// before it is read).
+pub fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     let len = match fs::metadata(path) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -334,4 +349,76 @@ fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
         )));
     }
     fs::read(path).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::store::{Fault, FaultStore, LocalStore};
+    use crate::template::{Builds, TemplateConfig};
+
+    /// A layer of the v4-zstd fixture.
+    const LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
+
+    fn cache_files(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("cache".as_ref()))
+            .count()
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 10 s");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Looking for a trace (a metadata fetch that may take long) does not
+    /// keep the file's Chunkers open after its last close; the next open
+    /// looks again.
+    #[test]
+    fn a_closed_file_is_not_held_while_its_trace_is_looked_for() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/e2b/v4-zstd");
+        let store = Arc::new(FaultStore::new(Arc::new(LocalStore::open(root).unwrap())));
+        let build = Uuid::parse_str(LAYER).unwrap();
+        let metadata = ObjectKey::blob(build, Blob::Metadata);
+        store.inject(Some(metadata), Fault::Hang, Some(1));
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = TemplateConfig::for_tool(dir.path().join("cache"));
+        config.max_idle_diffs = 0;
+        config.prefetch.enabled = true;
+        // The metadata lists no trace: a recording does.
+        let recordings = dir.path().join("record");
+        let recording = recording_path(&recordings, build, FileKind::Memfile);
+        fs::create_dir_all(recording.parent().unwrap()).unwrap();
+        fs::write(&recording, br#"{"indices": [3], "block_size": 4096}"#).unwrap();
+        config.prefetch.dir = Some(recordings);
+        let builds = Builds::new(store.clone(), config);
+
+        let file = Arc::new(builds.open(build, FileKind::Memfile).unwrap());
+        builds.start_prefetch(&file);
+        wait_until("the metadata fetch hangs", || store.hanging() == 1);
+        let cache = builds.cache_dir().unwrap().to_path_buf();
+        assert!(cache_files(&cache) > 0);
+        drop(file);
+        let open_after_close = cache_files(&cache);
+        // Healed before asserting: a failed test must not leave the run
+        // hanging (the Prefetcher joins it when dropped).
+        store.heal();
+        assert_eq!(open_after_close, 0, "Chunkers closed at the last close");
+        let file = Arc::new(builds.open(build, FileKind::Memfile).unwrap());
+        // Once the first run found the file gone, an open starts over.
+        wait_until("the next open looks again", || {
+            builds.start_prefetch(&file);
+            store.requests_for(&metadata) == 2
+        });
+        wait_until("replayed", || {
+            builds.prefetch_state(build, FileKind::Memfile) == "done"
+        });
+    }
 }
