@@ -55,7 +55,7 @@ pub enum Command {
     Demo(demo::Args),
     /// Mount a store's builds read-only with FUSE (a daemon unless
     /// --foreground; SIGINT or SIGTERM unmounts).
-    Mount(mount::MountArgs),
+    Mount(Box<mount::MountArgs>),
     /// Print a shell completion script (bash, zsh, fish, ...).
     #[command(hide = true)]
     Completions(completions::CompletionsArgs),
@@ -109,7 +109,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Verify(args) => verify::run(args),
         Command::Export(args) => export::run(args),
         Command::Demo(args) => demo::run(args),
-        Command::Mount(args) => Ok(mount::run(args)?),
+        Command::Mount(args) => Ok(mount::run(*args)?),
         Command::Completions(args) => {
             completions::run(args, Cli::command());
             Ok(())

@@ -22,6 +22,7 @@ mod file;
 mod listing;
 mod prefetch;
 mod readahead;
+mod record;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -40,6 +41,7 @@ pub use file::{FileBytes, TemplateFile, own_compression};
 pub use listing::BuildContents;
 pub use prefetch::{PrefetchConfig, PushPrefetched, recording_path};
 pub use readahead::{MAX_READAHEAD_BYTES, MAX_READAHEAD_UNITS, ReadAhead};
+pub use record::Recording;
 
 /// Why a template file, a blob or the listing could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +121,8 @@ pub struct TemplateConfig {
     /// (each holds a cache file descriptor and a mapping); past it the least
     /// recently used is closed and its cached bytes dropped.
     pub max_idle_diffs: usize,
-    /// Replaying recorded working sets when a template file is opened.
+    /// Replaying recorded working sets when a template file is opened,
+    /// and recording them.
     pub prefetch: PrefetchConfig,
 }
 

@@ -159,6 +159,13 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR")]
     pub prefetch_dir: Option<PathBuf>,
 
+    /// Record the first-touch order of the blocks of each memfile and
+    /// rootfs.ext4 read on the mount to DIR/<build>/<file>.prefetch.json
+    /// (written when the file's last handle closes and at unmount), for
+    /// --prefetch-dir or `tdfs pack --prefetch-*`.
+    #[arg(long, value_name = "DIR")]
+    pub record_prefetch: Option<PathBuf>,
+
     /// Benchmarks only (contrib/bench): slow every store read down by a
     /// first-byte latency and a per-request bandwidth, e.g. 20ms,100MB.
     #[arg(long, hide = true, value_name = "LATENCY,BANDWIDTH", value_parser = Throttle::parse)]
@@ -182,17 +189,8 @@ pub fn run(mut args: MountArgs) -> Result<(), FsError> {
     let store = absolute_store(&args.store);
     let cache_dir = cache_root(args.cache_dir.as_deref())?;
     // Absolute: the daemon changes directory to `/`.
-    args.prefetch_dir = args
-        .prefetch_dir
-        .as_deref()
-        .map(|d| {
-            std::path::absolute(d).map_err(|source| FsError::File {
-                what: "prefetch directory",
-                path: d.to_path_buf(),
-                source,
-            })
-        })
-        .transpose()?;
+    args.prefetch_dir = absolute_dir(args.prefetch_dir.as_deref(), "prefetch directory")?;
+    args.record_prefetch = absolute_dir(args.record_prefetch.as_deref(), "recording directory")?;
     let setup = Setup {
         store,
         mountpoint,
@@ -313,6 +311,18 @@ fn idle_diff_limit(nofile: u64) -> usize {
     usize::try_from(limit).unwrap_or(8)
 }
 
+/// `dir` made absolute (the daemon changes directory to `/`), when given.
+fn absolute_dir(dir: Option<&Path>, what: &'static str) -> Result<Option<PathBuf>, FsError> {
+    dir.map(|d| {
+        std::path::absolute(d).map_err(|source| FsError::File {
+            what,
+            path: d.to_path_buf(),
+            source,
+        })
+    })
+    .transpose()
+}
+
 /// A local store path made absolute: the daemon changes directory to `/`.
 fn absolute_store(location: &str) -> String {
     match StoreLocation::parse(location) {
@@ -345,6 +355,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
             enabled: args.prefetch,
             max_bytes: args.prefetch_max,
             dir: args.prefetch_dir.clone(),
+            record_dir: args.record_prefetch.clone(),
         },
     };
     let builds = Builds::new(store, config);
@@ -368,7 +379,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         ),
         None => None,
     };
-    let tree = Arc::new(TemplateFs::new(builds, options));
+    let tree = Arc::new(TemplateFs::new(Arc::clone(&builds), options));
     let mount_options = MountOptions {
         allow_other: args.allow_other,
         threads: usize::from(args.threads),
@@ -386,6 +397,19 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
         cache_path.display()
     );
     let stop = wait_for_signals(signals)?;
+    let ended = wait_for_end(setup, mounted, &stop);
+    // Files the kernel never released (a detached mount) are recorded now.
+    builds.finish_recordings();
+    ended
+}
+
+/// Serve until a stop signal (then unmount) or an outside unmount; says
+/// how the mount ended.
+fn wait_for_end(
+    setup: &Setup,
+    mounted: fs::Mounted,
+    stop: &crossbeam_channel::Receiver<libc::c_int>,
+) -> Result<(), FsError> {
     let mountpoint = setup.mountpoint.display();
     // Exactly one line says how the mount ended (operators grep for it).
     crossbeam_channel::select! {

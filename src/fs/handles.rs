@@ -14,7 +14,7 @@ use super::inode::{BuildDirFile, Node};
 use super::templatefs::{DirEntry, Opened, TemplateFs};
 use crate::format::Blob;
 use crate::sync;
-use crate::template::{DiffFile, ReadAhead, TemplateFile};
+use crate::template::{DiffFile, ReadAhead, Recording, TemplateFile};
 
 /// What an open handle reads from.
 pub(super) enum Handle {
@@ -24,6 +24,8 @@ pub(super) enum Handle {
     Template {
         file: Arc<TemplateFile>,
         read_ahead: ReadAhead,
+        /// With `--record-prefetch`: where this handle's reads are noted.
+        recording: Option<Recording>,
     },
     /// A build's own diff.
     Diff(DiffFile),
@@ -103,9 +105,14 @@ impl TemplateFs {
             Node::File(build, BuildDirFile::Template(kind)) => {
                 let file = self.open_template(build, kind)?;
                 let read_ahead = file.read_ahead_state();
+                let recording = self.builds.record(&file);
                 self.builds.start_prefetch(&file);
                 (
-                    Handle::Template { file, read_ahead },
+                    Handle::Template {
+                        file,
+                        read_ahead,
+                        recording,
+                    },
                     FopenFlags::FOPEN_KEEP_CACHE,
                 )
             }
@@ -141,7 +148,17 @@ impl TemplateFs {
         reply: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, FsError> {
         let handle = self.handles.get(fh)?;
-        if let Handle::Template { file, read_ahead } = &*handle {
+        if let Handle::Template {
+            file,
+            read_ahead,
+            recording,
+        } = &*handle
+        {
+            // Only what the kernel asks for is recorded: demand reads and
+            // mmap faults, not read-ahead or prefetch.
+            if let Some(recording) = recording {
+                recording.note(offset, u64::from(len));
+            }
             file.read_ahead(read_ahead, offset, u64::from(len));
             let in_place = file
                 .read_in_place(offset, len as usize)

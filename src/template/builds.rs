@@ -16,6 +16,7 @@ use super::cache_dir::CacheDir;
 use super::diffs::{Diffs, FileId};
 use super::listing::Listing;
 use super::prefetch::Prefetcher;
+use super::record::{Recorder, Recording};
 use super::{TemplateConfig, TemplateError, TemplateFile};
 use crate::chunker::{CacheBudget, Chunker, ChunkerConfig, DiffSpec, FetchPool};
 use crate::format::limits::MAX_HEADER_LEN;
@@ -49,6 +50,8 @@ pub struct Builds {
     /// Before `fetching`, so its threads are stopped before the cache
     /// directory goes.
     prefetcher: Prefetcher,
+    /// `--record-prefetch`: the first-touch order of files read.
+    recorder: Option<Arc<Recorder>>,
     /// Last, so its cache directory is removed after the Chunkers that
     /// delete their files in it.
     fetching: OnceLock<Fetching>,
@@ -63,6 +66,7 @@ impl Builds {
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, stats.clone()));
         Arc::new(Builds {
             prefetcher: Prefetcher::new(config.prefetch.clone(), Arc::clone(&store)),
+            recorder: config.prefetch.record_dir.clone().map(Recorder::new),
             store,
             stats,
             listing: Listing::new(config.listing_ttl),
@@ -175,6 +179,21 @@ impl Builds {
     /// opened for reading (see `template::prefetch`); later calls do nothing.
     pub fn start_prefetch(&self, file: &Arc<TemplateFile>) {
         self.prefetcher.start(file);
+    }
+
+    /// A share of `file`'s recording for one open handle, when recording
+    /// (`--record-prefetch`): the handle notes the reads the kernel asks
+    /// for through it, and the trace is written when the file's last share
+    /// is dropped (see `template::record`).
+    pub fn record(&self, file: &TemplateFile) -> Option<Recording> {
+        self.recorder.as_ref()?.open(file)
+    }
+
+    /// Write the recordings of files still open (at unmount).
+    pub fn finish_recordings(&self) {
+        if let Some(recorder) = &self.recorder {
+            recorder.finish();
+        }
     }
 
     /// Where the prefetch of `build`'s `file` stands, as the

@@ -57,6 +57,9 @@ pub struct PrefetchConfig {
     /// Local recordings replayed for builds whose metadata lists none
     /// (`--prefetch-dir`).
     pub dir: Option<PathBuf>,
+    /// Where the first-touch order of each template file read is recorded
+    /// (`--record-prefetch`; see `template::record`).
+    pub record_dir: Option<PathBuf>,
 }
 
 /// Where a template file's prefetch stands, as the `user.tdfs.prefetch`
@@ -397,7 +400,7 @@ pub fn recording_path(dir: &Path, build: Uuid, file: FileKind) -> PathBuf {
 
 /// The file at `path`, `None` when there is none; refused over
 /// `MAX_METADATA_LEN` bytes before it is read.
-fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+pub(super) fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     let len = match fs::metadata(path) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

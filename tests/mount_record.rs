@@ -1,0 +1,185 @@
+//! Recording on a real mount (`--record-prefetch`): the blocks read on one
+//! mount are written, in first-touch order, as a trace that a fresh mount
+//! replays (`--prefetch-dir`) before any read, and that `tdfs pack
+//! --prefetch-*` stores in a new build's metadata.json; a recording
+//! directory that cannot be written is one warning and a working mount.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::fixtures::fixture_store;
+use common::mount::{MountGuard, fuse_available};
+use common::process::run_ok;
+use serde_json::Value;
+
+/// A layer of the v4-zstd fixture: a 16 MiB memfile of 2 MiB blocks (in
+/// 1 MiB frames) and an 8 MiB rootfs.ext4 of 4 KiB blocks.
+const LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
+const MEMFILE_BLOCK: u64 = 2 << 20;
+const ROOTFS_BLOCK: u64 = 4096;
+
+/// A copy of the v4-zstd fixture store (its metadata lists no trace).
+fn store_copy(dir: &Path) -> PathBuf {
+    let store = dir.join("store");
+    run_ok(
+        "cp",
+        [
+            "-r",
+            fixture_store("v4-zstd").to_str().unwrap(),
+            store.to_str().unwrap(),
+        ],
+    );
+    store
+}
+
+/// Read block `index` (of `block` bytes) of `path` with dd, one open each,
+/// bypassing the page cache so the kernel asks for exactly that block.
+fn read_block(path: &Path, block: u64, index: u64) {
+    run_ok(
+        "dd",
+        [
+            format!("if={}", path.display()),
+            "of=/dev/null".to_string(),
+            format!("bs={block}"),
+            format!("skip={index}"),
+            "count=1".to_string(),
+            "iflag=direct".to_string(),
+            "status=none".to_string(),
+        ],
+    );
+}
+
+fn xattr(path: &Path, name: &str) -> String {
+    run_ok(
+        "getfattr",
+        ["--only-values", "-n", name, path.to_str().unwrap()],
+    )
+}
+
+/// The prefetch xattr once prefetch no longer runs (at most 30 s).
+fn settled(path: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = xattr(path, "user.tdfs.prefetch");
+        if !state.starts_with("running") && state != "none" || Instant::now() > deadline {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn recording(dir: &Path, file: &str) -> Value {
+    let path = dir.join(LAYER).join(format!("{file}.prefetch.json"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn indices(trace: &Value) -> Vec<u64> {
+    trace["indices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_recording_is_replayed_on_a_fresh_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_copy(dir.path());
+    let record = dir.path().join("record");
+    let memfile_blocks = [5u64, 1, 3];
+    let rootfs_blocks = [900u64, 17, 1500];
+    {
+        let mount = MountGuard::start(&store, &["--record-prefetch", record.to_str().unwrap()]);
+        let memfile = mount.join(format!("{LAYER}/memfile"));
+        let rootfs = mount.join(format!("{LAYER}/rootfs.ext4"));
+        for &b in &memfile_blocks {
+            read_block(&memfile, MEMFILE_BLOCK, b);
+        }
+        // Held open across the unmount: written then.
+        let _open = std::fs::File::open(&rootfs).unwrap();
+        for &b in &rootfs_blocks {
+            read_block(&rootfs, ROOTFS_BLOCK, b);
+        }
+        // Each dd closed the memfile: written at its last close.
+        let early = recording(&record, "memfile");
+        assert_eq!(indices(&early), memfile_blocks, "the union of three opens");
+    }
+    let memfile = recording(&record, "memfile");
+    assert_eq!(indices(&memfile), memfile_blocks, "first-touch order");
+    assert_eq!(memfile["block_size"], MEMFILE_BLOCK);
+    assert_eq!(memfile["access_types"], serde_json::json!(["r", "r", "r"]));
+    let rootfs = recording(&record, "rootfs.ext4");
+    assert_eq!(indices(&rootfs), rootfs_blocks, "written at unmount");
+    assert_eq!(rootfs["block_size"], ROOTFS_BLOCK);
+
+    // A fresh mount replays both before any read (read-ahead off, so any
+    // store request below is a block prefetch missed).
+    let mount = MountGuard::start(
+        &store,
+        &[
+            "--prefetch-dir",
+            record.to_str().unwrap(),
+            "--readahead",
+            "0",
+        ],
+    );
+    let memfile = mount.join(format!("{LAYER}/memfile"));
+    let rootfs = mount.join(format!("{LAYER}/rootfs.ext4"));
+    let _m = std::fs::File::open(&memfile).unwrap();
+    let _r = std::fs::File::open(&rootfs).unwrap();
+    assert_eq!(settled(&memfile), "done");
+    assert_eq!(settled(&rootfs), "done");
+    assert_eq!(mount.stat("tdfs_reads_total"), 0, "no read was made");
+    assert!(mount.stat("tdfs_prefetch_fetches_total") > 0);
+    let stores = mount.stat("tdfs_store_requests_total");
+    for &b in &memfile_blocks {
+        read_block(&memfile, MEMFILE_BLOCK, b);
+    }
+    for &b in &rootfs_blocks {
+        read_block(&rootfs, ROOTFS_BLOCK, b);
+    }
+    assert_eq!(
+        mount.stat("tdfs_store_requests_total"),
+        stores,
+        "every recorded block was already cached"
+    );
+    assert!(mount.stat("tdfs_prefetch_hits_total") > 0);
+}
+
+#[test]
+fn an_unwritable_recording_directory_is_one_warning() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_copy(dir.path());
+    // A regular file where the directory should be: root cannot write
+    // under it either.
+    let record = dir.path().join("not-a-directory");
+    std::fs::write(&record, b"x").unwrap();
+    let mount = MountGuard::start(&store, &["--record-prefetch", record.to_str().unwrap()]);
+    let memfile = mount.join(format!("{LAYER}/memfile"));
+    for b in [2, 4, 2] {
+        read_block(&memfile, MEMFILE_BLOCK, b);
+    }
+    let bytes = std::fs::read(&memfile).unwrap();
+    assert_eq!(bytes.len() as u64, 8 * MEMFILE_BLOCK, "the mount serves");
+    let log = mount.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("recording"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains(record.to_str().unwrap()),
+        "{}",
+        warnings[0]
+    );
+}
