@@ -41,7 +41,8 @@ usage: contrib/bench/run.sh [--runs N] [--groups LIST] [--work DIR] [--fio-secs 
   --fio-secs S    length of each fio run (default $FIO_SECS)
   --out FILE      also write the report (machine, date, table) to FILE
 
-Environment: TDFS (binary, default target/release/tdfs), MEMFILE_MIB
+Environment: TDFS (binary, default target/release/tdfs), CHECKER (the
+vm_memfile_check example, for restore), MEMFILE_MIB
 ($MEMFILE_MIB), ROOTFS_MIB ($ROOTFS_MIB), MANY_MIB ($MANY_MIB), THROTTLE
 ($THROTTLE), SEED ($SEED).
 EOF
@@ -546,7 +547,7 @@ prepare_restore() {
     echo "$VM_DIR $VM_BUILD" >"$RESTORE/vm"
     log "recording the rootfs trace of one boot"
     mount_tdfs restore-record-boot "$VM_DIR/store" --prefetch off --record-prefetch "$RESTORE_REC"
-    boot_vm record "$MNT/$VM_BUILD/rootfs.ext4"
+    boot_vm "$MNT/$VM_BUILD/rootfs.ext4"
     umount_tdfs
     [ -s "$RESTORE_REC/$VM_BUILD/rootfs.ext4.prefetch.json" ] || die "no rootfs trace recorded"
     echo "$stamp" >"$RESTORE/ready"
@@ -556,11 +557,12 @@ prepare_restore() {
   read -r VM_DIR VM_BUILD <"$RESTORE/vm"
 }
 
-# boot_vm NAME DISK: boot contrib/vm's guest (QEMU TCG) from DISK to its
-# power-off, as boot-from-tdfs.sh does; records NAME.secs and NAME.cpu
-# (QEMU's CPU seconds) and checks the guest's marker on the console.
+# boot_vm DISK [NAME]: boot contrib/vm's guest (QEMU TCG) from DISK to its
+# power-off, as boot-from-tdfs.sh does, and check the guest's marker on the
+# console; with NAME, record NAME.secs and NAME.cpu (QEMU's CPU seconds).
 boot_vm() {
-  local name=$1 disk=$2 serial="$WORK/logs/boot-$1.serial" wall cpu kernel
+  local disk=$1 name=${2:-record} serial="$WORK/logs/boot.serial" wall cpu kernel
+  : >"$serial"
   kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n 1)
   read -r wall cpu < <(python3 "$HELPER" run "$serial" timeout -k 5 "$READ_TIMEOUT" \
     qemu-system-x86_64 -accel tcg -m 256M -smp 1 \
@@ -568,8 +570,10 @@ boot_vm() {
     -drive "file=$disk,if=virtio,format=raw,readonly=on" \
     -append "root=/dev/vda ro console=ttyS0 panic=-1" -nographic -no-reboot)
   grep -q "^TDFS-VM-BOOT-MARKER" "$serial" || die "boot $name: no marker on the console ($serial)"
-  record "$name.secs" "$wall"
-  record "$name.cpu" "$cpu"
+  if [ $# -gt 1 ]; then
+    record "$name.secs" "$wall"
+    record "$name.cpu" "$cpu"
+  fi
   log "  $name: booted in $wall s, QEMU $cpu s CPU"
 }
 
@@ -614,11 +618,11 @@ group_restore() {
 
   mount_tdfs boot-off "$VM_DIR/store" --prefetch off
   drop_caches
-  boot_vm boot.off "$MNT/$VM_BUILD/rootfs.ext4"
+  boot_vm "$MNT/$VM_BUILD/rootfs.ext4" boot.off
   umount_tdfs
   mount_tdfs boot-trace "$VM_DIR/store" --prefetch-dir "$RESTORE_REC"
   drop_caches
-  boot_vm boot.trace "$MNT/$VM_BUILD/rootfs.ext4"
+  boot_vm "$MNT/$VM_BUILD/rootfs.ext4" boot.trace
   umount_tdfs
 }
 

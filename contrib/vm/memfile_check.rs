@@ -17,8 +17,11 @@
 //!   block's pages are read, and written when its access type is `w`.
 //!   `--model` makes the list from the access model documented in
 //!   `access_model.rs` (a kernel run, four hot heaps, scattered pages;
-//!   5–15% of the file, seeded); run on a mount with `--record-prefetch`,
-//!   it is how the restore benchmark records its trace. With a REFERENCE,
+//!   5–15% of the file, seeded), mapped with `MADV_RANDOM` so the mount
+//!   sees only the faulted pages, not the kernel's read-around of each
+//!   (as E2B records faults through userfaultfd); run on a mount with
+//!   `--record-prefetch`, it is how the restore benchmark records its
+//!   trace. `--replay` maps without advice, as Firecracker does. With a REFERENCE,
 //!   every touched page is also compared with it.
 //!
 //! Usage: `vm_memfile_check MAPPED REFERENCE [--threads N] [--seed S]`,
@@ -150,6 +153,18 @@ impl PrivateMapping {
             base: base.cast(),
             len,
         })
+    }
+
+    /// No read-around on faults (`MADV_RANDOM`): the file sees a read of
+    /// each faulted page alone, as a recording through userfaultfd (E2B's)
+    /// sees the faults alone.
+    fn advise_random(&self) -> Result<(), String> {
+        // SAFETY: advice on exactly the range mmap returned; it changes no
+        // contents.
+        if unsafe { libc::madvise(self.base.cast(), self.len, libc::MADV_RANDOM) } != 0 {
+            return Err(format!("madvise: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Page `index` of `page_size` bytes (the last one may be short).
@@ -381,6 +396,9 @@ fn touches(order: &Order, pages: usize, page_size: usize) -> Result<Vec<Touch>, 
 /// long it took.
 fn restore(args: &Args, order: &Order) -> Result<String, String> {
     let mapping = PrivateMapping::new(&args.mapped)?;
+    if let Order::Model(_) = order {
+        mapping.advise_random()?;
+    }
     let page_size = page_size()?;
     let pages = mapping.len.div_ceil(page_size);
     let list = touches(order, pages, page_size)?;
