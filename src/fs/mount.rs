@@ -10,17 +10,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use fuser::{Config, INodeNo, MountOption, Notifier, Session, SessionACL, SessionUnmounter};
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 
 use super::connection::Connection;
 use super::error::FsError;
 use super::fuse::{FuseAdapter, MAX_READAHEAD};
-use super::inode::{BuildDirFile, InodeTable};
 use super::templatefs::TemplateFs;
 use crate::sync;
 
@@ -217,17 +216,11 @@ pub fn mount(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
-    let weak = Arc::downgrade(&fs);
     let (adapter, adapter_mount) = FuseAdapter::new(fs);
     let mut fuse = Session::new(adapter, mountpoint, &config).map_err(|source| FsError::Mount {
         path: mountpoint.to_path_buf(),
         source,
     })?;
-    if std::env::var_os("TDFS_NOTIFY_STORE").is_some()
-        && let Some(fs) = weak.upgrade()
-    {
-        push_into_page_cache(&fs, weak, fuse.notifier());
-    }
     let unmounter = fuse.unmount_callable();
     *sync::lock(&adapter_mount) = Some(fuse.unmount_callable());
     let connection = Connection::watch(&fuse).map_err(|source| FsError::Mount {
@@ -254,22 +247,6 @@ pub fn mount(
         ended,
         _connection: connection,
     })
-}
-
-/// Push prefetched bytes into the kernel page cache of their file
-/// (FUSE_NOTIFY_STORE), so a VM's faults on them need no FUSE read.
-fn push_into_page_cache(fs: &TemplateFs, weak: Weak<TemplateFs>, notifier: Notifier) {
-    fs.builds
-        .set_prefetch_push(Arc::new(move |build, kind, off, data: &[u8]| {
-            let Some(fs) = weak.upgrade() else {
-                return;
-            };
-            let ino =
-                InodeTable::file_ino(fs.inodes.build_ino(build), BuildDirFile::Template(kind));
-            if let Err(e) = notifier.store(INodeNo(ino), off, data) {
-                log::debug!("build {build} {kind}: FUSE_NOTIFY_STORE at {off}: {e}");
-            }
-        }));
 }
 
 /// The errors a serving loop ends with when the mount simply went away.

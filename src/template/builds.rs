@@ -169,12 +169,6 @@ impl Builds {
             .map_or(0, |c| c.cached_bytes())
     }
 
-    /// Hand prefetched bytes to `push` as they land, from prefetches started
-    /// after this call (see `template::prefetch`).
-    pub fn set_prefetch_push(&self, push: super::PushPrefetched) {
-        self.prefetcher.set_push(push);
-    }
-
     /// Start replaying `file`'s recorded working set, the first time it is
     /// opened for reading (see `template::prefetch`); later calls do nothing.
     pub fn start_prefetch(&self, file: &Arc<TemplateFile>) {

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::TemplateFile;
 use crate::chunker::PrefetchStart;
 use crate::format::limits::MAX_METADATA_LEN;
-use crate::format::prefetch::{self, Parsed, Trace};
+use crate::format::prefetch::{self, Parsed};
 use crate::format::{Blob, FileKind, ObjectKey};
 use crate::store::{Store, StoreError};
 use crate::sync;
@@ -36,15 +36,6 @@ use crate::sync;
 /// Short against a store request (tens of ms to first byte on object
 /// stores), so the pool's prefetch slots never stay idle for long.
 const BUSY_WAIT: Duration = Duration::from_millis(2);
-
-/// Most bytes pushed in one `PushPrefetched` call: runs of consecutive
-/// blocks are pushed together up to this.
-const MAX_PUSH: u64 = 1 << 20;
-
-/// Where prefetched bytes go once they land, in trace order (`fs` pushes
-/// them into the kernel page cache with FUSE_NOTIFY_STORE): build, file,
-/// offset in the template file (bytes), the bytes.
-pub type PushPrefetched = Arc<dyn Fn(Uuid, FileKind, u64, &[u8]) + Send + Sync>;
 
 /// Settings of prefetch on a mount.
 #[derive(Debug, Clone, Default)]
@@ -115,7 +106,6 @@ pub(super) struct Prefetcher {
     states: Mutex<HashMap<(Uuid, FileKind), Arc<PrefetchState>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
-    push: OnceLock<PushPrefetched>,
 }
 
 impl Prefetcher {
@@ -127,14 +117,7 @@ impl Prefetcher {
             states: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
             stop: Arc::new(AtomicBool::new(false)),
-            push: OnceLock::new(),
         }
-    }
-
-    /// Push prefetched bytes to `push` from now on; a second call does
-    /// nothing.
-    pub(super) fn set_push(&self, push: PushPrefetched) {
-        let _ = self.push.set(push);
     }
 
     /// Where the prefetch of `build`'s `file` stands (`none` before its
@@ -168,7 +151,6 @@ impl Prefetcher {
             max_bytes: self.config.max_bytes,
             queued: Arc::clone(sync::lock(&self.queued).entry(build).or_default()),
             stop: Arc::clone(&self.stop),
-            push: self.push.get().cloned(),
         };
         let spawned = thread::Builder::new()
             .name(format!("tdfs-prefetch-{}", &build.to_string()[..8]))
@@ -203,7 +185,6 @@ struct Run {
     max_bytes: u64,
     queued: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    push: Option<PushPrefetched>,
 }
 
 impl Run {
@@ -237,18 +218,14 @@ impl Run {
         }
         state.total.store(trace.indices.len(), Ordering::Relaxed);
         state.set(Phase::Running);
-        let walking = AtomicBool::new(true);
-        let walked = thread::scope(|scope| {
-            let (run, trace, walking) = (&self, &trace, &walking);
-            if let Some(push) = &self.push {
-                scope.spawn(move || run.push_landed(trace, push, walking));
+        for &index in &trace.indices {
+            // In range: `clamp_to` kept only blocks starting in the file.
+            let off = index * trace.block_size;
+            let end = off.saturating_add(trace.block_size).min(self.file.size());
+            if let Err(why) = self.block(off..end) {
+                return state.set(Phase::Skipped(why));
             }
-            let walked = self.walk(trace);
-            walking.store(false, Ordering::Release);
-            walked
-        });
-        if let Err(why) = walked {
-            return state.set(Phase::Skipped(why));
+            state.walked.fetch_add(1, Ordering::Relaxed);
         }
         // Done once the last fetches queued have ended.
         while self
@@ -267,58 +244,6 @@ impl Run {
             "build {build} {kind}: prefetched {} blocks from {source}",
             trace.indices.len()
         );
-    }
-
-    /// Queue the units of every block of `trace`, in order. `Err` says why
-    /// prefetch stopped.
-    fn walk(&self, trace: &Trace) -> Result<(), String> {
-        for &index in &trace.indices {
-            // In range: `clamp_to` kept only blocks starting in the file.
-            let off = index * trace.block_size;
-            let end = off.saturating_add(trace.block_size).min(self.file.size());
-            self.block(off..end)?;
-            self.state.walked.fetch_add(1, Ordering::Release);
-        }
-        Ok(())
-    }
-
-    /// Behind the walk, read each block of `trace` once its units are
-    /// queued (the read joins their fetch) and hand it to `push`, runs of
-    /// consecutive blocks together; ends when the walk stopped short of the
-    /// next block, or at the first failed read.
-    fn push_landed(&self, trace: &Trace, push: &PushPrefetched, walking: &AtomicBool) {
-        let (build, kind, size) = (self.file.build_id(), self.file.file(), self.file.size());
-        let mut buf = Vec::new();
-        let mut i = 0;
-        while i < trace.indices.len() {
-            let first = trace.indices[i];
-            let mut blocks = 1;
-            while i + blocks < trace.indices.len()
-                && trace.indices[i + blocks] == first + blocks as u64
-                && (blocks as u64 + 1) * trace.block_size <= MAX_PUSH
-            {
-                blocks += 1;
-            }
-            while self.state.walked.load(Ordering::Acquire) < i + blocks {
-                if !walking.load(Ordering::Acquire) || self.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                thread::sleep(BUSY_WAIT);
-            }
-            let off = first * trace.block_size;
-            let end = off
-                .saturating_add(blocks as u64 * trace.block_size)
-                .min(size);
-            buf.resize((end - off) as usize, 0);
-            match self.file.read_at(&mut buf, off) {
-                Ok(n) => push(build, kind, off, &buf[..n]),
-                Err(e) => {
-                    log::debug!("build {build} {kind}: pushing prefetched bytes stopped: {e}");
-                    return;
-                }
-            }
-            i += blocks;
-        }
     }
 
     /// The trace to replay and where it came from; `None` when there is
