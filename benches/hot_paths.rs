@@ -95,6 +95,8 @@ fn warm_template(dir: &std::path::Path, memfile: &[u8]) -> Arc<TemplateFile> {
         rootfs,
         snapfile: None,
         metadata: None,
+        prefetch_memfile: None,
+        prefetch_rootfs: None,
     };
     let report = pack_build(store.clone(), &opts, &inputs).unwrap();
     let builds = Builds::new(store, TemplateConfig::for_tool(dir.join("cache")));

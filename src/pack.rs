@@ -13,6 +13,7 @@ mod frames;
 mod layout;
 mod options;
 mod parallel;
+mod prefetch;
 mod progress;
 mod scan;
 mod scratch;
@@ -31,6 +32,7 @@ pub use parallel::{default_threads, ordered_map};
 pub use progress::byte_bar;
 pub use scratch::ScratchDir;
 
+use crate::format::prefetch::Trace;
 use crate::format::{Blob, FileKind, ObjectKey};
 use crate::store::{PutOptions, Store};
 use crate::template::{Builds, TemplateConfig};
@@ -81,6 +83,8 @@ pub fn pack_build(
             return Err(PackError::BuildExists(build_id));
         }
     }
+    // Before any work: a bad trace fails the pack at once.
+    let traces = read_traces(inputs)?;
     let staging = ScratchDir::new(opts.work_dir.as_deref())?;
     let threads = if opts.threads == 0 {
         default_threads()
@@ -150,8 +154,14 @@ pub fn pack_build(
     }
     let metadata_key = ObjectKey::blob(build_id, Blob::Metadata);
     match &inputs.metadata {
-        Some(path) => store.put_file(&metadata_key, path, PutOptions::default())?,
-        None => store.put_bytes(&metadata_key, &default_metadata(build_id, opts.base))?,
+        Some(path) if traces.is_empty() => {
+            store.put_file(&metadata_key, path, PutOptions::default())?
+        }
+        given => {
+            let minimal = default_metadata(build_id, opts.base);
+            let bytes = prefetch::metadata_with(given.as_deref(), &traces, minimal)?;
+            store.put_bytes(&metadata_key, &bytes)?
+        }
     }
     for s in &staged {
         store.put_bytes(&ObjectKey::header(build_id, s.file), &s.header)?;
@@ -174,13 +184,32 @@ pub fn pack_build(
 }
 
 /// A minimal `metadata.json` in E2B's shape, for builds packed without one.
-fn default_metadata(build_id: Uuid, base: Option<Uuid>) -> Vec<u8> {
-    let value = serde_json::json!({
+fn default_metadata(build_id: Uuid, base: Option<Uuid>) -> serde_json::Value {
+    serde_json::json!({
         "version": 2,
         "template": { "build_id": build_id.to_string() },
         "from_template": base.map(|b| serde_json::json!({ "build_id": b.to_string() })),
-    });
-    serde_json::to_vec_pretty(&value).expect("a JSON value serializes")
+    })
+}
+
+/// The prefetch traces given (`--prefetch-memfile`, `--prefetch-rootfs`),
+/// each checked against the size of its raw image.
+fn read_traces(inputs: &PackInputs) -> Result<Vec<(FileKind, Trace)>, PackError> {
+    let mut traces = Vec::new();
+    for (file, trace, image) in [
+        (FileKind::Memfile, &inputs.prefetch_memfile, &inputs.memfile),
+        (FileKind::Rootfs, &inputs.prefetch_rootfs, &inputs.rootfs),
+    ] {
+        let Some(path) = trace else { continue };
+        let size = std::fs::metadata(image)
+            .map_err(|source| PackError::Io {
+                path: image.clone(),
+                source,
+            })?
+            .len();
+        traces.push((file, prefetch::read_trace(path, file, size)?));
+    }
+    Ok(traces)
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub use builds::Builds;
 pub use diff::DiffFile;
 pub use file::{FileBytes, TemplateFile, own_compression};
 pub use listing::BuildContents;
-pub use prefetch::{PrefetchConfig, recording_path};
+pub use prefetch::{PrefetchConfig, read_bounded, recording_path};
 pub use readahead::{MAX_READAHEAD_BYTES, MAX_READAHEAD_UNITS, ReadAhead};
 pub use record::Recording;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::fixtures::fixture_store;
 use common::mount::{MountGuard, fuse_available};
-use common::process::run_ok;
+use common::process::{run_ok, tdfs, tdfs_ok, tdfs_pack};
 use serde_json::Value;
 
 /// A layer of the v4-zstd fixture: a 16 MiB memfile of 2 MiB blocks (in
@@ -182,4 +182,142 @@ fn an_unwritable_recording_directory_is_one_warning() {
         "{}",
         warnings[0]
     );
+}
+
+/// The loop closed: record on a mount, pack the recordings into a new
+/// build's metadata.json (E2B's keys kept), see them in `inspect`, and a
+/// mount of the packed build replays them from its metadata.
+#[test]
+fn packed_recordings_are_inspected_and_replayed() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_copy(dir.path());
+    let record = dir.path().join("record");
+    let memfile_blocks = [6u64, 0];
+    let rootfs_blocks = [33u64, 2000];
+    {
+        let mount = MountGuard::start(&store, &["--record-prefetch", record.to_str().unwrap()]);
+        for &b in &memfile_blocks {
+            read_block(&mount.join(format!("{LAYER}/memfile")), MEMFILE_BLOCK, b);
+        }
+        for &b in &rootfs_blocks {
+            read_block(&mount.join(format!("{LAYER}/rootfs.ext4")), ROOTFS_BLOCK, b);
+        }
+    }
+    let image = |file: &str| {
+        let out = dir.path().join(format!("{file}.raw"));
+        let store = store.to_str().unwrap();
+        tdfs_ok(&[
+            "export",
+            "--store",
+            store,
+            LAYER,
+            file,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        out
+    };
+    let (memfile, rootfs) = (image("memfile"), image("rootfs.ext4"));
+    let traces = record.join(LAYER);
+    let memfile_trace = traces.join("memfile.prefetch.json");
+    let rootfs_trace = traces.join("rootfs.ext4.prefetch.json");
+    let packed = dir.path().join("packed");
+    let new = "0b5e7a11-0000-4000-8000-000000000001";
+    let e2b_metadata = store.join(LAYER).join("metadata.json");
+    tdfs_pack(
+        &packed,
+        new,
+        &memfile,
+        &rootfs,
+        &[
+            "--metadata",
+            e2b_metadata.to_str().unwrap(),
+            "--prefetch-memfile",
+            memfile_trace.to_str().unwrap(),
+            "--prefetch-rootfs",
+            rootfs_trace.to_str().unwrap(),
+        ],
+    );
+
+    let inspect = |json: bool| {
+        let mut args = vec!["inspect", "--store", packed.to_str().unwrap(), new];
+        if json {
+            args.push("--json");
+        }
+        tdfs_ok(&args)
+    };
+    let report: Value = serde_json::from_str(&inspect(true)).unwrap();
+    let given: Value = serde_json::from_slice(&std::fs::read(&e2b_metadata).unwrap()).unwrap();
+    for key in ["version", "template", "context", "from_template"] {
+        assert_eq!(report["metadata_json"][key], given[key], "E2B's {key} kept");
+    }
+    let mem = &report["files"][0]["prefetch"];
+    assert_eq!(mem["state"], "listed", "{mem}");
+    assert_eq!(mem["entries"], 2);
+    assert_eq!(mem["block_size"], MEMFILE_BLOCK);
+    assert_eq!(mem["bytes"], 2 * MEMFILE_BLOCK);
+    assert_eq!((&mem["first"], &mem["last"]), (&6.into(), &0.into()));
+    let root = &report["files"][1]["prefetch"];
+    assert_eq!(root["entries"], 2);
+    assert_eq!(root["block_size"], ROOTFS_BLOCK);
+    assert_eq!(
+        (&root["lowest"], &root["highest"]),
+        (&33.into(), &2000.into())
+    );
+    let text = inspect(false);
+    assert!(
+        text.contains("prefetch      2 blocks of 2.0 MiB (4.0 MiB), first 6, last 0"),
+        "{text}"
+    );
+
+    let mount = MountGuard::start(&packed, &["--readahead", "0"]);
+    let memfile = mount.join(format!("{new}/memfile"));
+    let rootfs = mount.join(format!("{new}/rootfs.ext4"));
+    let _m = std::fs::File::open(&memfile).unwrap();
+    let _r = std::fs::File::open(&rootfs).unwrap();
+    assert_eq!(settled(&memfile), "done");
+    assert_eq!(settled(&rootfs), "done");
+    assert_eq!(mount.stat("tdfs_reads_total"), 0);
+    let stores = mount.stat("tdfs_store_requests_total");
+    for &b in &memfile_blocks {
+        read_block(&memfile, MEMFILE_BLOCK, b);
+    }
+    for &b in &rootfs_blocks {
+        read_block(&rootfs, ROOTFS_BLOCK, b);
+    }
+    assert_eq!(mount.stat("tdfs_store_requests_total"), stores);
+}
+
+#[test]
+fn pack_refuses_a_trace_past_the_end_of_its_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let memfile = dir.path().join("memfile.raw");
+    let rootfs = dir.path().join("rootfs.raw");
+    std::fs::write(&memfile, vec![1u8; 4 << 20]).unwrap();
+    std::fs::write(&rootfs, vec![2u8; 1 << 20]).unwrap();
+    let trace = dir.path().join("memfile.prefetch.json");
+    std::fs::write(
+        &trace,
+        r#"{"indices": [1, 2], "access_types": ["r", "r"], "block_size": 2097152}"#,
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let out = tdfs(&[
+        "pack",
+        "--store",
+        store.to_str().unwrap(),
+        "--memfile",
+        memfile.to_str().unwrap(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--prefetch-memfile",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("past the end of the image"), "{err}");
+    assert!(err.contains(trace.to_str().unwrap()), "{err}");
 }

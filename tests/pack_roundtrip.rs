@@ -43,6 +43,8 @@ fn pack_images(
             rootfs: r,
             snapfile: None,
             metadata: None,
+            prefetch_memfile: None,
+            prefetch_rootfs: None,
         },
     )
 }

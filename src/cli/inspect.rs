@@ -6,11 +6,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{CliError, header_reader, human_bytes, open_store_arg, parse_build, parse_file_kind};
+use crate::format::limits::MAX_METADATA_LEN;
+use crate::format::prefetch::{self, Parsed};
 use crate::format::{Blob, FileKind, Header, ObjectKey, hex};
 use crate::template::Builds;
-
-/// Largest metadata.json shown.
-const MAX_METADATA_LEN: u64 = 1 << 20;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -51,6 +50,39 @@ pub struct FileReport {
     pub base_build_id: String,
     pub mappings: MappingSummary,
     pub builds: Vec<BuildEntryReport>,
+    /// The file's prefetch trace in metadata.json (`prefetch.memory` or
+    /// `prefetch.rootfs`).
+    pub prefetch: PrefetchSummary,
+}
+
+/// A prefetch trace, summed up.
+#[derive(Debug, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum PrefetchSummary {
+    /// metadata.json lists none (or there is no metadata.json).
+    None,
+    Listed {
+        /// Blocks listed (as a mount replays them: at most
+        /// `MAX_PREFETCH_ENTRIES`).
+        entries: usize,
+        /// Bytes per block.
+        block_size: u64,
+        /// entries × block_size.
+        bytes: u64,
+        /// Block indices first and last in list order.
+        first: Option<u64>,
+        last: Option<u64>,
+        /// Lowest and highest block index listed.
+        lowest: Option<u64>,
+        highest: Option<u64>,
+        /// Blocks that start at or past the end of the file (a mount skips
+        /// them).
+        past_end: usize,
+        /// What a mount repairs when it reads the trace.
+        notes: Vec<String>,
+    },
+    /// The trace a mount would skip, and why.
+    Error { error: String },
 }
 
 #[derive(Debug, Serialize)]
@@ -111,14 +143,18 @@ pub fn build_report(
     build: Uuid,
     files: &[FileKind],
 ) -> Result<BuildReport, CliError> {
+    let metadata = builds.read_whole_blob(build, Blob::Metadata, MAX_METADATA_LEN)?;
     let mut reports = Vec::new();
     for &file in files {
         let header = builds.header(build, file)?;
-        reports.push(file_report(&header, file, build));
+        let mut report = file_report(&header, file, build);
+        if let Some(bytes) = &metadata {
+            report.prefetch =
+                prefetch_summary(prefetch::parse_metadata(bytes, file), header.metadata.size);
+        }
+        reports.push(report);
     }
-    let metadata_json = builds
-        .read_whole_blob(build, Blob::Metadata, MAX_METADATA_LEN)?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let metadata_json = metadata.and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let snapfile_size = builds.blob_size(build, Blob::Snapfile)?;
     Ok(BuildReport {
         build_id: build.to_string(),
@@ -188,6 +224,71 @@ fn file_report(header: &Header, file: FileKind, build: Uuid) -> FileReport {
                 .collect(),
         },
         builds,
+        prefetch: PrefetchSummary::None,
+    }
+}
+
+/// `parsed` (a file's trace in metadata.json) summed up against the file's
+/// `size` in bytes.
+fn prefetch_summary(
+    parsed: Result<Option<Parsed>, prefetch::TraceError>,
+    size: u64,
+) -> PrefetchSummary {
+    match parsed {
+        Ok(None) => PrefetchSummary::None,
+        Err(e) => PrefetchSummary::Error {
+            error: e.to_string(),
+        },
+        Ok(Some(Parsed { mut trace, notes })) => {
+            let listed = trace.indices.clone();
+            let past_end = trace.clamp_to(size);
+            PrefetchSummary::Listed {
+                entries: listed.len(),
+                block_size: trace.block_size,
+                bytes: (listed.len() as u64).saturating_mul(trace.block_size),
+                first: listed.first().copied(),
+                last: listed.last().copied(),
+                lowest: listed.iter().min().copied(),
+                highest: listed.iter().max().copied(),
+                past_end,
+                notes,
+            }
+        }
+    }
+}
+
+/// One line on `summary`.
+fn render_prefetch(summary: &PrefetchSummary) -> String {
+    match summary {
+        PrefetchSummary::None => "none".to_string(),
+        PrefetchSummary::Error { error } => format!("unusable: {error}"),
+        PrefetchSummary::Listed {
+            entries,
+            block_size,
+            bytes,
+            first,
+            last,
+            lowest,
+            highest,
+            past_end,
+            notes,
+        } => {
+            let mut line = format!(
+                "{entries} blocks of {} ({})",
+                human_bytes(*block_size),
+                human_bytes(*bytes)
+            );
+            if let (Some(f), Some(l), Some(lo), Some(hi)) = (first, last, lowest, highest) {
+                line += &format!(", first {f}, last {l}, blocks {lo}..={hi}");
+            }
+            if *past_end > 0 {
+                line += &format!(", {past_end} past the end of the file");
+            }
+            for n in notes {
+                line += &format!("; {n}");
+            }
+            line
+        }
     }
 }
 
@@ -199,7 +300,12 @@ fn render_text(r: &BuildReport) -> String {
         let _ = writeln!(out, "  snapfile       {}", human_bytes(size));
     }
     if let Some(md) = &r.metadata_json {
-        let _ = writeln!(out, "  metadata.json  {md}");
+        // The traces are summed up per file below, not listed whole.
+        let mut shown = md.clone();
+        if let Some(p) = shown.get_mut("prefetch") {
+            *p = serde_json::Value::String("(see prefetch below)".into());
+        }
+        let _ = writeln!(out, "  metadata.json  {shown}");
     }
     for f in &r.files {
         let own = |id: &String| {
@@ -224,6 +330,7 @@ fn render_text(r: &BuildReport) -> String {
             "  generation    {}, base build {}",
             f.generation, f.base_build_id
         );
+        let _ = writeln!(out, "  prefetch      {}", render_prefetch(&f.prefetch));
         let _ = writeln!(
             out,
             "  mappings      {} ({} zeros)",

@@ -29,9 +29,19 @@ pub struct Args {
     /// Snapshot state file, stored as is.
     #[arg(long)]
     pub snapfile: Option<PathBuf>,
-    /// metadata.json to store as is (default: a minimal one).
+    /// metadata.json to store as is (default: a minimal one); traces given
+    /// below are merged into it, every other key kept.
     #[arg(long)]
     pub metadata: Option<PathBuf>,
+    /// Prefetch trace of the memfile, stored as metadata.json's
+    /// prefetch.memory: a recording (`tdfs mount --record-prefetch`'s
+    /// memfile.prefetch.json) or a metadata.json that lists one.
+    #[arg(long, value_name = "FILE")]
+    pub prefetch_memfile: Option<PathBuf>,
+    /// Prefetch trace of the rootfs, stored as prefetch.rootfs (a
+    /// recording's rootfs.ext4.prefetch.json, or a metadata.json).
+    #[arg(long, value_name = "FILE")]
+    pub prefetch_rootfs: Option<PathBuf>,
     /// Compression of the diffs: zstd, lz4 or none.
     #[arg(long, default_value = "zstd", value_parser = parse_compression)]
     pub compress: Compression,
@@ -67,6 +77,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
         rootfs: args.rootfs,
         snapfile: args.snapfile,
         metadata: args.metadata,
+        prefetch_memfile: args.prefetch_memfile,
+        prefetch_rootfs: args.prefetch_rootfs,
     };
     let report = pack_build(store, &opts, &inputs)?;
     // stdout carries only the build id, for scripts; the summary goes to stderr.

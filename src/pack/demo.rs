@@ -79,6 +79,8 @@ pub fn make_demo_store(
             rootfs: rootfs.clone(),
             snapfile: Some(snapfile),
             metadata: Some(metadata),
+            prefetch_memfile: None,
+            prefetch_rootfs: None,
         };
         pack_build(store.clone(), &opts, &inputs)?;
         *slot = build_id;

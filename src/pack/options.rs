@@ -66,8 +66,14 @@ pub struct PackInputs {
     pub memfile: PathBuf,
     pub rootfs: PathBuf,
     pub snapfile: Option<PathBuf>,
-    /// `metadata.json` to store as is; `None` writes a minimal E2B-style one.
+    /// `metadata.json` to store as is (with the traces below merged in);
+    /// `None` writes a minimal E2B-style one.
     pub metadata: Option<PathBuf>,
+    /// Prefetch trace of the memfile (a recording, or a metadata.json
+    /// listing one), stored as `prefetch.memory` of metadata.json.
+    pub prefetch_memfile: Option<PathBuf>,
+    /// Prefetch trace of the rootfs, stored as `prefetch.rootfs`.
+    pub prefetch_rootfs: Option<PathBuf>,
 }
 
 /// Refuse options a mount could not serve or a codec cannot honour.

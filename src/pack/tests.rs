@@ -24,6 +24,8 @@ fn setup(pages: usize) -> (tempfile::TempDir, Arc<dyn Store>, PackInputs) {
         rootfs,
         snapfile: None,
         metadata: None,
+        prefetch_memfile: None,
+        prefetch_rootfs: None,
     };
     (dir, store, inputs)
 }

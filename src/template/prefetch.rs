@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -144,7 +144,9 @@ impl Prefetcher {
         }
         let build = file.build_id();
         let run = Run {
-            file: Arc::clone(file),
+            file: Arc::downgrade(file),
+            build,
+            kind: file.file(),
             state: Arc::clone(&state),
             store: Arc::clone(&self.store),
             dir: self.config.dir.clone(),
@@ -178,7 +180,12 @@ impl Drop for Prefetcher {
 
 /// One template file's prefetch, run on its own thread.
 struct Run {
-    file: Arc<TemplateFile>,
+    /// Held strongly only while the trace is replayed: looking for it (a
+    /// metadata fetch) must not keep the build's Chunkers open after the
+    /// file's last close.
+    file: Weak<TemplateFile>,
+    build: Uuid,
+    kind: FileKind,
     state: Arc<PrefetchState>,
     store: Arc<dyn Store>,
     dir: Option<PathBuf>,
@@ -190,7 +197,7 @@ struct Run {
 impl Run {
     fn run(self) {
         let state = &self.state;
-        let (build, kind) = (self.file.build_id(), self.file.file());
+        let (build, kind) = (self.build, self.kind);
         let (parsed, source) = match self.load() {
             Ok(Some(found)) => found,
             Ok(None) => return state.set(Phase::None),
@@ -203,11 +210,17 @@ impl Run {
             mut trace,
             mut notes,
         } = parsed;
-        let past_end = trace.clamp_to(self.file.size());
+        let Some(file) = self.file.upgrade() else {
+            // Closed before its trace was found: the next open starts over.
+            state.set(Phase::None);
+            state.started.store(false, Ordering::Release);
+            return;
+        };
+        let past_end = trace.clamp_to(file.size());
         if past_end > 0 {
             notes.push(format!(
                 "{past_end} blocks past the end of the file ({} bytes) skipped",
-                self.file.size()
+                file.size()
             ));
         }
         if !notes.is_empty() {
@@ -221,19 +234,14 @@ impl Run {
         for &index in &trace.indices {
             // In range: `clamp_to` kept only blocks starting in the file.
             let off = index * trace.block_size;
-            let end = off.saturating_add(trace.block_size).min(self.file.size());
-            if let Err(why) = self.block(off..end) {
+            let end = off.saturating_add(trace.block_size).min(file.size());
+            if let Err(why) = self.block(&file, off..end) {
                 return state.set(Phase::Skipped(why));
             }
             state.walked.fetch_add(1, Ordering::Relaxed);
         }
         // Done once the last fetches queued have ended.
-        while self
-            .file
-            .diffs
-            .iter()
-            .any(|(_, c)| c.prefetches_in_flight() > 0)
-        {
+        while file.diffs.iter().any(|(_, c)| c.prefetches_in_flight() > 0) {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
@@ -249,7 +257,7 @@ impl Run {
     /// The trace to replay and where it came from; `None` when there is
     /// none.
     fn load(&self) -> Result<Option<(Parsed, String)>, String> {
-        let (build, kind) = (self.file.build_id(), self.file.file());
+        let (build, kind) = (self.build, self.kind);
         let key = ObjectKey::blob(build, Blob::Metadata);
         match self.store.read_all(&key, MAX_METADATA_LEN) {
             Ok(bytes) => {
@@ -278,10 +286,10 @@ impl Run {
     /// Queue the units holding template-file bytes `range`, through the
     /// mappings; waits while the pool has no room. `Err` says why prefetch
     /// stops.
-    fn block(&self, range: std::ops::Range<u64>) -> Result<(), String> {
+    fn block(&self, file: &TemplateFile, range: std::ops::Range<u64>) -> Result<(), String> {
         let mut pos = range.start;
         while pos < range.end {
-            let Some(hit) = self.file.header.mappings.lookup(pos) else {
+            let Some(hit) = file.header.mappings.lookup(pos) else {
                 return Ok(());
             };
             let n = hit.remaining.min(range.end - pos);
@@ -289,7 +297,7 @@ impl Run {
             if hit.build_id.is_nil() {
                 continue;
             }
-            let Ok(chunker) = self.file.chunker(hit.build_id) else {
+            let Ok(chunker) = file.chunker(hit.build_id) else {
                 continue;
             };
             if self.max_bytes > 0 && self.queued.load(Ordering::Relaxed) >= self.max_bytes {
@@ -323,9 +331,13 @@ pub fn recording_path(dir: &Path, build: Uuid, file: FileKind) -> PathBuf {
         .join(format!("{}.prefetch.json", file.name()))
 }
 
-/// The file at `path`, `None` when there is none; refused over
-/// `MAX_METADATA_LEN` bytes before it is read.
-pub(super) fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+/// The file at `path` (a recording or a metadata.json), `None` when there
+/// is none.
+///
+/// # Errors
+/// When it cannot be read, or is over `MAX_METADATA_LEN` bytes (checked
+/// before it is read).
+pub fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     let len = match fs::metadata(path) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
