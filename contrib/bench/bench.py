@@ -9,6 +9,8 @@ summaries and the results table. Standard library only.
   bench.py bandwidth THROTTLE           bytes per second of a LATENCY,BANDWIDTH throttle
   bench.py cats FILE...                 cat the FILEs at once; print "wall_s reader_cpu_s"
   bench.py cpu PID                      print PID's CPU seconds so far (user + system)
+  bench.py run LOG COMMAND...           run COMMAND (output appended to LOG); print "wall_s cpu_s"
+  bench.py trace FILE                   print "blocks bytes" of a prefetch trace
   bench.py stat FILE NAME               print counter NAME of a mount's .stats FILE
   bench.py table RESULTS.tsv            print the Markdown table of medians
 """
@@ -207,6 +209,29 @@ def cats(files):
         sys.exit(f"bench.py: cat failed: {codes}")
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"{wall:.4f} {ru.ru_utime + ru.ru_stime:.4f}")
+
+
+def run(log, command):
+    """Run COMMAND with its output appended to LOG; wall seconds and its
+    CPU seconds (user + system, children included). Exits when it fails."""
+    import resource
+    import subprocess
+
+    with open(log, "ab") as out:
+        start = time.monotonic()
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
+        wall = time.monotonic() - start
+    if code:
+        sys.exit(f"bench.py: {command[0]} exited with {code} (log: {log})")
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"{wall:.4f} {ru.ru_utime + ru.ru_stime:.4f}")
+
+
+def trace_size(path):
+    """Blocks and bytes a prefetch trace lists."""
+    with open(path) as f:
+        doc = json.load(f)
+    print(len(doc["indices"]), len(doc["indices"]) * doc["block_size"])
 
 
 def cpu(pid):
@@ -429,6 +454,7 @@ def table(path):
 
     many_rows(t)
     peers_rows(t)
+    restore_rows(t)
 
     peaks = {n: t.median(n) for n in t.values if n.startswith("memory.")}
     if peaks:
@@ -513,6 +539,57 @@ def peers_rows(t):
                 f"≥ {minimum}×",
                 minimum,
             )
+def restore(t, name):
+    """`1.23 s; CPU: replay 0.20 s + daemon 0.80 s` of a restore row."""
+    secs = t.median(name + ".secs")
+    if secs is None:
+        return "n/a"
+    cpu = t.median(name + ".cpu")
+    daemon = t.median(name + ".daemon-cpu")
+    parts = [] if cpu is None else [f"replay {cpu:.2f} s"]
+    if daemon is not None:
+        parts.append(f"daemon {daemon:.2f} s")
+    return f"{secs:.2f} s" + (f"; CPU: {' + '.join(parts)}" if parts else "")
+
+
+def restore_rows(t):
+    """A VM restore from a cold host (`restore` group): the recorded trace
+    replayed through the mount with and without prefetch, against the
+    flattened local file; the boot with and without its rootfs trace."""
+    tr = t.ratio
+    for speed, what in (("slow", "slow store"), ("fast", "local store")):
+        if f"restore-{speed}.prefetch.secs" not in t.values:
+            continue
+        pre = restore(t, f"restore-{speed}.prefetch")
+        minimum = 3.0 if speed == "slow" else 1.0
+        t.row(
+            f"restore, {what}",
+            f"prefetch: {pre}",
+            f"no prefetch: {restore(t, f'restore-{speed}.off')}",
+            tr(f"restore-{speed}.prefetch.secs", f"restore-{speed}.off.secs", invert=True),
+            f"≥ {minimum:g}×",
+            minimum,
+        )
+        t.row(
+            f"restore, {what}",
+            f"prefetch: {pre}",
+            f"local file: {restore(t, 'restore.local')}",
+            tr(f"restore-{speed}.prefetch.secs", "restore.local.secs", invert=True),
+            "≥ 0.5× (within 2×)" if speed == "slow" else None,
+            0.5 if speed == "slow" else None,
+        )
+    if "boot.trace.secs" in t.values:
+        def cpu(n):
+            return f"{t.median(n + '.secs'):.2f} s; CPU: QEMU {t.median(n + '.cpu'):.2f} s"
+
+        t.row(
+            "boot (QEMU TCG)",
+            f"rootfs trace: {cpu('boot.trace')}",
+            f"no trace: {cpu('boot.off')}",
+            tr("boot.trace.secs", "boot.off.secs", invert=True),
+            "≥ 1.0×",
+            1.0,
+        )
 
 
 SQ_NAMES = {
@@ -539,6 +616,10 @@ def main(argv):
         bandwidth(args[0])
     elif cmd == "cats" and args:
         cats(args)
+    elif cmd == "run" and len(args) >= 2:
+        run(args[0], args[1:])
+    elif cmd == "trace" and len(args) == 1:
+        trace_size(args[0])
     elif cmd == "cpu" and len(args) == 1:
         cpu(int(args[0]))
     elif cmd == "stat" and len(args) == 2:

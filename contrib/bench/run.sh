@@ -14,9 +14,10 @@ REPO=$(cd "$HERE/../.." && pwd)
 HELPER="$HERE/bench.py"
 
 TDFS=${TDFS:-$REPO/target/release/tdfs}
+CHECKER=${CHECKER:-$REPO/target/release/examples/vm_memfile_check}
 WORK=${BENCH_DIR:-/var/tmp/tdfs-bench}
 RUNS=${RUNS:-3}
-GROUPS_WANTED=${GROUPS_WANTED:-seq,rand,slow,many,s3,peers}
+GROUPS_WANTED=${GROUPS_WANTED:-seq,rand,slow,many,s3,peers,restore}
 MEMFILE_MIB=${MEMFILE_MIB:-2048}
 # Memfile of the `many` group's base build (its layers are copies of it).
 MANY_MIB=${MANY_MIB:-512}
@@ -33,13 +34,15 @@ usage() {
 usage: contrib/bench/run.sh [--runs N] [--groups LIST] [--work DIR] [--fio-secs S] [--out FILE]
 
   --runs N        runs to take medians over (default $RUNS)
-  --groups LIST   comma list of seq, rand, slow, many, s3, peers (default $GROUPS_WANTED)
+  --groups LIST   comma list of seq, rand, slow, many, s3, peers, restore (default
+                  $GROUPS_WANTED)
   --work DIR      data, images, stores and mounts (default $WORK; reused
                   between invocations, delete it to regenerate the data)
   --fio-secs S    length of each fio run (default $FIO_SECS)
   --out FILE      also write the report (machine, date, table) to FILE
 
-Environment: TDFS (binary, default target/release/tdfs), MEMFILE_MIB
+Environment: TDFS (binary, default target/release/tdfs), CHECKER (the
+vm_memfile_check example, for restore), MEMFILE_MIB
 ($MEMFILE_MIB), ROOTFS_MIB ($ROOTFS_MIB), MANY_MIB ($MANY_MIB), THROTTLE
 ($THROTTLE), SEED ($SEED).
 EOF
@@ -60,7 +63,7 @@ done
 
 want() { [[ ",$GROUPS_WANTED," == *",$1,"* ]]; }
 # The groups that read the main data set (prepare, verify_mounts).
-want_main() { want seq || want rand || want slow || want s3 || want peers; }
+want_main() { want seq || want rand || want slow || want s3 || want peers || want restore; }
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 
@@ -71,6 +74,7 @@ check_tools() {
   local tools=(python3 fusermount3 timeout dd mountpoint)
   if want_main; then tools+=(fio zstd mksquashfs squashfuse mkfs.ext4); fi
   if want s3; then tools+=(garage aws); fi
+  if want restore; then tools+=(qemu-system-x86_64 busybox mkfs.ext4 sha256sum); fi
   for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
   done
@@ -80,6 +84,11 @@ check_tools() {
   [ "$(id -u)" = 0 ] || die "run as root: it drops kernel caches and mounts FUSE filesystems"
   [ -e /dev/fuse ] || die "/dev/fuse is missing"
   [ -x "$TDFS" ] || die "$TDFS not found: build it with cargo build --release (or set TDFS)"
+  if want restore; then
+    [ -x "$CHECKER" ] || die "$CHECKER not found: build it with cargo build --release --example vm_memfile_check (or set CHECKER)"
+    "$TDFS" mount --help | grep -q -- --record-prefetch ||
+      die "$TDFS has no mount --record-prefetch: the restore group records its traces with it"
+  fi
   local newer
   newer=$(find "$REPO/src" "$REPO/Cargo.toml" "$REPO/Cargo.lock" -newer "$TDFS" -print -quit 2>/dev/null)
   if [ -n "$newer" ]; then
@@ -542,6 +551,132 @@ group_s3() {
   umount_tdfs
 }
 
+# --- VM restore from a cold host (the `restore` group) -------------------------
+
+RESTORE="$WORK/restore"
+RESTORE_REC="$RESTORE/rec"
+
+# The memfile packed again with 4 KiB blocks, for the restore rows: traces
+# name blocks of the header's block size, and 2 MiB blocks would name
+# nearly every block of the file for a working set of scattered pages (E2B
+# uses 4 KiB blocks for a memfile without hugepages). Then its trace,
+# recorded on a mount while vm_memfile_check runs the access model
+# (contrib/vm/access_model.rs); the build packed with the trace in its
+# metadata (when `tdfs pack` has --prefetch-memfile); the boot images of
+# contrib/vm and the rootfs trace recorded from one boot.
+prepare_restore() {
+  local stamp out rootfs
+  stamp="restore $(cat "$DATA/ready")"
+  if [ -f "$RESTORE/ready" ] && [ "$(cat "$RESTORE/ready")" = "$stamp" ]; then
+    log "reusing the restore data in $RESTORE"
+  else
+    rm -rf "$RESTORE"
+    mkdir -p "$RESTORE_REC" "$WORK/logs"
+    rootfs="$RESTORE/rootfs"
+    truncate -s 16M "$rootfs"
+    log "tdfs pack --memfile-block-size 4KiB (the restore build)"
+    timeout 1200 "$TDFS" pack --store "$STORE" --memfile "$DATA/memfile" --rootfs "$rootfs" \
+      --compress zstd --memfile-block-size 4KiB 2>>"$WORK/logs/pack.log" >"$RESTORE/build"
+    RESTORE_BUILD=$(cat "$RESTORE/build")
+    log "recording the restore trace (vm_memfile_check --model seed=$SEED)"
+    mount_tdfs restore-record "$STORE" --prefetch off --record-prefetch "$RESTORE_REC"
+    timeout "$READ_TIMEOUT" "$CHECKER" "$MNT/$RESTORE_BUILD/memfile" --model "seed=$SEED" \
+      >>"$WORK/logs/restore.log"
+    umount_tdfs
+    RESTORE_TRACE="$RESTORE_REC/$RESTORE_BUILD/memfile.prefetch.json"
+    [ -s "$RESTORE_TRACE" ] || die "no trace recorded at $RESTORE_TRACE (log: $WORK/logs/restore-record.log)"
+    if "$TDFS" pack --help | grep -q -- --prefetch-memfile; then
+      log "tdfs pack --prefetch-memfile (the restore build, its trace in metadata.json)"
+      timeout 1200 "$TDFS" pack --store "$STORE" --memfile "$DATA/memfile" --rootfs "$rootfs" \
+        --compress zstd --memfile-block-size 4KiB --prefetch-memfile "$RESTORE_TRACE" \
+        2>>"$WORK/logs/pack.log" >"$RESTORE/build.meta"
+    fi
+    log "building the boot images of contrib/vm"
+    out=$(TDFS=$TDFS TDFS_VM_MEMFILE_CHECK=$CHECKER timeout 1200 \
+      "$REPO/contrib/vm/boot-from-tdfs.sh" --pack-only "$RESTORE" 2>>"$WORK/logs/restore.log")
+    read -r VM_DIR _ VM_BUILD <<<"$out"
+    echo "$VM_DIR $VM_BUILD" >"$RESTORE/vm"
+    log "recording the rootfs trace of one boot"
+    mount_tdfs restore-record-boot "$VM_DIR/store" --prefetch off --record-prefetch "$RESTORE_REC"
+    boot_vm "$MNT/$VM_BUILD/rootfs.ext4"
+    umount_tdfs
+    [ -s "$RESTORE_REC/$VM_BUILD/rootfs.ext4.prefetch.json" ] || die "no rootfs trace recorded"
+    echo "$stamp" >"$RESTORE/ready"
+  fi
+  RESTORE_BUILD=$(cat "$RESTORE/build")
+  RESTORE_TRACE="$RESTORE_REC/$RESTORE_BUILD/memfile.prefetch.json"
+  read -r VM_DIR VM_BUILD <"$RESTORE/vm"
+}
+
+# boot_vm DISK [NAME]: boot contrib/vm's guest (QEMU TCG) from DISK to its
+# power-off, as boot-from-tdfs.sh does, and check the guest's marker on the
+# console; with NAME, record NAME.secs and NAME.cpu (QEMU's CPU seconds).
+boot_vm() {
+  local disk=$1 name=${2:-record} serial="$WORK/logs/boot.serial" wall cpu kernel
+  : >"$serial"
+  kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n 1)
+  read -r wall cpu < <(python3 "$HELPER" run "$serial" timeout -k 5 "$READ_TIMEOUT" \
+    qemu-system-x86_64 -accel tcg -m 256M -smp 1 \
+    -kernel "$kernel" -initrd "/boot/initrd.img-${kernel#/boot/vmlinuz-}" \
+    -drive "file=$disk,if=virtio,format=raw,readonly=on" \
+    -append "root=/dev/vda ro console=ttyS0 panic=-1" -nographic -no-reboot)
+  grep -q "^TDFS-VM-BOOT-MARKER" "$serial" || die "boot $name: no marker on the console ($serial)"
+  if [ $# -gt 1 ]; then
+    record "$name.secs" "$wall"
+    record "$name.cpu" "$cpu"
+  fi
+  log "  $name: booted in $wall s, QEMU $cpu s CPU"
+}
+
+# restore_replay ROW FILE: caches dropped, replay the recorded trace on FILE
+# (vm_memfile_check --replay, 4 threads); records ROW.secs, ROW.cpu (the
+# replay's) and, on a tdfs mount, ROW.daemon-cpu.
+restore_replay() {
+  local row=$1 file=$2 wall cpu cpu0="" cpu1
+  drop_caches
+  [ -n "$TDFS_PID" ] && cpu0=$(python3 "$HELPER" cpu "$TDFS_PID")
+  read -r wall cpu < <(python3 "$HELPER" run "$WORK/logs/restore.log" timeout "$READ_TIMEOUT" \
+    "$CHECKER" "$file" --replay "$RESTORE_TRACE" --threads 4)
+  record "$row.secs" "$wall"
+  record "$row.cpu" "$cpu"
+  if [ -n "$cpu0" ]; then
+    cpu1=$(python3 "$HELPER" cpu "$TDFS_PID")
+    record "$row.daemon-cpu" "$(python3 -c "print($cpu1 - $cpu0)")"
+  fi
+  log "  $row: $wall s, replay $cpu s CPU${cpu0:+, daemon $(python3 -c "print(f'{$cpu1 - $cpu0:.2f}')") s CPU}"
+}
+
+group_restore() {
+  local speed extra prefetched=() build
+  if [ -f "$RESTORE/build.meta" ]; then
+    build=$(cat "$RESTORE/build.meta")
+  else
+    build=$RESTORE_BUILD
+    prefetched=(--prefetch-dir "$RESTORE_REC")
+  fi
+  for speed in slow fast; do
+    extra=()
+    [ "$speed" = slow ] && extra=(--bench-throttle "$THROTTLE")
+    mount_tdfs "restore-$speed-off" "$STORE" "${extra[@]}" --prefetch off
+    restore_replay "restore-$speed.off" "$MNT/$RESTORE_BUILD/memfile"
+    umount_tdfs
+    mount_tdfs "restore-$speed-prefetch" "$STORE" "${extra[@]}" "${prefetched[@]}"
+    restore_replay "restore-$speed.prefetch" "$MNT/$build/memfile"
+    umount_tdfs
+  done
+  TDFS_PID=""
+  restore_replay restore.local "$DATA/memfile"
+
+  mount_tdfs boot-off "$VM_DIR/store" --prefetch off
+  drop_caches
+  boot_vm "$MNT/$VM_BUILD/rootfs.ext4" boot.off
+  umount_tdfs
+  mount_tdfs boot-trace "$VM_DIR/store" --prefetch-dir "$RESTORE_REC"
+  drop_caches
+  boot_vm "$MNT/$VM_BUILD/rootfs.ext4" boot.trace
+  umount_tdfs
+}
+
 # --- report -------------------------------------------------------------------
 
 describe_machine() {
@@ -551,6 +686,13 @@ describe_machine() {
   echo "- tdfs $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') ($TDFS, built $(date -u -r "$TDFS" '+%H:%M UTC')$BINARY_NOTE)$(want_main && echo "; $(squashfuse --version 2>&1 | head -1); $(mksquashfs -version | head -1); $(fio --version); $(zstd --version)")"
   want_main && echo "- data: ${MEMFILE_MIB} MiB memfile ($(du -m "$DATA/memfile" | cut -f1) MiB not zero, zstd object $(( $(stat -c %s "$ZSTD_OBJECT") >> 20 )) MiB), ${ROOTFS_MIB} MiB ext4 rootfs; squashfs images $(du -m "$DATA/memfile-128K.sqfs" | cut -f1) MiB (128 KiB) and $(du -m "$DATA/memfile-1M.sqfs" | cut -f1) MiB (1 MiB)"
   want many && echo "- many: a ${MANY_MIB} MiB memfile (zstd object $(( $(stat -c %s "$MANY/store/$(cat "$MANY/data/build.base")/memfile.zstd") >> 20 )) MiB) and $LAYER_COUNT layers on it, each rewriting 32 MiB"
+  if want restore; then
+    local blocks bytes rblocks rbytes source="--prefetch-dir (the recording)"
+    read -r blocks bytes < <(python3 "$HELPER" trace "$RESTORE_TRACE")
+    read -r rblocks rbytes < <(python3 "$HELPER" trace "$RESTORE_REC/$VM_BUILD/rootfs.ext4.prefetch.json")
+    [ -f "$RESTORE/build.meta" ] && source="metadata.json (tdfs pack --prefetch-memfile)"
+    echo "- restore: the memfile packed with 4 KiB blocks; its trace, recorded while vm_memfile_check ran the access model (seed $SEED), lists $blocks blocks ($((bytes >> 20)) MiB, $((100 * bytes / (MEMFILE_MIB << 20)))% of the memfile), replayed from 4 threads; prefetch from $source; boot: contrib/vm's guest (QEMU TCG, 1 vCPU), rootfs trace of one boot: $rblocks blocks ($((rbytes >> 10)) KiB), replayed with --prefetch-dir"
+  fi
   echo "- runs: $RUNS; fio: random 4 KiB reads, 4 jobs, psync, ${FIO_SECS} s; slow store: $THROTTLE per request; after dropping caches: ${SETTLE} s settle"
 }
 
@@ -566,6 +708,7 @@ main() {
   fi
   if want s3; then start_garage; fi
   if want many; then prepare_many; fi
+  if want restore; then prepare_restore; fi
   for RUN in $(seq "$RUNS"); do
     log "run $RUN of $RUNS (load $(cut -d' ' -f1-3 /proc/loadavg))"
     if want seq; then group_seq; fi
@@ -574,6 +717,7 @@ main() {
     if want many; then group_many; fi
     if want s3; then group_s3; fi
     if want peers; then group_peers; fi
+    if want restore; then group_restore; fi
   done
   local report="$WORK/report.md"
   {

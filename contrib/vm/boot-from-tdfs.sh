@@ -13,8 +13,11 @@
 # Prints both boot times. Exit 0 on success. The trap stops QEMU and tdfs and
 # unmounts whatever happens; the work directory is removed unless --keep.
 #
-# Usage: contrib/vm/boot-from-tdfs.sh [--keep] [WORKDIR]
-#   WORKDIR  where the scratch directory is made (default: $TMPDIR or /tmp)
+# Usage: contrib/vm/boot-from-tdfs.sh [--keep] [--pack-only] [WORKDIR]
+#   WORKDIR      where the scratch directory is made (default: $TMPDIR or /tmp)
+#   --pack-only  stop after step 2's packing, keep the scratch directory and
+#                print "SCRATCH_DIR BASE_ID LAYER_ID" on stdout (the restore
+#                benchmark boots from these images itself)
 # Environment (all optional):
 #   TDFS                      tdfs binary (default: built with cargo --release)
 #   TDFS_VM_MEMFILE_CHECK     vm_memfile_check binary (default: built likewise)
@@ -36,12 +39,14 @@ readonly UNREAD_PAYLOAD_MIB=40
 readonly APT_LINE="apt-get install -y qemu-system-x86 linux-image-amd64 busybox-static fuse3 e2fsprogs python3"
 
 keep=0
+pack_only=0
 parent=${TMPDIR:-/tmp}
 for arg in "$@"; do
   case $arg in
     --keep) keep=1 ;;
+    --pack-only) pack_only=1 keep=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    -*) echo "unknown option $arg (usage: $0 [--keep] [WORKDIR])" >&2; exit 2 ;;
+    -*) echo "unknown option $arg (usage: $0 [--keep] [--pack-only] [WORKDIR])" >&2; exit 2 ;;
     *) parent=$arg ;;
   esac
 done
@@ -195,6 +200,10 @@ layer_id=$("$tdfs" pack --store "$store" --compress zstd --base "$base_id" \
   { cat "$work/pack-layer.log" >&2; die "tdfs pack (layer)"; }
 say "base build $base_id, layer $layer_id"
 sed 's/^/    /' "$work/pack-layer.log" >&2
+if ((pack_only)); then
+  echo "$work $base_id $layer_id"
+  exit 0
+fi
 
 # The flattened reference comes from the store through tdfs export, not from
 # the mount; it must equal the image that was packed.
