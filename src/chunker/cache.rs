@@ -20,6 +20,15 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::format::PAGE_SIZE;
 
+/// Bytes written per `pwrite` into the cache file. The page cache sizes a
+/// written range's folios after the write: a 2 MiB `pwrite` gets 2 MiB
+/// folios, which on a VM with free page reporting come from blocks handed
+/// back to the host and fault in page by page. Writing 600 MiB into a fresh
+/// file on the development VM (2026-11-30, after `drop_caches` and 3 s):
+/// 2.05 s of system CPU in 2 MiB writes, 0.20 s in 256 KiB, 0.23 s in 64
+/// KiB, 0.35 s in 16 KiB.
+const WRITE_PIECE: usize = 256 << 10;
+
 /// A sparse cache file mapped into memory. Writes (`pwrite`) go into ranges
 /// no reader can see yet; reads are slices of the mapping over ranges
 /// already marked present. The file is flock'ed so two processes never share one.
@@ -151,10 +160,14 @@ impl CacheFile {
     /// page fault per few pages.
     pub(super) fn write_at(&self, off: u64, bytes: &[u8]) -> io::Result<()> {
         debug_assert!(off + bytes.len() as u64 <= self.len);
-        if let Err(e) = self.file.write_all_at(bytes, off) {
-            // Give back what part of it was written: a full disk needs room.
-            let _ = self.punch_hole(off..off + bytes.len() as u64);
-            return Err(e);
+        let mut done = 0;
+        for piece in bytes.chunks(WRITE_PIECE) {
+            if let Err(e) = self.file.write_all_at(piece, off + done) {
+                // Give back what part of it was written: a full disk needs room.
+                let _ = self.punch_hole(off..off + bytes.len() as u64);
+                return Err(e);
+            }
+            done += piece.len() as u64;
         }
         // Best effort: kernels before 5.14 lack it, and it refuses a range
         // not starting on a page; readers then fault the pages in.
