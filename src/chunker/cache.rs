@@ -197,9 +197,10 @@ impl CacheFile {
     /// Write `bytes` at `off` with `pwrite` (into a range that is not present
     /// and is owned by the caller's fetch session), in `WRITE_PIECE`s.
     /// Unlike a write through the mapping, whole pages written this way are
-    /// never zeroed first. The written pages are not mapped here: a reader
-    /// in place `populate`s its range anyway, which maps them, and a copy
-    /// out (`read_at`) never needs them mapped.
+    /// never zeroed first. The written pages are not mapped here: the
+    /// kernel's copy of an in-place reply faults them in (`populate` only
+    /// makes sure they can be read), and a copy out (`read_at`) never needs
+    /// them mapped.
     pub(super) fn write_at(&self, off: u64, bytes: &[u8]) -> io::Result<()> {
         debug_assert!(off + bytes.len() as u64 <= self.len);
         let mut done = 0;
