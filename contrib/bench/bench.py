@@ -8,6 +8,7 @@ summaries and the results table. Standard library only.
   bench.py fio JSON                     print "iops p50_us p99_us" of a fio run
   bench.py bandwidth THROTTLE           bytes per second of a LATENCY,BANDWIDTH throttle
   bench.py cats FILE...                 cat the FILEs at once; print "wall_s reader_cpu_s"
+  bench.py timed COMMAND...             run COMMAND; print "wall_s cpu_s" (it and its children)
   bench.py cpu PID                      print PID's CPU seconds so far (user + system)
   bench.py run LOG COMMAND...           run COMMAND (output appended to LOG); print "wall_s cpu_s"
   bench.py trace FILE                   print "blocks bytes" of a prefetch trace
@@ -223,6 +224,17 @@ def run(log, command):
         wall = time.monotonic() - start
     if code:
         sys.exit(f"bench.py: {command[0]} exited with {code} (log: {log})")
+def timed(command):
+    """Run COMMAND; wall seconds and the CPU seconds (user + system) of it
+    and the children it waited for."""
+    import resource
+    import subprocess
+
+    start = time.monotonic()
+    code = subprocess.call(command)
+    wall = time.monotonic() - start
+    if code:
+        sys.exit(f"bench.py: {command[0]} failed: exit code {code}")
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"{wall:.4f} {ru.ru_utime + ru.ru_stime:.4f}")
 
@@ -262,6 +274,14 @@ def load(path):
                 continue
             run, name, value = parts
             values.setdefault(name, {})[run] = float(value)
+    # CPU seconds per GiB read: the reader's plus the daemon's (none for a
+    # local file or `zstd -d`), for each timed read that has both.
+    for name in [n[: -len(".reader-cpu")] for n in values if n.endswith(".reader-cpu")]:
+        reader, daemon = values[name + ".reader-cpu"], values.get(name + ".daemon-cpu", {})
+        size = values.get(name + ".bytes", {})
+        per_gib = {r: (reader[r] + daemon.get(r, 0)) / (size[r] / 2**30) for r in reader if size.get(r)}
+        if per_gib:
+            values[name + ".cpu-per-gib"] = per_gib
     return values
 
 
@@ -269,8 +289,8 @@ class Table:
     def __init__(self, values):
         self.values = values
         self.lines = [
-            "| row | tdfs | baseline | ratio (median of runs) | target | met |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| row | tdfs | baseline | ratio (median of runs) | target | met | CPU per GiB: tdfs, baseline, ratio |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
 
     def median(self, name):
@@ -288,24 +308,48 @@ class Table:
                 ratios.append(x / y)
         return statistics.median(ratios) if ratios else None
 
-    def row(self, name, tdfs, baseline, ratio, target=None, minimum=None):
+    def row(self, name, tdfs, baseline, ratio, target=None, minimum=None, cpu=None):
+        """One line; `cpu` names the timed reads (tdfs, baseline) whose CPU
+        per GiB the last column compares."""
         if ratio is None:
             shown, met = "n/a", "—"
         else:
             shown = f"{ratio:.2f}×"
             met = "—" if minimum is None else ("yes" if ratio >= minimum else "**no**")
-        self.lines.append(f"| {name} | {tdfs} | {baseline} | {shown} | {target or '—'} | {met} |")
+        self.lines.append(
+            f"| {name} | {tdfs} | {baseline} | {shown} | {target or '—'} | {met} | {self.cpu_cell(cpu)} |"
+        )
+
+    def cpu_cell(self, pair):
+        """`2.10 s, 1.05 s: 2.00×` of CPU seconds per GiB read (daemon +
+        reader) of tdfs and of the baseline, and their ratio (tdfs ÷
+        baseline: below 1 means tdfs spends less CPU per byte)."""
+        if pair is None:
+            return "—"
+        mine, theirs = (self.median(f"{n}.cpu-per-gib") for n in pair)
+        if mine is None or theirs is None:
+            return "n/a"
+        ratio = self.ratio(f"{pair[0]}.cpu-per-gib", f"{pair[1]}.cpu-per-gib")
+        return f"{mine:.2f} s, {theirs:.2f} s: {ratio:.2f}×"
 
 
 def seq(t, name):
-    """`2.10 s, 1023 MB/s` of a timed sequential read."""
+    """`2.10 s, 1023 MB/s; CPU: daemon 1.20 s + reader 0.40 s` of a timed
+    sequential read."""
     secs = t.median(name + ".secs")
     size = t.median(name + ".bytes")
     if secs is None:
         return "n/a"
     if size is None:
         return f"{secs:.2f} s"
-    return f"{secs:.2f} s, {size / secs / 1e6:.0f} MB/s"
+    reader, daemon = t.median(name + ".reader-cpu"), t.median(name + ".daemon-cpu")
+    if reader is None:
+        cpu = ""
+    elif daemon is None:
+        cpu = f"; CPU {reader:.2f} s"
+    else:
+        cpu = f"; CPU: daemon {daemon:.2f} s + reader {reader:.2f} s"
+    return f"{secs:.2f} s, {size / secs / 1e6:.0f} MB/s{cpu}"
 
 
 def rand(t, name):
@@ -333,6 +377,7 @@ def table(path):
                 tr("seq-cold-zstd.tdfs.secs", f"seq-cold-zstd.{s}.secs", invert=True),
                 "≥ 1.5× best squashfuse" if s == best_sq else "",
                 1.5 if s == best_sq else None,
+                cpu=("seq-cold-zstd.tdfs", f"seq-cold-zstd.{s}"),
             )
         t.row(
             "seq-cold-zstd",
@@ -341,18 +386,21 @@ def table(path):
             tr("seq-cold-zstd.tdfs.secs", "seq-cold-zstd.zstd.secs", invert=True),
             "≥ 1.0×",
             1.0,
+            cpu=("seq-cold-zstd.tdfs", "seq-cold-zstd.zstd"),
         )
         t.row(
             "seq-cold-raw",
             seq(t, "seq-cold-raw.tdfs"),
             f"`cat` local file, cold: {seq(t, 'seq-cold-raw.local')}",
             tr("seq-cold-raw.tdfs.secs", "seq-cold-raw.local.secs", invert=True),
+            cpu=("seq-cold-raw.tdfs", "seq-cold-raw.local"),
         )
         t.row(
             "seq-cold-rootfs",
             seq(t, "seq-cold-rootfs.tdfs"),
             f"`cat` local rootfs.ext4, cold: {seq(t, 'seq-cold-rootfs.local')}",
             tr("seq-cold-rootfs.tdfs.secs", "seq-cold-rootfs.local.secs", invert=True),
+            cpu=("seq-cold-rootfs.tdfs", "seq-cold-rootfs.local"),
         )
         t.row(
             "seq-warm",
@@ -361,6 +409,7 @@ def table(path):
             tr("seq-warm.tdfs.secs", "seq-warm.local.secs", invert=True),
             "≥ 0.5×",
             0.5,
+            cpu=("seq-warm.tdfs", "seq-warm.local"),
         )
         t.row(
             "seq-rehit",
@@ -369,6 +418,7 @@ def table(path):
             tr("seq-rehit.tdfs.secs", "seq-warm.local.secs", invert=True),
             "≥ 0.9×",
             0.9,
+            cpu=("seq-rehit.tdfs", "seq-warm.local"),
         )
         # squashfuse re-reads from the same kernel FUSE page cache: what any
         # FUSE file gets on this kernel.
@@ -379,6 +429,7 @@ def table(path):
                     seq(t, "seq-rehit.tdfs"),
                     f"{SQ_NAMES[s]}, from its page cache: {seq(t, f'seq-rehit.{s}')}",
                     tr("seq-rehit.tdfs.secs", f"seq-rehit.{s}.secs", invert=True),
+                    cpu=("seq-rehit.tdfs", f"seq-rehit.{s}"),
                 )
 
     if "rand-4k-cold.tdfs.iops" in t.values:
@@ -418,6 +469,7 @@ def table(path):
             tr("slow-seq.ra.secs", "slow-seq.nora.secs", invert=True),
             "≥ 3×",
             3.0,
+            cpu=("slow-seq.ra", "slow-seq.nora"),
         )
         obj = t.median("slow-seq.object-bytes")
         bw = t.median("slow-seq.store-bps")
@@ -501,14 +553,14 @@ def many_rows(t):
         t.lines.append(
             f"| {row} | {readers} `cat`s of {what}: {t.median(row + '.many.secs'):.2f} s"
             f"{cpu_note(t, row + '.many')} | one `cat` alone: {t.median(row + '.one.secs'):.2f} s"
-            f"{cpu_note(t, row + '.one')} | {ratio:.2f}× the time | ≤ {time_target}× | {met} |"
+            f"{cpu_note(t, row + '.one')} | {ratio:.2f}× the time | ≤ {time_target}× | {met} | — |"
         )
         fetched = t.ratio(f"{row}.many.store-bytes", f"{row}.unique-bytes")
         met = "—" if fetched is None else ("yes" if fetched <= bytes_target else "**no**")
         t.lines.append(
             f"| {row} | fetched {t.median(row + '.many.store-bytes') / 2**20:.0f} MiB from the store"
             f" | {unique_name}: {t.median(row + '.unique-bytes') / 2**20:.0f} MiB"
-            f" | {fetched:.2f}× the bytes | ≤ {bytes_target}× | {met} |"
+            f" | {fetched:.2f}× the bytes | ≤ {bytes_target}× | {met} | — |"
         )
 
 
@@ -620,6 +672,8 @@ def main(argv):
         run(args[0], args[1:])
     elif cmd == "trace" and len(args) == 1:
         trace_size(args[0])
+    elif cmd == "timed" and args:
+        timed(args)
     elif cmd == "cpu" and len(args) == 1:
         cpu(int(args[0]))
     elif cmd == "stat" and len(args) == 2:

@@ -136,16 +136,29 @@ drop_caches() {
 # Drop one file's pages from the kernel page cache (POSIX_FADV_DONTNEED).
 drop_file_cache() { dd if="$1" iflag=nocache count=0 status=none; }
 
-# timed NAME BYTES COMMAND...: record NAME.secs (wall time) and NAME.bytes.
+# The daemon serving the mount being read (tdfs or squashfuse), whose CPU
+# time a timed read counts; empty for a local file or a download.
+DAEMON_PID=""
+
+# timed NAME BYTES COMMAND...: record NAME.secs (wall time), NAME.bytes,
+# NAME.reader-cpu (CPU seconds of COMMAND and its children) and, while a
+# mount is up, NAME.daemon-cpu (its daemon's CPU seconds meanwhile).
 timed() {
-  local name=$1 bytes=$2 t0 t1
+  local name=$1 bytes=$2 out wall rcpu d0 d1
   shift 2
-  t0=$EPOCHREALTIME
-  timeout "$READ_TIMEOUT" "$@"
-  t1=$EPOCHREALTIME
-  record "$name.secs" "$(python3 -c "print($t1 - $t0)")"
+  [ -n "$DAEMON_PID" ] && d0=$(python3 "$HELPER" cpu "$DAEMON_PID")
+  out=$(timeout "$READ_TIMEOUT" python3 "$HELPER" timed "$@")
+  read -r wall rcpu <<<"$out"
+  record "$name.secs" "$wall"
   record "$name.bytes" "$bytes"
-  log "  $name: $(python3 -c "print(f'{$t1 - $t0:.2f} s, {$bytes / ($t1 - $t0) / 1e6:.0f} MB/s')")"
+  record "$name.reader-cpu" "$rcpu"
+  local cpu_note="reader $rcpu s CPU"
+  if [ -n "$DAEMON_PID" ]; then
+    d1=$(python3 "$HELPER" cpu "$DAEMON_PID")
+    record "$name.daemon-cpu" "$(python3 -c "print($d1 - $d0)")"
+    cpu_note="daemon $(python3 -c "print(f'{$d1 - $d0:.2f}')") s + $cpu_note"
+  fi
+  log "  $name: $(python3 -c "print(f'{$wall:.2f} s, {$bytes / $wall / 1e6:.0f} MB/s')"), $cpu_note"
 }
 
 # timed_cat NAME FILE: sequential read of the whole FILE.
@@ -192,6 +205,7 @@ mount_tdfs() {
   "$TDFS" mount "$store" "$MNT" --foreground --cache-dir "$WORK/cache/$name" "$@" \
     >>"$WORK/logs/$name.log" 2>&1 &
   TDFS_PID=$!
+  DAEMON_PID=$TDFS_PID
   PIDS+=("$TDFS_PID")
   MOUNTS+=("$MNT")
   wait_mounted "$MNT" "$TDFS_PID"
@@ -206,6 +220,7 @@ umount_tdfs() {
   fusermount3 -u "$MNT"
   timeout 30 tail --pid="$TDFS_PID" -f /dev/null || kill "$TDFS_PID" 2>/dev/null || true
   wait "$TDFS_PID" 2>/dev/null || true
+  DAEMON_PID=""
   wait "$WATCH_PID" 2>/dev/null || true
   [ -s "$WORK/mem.peak" ] && record "memory.$MOUNT_NAME" "$(cat "$WORK/mem.peak")"
   rm -rf "$WORK/cache/$MOUNT_NAME"
@@ -218,6 +233,7 @@ mount_squash() {
   mkdir -p "$MNT"
   "$2" -f "$1" "$MNT" >>"$WORK/logs/squashfuse.log" 2>&1 &
   SQ_PID=$!
+  DAEMON_PID=$SQ_PID
   PIDS+=("$SQ_PID")
   MOUNTS+=("$MNT")
   wait_mounted "$MNT" "$SQ_PID"
@@ -226,6 +242,7 @@ mount_squash() {
 umount_squash() {
   fusermount3 -u "$MNT"
   wait "$SQ_PID" 2>/dev/null || true
+  DAEMON_PID=""
 }
 
 # --- data ---------------------------------------------------------------------

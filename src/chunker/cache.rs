@@ -20,6 +20,15 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::format::PAGE_SIZE;
 
+/// Bytes written per `pwrite` into the cache file. The page cache sizes a
+/// written range's folios after the write: a 2 MiB `pwrite` gets 2 MiB
+/// folios, which on a VM with free page reporting come from blocks handed
+/// back to the host and fault in page by page. Writing 600 MiB into a fresh
+/// file on the development VM (2026-11-30, after `drop_caches` and 3 s):
+/// 2.05 s of system CPU in 2 MiB writes, 0.20 s in 256 KiB, 0.23 s in 64
+/// KiB, 0.35 s in 16 KiB.
+const WRITE_PIECE: usize = 256 << 10;
+
 /// A sparse cache file mapped into memory. Writes (`pwrite`) go into ranges
 /// no reader can see yet; reads are slices of the mapping over ranges
 /// already marked present. The file is flock'ed so two processes never share one.
@@ -98,11 +107,15 @@ impl CacheFile {
         self.file.read_exact_at(buf, off)
     }
 
-    /// Fault the pages of `[off, off+len)` into the mapping before the
-    /// kernel copies a reply out of them (`MADV_POPULATE_READ`): a page that
-    /// cannot be read (past a truncated end, or an I/O error) is an error
-    /// here, where a copy from the mapping would fault. Kernels before 5.14
-    /// lack the advice (EINVAL): the range is then taken as it is.
+    /// Make sure the pages of `[off, off+len)` can be read before the
+    /// kernel copies a reply out of them: when the file still reaches past
+    /// them and they are all in the page cache (`mincore`) they can (a
+    /// truncation may leave a large folio across the new end in the page
+    /// cache, hence the length check); otherwise they are faulted in
+    /// (`MADV_POPULATE_READ`), and a page that cannot be read (past a
+    /// truncated end, or an I/O error) is an error here, where a copy from
+    /// the mapping would fault. Kernels before 5.14 lack the advice
+    /// (EINVAL): the range is then taken as it is.
     ///
     /// # Errors
     /// EFAULT (beyond the file's end) or EIO/EFAULT (a failing disk).
@@ -111,8 +124,12 @@ impl CacheFile {
         if len == 0 {
             return Ok(());
         }
-        // madvise wants a page-aligned start.
+        // madvise and mincore want a page-aligned start.
         let start = off - off % PAGE_SIZE;
+        let within = self.current_len().is_ok_and(|n| n >= off + len);
+        if within && self.resident(start, off + len - start) {
+            return Ok(());
+        }
         // SAFETY: a range inside the mapping, which lives as long as self;
         // populating reads the pages and writes nothing.
         let rc = unsafe {
@@ -132,6 +149,39 @@ impl CacheFile {
         }
     }
 
+    /// True when every page of `[start, start+len)` (`start` page-aligned)
+    /// is in the page cache. Asking is much cheaper than populating pages
+    /// already there, which walks and marks each page: on the development
+    /// VM (2026-11-30) 1.5–3.6 µs per MiB against 95 µs for a file written
+    /// in 256 KiB pieces (`WRITE_PIECE`; small folios are mapped page by
+    /// page). False when the kernel cannot say.
+    fn resident(&self, start: u64, len: u64) -> bool {
+        // Pages asked about per call: 1 MiB, the largest FUSE read.
+        const BATCH: u64 = 256;
+        let mut vec = [0u8; BATCH as usize];
+        let mut pos = start;
+        let end = start + len;
+        while pos < end {
+            let n = (end - pos).min(BATCH * PAGE_SIZE);
+            // SAFETY: a page-aligned range inside the mapping, which lives
+            // as long as self; `vec` holds a byte for each of its at most
+            // BATCH pages.
+            let rc = unsafe {
+                libc::mincore(
+                    self.map.as_ptr().add(pos as usize) as *mut libc::c_void,
+                    n as usize,
+                    vec.as_mut_ptr(),
+                )
+            };
+            let pages = n.div_ceil(PAGE_SIZE) as usize;
+            if rc != 0 || vec[..pages].iter().any(|&v| v & 1 == 0) {
+                return false;
+            }
+            pos += n;
+        }
+        true
+    }
+
     /// The file's size now, in bytes: less than the diff when something
     /// truncated it.
     pub(super) fn current_len(&self) -> io::Result<u64> {
@@ -145,26 +195,22 @@ impl CacheFile {
     }
 
     /// Write `bytes` at `off` with `pwrite` (into a range that is not present
-    /// and is owned by the caller's fetch session), then map the written
-    /// pages. Unlike a write through the mapping, whole pages written this
-    /// way are never zeroed first; mapping them in one call spares readers a
-    /// page fault per few pages.
+    /// and is owned by the caller's fetch session), in `WRITE_PIECE`s.
+    /// Unlike a write through the mapping, whole pages written this way are
+    /// never zeroed first. The written pages are not mapped here: the
+    /// kernel's copy of an in-place reply faults them in (`populate` only
+    /// makes sure they can be read), and a copy out (`read_at`) never needs
+    /// them mapped.
     pub(super) fn write_at(&self, off: u64, bytes: &[u8]) -> io::Result<()> {
         debug_assert!(off + bytes.len() as u64 <= self.len);
-        if let Err(e) = self.file.write_all_at(bytes, off) {
-            // Give back what part of it was written: a full disk needs room.
-            let _ = self.punch_hole(off..off + bytes.len() as u64);
-            return Err(e);
-        }
-        // Best effort: kernels before 5.14 lack it, and it refuses a range
-        // not starting on a page; readers then fault the pages in.
-        // SAFETY: a range inside the mapping; populating reads nothing.
-        unsafe {
-            libc::madvise(
-                self.map.as_ptr().add(off as usize) as *mut libc::c_void,
-                bytes.len(),
-                libc::MADV_POPULATE_READ,
-            );
+        let mut done = 0;
+        for piece in bytes.chunks(WRITE_PIECE) {
+            if let Err(e) = self.file.write_all_at(piece, off + done) {
+                // Give back what part of it was written: a full disk needs room.
+                let _ = self.punch_hole(off..off + bytes.len() as u64);
+                return Err(e);
+            }
+            done += piece.len() as u64;
         }
         Ok(())
     }
