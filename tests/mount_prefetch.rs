@@ -178,9 +178,14 @@ fn bad_traces_leave_right_bytes_and_one_warning() {
         let (_dir, store) = store_with_prefetch(&prefetch);
         let mount = MountGuard::start(&store, &[]);
         let memfile = mount.join(format!("{LAYER}/memfile"));
-        let bytes = std::fs::read(&memfile).unwrap();
+        // Held open until the state settles: a file closed while its trace
+        // is still being parsed (a big one takes a while) drops its prefetch.
+        let mut open = std::fs::File::open(&memfile).unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut open, &mut bytes).unwrap();
         assert_eq!(sha256_hex(&bytes), expected_sha(), "{what}");
         let state = settled(&memfile);
+        drop(open);
         assert!(state.starts_with(outcome), "{what}: {state}");
         let log = mount.log();
         let warnings: Vec<&str> = log
