@@ -138,8 +138,16 @@ fn reads_during_a_prefetch_are_not_held_up() {
     let mount = MountGuard::start(&store, &["--bench-throttle", "20ms,10MB"]);
     let memfile = mount.join(format!("{LAYER}/memfile"));
     let _file = std::fs::File::open(&memfile).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(xattr(&memfile).starts_with("running"), "prefetch runs");
+    // The replay starts once the trace is fetched (20 ms) and parsed: wait
+    // for it (bounded), then read while it runs (15 frames of 1 MiB at 10
+    // MB/s per request, 4 at a time, take about half a second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut state = xattr(&memfile);
+    while state == "none" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        state = xattr(&memfile);
+    }
+    assert!(state.starts_with("running"), "prefetch runs: {state}");
     let start = Instant::now();
     let mut buf = vec![0; 4096];
     let f = std::fs::File::open(&memfile).unwrap();
