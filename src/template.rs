@@ -19,6 +19,7 @@ mod cache_dir;
 mod diff;
 mod diffs;
 mod file;
+mod flat;
 mod listing;
 mod prefetch;
 mod readahead;
@@ -37,6 +38,7 @@ use crate::store::StoreError;
 pub use builds::Builds;
 pub use diff::DiffFile;
 pub use file::{FileBytes, TemplateFile, own_compression};
+pub use flat::FlatFile;
 pub use listing::BuildContents;
 pub use prefetch::{PrefetchConfig, recording_path};
 pub use readahead::{MAX_READAHEAD_BYTES, MAX_READAHEAD_UNITS, ReadAhead};
@@ -121,6 +123,9 @@ pub struct TemplateConfig {
     pub max_idle_diffs: usize,
     /// Replaying recorded working sets when a template file is opened.
     pub prefetch: PrefetchConfig,
+    /// Flatten wholly cached template files into one local file each, for
+    /// the mount to hand to the kernel (FUSE passthrough, `--passthrough`).
+    pub passthrough: bool,
 }
 
 impl TemplateConfig {
@@ -140,6 +145,8 @@ impl TemplateConfig {
             max_idle_diffs: 16,
             // A tool reads what it reads, once.
             prefetch: PrefetchConfig::default(),
+            // Only a mount hands files to the kernel.
+            passthrough: false,
         }
     }
 }

@@ -149,6 +149,16 @@ pub struct MountArgs {
           action = clap::ArgAction::Set)]
     pub prefetch: bool,
 
+    /// Once a memfile or rootfs.ext4 is wholly cached, copy it into one
+    /// flat file in the cache directory (counted against
+    /// --max-cache-size) and let the kernel serve its reads and page faults
+    /// from that file without asking tdfs (FUSE passthrough: Linux 6.9+,
+    /// mounted as root). Falls back to normal reads, logged once, where the
+    /// kernel cannot.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
+    pub passthrough: bool,
+
     /// Most bytes one build may prefetch, e.g. 2GiB; 0 = no bound.
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = super::parse_size)]
     pub prefetch_max: u64,
@@ -346,6 +356,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
             max_bytes: args.prefetch_max,
             dir: args.prefetch_dir.clone(),
         },
+        passthrough: args.passthrough,
     };
     let builds = Builds::new(store, config);
     // Made now, so a cache directory that cannot be made fails the mount.

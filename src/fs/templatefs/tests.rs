@@ -27,6 +27,7 @@ fn fixture_fs(cache: &Path) -> TemplateFs {
         listing_ttl: Duration::from_secs(5),
         max_idle_diffs: 4,
         prefetch: PrefetchConfig::default(),
+        passthrough: false,
     };
     let options = FsOptions {
         uid: 1000,
