@@ -18,6 +18,7 @@ use fuser::{
 };
 
 use super::error::report;
+use super::passthrough::may_register_backing_files;
 use super::templatefs::TemplateFs;
 use super::xattr::{XattrReply, size_probe};
 use crate::sync;
@@ -79,6 +80,11 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
         // Lookups and listings need not be serialized per directory.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.fs.passthrough_enabled() && !may_register_backing_files() {
+            self.fs.passthrough_unavailable(
+                "tdfs lacks CAP_SYS_ADMIN, which the kernel requires of a backing file",
+            );
+        }
         if self.fs.passthrough_enabled() {
             match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
                 Ok(()) => {

@@ -105,7 +105,9 @@ impl TemplateFs {
                 let file = self.open_template(build, kind)?;
                 let read_ahead = file.read_ahead_state();
                 self.builds.start_prefetch(&file);
-                self.builds.flatten_when_cached(&file);
+                if self.passthrough.enabled() {
+                    self.builds.flatten_when_cached(&file);
+                }
                 let flat = self.builds.flat_file(build, kind);
                 let fh = self.handles.add(Handle::Template { file, read_ahead });
                 return Ok(Opened {
@@ -224,6 +226,7 @@ impl TemplateFs {
         self.passthrough.release(fh);
         if let Some(handle) = self.handles.remove(fh)
             && let Handle::Template { file, .. } = &*handle
+            && self.passthrough.enabled()
         {
             self.builds.flatten_when_cached(file);
         }

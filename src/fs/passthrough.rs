@@ -176,6 +176,23 @@ fn drop_passthrough(inode: &mut InodeOpens) {
     }
 }
 
+/// False when this process lacks CAP_SYS_ADMIN, without which the kernel
+/// refuses every backing file. (It checks the capability in the initial
+/// user namespace: a process holding it only in a container's namespace
+/// passes here and is refused at its first passthrough open, which
+/// `fs::fuse` handles the same way.)
+pub(super) fn may_register_backing_files() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
 /// `max_stack_depth` for a mount whose flat files lie in `dir`: the kernel
 /// refuses a backing file whose file system is stacked as deep as this
 /// mount (ELOOP), so 2 when `dir` is on a stacking file system (overlayfs,
