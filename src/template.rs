@@ -12,6 +12,8 @@
 //! sequential-stream state; `TemplateFile::read_ahead` turns what it plans
 //! into fetches of the diffs the planned range maps to. `DiffFile` is the
 //! diff view: one build's own diff, uncompressed, at storage offsets.
+//! `FlatFile` is a wholly cached template file copied into one local file,
+//! which the mount hands to the kernel (FUSE passthrough).
 
 mod blob;
 mod builds;

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::Instant;
 
 use super::TemplateFile;
 use super::diffs::FileId;
@@ -171,11 +172,24 @@ impl FlatFiles {
             stop: Arc::clone(&self.stop),
         };
         let files = Arc::clone(&self.files);
+        let stop = Arc::clone(&self.stop);
         let spawned = thread::Builder::new()
             .name("flatten".into())
             .spawn(move || {
+                let start = Instant::now();
                 let state = match job.run() {
-                    Ok(flat) => FlatState::Ready(Arc::new(flat)),
+                    Ok(flat) => {
+                        log::debug!(
+                            "flattened {} of build {} for passthrough: {} bytes in {:?}",
+                            id.1,
+                            id.0,
+                            flat.bytes,
+                            start.elapsed()
+                        );
+                        FlatState::Ready(Arc::new(flat))
+                    }
+                    // Stopped by the end of the mount: nothing to tell.
+                    Err(why) if stop.load(Ordering::Relaxed) => FlatState::Failed(why),
                     Err(why) => {
                         log::warn!(
                             "flattening {} of build {} for passthrough: {why}; it is served \
