@@ -118,7 +118,7 @@ fn a_wholly_cached_memfile_is_read_through_passthrough() {
     let scratch = tempfile::tempdir().unwrap();
     let store = scratch.path().join("store");
     let image = make_store(&store, scratch.path());
-    let mount = MountGuard::start(&store, &[]);
+    let mount = MountGuard::start(&store, &["--passthrough", "on"]);
     let memfile = mount.join(BUILD).join("memfile");
 
     // Opened before the file is cached: a normal open.
@@ -181,7 +181,7 @@ fn without_cap_sys_admin_passthrough_is_off_and_reads_are_unchanged() {
     let oracle = scratch.path().join("memfile");
     let owner = format!("{NOBODY}:{NOBODY}");
     run_ok("chown", ["-R", &owner, scratch.path().to_str().unwrap()]);
-    let mount = MountGuard::start_as(&store, &[], NOBODY);
+    let mount = MountGuard::start_as(&store, &["--passthrough", "on"], NOBODY);
     let memfile = mount.join(BUILD).join("memfile");
     let memfile_str = memfile.to_str().unwrap();
     let oracle_str = oracle.to_str().unwrap();

@@ -154,8 +154,10 @@ pub struct MountArgs {
     /// --max-cache-size) and let the kernel serve its reads and page faults
     /// from that file without asking tdfs (FUSE passthrough: Linux 6.9+,
     /// mounted as root). Falls back to normal reads, logged once, where the
-    /// kernel cannot.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off,
+    /// kernel cannot. Off by default: a cache disk that fails after the
+    /// copy is read by the kernel without tdfs's damage checks, and
+    /// tests/reliability_cache_damage.rs then sees wrong bytes.
+    #[arg(long, value_name = "on|off", default_value = "off", value_parser = parse_on_off,
           action = clap::ArgAction::Set)]
     pub passthrough: bool,
 

@@ -292,7 +292,11 @@ impl Job {
                 off += n as u64;
             }
         }
-        Ok(())
+        // On disk before the kernel may read it: a write the disk lost
+        // (EIO, ENOSPC at writeback) would otherwise read back as zeros
+        // once the pages leave the page cache, with no error to anyone.
+        out.sync_data()
+            .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 }
 
