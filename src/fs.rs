@@ -6,6 +6,7 @@
 //! reads); `fuse` links fuser's callbacks to it; `mount` mounts and
 //! unmounts; `error` is where every failure becomes an errno and a log line;
 //! `connection` tells the log a reply refused because the mount ended;
+//! `passthrough` decides which opens the kernel serves from flat files;
 //! `statfs` is what `df` shows; `log_limit` keeps the error log bounded.
 
 mod connection;
@@ -15,6 +16,7 @@ mod handles;
 mod inode;
 mod log_limit;
 mod mount;
+mod passthrough;
 mod statfs;
 mod templatefs;
 mod xattr;

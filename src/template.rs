@@ -12,6 +12,8 @@
 //! sequential-stream state; `TemplateFile::read_ahead` turns what it plans
 //! into fetches of the diffs the planned range maps to. `DiffFile` is the
 //! diff view: one build's own diff, uncompressed, at storage offsets.
+//! `FlatFile` is a wholly cached template file copied into one local file,
+//! which the mount hands to the kernel (FUSE passthrough).
 
 mod blob;
 mod builds;
@@ -19,6 +21,7 @@ mod cache_dir;
 mod diff;
 mod diffs;
 mod file;
+mod flat;
 mod listing;
 mod prefetch;
 mod readahead;
@@ -39,6 +42,7 @@ use crate::store::StoreError;
 pub use builds::Builds;
 pub use diff::DiffFile;
 pub use file::{FileBytes, TemplateFile, own_compression};
+pub use flat::FlatFile;
 pub use listing::BuildContents;
 pub use prefetch::{PrefetchConfig, read_bounded, recording_path};
 pub use readahead::{MAX_READAHEAD_BYTES, MAX_READAHEAD_UNITS, ReadAhead};
@@ -128,6 +132,9 @@ pub struct TemplateConfig {
     /// Peers asked for a unit before the store (`--peer`); `None` = the
     /// store only.
     pub peers: Option<Arc<dyn PeerSource>>,
+    /// Flatten wholly cached template files into one local file each, for
+    /// the mount to hand to the kernel (FUSE passthrough, `--passthrough`).
+    pub passthrough: bool,
 }
 
 impl TemplateConfig {
@@ -149,6 +156,8 @@ impl TemplateConfig {
             prefetch: PrefetchConfig::default(),
             // A tool reads its store.
             peers: None,
+            // Only a mount hands files to the kernel.
+            passthrough: false,
         }
     }
 }

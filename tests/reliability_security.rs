@@ -135,6 +135,7 @@ fn lookups_of_dot_dot_slash_and_nul_names_are_enoent() {
         max_idle_diffs: 4,
         prefetch: PrefetchConfig::default(),
         peers: None,
+        passthrough: false,
     };
     let options = FsOptions { uid: 0, gid: 0 };
     let fs = TemplateFs::new(Builds::new(store, config), options);

@@ -411,15 +411,30 @@ def table(path):
             0.5,
             cpu=("seq-warm.tdfs", "seq-warm.local"),
         )
+        # seq-warm.local reads the sparse memfile, whose page cache holds
+        # large folios and its holes: no FUSE file gets that on this kernel,
+        # so that figure is not comparable. The target is held against a
+        # non-sparse copy read the same way (cat) when the run has it.
+        full = "seq-rehit.localfull.secs" in t.values
         t.row(
             "seq-rehit",
             seq(t, "seq-rehit.tdfs"),
-            f"`cat` from page cache: {seq(t, 'seq-warm.local')}",
+            f"`cat` from page cache (sparse file, large folios: not comparable): {seq(t, 'seq-warm.local')}",
             tr("seq-rehit.tdfs.secs", "seq-warm.local.secs", invert=True),
-            "≥ 0.9×",
-            0.9,
+            "" if full else "≥ 0.9×",
+            None if full else 0.9,
             cpu=("seq-rehit.tdfs", "seq-warm.local"),
         )
+        if full:
+            t.row(
+                "seq-rehit",
+                seq(t, "seq-rehit.tdfs"),
+                f"`cat` of a non-sparse local copy from page cache: {seq(t, 'seq-rehit.localfull')}",
+                tr("seq-rehit.tdfs.secs", "seq-rehit.localfull.secs", invert=True),
+                "≥ 0.9×",
+                0.9,
+                cpu=("seq-rehit.tdfs", "seq-rehit.localfull"),
+            )
         # squashfuse re-reads from the same kernel FUSE page cache: what any
         # FUSE file gets on this kernel.
         for s in sq:

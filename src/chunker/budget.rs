@@ -88,11 +88,14 @@ impl CacheBudget {
         members.push(member);
     }
 
-    pub(super) fn charge(&self, bytes: u64) {
+    /// Count `bytes` (of a cache file, or of a flat file of `template`)
+    /// against the limit; the next eviction pass frees units to make room.
+    pub fn charge(&self, bytes: u64) {
         self.used.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub(super) fn release(&self, bytes: u64) {
+    /// Stop counting `bytes` charged before.
+    pub fn release(&self, bytes: u64) {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
 

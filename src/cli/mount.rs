@@ -135,6 +135,18 @@ pub struct MountArgs {
           action = clap::ArgAction::Set)]
     pub prefetch: bool,
 
+    /// Once a memfile or rootfs.ext4 is wholly cached, copy it into one
+    /// flat file in the cache directory (counted against
+    /// --max-cache-size) and let the kernel serve its reads and page faults
+    /// from that file without asking tdfs (FUSE passthrough: Linux 6.9+,
+    /// mounted as root). Falls back to normal reads, logged once, where the
+    /// kernel cannot. Off by default: a cache disk that fails after the
+    /// copy is read by the kernel without tdfs's damage checks, and
+    /// tests/reliability_cache_damage.rs then sees wrong bytes.
+    #[arg(long, value_name = "on|off", default_value = "off", value_parser = parse_on_off,
+          action = clap::ArgAction::Set)]
+    pub passthrough: bool,
+
     /// Most bytes one build may prefetch, e.g. 2GiB; 0 = no bound.
     #[arg(long, value_name = "SIZE", default_value = "0", value_parser = super::parse_size)]
     pub prefetch_max: u64,
@@ -344,6 +356,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
             record_dir: args.record_prefetch.clone(),
         },
         peers,
+        passthrough: args.passthrough,
     };
     let builds = Builds::new(store, config);
     // Made now, so a cache directory that cannot be made fails the mount.

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionUnmounter,
-    TimeOrNow, WriteFlags,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    SessionUnmounter, TimeOrNow, WriteFlags,
 };
 
 use super::error::report;
+use super::passthrough::may_register_backing_files;
 use super::templatefs::TemplateFs;
 use super::xattr::{XattrReply, size_probe};
 use crate::sync;
@@ -79,6 +80,21 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
         // Lookups and listings need not be serialized per directory.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.fs.passthrough_enabled() && !may_register_backing_files() {
+            self.fs.passthrough_unavailable(
+                "tdfs lacks CAP_SYS_ADMIN, which the kernel requires of a backing file",
+            );
+        }
+        if self.fs.passthrough_enabled() {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                Ok(()) => {
+                    let _ = config.set_max_stack_depth(self.fs.passthrough_stack_depth());
+                }
+                Err(_) => self
+                    .fs
+                    .passthrough_unavailable("the kernel does not offer FUSE passthrough"),
+            }
+        }
         log::debug!("kernel connection: {config:?}");
         Ok(())
     }
@@ -147,9 +163,39 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    /// A passthrough open registers the flat file with the kernel once per
+    /// inode (the first open of its passthrough opens; see
+    /// `fs::passthrough`); if the kernel refuses it, this open and all later
+    /// ones are normal.
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let opened = try_reply!(reply, self.fs.open(ino.0, flags.0), "open of inode {ino}");
-        reply.opened(FileHandle(opened.fh), opened.flags);
+        let fh = FileHandle(opened.fh);
+        let Some(backing) = opened.backing else {
+            reply.opened(fh, opened.flags);
+            return;
+        };
+        let mut slot = sync::lock(&backing.slot);
+        if slot.is_none() && self.fs.passthrough_enabled() {
+            match reply.open_backing(&*backing.file) {
+                Ok(id) => *slot = Some(id),
+                Err(e) => self.fs.passthrough_unavailable(&format!(
+                    "the kernel refused a backing file ({e}; it needs CAP_SYS_ADMIN)"
+                )),
+            }
+        }
+        match slot.as_ref() {
+            Some(id) => {
+                self.fs.opened_as(opened.fh, true);
+                // No caching flags: the kernel refuses them with
+                // FOPEN_PASSTHROUGH (FOPEN_PASSTHROUGH_MASK, fs/fuse/iomode.c);
+                // the page cache is the flat file's own.
+                reply.opened_passthrough(fh, FopenFlags::empty(), id);
+            }
+            None => {
+                self.fs.opened_as(opened.fh, false);
+                reply.opened(fh, opened.flags);
+            }
+        }
     }
 
     fn read(

@@ -1,6 +1,7 @@
 //! Open files and directories of a `TemplateFs`: the handle table, opening
-//! a node, and reads from a handle (in place from the cache when the range
-//! allows, copied otherwise).
+//! a node (a wholly cached template file in passthrough mode when
+//! `fs::passthrough` allows), and reads from a handle (in place from the
+//! cache when the range allows, copied otherwise).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,8 +73,8 @@ impl HandleTable {
             .ok_or(FsError::NoHandle(fh))
     }
 
-    fn remove(&self, fh: u64) {
-        sync::write(&self.handles).remove(&fh);
+    fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        sync::write(&self.handles).remove(&fh)
     }
 }
 
@@ -107,14 +108,20 @@ impl TemplateFs {
                 let read_ahead = file.read_ahead_state();
                 let recording = self.builds.record(&file);
                 self.builds.start_prefetch(&file);
-                (
-                    Handle::Template {
-                        file,
-                        read_ahead,
-                        recording,
-                    },
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                )
+                if self.passthrough.enabled() {
+                    self.builds.flatten_when_cached(&file);
+                }
+                let flat = self.builds.flat_file(build, kind);
+                let fh = self.handles.add(Handle::Template {
+                    file,
+                    read_ahead,
+                    recording,
+                });
+                return Ok(Opened {
+                    fh,
+                    flags: FopenFlags::FOPEN_KEEP_CACHE,
+                    backing: self.passthrough.open(ino, fh, flat),
+                });
             }
             Node::Diff(build, kind) => (
                 Handle::Diff(self.open_diff(build, kind)?),
@@ -131,6 +138,7 @@ impl TemplateFs {
         Ok(Opened {
             fh: self.handles.add(handle),
             flags,
+            backing: None,
         })
     }
 
@@ -228,8 +236,16 @@ impl TemplateFs {
         }
     }
 
-    /// Forget an open file or directory.
+    /// Forget an open file or directory. Closing a template file may
+    /// start its flattening: a reader that has just read all of it is the
+    /// usual way a file becomes wholly cached.
     pub fn release(&self, fh: u64) {
-        self.handles.remove(fh);
+        self.passthrough.release(fh);
+        if let Some(handle) = self.handles.remove(fh)
+            && let Handle::Template { file, .. } = &*handle
+            && self.passthrough.enabled()
+        {
+            self.builds.flatten_when_cached(file);
+        }
     }
 }

@@ -18,6 +18,7 @@ use super::handles::{Handle, HandleTable};
 use super::inode::{
     BuildDirFile, DIFF_DIR_NAME, InodeTable, Node, ROOT_INO, STATS_INO, STATS_NAME,
 };
+use super::passthrough::{Backing, Passthrough};
 use super::xattr;
 use crate::format::{Blob, FileKind, Header, parse_build_id};
 use crate::template::{BuildContents, Builds, DiffFile, TemplateError, TemplateFile};
@@ -52,11 +53,14 @@ pub struct DirEntry {
     pub name: String,
 }
 
-/// Answer to an open: the handle and the kernel caching flags.
-#[derive(Debug, Clone, Copy)]
+/// Answer to an open: the handle and the kernel caching flags, and for a
+/// passthrough open the file the kernel is to read from (see
+/// `fs::passthrough`).
+#[derive(Debug)]
 pub struct Opened {
     pub fh: u64,
     pub flags: FopenFlags,
+    pub backing: Option<Backing>,
 }
 
 /// The filesystem. See the module docs.
@@ -68,6 +72,8 @@ pub struct TemplateFs {
     pub(super) builds: Arc<Builds>,
     options: FsOptions,
     pub(super) inodes: InodeTable,
+    /// Which opens of template files go straight to their flat files.
+    pub(super) passthrough: Passthrough,
     /// Timestamp of every node: the store keeps none.
     mounted_at: SystemTime,
 }
@@ -76,6 +82,7 @@ impl TemplateFs {
     pub fn new(builds: Arc<Builds>, options: FsOptions) -> Self {
         TemplateFs {
             handles: HandleTable::default(),
+            passthrough: Passthrough::new(builds.passthrough()),
             builds,
             options,
             inodes: InodeTable::default(),
@@ -193,6 +200,7 @@ impl TemplateFs {
         Ok(Opened {
             fh: self.handles.add(Handle::Dir(entries)),
             flags,
+            backing: None,
         })
     }
 
@@ -217,11 +225,54 @@ impl TemplateFs {
                 let header = self.header(build, kind)?;
                 let cached = || self.builds.cached_bytes(build, kind);
                 let prefetch = || self.builds.prefetch_state(build, kind);
-                xattr::value(&header, cached, prefetch, name)
+                let passthrough = || self.passthrough_state(ino, build, kind);
+                xattr::value(&header, cached, prefetch, passthrough, name)
                     .map(String::into_bytes)
                     .ok_or_else(missing)
             }
             _ => Err(missing()),
+        }
+    }
+
+    /// `user.tdfs.passthrough` of template file `ino`: where its flat file
+    /// stands, and how it is open now.
+    fn passthrough_state(&self, ino: u64, build: Uuid, kind: FileKind) -> String {
+        if !self.passthrough.enabled() {
+            return "off".into();
+        }
+        format!(
+            "{}; {}",
+            self.builds.flat_state(build, kind),
+            self.passthrough.describe(ino)
+        )
+    }
+
+    /// The kernel connection cannot do passthrough (it does not offer it,
+    /// or refused a backing file: `why`): every open from now on is normal.
+    pub fn passthrough_unavailable(&self, why: &str) {
+        self.passthrough.disable(why);
+    }
+
+    /// The kernel's `max_stack_depth` for passthrough to this mount's flat
+    /// files (see `passthrough::stack_depth`).
+    pub fn passthrough_stack_depth(&self) -> u32 {
+        self.builds
+            .cache_dir()
+            .map_or(1, super::passthrough::stack_depth)
+    }
+
+    /// Whether opens may still go passthrough (see `fs::passthrough`).
+    pub fn passthrough_enabled(&self) -> bool {
+        self.passthrough.enabled()
+    }
+
+    /// The open `fh` was answered in passthrough mode (`passthrough`) or,
+    /// its backing file refused, normally.
+    pub fn opened_as(&self, fh: u64, passthrough: bool) {
+        if passthrough {
+            self.passthrough.opened_passthrough();
+        } else {
+            self.passthrough.opened_normally(fh);
         }
     }
 

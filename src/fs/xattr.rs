@@ -7,7 +7,7 @@ use crate::template::own_compression;
 const PREFIX: &str = "user.tdfs.";
 
 /// Attribute names without the prefix, in listing order.
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 9] = [
     "build_id",
     "base_build_id",
     "generation",
@@ -15,6 +15,7 @@ const NAMES: [&str; 8] = [
     "compression",
     "header_version",
     "prefetch",
+    "passthrough",
     "cached_bytes",
 ];
 
@@ -30,13 +31,15 @@ pub fn names() -> Vec<u8> {
 }
 
 /// The value of attribute `name` of the template file `header` describes,
-/// whose own diff has `cached_bytes()` bytes cached and whose prefetch stands
-/// as `prefetch()` says; None when it has no such attribute. Only the header
-/// is read: no diff is opened.
+/// whose own diff has `cached_bytes()` bytes cached, whose prefetch stands
+/// as `prefetch()` says and whose FUSE passthrough as `passthrough()` does;
+/// None when it has no such attribute. Only the header is read: no diff is
+/// opened.
 pub fn value(
     header: &Header,
     cached_bytes: impl FnOnce() -> u64,
     prefetch: impl FnOnce() -> String,
+    passthrough: impl FnOnce() -> String,
     name: &str,
 ) -> Option<String> {
     let meta = &header.metadata;
@@ -49,6 +52,7 @@ pub fn value(
         "header_version" => header.version().to_string(),
         "cached_bytes" => cached_bytes().to_string(),
         "prefetch" => prefetch(),
+        "passthrough" => passthrough(),
         _ => return None,
     })
 }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::cache_dir::CacheDir;
 use super::diffs::{Diffs, FileId};
+use super::flat::{FlatFile, FlatFiles};
 use super::listing::Listing;
 use super::prefetch::Prefetcher;
 use super::record::{Recorder, Recording};
@@ -52,6 +53,9 @@ pub struct Builds {
     prefetcher: Prefetcher,
     /// `--record-prefetch`: the first-touch order of files read.
     recorder: Option<Arc<Recorder>>,
+    /// Before `fetching` too: its threads stop, and its files are deleted,
+    /// before the cache directory goes.
+    flats: FlatFiles,
     /// Last, so its cache directory is removed after the Chunkers that
     /// delete their files in it.
     fetching: OnceLock<Fetching>,
@@ -67,6 +71,7 @@ impl Builds {
         Arc::new(Builds {
             prefetcher: Prefetcher::new(config.prefetch.clone(), Arc::clone(&store)),
             recorder: config.prefetch.record_dir.clone().map(Recorder::new),
+            flats: FlatFiles::new(config.passthrough),
             store,
             stats,
             listing: Listing::new(config.listing_ttl),
@@ -196,6 +201,40 @@ impl Builds {
     /// `skipped: why`). Never opens the file.
     pub fn prefetch_state(&self, build: Uuid, file: FileKind) -> String {
         self.prefetcher.describe(build, file)
+    }
+
+    /// True when wholly cached template files are flattened for FUSE
+    /// passthrough (`--passthrough`).
+    pub fn passthrough(&self) -> bool {
+        self.config.passthrough
+    }
+
+    /// Start writing `file`'s flat file (see `template::flat`) if every
+    /// diff it maps is wholly cached now; a failure is logged and the file
+    /// stays served through the Chunkers.
+    pub fn flatten_when_cached(&self, file: &Arc<TemplateFile>) {
+        if !self.config.passthrough {
+            return;
+        }
+        let Ok(fetching) = self.fetching() else {
+            return;
+        };
+        self.flats.make_when_cached(
+            file,
+            fetching.cache.path(),
+            fetching.config.cache_budget.as_ref(),
+        );
+    }
+
+    /// The flat file of `build`'s `file`, once written.
+    pub fn flat_file(&self, build: Uuid, file: FileKind) -> Option<Arc<FlatFile>> {
+        self.flats.ready((build, file))
+    }
+
+    /// Where the flat file of `build`'s `file` stands, as the
+    /// `user.tdfs.passthrough` xattr shows it.
+    pub fn flat_state(&self, build: Uuid, file: FileKind) -> String {
+        self.flats.describe((build, file))
     }
 
     /// The decoded header of `build`'s `file`, loaded once. A build with a

@@ -32,3 +32,8 @@ pub(crate) fn short_read(key: &str) -> TemplateError {
         got: 1,
     })
 }
+
+/// An empty flat file in `dir`, for tests of what is done with one.
+pub(crate) fn flat_file(dir: &std::path::Path) -> std::sync::Arc<super::FlatFile> {
+    std::sync::Arc::new(super::FlatFile::for_test(&dir.join("flat")))
+}

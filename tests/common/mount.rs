@@ -52,6 +52,15 @@ impl Drop for LazyUnmount {
     }
 }
 
+/// What a mount's daemon runs with besides its arguments.
+#[derive(Default)]
+struct Limits {
+    /// Open file limit: soft, hard.
+    nofile: Option<(u64, u64)>,
+    /// Run as this user and group.
+    user: Option<u32>,
+}
+
 /// A running `tdfs mount --foreground`.
 pub struct MountGuard {
     child: Option<Child>,
@@ -76,7 +85,32 @@ impl MountGuard {
         let dir = tempfile::tempdir().expect("temp dir");
         let mountpoint = dir.path().join("mnt");
         std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
-        Self::launch(dir, mountpoint, store.as_ref(), extra, env, None)
+        Self::launch(
+            dir,
+            mountpoint,
+            store.as_ref(),
+            extra,
+            env,
+            Limits::default(),
+        )
+    }
+
+    /// `start`, with the daemon run as user and group `id` (no
+    /// capabilities; fusermount3 mounts for it). Its mountpoint and
+    /// temporary files are given to `id`; `store` must be readable by it.
+    /// Only `id` can read the mount (no allow_other).
+    pub fn start_as(store: impl AsRef<OsStr>, extra: &[&str], id: u32) -> MountGuard {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
+        for path in [dir.path(), &mountpoint] {
+            std::os::unix::fs::chown(path, Some(id), Some(id)).expect("chown");
+        }
+        let limits = Limits {
+            user: Some(id),
+            ..Limits::default()
+        };
+        Self::launch(dir, mountpoint, store.as_ref(), extra, &[], limits)
     }
 
     /// `start`, with the daemon's open file limit set to `soft` (current)
@@ -96,7 +130,10 @@ impl MountGuard {
             store.as_ref(),
             extra,
             &[],
-            Some((soft, hard)),
+            Limits {
+                nofile: Some((soft, hard)),
+                ..Limits::default()
+            },
         )
     }
 
@@ -106,7 +143,7 @@ impl MountGuard {
         store: &OsStr,
         extra: &[&str],
         env: &[(&str, String)],
-        nofile: Option<(u64, u64)>,
+        limits: Limits,
     ) -> MountGuard {
         let mountpoint = std::path::absolute(&mountpoint).expect("absolute mountpoint");
         let log = dir.path().join(format!("tdfs-{}.log", unique()));
@@ -119,7 +156,12 @@ impl MountGuard {
             ],
         };
         let mut command = Command::new(TDFS);
-        if let Some((soft, hard)) = nofile {
+        if let Some(id) = limits.user {
+            use std::os::unix::process::CommandExt;
+            // std drops the supplementary groups when root sets a uid.
+            command.uid(id).gid(id);
+        }
+        if let Some((soft, hard)) = limits.nofile {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
                 rlim_cur: soft,
@@ -276,7 +318,7 @@ impl MountGuard {
             store.as_ref(),
             extra,
             &[],
-            None,
+            Limits::default(),
         )
     }
 }

@@ -28,6 +28,7 @@ fn fixture_fs(cache: &Path) -> TemplateFs {
         max_idle_diffs: 4,
         prefetch: PrefetchConfig::default(),
         peers: None,
+        passthrough: false,
     };
     let options = FsOptions {
         uid: 1000,
