@@ -179,6 +179,46 @@ fn a_mount_without_data_objects_serves_every_byte_through_its_peer() {
     assert!(a.stat("tdfs_peer_served_bytes_total") > 0);
 }
 
+/// Two mounts whose lists each name the other as owner of every unit (each
+/// `--peer` the other, neither lists itself), as while a peers file rolls
+/// out: A asks B, and B answers from its store without asking A back, so
+/// no request waits out the peer timeout.
+#[test]
+fn two_mounts_that_each_name_the_other_owner_do_not_loop() {
+    if !fuse_available() {
+        return;
+    }
+    let path = fixture_store("v3-none");
+    let expected = oracle_flatten(store(&path).as_ref(), uuid(V3_BASE), FileKind::Memfile);
+    let (a_addr, b_addr) = (free_loopback_addr(), free_loopback_addr());
+    let mount = |listen: std::net::SocketAddr, peer: std::net::SocketAddr| {
+        let mut flags = client_flags(&format!("http://{peer}"));
+        flags.extend(["--peer-listen".to_string(), listen.to_string()]);
+        MountGuard::start(&path, &strs(&flags))
+    };
+    let a = mount(a_addr, b_addr);
+    let b = mount(b_addr, a_addr);
+    let got = std::fs::read(a.join(format!("{V3_BASE}/memfile"))).expect("read through A");
+    assert!(got == expected, "A's memfile equals the oracle's");
+    for (name, m) in [("A", &a), ("B", &b)] {
+        for reason in ["timeout", "error", "backoff"] {
+            assert_eq!(fallbacks(m, reason), 0, "{name}: {reason}:\n{}", m.log());
+        }
+    }
+    assert_eq!(
+        a.stat("tdfs_peer_bytes_total"),
+        3 * CHUNK,
+        "A read through B"
+    );
+    assert_eq!(a.stat("tdfs_store_requests_total"), 0);
+    assert_eq!(
+        b.stat("tdfs_peer_requests_total"),
+        0,
+        "B never asked A back"
+    );
+    assert_eq!(b.stat("tdfs_store_requests_total"), 3);
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 
+use super::session::Session;
 use super::{ChunkerError, Inner, fetch};
 use crate::format::{FileKind, ObjectName};
 
@@ -111,6 +112,7 @@ impl Inner {
         &self,
         u: usize,
         range: Range<u64>,
+        session: &Session,
     ) -> Result<bool, ChunkerError> {
         let Some(peers) = &self.peers else {
             return Ok(false);
@@ -118,9 +120,14 @@ impl Inner {
         let ObjectName::Data(file, _) = self.key.name else {
             return Ok(false);
         };
+        if !session.begin_peer() {
+            return Ok(false);
+        }
         let len = (range.end - range.start) as usize;
         fetch::with_fetch_buf(len, |buf| {
-            match peers.read_unit(self.key.build, file, u as u64, range.start, buf) {
+            let answer = peers.read_unit(self.key.build, file, u as u64, range.start, buf);
+            session.end_peer();
+            match answer {
                 Ok(()) => {
                     self.stats.peer_requests.fetch_add(1, Ordering::Relaxed);
                     self.stats
