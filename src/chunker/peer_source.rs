@@ -38,6 +38,19 @@ pub trait PeerSource: Send + Sync + fmt::Debug {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), PeerFallback>;
+
+    /// The size in bytes of `build`'s own diff of `file`, uncompressed
+    /// (E2B's `GetBuildFileSize`), from the peer owning the diff's first
+    /// unit: for a host whose store lacks the data object. Blocks at most
+    /// the source's own time limits.
+    ///
+    /// # Errors
+    /// Why the caller should look in its store instead: see
+    /// `PeerFallback`. A source that knows no sizes answers `Owned`.
+    fn diff_size(&self, build: Uuid, file: FileKind) -> Result<u64, PeerFallback> {
+        let _ = (build, file);
+        Err(PeerFallback::Owned)
+    }
 }
 
 /// Why a unit was read from the store rather than from a peer.
@@ -95,7 +108,7 @@ impl PeerFallback {
     }
 
     /// Whether a request was sent to a peer.
-    fn asked(self) -> bool {
+    pub fn asked(self) -> bool {
         !matches!(self, PeerFallback::Owned | PeerFallback::Backoff)
     }
 }

@@ -5,7 +5,9 @@
 //! before anything reaches the cache: exact total length, availability
 //! only in the first message, no message over `MAX_MESSAGE_DATA` plus
 //! framing slack. Any fault returns its reason, and the fetch reads its
-//! store. A peer that faults (anything but `not_available`, which is the
+//! store. A diff's size (for a host whose store lacks the data object) is
+//! asked of the owner of its first unit with `GetBuildFileSize`, within
+//! the first-byte timeout. A peer that faults (anything but `not_available`, which is the
 //! normal answer of a busy peer or one without the build) is skipped for a
 //! back-off period that doubles from `BACKOFF_START` to `BACKOFF_MAX` and
 //! is reset by a success; the fault that starts a back-off is logged, the
@@ -26,8 +28,8 @@ use uuid::Uuid;
 use super::PeerError;
 use super::fleet::Fleet;
 use super::listen::TlsFiles;
-use super::proto::ReadAtBuildSeekableRequest;
 use super::proto::chunk_service_client::ChunkServiceClient;
+use super::proto::{GetBuildFileSizeRequest, ReadAtBuildSeekableRequest};
 use super::server::MAX_MESSAGE_DATA;
 use crate::chunker::{PeerFallback, PeerSource};
 use crate::format::FileKind;
@@ -256,20 +258,9 @@ impl PeerSource for PeerClient {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), PeerFallback> {
-        let ring = self.fleet.ring();
-        let owner = match ring.owner(build, file, unit) {
-            Some(m) if !m.is_self => m,
-            _ => return Err(PeerFallback::Owned),
-        };
-        let url = owner.url.as_str();
-        if self.skipped(url) {
-            return Err(PeerFallback::Backoff);
-        }
         let what = format!("{build}/{file} at {offset} ({} bytes)", buf.len());
-        let channel = self.channel(url).map_err(|detail| {
-            self.fault(url, PeerFallback::Error, &what, &detail);
-            PeerFallback::Error
-        })?;
+        let (url, channel) = self.owner_channel(build, file, unit, &what)?;
+        let url = url.as_str();
         let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(buf.len())) else {
             return Err(PeerFallback::Owned);
         };
@@ -291,6 +282,76 @@ impl PeerSource for PeerClient {
                 Err(reason)
             }
         }
+    }
+
+    fn diff_size(&self, build: Uuid, file: FileKind) -> Result<u64, PeerFallback> {
+        let what = format!("the size of {build}/{file}");
+        let (url, channel) = self.owner_channel(build, file, 0, &what)?;
+        let request = GetBuildFileSizeRequest {
+            build_id: build.to_string(),
+            name: file.name().to_string(),
+        };
+        let ask = async {
+            let mut client = ChunkServiceClient::new(channel);
+            tokio::time::timeout(self.timeout, client.get_build_file_size(request)).await
+        };
+        let answer = match self.runtime.block_on(ask) {
+            Err(_) => Err((PeerFallback::Timeout, "no answer within the timeout".into())),
+            Ok(Err(status)) => Err((PeerFallback::Error, status.to_string())),
+            Ok(Ok(response)) => {
+                let response = response.into_inner();
+                match (response.availability, u64::try_from(response.total_size)) {
+                    (Some(a), _) if a.use_storage => {
+                        Err((PeerFallback::UseStorage, "use_storage".into()))
+                    }
+                    (Some(a), _) if a.not_available => {
+                        Err((PeerFallback::NotAvailable, "not_available".into()))
+                    }
+                    (_, Ok(size)) => Ok(size),
+                    (_, Err(_)) => Err((
+                        PeerFallback::Malformed,
+                        format!("a negative size {}", response.total_size),
+                    )),
+                }
+            }
+        };
+        answer
+            .inspect(|_| self.succeeded(&url))
+            .map_err(|(reason, detail)| {
+                self.fault(&url, reason, &what, &detail);
+                reason
+            })
+    }
+}
+
+impl PeerClient {
+    /// The URL of the peer owning `build`'s `file` unit `unit` and a
+    /// channel to it, for a request about `what`.
+    ///
+    /// # Errors
+    /// `Owned` when this host owns the unit (or there is no member);
+    /// `Backoff` when the owner is skipped now; `Error` when no channel to
+    /// it can be made (logged as its fault).
+    fn owner_channel(
+        &self,
+        build: Uuid,
+        file: FileKind,
+        unit: u64,
+        what: &str,
+    ) -> Result<(String, Channel), PeerFallback> {
+        let ring = self.fleet.ring();
+        let url = match ring.owner(build, file, unit) {
+            Some(m) if !m.is_self => m.url.clone(),
+            _ => return Err(PeerFallback::Owned),
+        };
+        if self.skipped(&url) {
+            return Err(PeerFallback::Backoff);
+        }
+        let channel = self.channel(&url).map_err(|detail| {
+            self.fault(&url, PeerFallback::Error, what, &detail);
+            PeerFallback::Error
+        })?;
+        Ok((url, channel))
     }
 }
 
