@@ -91,7 +91,7 @@ use crate::sync;
 use budget::Lru;
 use cache::{CacheFile, PresentBits};
 use layout::Layout;
-use session::Session;
+use session::{Route, Session};
 
 /// Fetch unit of uncompressed objects (E2B's MemoryChunkSize).
 pub const CHUNK_SIZE: u64 = 4 << 20;
@@ -286,7 +286,21 @@ impl Chunker {
     pub fn read_blocks(&self, buf: &mut [u8], off: u64) -> Result<(), ChunkerError> {
         let inner = &self.inner;
         inner.end_inside(off, buf.len() as u64)?;
-        inner.copy_out(buf, off)
+        inner.copy_out(buf, off, Route::PeerThenStore)
+    }
+
+    /// `read_blocks` to answer a peer: the fetches it starts or joins read
+    /// the store only, never a peer (the peer asked because its list says
+    /// this host owns the units; asking back could loop between two hosts
+    /// whose lists disagree). Still single-flight with this mount's readers.
+    ///
+    /// # Errors
+    /// As `read_blocks`, and `AskingPeer` when a fetch of these bytes is
+    /// asking a peer right now (the caller should read its own store).
+    pub fn read_for_peer(&self, buf: &mut [u8], off: u64) -> Result<(), ChunkerError> {
+        let inner = &self.inner;
+        inner.end_inside(off, buf.len() as u64)?;
+        inner.copy_out(buf, off, Route::StoreOnly)
     }
 
     /// The diff's bytes `[off, off + len)` as one block, fetched as needed:

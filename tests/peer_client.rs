@@ -25,6 +25,9 @@ use uuid::Uuid;
 /// The base build of the v3-none fixture: an uncompressed memfile of
 /// 12 MiB, three 4 MiB chunks.
 const V3_BASE: &str = "cd62c694-5fb3-4cd8-b26e-db3191758be8";
+/// The top layer of the v3-none fixture (its memfile maps the diffs of
+/// all three builds, uncompressed; V3 headers carry no diff sizes).
+const V3_LAYER: &str = "8d669677-0ddf-4b0c-9036-d9a9d0b5e680";
 /// A layer of the v4-zstd fixture (its memfile maps its own diff and its
 /// base's, both zstd frames).
 const V4_LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
@@ -147,36 +150,102 @@ fn units_this_host_owns_come_from_its_store_the_rest_from_the_peer() {
     );
 }
 
-#[test]
-fn a_mount_without_data_objects_serves_every_byte_through_its_peer() {
-    if !fuse_available() {
-        return;
-    }
-    let path = fixture_store("v4-zstd");
-    let expected = oracle_flatten(store(&path).as_ref(), uuid(V4_LAYER), FileKind::Memfile);
+/// B mounts a copy of `fixture` without the data objects `is_data` picks
+/// (headers only) and reads `build`'s memfile through A: every byte comes
+/// through A, sizes of uncompressed diffs included (`GetBuildFileSize`).
+fn headers_only_case(fixture: &str, build: &str, is_data: fn(&str) -> bool) {
+    let path = fixture_store(fixture);
+    let expected = oracle_flatten(store(&path).as_ref(), uuid(build), FileKind::Memfile);
     let dir = tempfile::tempdir().unwrap();
     let headers_only = dir.path().join("store");
     common::process::run_ok(
         "cp",
         ["-r", path.to_str().unwrap(), headers_only.to_str().unwrap()],
     );
+    let mut removed = 0;
     for entry in walk(&headers_only) {
         let name = entry.file_name().unwrap().to_str().unwrap().to_string();
-        if name.ends_with(".zstd") {
+        if is_data(&name) {
             std::fs::remove_file(&entry).unwrap();
+            removed += 1;
         }
     }
+    assert!(removed > 0, "{fixture}: no data object removed");
     let (a, addr) = mount_serving(&path, &["--prefetch", "off"]);
     let b = MountGuard::start(
         &headers_only,
         &strs(&client_flags(&format!("http://{addr}"))),
     );
-    let got = std::fs::read(b.join(format!("{V4_LAYER}/memfile"))).expect("read through B");
+    let got = std::fs::read(b.join(format!("{build}/memfile"))).expect("read through B");
     assert!(got == expected, "B's memfile equals the oracle's");
     assert_eq!(b.stat("tdfs_store_requests_total"), 0);
     assert_eq!(b.stat("tdfs_fetch_errors_total"), 0);
+    for reason in PEER_FAULTS {
+        assert_eq!(fallbacks(&b, reason), 0, "{reason}:\n{}", b.log());
+    }
     assert!(b.stat("tdfs_peer_bytes_total") > 0);
     assert!(a.stat("tdfs_peer_served_bytes_total") > 0);
+}
+
+/// Fallback reasons that mean a peer failed (not `not_available`).
+const PEER_FAULTS: [&str; 6] = ["error", "timeout", "short", "long", "malformed", "backoff"];
+
+#[test]
+fn a_mount_without_data_objects_serves_every_byte_through_its_peer() {
+    if !fuse_available() {
+        return;
+    }
+    headers_only_case("v4-zstd", V4_LAYER, |name| name.ends_with(".zstd"));
+}
+
+#[test]
+fn a_mount_without_uncompressed_data_objects_asks_its_peer_their_sizes() {
+    if !fuse_available() {
+        return;
+    }
+    headers_only_case("v3-none", V3_LAYER, |name| {
+        name == "memfile" || name == "rootfs.ext4"
+    });
+}
+
+/// Two mounts whose lists each name the other as owner of every unit (each
+/// `--peer` the other, neither lists itself), as while a peers file rolls
+/// out: A asks B, and B answers from its store without asking A back, so
+/// no request waits out the peer timeout.
+#[test]
+fn two_mounts_that_each_name_the_other_owner_do_not_loop() {
+    if !fuse_available() {
+        return;
+    }
+    let path = fixture_store("v3-none");
+    let expected = oracle_flatten(store(&path).as_ref(), uuid(V3_BASE), FileKind::Memfile);
+    let (a_addr, b_addr) = (free_loopback_addr(), free_loopback_addr());
+    let mount = |listen: std::net::SocketAddr, peer: std::net::SocketAddr| {
+        let mut flags = client_flags(&format!("http://{peer}"));
+        flags.extend(["--peer-listen".to_string(), listen.to_string()]);
+        MountGuard::start(&path, &strs(&flags))
+    };
+    let a = mount(a_addr, b_addr);
+    let b = mount(b_addr, a_addr);
+    let got = std::fs::read(a.join(format!("{V3_BASE}/memfile"))).expect("read through A");
+    assert!(got == expected, "A's memfile equals the oracle's");
+    for (name, m) in [("A", &a), ("B", &b)] {
+        for reason in PEER_FAULTS {
+            assert_eq!(fallbacks(m, reason), 0, "{name}: {reason}:\n{}", m.log());
+        }
+    }
+    assert_eq!(
+        a.stat("tdfs_peer_bytes_total"),
+        3 * CHUNK,
+        "A read through B"
+    );
+    assert_eq!(a.stat("tdfs_store_requests_total"), 0);
+    assert_eq!(
+        b.stat("tdfs_peer_requests_total"),
+        0,
+        "B never asked A back"
+    );
+    assert_eq!(b.stat("tdfs_store_requests_total"), 3);
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

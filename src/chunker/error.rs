@@ -82,6 +82,12 @@ pub enum ChunkerError {
         expected: String,
         got: String,
     },
+    #[error(
+        "{key} at offset {offset}: this host is itself asking a peer for these bytes, so it \
+         cannot answer a peer for them (the hosts' peer lists disagree while a peers file rolls \
+         out); read them from the store"
+    )]
+    AskingPeer { key: ObjectKey, offset: u64 },
     #[error("{key}: cannot serve this diff: {detail}")]
     BadSpec { key: ObjectKey, detail: String },
     #[error("{key} at offset {offset}: the fetch failed unexpectedly ({detail}); this is a bug")]

@@ -102,7 +102,7 @@ impl Inner {
     fn fetch_unit(&self, u: usize, session: &Session) -> Result<Fetched, ChunkerError> {
         let result = match self.layout {
             Layout::Chunks { .. } => self.fetch_chunk(u, session),
-            Layout::Frames { .. } => self.fetch_frame(u),
+            Layout::Frames { .. } => self.fetch_frame(u, session),
         };
         match result {
             Ok(()) => Ok(Fetched::Cached),
@@ -126,7 +126,7 @@ impl Inner {
         let from = first_missing as u64 * PAGE_SIZE;
         let len = range.end - from;
         self.reserve_if_full(from..range.end)?;
-        if self.write_from_peer(u, from..range.end)? {
+        if self.write_from_peer(u, from..range.end, session)? {
             self.publish(first_missing..pages.end, len);
             session.progress();
             return Ok(());
@@ -191,12 +191,12 @@ impl Inner {
 
     /// Fetch frame `u` whole, decode and verify it, write it to its place,
     /// publish.
-    fn fetch_frame(&self, u: usize) -> Result<(), ChunkerError> {
+    fn fetch_frame(&self, u: usize, session: &Session) -> Result<(), ChunkerError> {
         let frame = self.frame(u);
         let range = frame.range_u();
         self.reserve_if_full(range.clone())?;
         // A peer sends the frame's uncompressed range: nothing to decode.
-        if self.write_from_peer(u, range.clone())? {
+        if self.write_from_peer(u, range.clone(), session)? {
             self.publish(u..u + 1, u64::from(frame.size_u));
             return Ok(());
         }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::damage::MAX_REPAIRS;
-use super::session::Waited;
+use super::session::{Route, Waited};
 use super::{Block, ChunkerError, Inner};
 
 /// How much of a wanted range one lookup returns.
@@ -39,11 +39,13 @@ impl Extent {
 
 impl Inner {
     /// The block for `want` (inside the diff, not empty), or the part of it
-    /// that `extent` allows, waiting for fetches as needed.
+    /// that `extent` allows, waiting for fetches (reading as `route`
+    /// allows) as needed.
     pub(super) fn get(
         self: &Arc<Self>,
         want: Range<u64>,
         extent: Extent,
+        route: Route,
     ) -> Result<Block<'_>, ChunkerError> {
         if let Some(e) = self.checksum_failed.get() {
             return Err(e.clone());
@@ -83,13 +85,13 @@ impl Inner {
                     continue;
                 }
                 let part = clamp(&range, &self.layout.unit_range(u));
-                if let Some(session) = self.join_or_start(u, &part, deadline)? {
+                if let Some(session) = self.join_or_start(u, &part, deadline, route)? {
                     waits.push((u, part, session));
                 }
             }
             if !rest_started {
                 rest_started = true;
-                self.start_fetches(end..want.end, deadline);
+                self.start_fetches(end..want.end, deadline, route);
             }
             for (u, part, session) in waits {
                 match session.wait(|| self.range_present(&part, &(u..u + 1)), deadline) {
@@ -128,7 +130,7 @@ impl Inner {
         let mut repairs = 0;
         loop {
             let epoch = self.discard_epoch();
-            let block = match self.get(want.clone(), Extent::Whole) {
+            let block = match self.get(want.clone(), Extent::Whole, Route::PeerThenStore) {
                 Err(ChunkerError::Cache { source, .. }) if repairs < MAX_REPAIRS => {
                     // A fetch found the cache file damaged and repaired it.
                     self.back_off(&mut repairs, &source);
@@ -155,9 +157,14 @@ impl Inner {
     }
 
     /// Fill `buf` with the diff's bytes at `off` (inside the diff), copied
-    /// out of the cache file with `pread`, never through the mapping. See
-    /// `damage`.
-    pub(super) fn copy_out(self: &Arc<Self>, buf: &mut [u8], off: u64) -> Result<(), ChunkerError> {
+    /// out of the cache file with `pread`, never through the mapping,
+    /// fetching as `route` allows. See `damage`.
+    pub(super) fn copy_out(
+        self: &Arc<Self>,
+        buf: &mut [u8],
+        off: u64,
+        route: Route,
+    ) -> Result<(), ChunkerError> {
         let end = off + buf.len() as u64;
         let mut pos = off;
         let mut repairs = 0;
@@ -165,7 +172,7 @@ impl Inner {
             let epoch = self.discard_epoch();
             // One unit at a time; on a miss, `get` starts the fetches of the
             // whole rest of the range so they run in parallel.
-            let block = match self.get(pos..end, Extent::FirstUnit) {
+            let block = match self.get(pos..end, Extent::FirstUnit, route) {
                 Err(ChunkerError::Cache { source, .. }) if repairs < MAX_REPAIRS => {
                     // A fetch found the cache file damaged and repaired it.
                     self.back_off(&mut repairs, &source);

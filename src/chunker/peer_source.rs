@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 
+use super::session::Session;
 use super::{ChunkerError, Inner, fetch};
 use crate::format::{FileKind, ObjectName};
 
@@ -37,6 +38,19 @@ pub trait PeerSource: Send + Sync + fmt::Debug {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), PeerFallback>;
+
+    /// The size in bytes of `build`'s own diff of `file`, uncompressed
+    /// (E2B's `GetBuildFileSize`), from the peer owning the diff's first
+    /// unit: for a host whose store lacks the data object. Blocks at most
+    /// the source's own time limits.
+    ///
+    /// # Errors
+    /// Why the caller should look in its store instead: see
+    /// `PeerFallback`. A source that knows no sizes answers `Owned`.
+    fn diff_size(&self, build: Uuid, file: FileKind) -> Result<u64, PeerFallback> {
+        let _ = (build, file);
+        Err(PeerFallback::Owned)
+    }
 }
 
 /// Why a unit was read from the store rather than from a peer.
@@ -94,7 +108,7 @@ impl PeerFallback {
     }
 
     /// Whether a request was sent to a peer.
-    fn asked(self) -> bool {
+    pub fn asked(self) -> bool {
         !matches!(self, PeerFallback::Owned | PeerFallback::Backoff)
     }
 }
@@ -111,6 +125,7 @@ impl Inner {
         &self,
         u: usize,
         range: Range<u64>,
+        session: &Session,
     ) -> Result<bool, ChunkerError> {
         let Some(peers) = &self.peers else {
             return Ok(false);
@@ -118,9 +133,14 @@ impl Inner {
         let ObjectName::Data(file, _) = self.key.name else {
             return Ok(false);
         };
+        if !session.begin_peer() {
+            return Ok(false);
+        }
         let len = (range.end - range.start) as usize;
         fetch::with_fetch_buf(len, |buf| {
-            match peers.read_unit(self.key.build, file, u as u64, range.start, buf) {
+            let answer = peers.read_unit(self.key.build, file, u as u64, range.start, buf);
+            session.end_peer();
+            match answer {
                 Ok(()) => {
                     self.stats.peer_requests.fetch_add(1, Ordering::Relaxed);
                     self.stats

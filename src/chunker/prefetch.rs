@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::cache::PresentBits;
-use super::session::Session;
+use super::session::{Route, Session};
 use super::{Chunker, ChunkerError, Inner};
 
 /// What a prefetch request did.
@@ -72,7 +72,7 @@ impl Inner {
             if !self.pool.try_start_prefetch() {
                 return PrefetchStart::Busy;
             }
-            let session = Arc::new(Session::new());
+            let session = Arc::new(Session::new(Route::PeerThenStore));
             // Queued while holding the session lock, so the job cannot end
             // its session before it is in the map.
             if self

@@ -9,20 +9,32 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::pool::Job;
-use super::session::Session;
+use super::session::{Route, Session};
 use super::{ChunkerError, Inner};
 
 impl Inner {
     /// The session to wait on for `part` of unit `u`: the running one, or a
-    /// new one queued on the pool; `None` when `part` is already present.
+    /// new one queued on the pool, reading as `route` allows; `None` when
+    /// `part` is already present.
+    ///
+    /// # Errors
+    /// `Timeout` when the pool has no room before `deadline`; `AskingPeer`
+    /// for a `StoreOnly` read while the running fetch is asking a peer.
     pub(super) fn join_or_start(
         self: &Arc<Self>,
         u: usize,
         part: &Range<u64>,
         deadline: Instant,
+        route: Route,
     ) -> Result<Option<Arc<Session>>, ChunkerError> {
         let mut sessions = self.lock_sessions();
         if let Some(s) = sessions.get(&u) {
+            if route == Route::StoreOnly && !s.keep_to_store() {
+                return Err(ChunkerError::AskingPeer {
+                    key: self.key,
+                    offset: part.start,
+                });
+            }
             return Ok(Some(Arc::clone(s)));
         }
         // Checked under the lock: a fetch ends (removes its session) only
@@ -30,7 +42,7 @@ impl Inner {
         if self.range_present(part, &(u..u + 1)) {
             return Ok(None);
         }
-        let session = Arc::new(Session::new());
+        let session = Arc::new(Session::new(route));
         sessions.insert(u, Arc::clone(&session));
         drop(sessions);
         if self.pool.submit(self.job(u, &session), deadline).is_err() {
@@ -46,16 +58,21 @@ impl Inner {
         Ok(Some(session))
     }
 
-    /// Start fetches of the missing units of `range` (best effort: errors
-    /// surface when the range itself is read).
-    pub(super) fn start_fetches(self: &Arc<Self>, range: Range<u64>, deadline: Instant) {
+    /// Start fetches of the missing units of `range`, reading as `route`
+    /// allows (best effort: errors surface when the range itself is read).
+    pub(super) fn start_fetches(
+        self: &Arc<Self>,
+        range: Range<u64>,
+        deadline: Instant,
+        route: Route,
+    ) {
         let mut pos = range.start;
         while pos < range.end {
             let Ok((units, end)) = self.layout.span(pos, range.end, 1) else {
                 return;
             };
             if self
-                .join_or_start(units.start, &(pos..end), deadline)
+                .join_or_start(units.start, &(pos..end), deadline, route)
                 .is_err()
             {
                 return;
@@ -80,7 +97,7 @@ impl Inner {
             if sessions.contains_key(&v) || self.unit_complete(v) {
                 continue;
             }
-            let session = Arc::new(Session::new());
+            let session = Arc::new(Session::new(Route::PeerThenStore));
             // Queued while holding the session lock, so the job cannot end
             // its session before it is in the map.
             if self.pool.try_submit(self.job(v, &session)).is_err() {

@@ -5,9 +5,12 @@
 //! before anything reaches the cache: exact total length, availability
 //! only in the first message, no message over `MAX_MESSAGE_DATA` plus
 //! framing slack. Any fault returns its reason, and the fetch reads its
-//! store. A peer that faults (anything but `not_available`, which is the
+//! store. A diff's size (for a host whose store lacks the data object) is
+//! asked of the owner of its first unit with `GetBuildFileSize`, within
+//! the first-byte timeout. A peer that faults (anything but `not_available`, which is the
 //! normal answer of a busy peer or one without the build) is skipped for a
-//! back-off period that doubles from `BACKOFF_START` to `BACKOFF_MAX` and
+//! back-off period that doubles from `BACKOFF_START` (`TIMEOUT_BACKOFF_START`
+//! when the first fault is a timeout) to `BACKOFF_MAX` and
 //! is reset by a success; the fault that starts a back-off is logged, the
 //! requests that were already in flight to it are only counted.
 //!
@@ -26,8 +29,8 @@ use uuid::Uuid;
 use super::PeerError;
 use super::fleet::Fleet;
 use super::listen::TlsFiles;
-use super::proto::ReadAtBuildSeekableRequest;
 use super::proto::chunk_service_client::ChunkServiceClient;
+use super::proto::{GetBuildFileSizeRequest, ReadAtBuildSeekableRequest};
 use super::server::MAX_MESSAGE_DATA;
 use crate::chunker::{PeerFallback, PeerSource};
 use crate::format::FileKind;
@@ -48,6 +51,22 @@ const MIN_STALL: Duration = Duration::from_secs(1);
 const STREAM_DEADLINE: Duration = Duration::from_secs(5);
 /// First back-off of a faulty peer, doubled on each fault while it lasts.
 const BACKOFF_START: Duration = Duration::from_secs(5);
+/// First back-off when the fault is a timeout: a late first byte is as
+/// often this host's own load (or its many requests queued on the one
+/// connection) as the peer's fault, so it costs a short detour to the
+/// store, not 5 s of it; timeouts in a row still double it.
+const TIMEOUT_BACKOFF_START: Duration = Duration::from_secs(1);
+/// HTTP/2 receive window of one stream: a whole 4 MiB unit flows without
+/// waiting on window updates (the default 64 KiB needs a round trip per
+/// 64 KiB, which under CPU load made sequential reads through a peer
+/// slower than the store).
+const STREAM_WINDOW: u32 = 4 << 20;
+/// HTTP/2 receive window of the connection, shared by all its streams:
+/// room for every fetch worker's unit at once.
+const CONNECTION_WINDOW: u32 = 64 << 20;
+/// Largest HTTP/2 frame this client accepts: fewer frames per 2 MiB
+/// message than the default 16 KiB, so less work per byte on both hosts.
+const MAX_FRAME: u32 = 1 << 20;
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// `not_available` answers of one peer are logged at most this often.
 const NOT_AVAILABLE_LOG: Duration = Duration::from_secs(60);
@@ -172,7 +191,10 @@ impl PeerClient {
         let mut endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| e.to_string())?
             .connect_timeout(self.timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME);
         if url.starts_with("https://") {
             let tls = self
                 .tls
@@ -225,7 +247,11 @@ impl PeerClient {
             // In flight when the back-off started: already logged.
             return;
         }
-        let backoff = h.next_backoff.unwrap_or(BACKOFF_START);
+        let first = match reason {
+            PeerFallback::Timeout => TIMEOUT_BACKOFF_START,
+            _ => BACKOFF_START,
+        };
+        let backoff = h.next_backoff.unwrap_or(first);
         h.skip_until = Some(now + backoff);
         h.next_backoff = Some((backoff * 2).min(BACKOFF_MAX));
         log::warn!(
@@ -256,20 +282,9 @@ impl PeerSource for PeerClient {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), PeerFallback> {
-        let ring = self.fleet.ring();
-        let owner = match ring.owner(build, file, unit) {
-            Some(m) if !m.is_self => m,
-            _ => return Err(PeerFallback::Owned),
-        };
-        let url = owner.url.as_str();
-        if self.skipped(url) {
-            return Err(PeerFallback::Backoff);
-        }
         let what = format!("{build}/{file} at {offset} ({} bytes)", buf.len());
-        let channel = self.channel(url).map_err(|detail| {
-            self.fault(url, PeerFallback::Error, &what, &detail);
-            PeerFallback::Error
-        })?;
+        let (url, channel) = self.owner_channel(build, file, unit, &what)?;
+        let url = url.as_str();
         let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(buf.len())) else {
             return Err(PeerFallback::Owned);
         };
@@ -291,6 +306,76 @@ impl PeerSource for PeerClient {
                 Err(reason)
             }
         }
+    }
+
+    fn diff_size(&self, build: Uuid, file: FileKind) -> Result<u64, PeerFallback> {
+        let what = format!("the size of {build}/{file}");
+        let (url, channel) = self.owner_channel(build, file, 0, &what)?;
+        let request = GetBuildFileSizeRequest {
+            build_id: build.to_string(),
+            name: file.name().to_string(),
+        };
+        let ask = async {
+            let mut client = ChunkServiceClient::new(channel);
+            tokio::time::timeout(self.timeout, client.get_build_file_size(request)).await
+        };
+        let answer = match self.runtime.block_on(ask) {
+            Err(_) => Err((PeerFallback::Timeout, "no answer within the timeout".into())),
+            Ok(Err(status)) => Err((PeerFallback::Error, status.to_string())),
+            Ok(Ok(response)) => {
+                let response = response.into_inner();
+                match (response.availability, u64::try_from(response.total_size)) {
+                    (Some(a), _) if a.use_storage => {
+                        Err((PeerFallback::UseStorage, "use_storage".into()))
+                    }
+                    (Some(a), _) if a.not_available => {
+                        Err((PeerFallback::NotAvailable, "not_available".into()))
+                    }
+                    (_, Ok(size)) => Ok(size),
+                    (_, Err(_)) => Err((
+                        PeerFallback::Malformed,
+                        format!("a negative size {}", response.total_size),
+                    )),
+                }
+            }
+        };
+        answer
+            .inspect(|_| self.succeeded(&url))
+            .map_err(|(reason, detail)| {
+                self.fault(&url, reason, &what, &detail);
+                reason
+            })
+    }
+}
+
+impl PeerClient {
+    /// The URL of the peer owning `build`'s `file` unit `unit` and a
+    /// channel to it, for a request about `what`.
+    ///
+    /// # Errors
+    /// `Owned` when this host owns the unit (or there is no member);
+    /// `Backoff` when the owner is skipped now; `Error` when no channel to
+    /// it can be made (logged as its fault).
+    fn owner_channel(
+        &self,
+        build: Uuid,
+        file: FileKind,
+        unit: u64,
+        what: &str,
+    ) -> Result<(String, Channel), PeerFallback> {
+        let ring = self.fleet.ring();
+        let url = match ring.owner(build, file, unit) {
+            Some(m) if !m.is_self => m.url.clone(),
+            _ => return Err(PeerFallback::Owned),
+        };
+        if self.skipped(&url) {
+            return Err(PeerFallback::Backoff);
+        }
+        let channel = self.channel(&url).map_err(|detail| {
+            self.fault(&url, PeerFallback::Error, what, &detail);
+            PeerFallback::Error
+        })?;
+        Ok((url, channel))
     }
 }
 
@@ -318,15 +403,14 @@ async fn read_range(
     let mut got = 0;
     let mut first = true;
     loop {
-        let deadline = if first {
-            first_deadline
-        } else {
-            (tokio::time::Instant::now() + stall).min(last_deadline)
-        };
+        // The answer's headers came within the first-byte timeout: from
+        // here on only stalls count. A first 2 MiB message shares the one
+        // connection with every other request in flight to this peer, so
+        // under load it can take longer than the first-byte timeout
+        // without anything being wrong with the peer.
+        let deadline = (tokio::time::Instant::now() + stall).min(last_deadline);
         let message = match tokio::time::timeout_at(deadline, stream.message()).await {
-            Err(_) if first => {
-                return Err(timed_out("no first byte within the first-byte timeout"));
-            }
+            Err(_) if first => return Err(timed_out("no first message (the stream stalled)")),
             Err(_) => return Err(timed_out("the stream stalled")),
             Ok(Err(status)) => return Err((Error, status.to_string())),
             Ok(Ok(None)) => break,

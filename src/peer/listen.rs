@@ -156,7 +156,7 @@ impl PeerListen {
         let incoming = {
             let _entered = runtime.enter();
             let listener = tokio::net::TcpListener::from_std(listener).map_err(bind)?;
-            TcpIncoming::from(listener)
+            TcpIncoming::from(listener).with_nodelay(Some(true))
         };
         let thread = std::thread::Builder::new()
             .name("tdfs-peer-server".into())

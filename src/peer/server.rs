@@ -13,6 +13,13 @@
 //! message, so a stream holds at most about three messages' worth of memory.
 //! At most `MAX_STREAMS` streams run at once; the next one gets
 //! `not_available`, and its caller reads its store.
+//!
+//! A range not cached is fetched from this host's store only, never from
+//! a peer: the caller asked because its list says this host owns the unit,
+//! and asking on could loop back to it (two hosts whose lists disagree
+//! would wait on each other until the peer timeout). When this host is
+//! itself asking a peer for the unit right now, the answer is
+//! `not_available`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +37,7 @@ use super::proto::{
     GetBuildFileExistsResponse, GetBuildFileSizeRequest, GetBuildFileSizeResponse,
     PeerAvailability, ReadAtBuildSeekableRequest, ReadAtBuildSeekableResponse,
 };
+use crate::chunker::ChunkerError;
 use crate::format::{Blob, FileKind, parse_build_id};
 use crate::metrics::Stats;
 use crate::template::{Builds, TemplateError};
@@ -141,6 +149,27 @@ fn one_not_available<M: Message>() -> Sent<M> {
     ))]))
 }
 
+/// Why a piece of a stream could not be read.
+enum Refused {
+    /// This host is asking a peer for these bytes itself: `not_available`
+    /// when nothing was sent yet.
+    NotAvailable(String),
+    /// Any other failure: the stream ends with `UNAVAILABLE`.
+    Failed(String),
+}
+
+impl Refused {
+    /// A failed read of the diff view at `what`.
+    fn diff(what: String, e: TemplateError) -> Refused {
+        match e {
+            TemplateError::Chunker(e @ ChunkerError::AskingPeer { .. }) => {
+                Refused::NotAvailable(format!("{what}: {e}"))
+            }
+            e => Refused::Failed(format!("{what}: {e}")),
+        }
+    }
+}
+
 impl ChunkServer {
     /// Stream `[start, end)` read by `read(buf, offset)` (fills all of
     /// `buf` or fails) in messages of at most `MAX_MESSAGE_DATA` bytes;
@@ -150,7 +179,7 @@ impl ChunkServer {
         &self,
         start: u64,
         end: u64,
-        read: impl Fn(&mut [u8], u64) -> Result<(), String> + Send + Sync + 'static,
+        read: impl Fn(&mut [u8], u64) -> Result<(), Refused> + Send + Sync + 'static,
     ) -> Option<Sent<M>> {
         let permit = self.streams.clone().try_acquire_owned().ok()?;
         self.stats.peer_served_requests.fetch_add(1, Relaxed);
@@ -169,12 +198,17 @@ impl ChunkServer {
                     read(&mut buf, pos).map(|()| buf)
                 })
                 .await;
-                let message = match piece {
-                    Ok(Ok(data)) => Ok(M::new(data, availability.take())),
-                    Ok(Err(e)) => Err(Status::unavailable(format!("{e} (read it from the store)"))),
-                    Err(status) => Err(status),
+                let (message, failed) = match piece {
+                    Ok(Ok(data)) => (Ok(M::new(data, availability.take())), false),
+                    Ok(Err(Refused::NotAvailable(_))) if availability.is_some() => {
+                        (Ok(M::new(Vec::new(), not_available())), true)
+                    }
+                    Ok(Err(Refused::NotAvailable(e) | Refused::Failed(e))) => (
+                        Err(Status::unavailable(format!("{e} (read it from the store)"))),
+                        true,
+                    ),
+                    Err(status) => (Err(status), true),
                 };
-                let failed = message.is_err();
                 let sent = tokio::time::timeout(SEND_TIMEOUT, tx.send(message)).await;
                 if failed || !matches!(sent, Ok(Ok(()))) {
                     return;
@@ -281,9 +315,9 @@ impl ChunkService for ChunkServer {
                 ))
             })?;
         let read = move |buf: &mut [u8], off: u64| {
-            diff.copy_at(buf, off)
+            diff.read_for_peer(buf, off)
                 .map(drop)
-                .map_err(|e| format!("{build}/{file} at {off}: {e}"))
+                .map_err(|e| Refused::diff(format!("{build}/{file} at {off}"), e))
         };
         Ok(Response::new(
             self.stream_range(offset, end, read)
@@ -314,7 +348,7 @@ impl ChunkService for ChunkServer {
             let read = move |buf: &mut [u8], off: u64| {
                 builds
                     .read_blob(build, blob, off, buf)
-                    .map_err(|e| format!("{build}/{blob}: {e}"))
+                    .map_err(|e| Refused::Failed(format!("{build}/{blob}: {e}")))
             };
             return Ok(Response::new(
                 self.stream_range(0, size, read)

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use uuid::Uuid;
@@ -19,7 +20,7 @@ use super::listing::Listing;
 use super::prefetch::Prefetcher;
 use super::record::{Recorder, Recording};
 use super::{TemplateConfig, TemplateError, TemplateFile};
-use crate::chunker::{CacheBudget, Chunker, ChunkerConfig, DiffSpec, FetchPool};
+use crate::chunker::{CacheBudget, Chunker, ChunkerConfig, DiffSpec, FetchPool, PeerFallback};
 use crate::format::limits::MAX_HEADER_LEN;
 use crate::format::{
     Compression, FileKind, Frame, FrameTable, Header, Mapping, Mappings, Metadata, ObjectKey,
@@ -364,14 +365,27 @@ impl Builds {
         } else {
             match self.store.size(&key) {
                 Ok(s) => s,
+                // A host whose store holds only headers reads through its
+                // peers: the header's size, or the owner peer's.
+                Err(StoreError::NotFound { .. })
+                    if self.config.peers.is_some() && file_size > 0 =>
+                {
+                    file_size
+                }
                 Err(StoreError::NotFound { .. }) => {
-                    return Err(TemplateError::Inconsistent {
-                        key: key.to_string(),
-                        detail: format!(
-                            "referenced by the {file} header of build {} but missing from the store",
-                            referrer.metadata.build_id
-                        ),
-                    });
+                    self.peer_diff_size(build, file)
+                        .ok_or_else(|| TemplateError::Inconsistent {
+                            key: key.to_string(),
+                            detail: format!(
+                                "referenced by the {file} header of build {} but missing from the store{}",
+                                referrer.metadata.build_id,
+                                if self.config.peers.is_some() {
+                                    " and not known to the peer owning it"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        })?
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -396,6 +410,30 @@ impl Builds {
             }
             Ok(chunker)
         })
+    }
+}
+
+impl Builds {
+    /// The uncompressed size of `build`'s own diff of `file` from the peer
+    /// owning it (`None` without peers, or when it cannot tell; the reason
+    /// is counted in `.stats` and the peer client logs faults).
+    fn peer_diff_size(&self, build: Uuid, file: FileKind) -> Option<u64> {
+        let peers = self.config.peers.as_ref()?;
+        let answer = peers.diff_size(build, file);
+        match answer {
+            Ok(_) => {
+                self.stats.peer_requests.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(reason) => {
+                if reason.asked() {
+                    self.stats.peer_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                if reason != PeerFallback::Owned {
+                    self.stats.record_peer_fallback(reason.name());
+                }
+            }
+        }
+        answer.ok()
     }
 }
 

@@ -108,14 +108,23 @@ impl DiffFile {
         result
     }
 
-    /// `read_at` without counting a read of the mount: for a reader that
-    /// keeps its own counters (a peer).
-    ///
-    /// # Errors
-    /// As `read_at`.
-    pub fn copy_at(&self, buf: &mut [u8], off: u64) -> Result<usize, TemplateError> {
+    /// `read_at` without counting a read of the mount.
+    fn copy_at(&self, buf: &mut [u8], off: u64) -> Result<usize, TemplateError> {
         let len = self.clamp(off, buf.len() as u64) as usize;
         self.chunker.read_blocks(&mut buf[..len], off)?;
+        Ok(len)
+    }
+
+    /// `read_at` to answer a peer (which keeps its own counters): not
+    /// counted as a read of the mount, and the fetches it needs read the
+    /// store only (see `Chunker::read_for_peer`).
+    ///
+    /// # Errors
+    /// As `read_at`, and `Chunker(AskingPeer)` while this host is itself
+    /// asking a peer for these bytes.
+    pub fn read_for_peer(&self, buf: &mut [u8], off: u64) -> Result<usize, TemplateError> {
+        let len = self.clamp(off, buf.len() as u64) as usize;
+        self.chunker.read_for_peer(&mut buf[..len], off)?;
         Ok(len)
     }
 
