@@ -122,7 +122,7 @@ fn prefetch_off_replays_nothing() {
     assert_eq!(mount.stat("tdfs_prefetch_fetches_total"), 0);
 }
 
-/// Prefetch takes at most a quarter of the fetch pool and only when no
+/// Prefetch leaves a quarter of the fetch pool idle and queues only when no
 /// reader waits: a read of a unit the trace does not list, from a store
 /// with 20 ms to first byte and 10 MB/s per request, takes about one fetch
 /// (20 ms + 1 MiB at 10 MB/s ≈ 125 ms), however long the trace.

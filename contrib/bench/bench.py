@@ -224,6 +224,10 @@ def run(log, command):
         wall = time.monotonic() - start
     if code:
         sys.exit(f"bench.py: {command[0]} exited with {code} (log: {log})")
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"{wall:.4f} {ru.ru_utime + ru.ru_stime:.4f}")
+
+
 def timed(command):
     """Run COMMAND; wall seconds and the CPU seconds (user + system) of it
     and the children it waited for."""

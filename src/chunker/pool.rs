@@ -97,11 +97,15 @@ impl FetchPool {
         self.jobs.try_send(job).map_err(|e| e.into_inner())
     }
 
-    /// Most prefetch fetches queued or running at once: a quarter of the
-    /// workers, so three quarters are always free for readers and
-    /// read-ahead whatever a trace lists.
+    /// Most prefetch fetches queued or running at once: all workers but a
+    /// reserve of a quarter (at least one), so a reader's fetch always finds
+    /// an idle worker whatever a trace lists, while prefetch gets most of the
+    /// pool's concurrency (a trace of scattered pages touches nearly every
+    /// unit, so prefetch wins over demand faults by running many at once).
+    /// With one worker there is no reserve: prefetch still needs it.
     fn max_prefetching(&self) -> usize {
-        (self.workers / 4).max(1)
+        let reserve = (self.workers / 4).max(1);
+        self.workers.saturating_sub(reserve).max(1)
     }
 
     /// Claim a slot for one prefetch fetch: only when nothing else waits in

@@ -1,8 +1,8 @@
 //! Prefetch's way into a Chunker: queue fetches of the units holding a
 //! range, at the lowest priority of the pool. A prefetch fetch is queued
 //! only when no reader or read-ahead fetch waits in the pool's queue and
-//! fewer than a quarter of the workers run prefetch fetches (see
-//! `FetchPool::try_start_prefetch`); otherwise the caller is told to come
+//! fewer than all workers but a reserve for readers run prefetch fetches
+//! (see `FetchPool::try_start_prefetch`); otherwise the caller is told to come
 //! back later. It is an ordinary fetch session, so a reader of a unit a
 //! prefetch is fetching joins it (single-flight) rather than waiting
 //! behind it.
