@@ -212,33 +212,24 @@ def cats(files):
     print(f"{wall:.4f} {ru.ru_utime + ru.ru_stime:.4f}")
 
 
-def run(log, command):
-    """Run COMMAND with its output appended to LOG; wall seconds and its
-    CPU seconds (user + system, children included). Exits when it fails."""
+def run(command, log=None):
+    """Run COMMAND (its output appended to LOG when given); print its wall
+    seconds and the CPU seconds (user + system) of it and the children it
+    waited for. Exits when it fails."""
     import resource
     import subprocess
 
-    with open(log, "ab") as out:
+    out = open(log, "ab") if log else None
+    try:
         start = time.monotonic()
-        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT if out else None)
         wall = time.monotonic() - start
+    finally:
+        if out:
+            out.close()
     if code:
-        sys.exit(f"bench.py: {command[0]} exited with {code} (log: {log})")
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(f"{wall:.4f} {ru.ru_utime + ru.ru_stime:.4f}")
-
-
-def timed(command):
-    """Run COMMAND; wall seconds and the CPU seconds (user + system) of it
-    and the children it waited for."""
-    import resource
-    import subprocess
-
-    start = time.monotonic()
-    code = subprocess.call(command)
-    wall = time.monotonic() - start
-    if code:
-        sys.exit(f"bench.py: {command[0]} failed: exit code {code}")
+        where = f" (log: {log})" if log else ""
+        sys.exit(f"bench.py: {command[0]} exited with {code}{where}")
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"{wall:.4f} {ru.ru_utime + ru.ru_stime:.4f}")
 
@@ -688,11 +679,11 @@ def main(argv):
     elif cmd == "cats" and args:
         cats(args)
     elif cmd == "run" and len(args) >= 2:
-        run(args[0], args[1:])
+        run(args[1:], log=args[0])
     elif cmd == "trace" and len(args) == 1:
         trace_size(args[0])
     elif cmd == "timed" and args:
-        timed(args)
+        run(args)
     elif cmd == "cpu" and len(args) == 1:
         cpu(int(args[0]))
     elif cmd == "stat" and len(args) == 2:
