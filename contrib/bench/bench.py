@@ -379,8 +379,8 @@ def table(path):
             seq(t, "seq-cold-zstd.tdfs"),
             f"`zstd -d` of the object: {seq(t, 'seq-cold-zstd.zstd')}",
             tr("seq-cold-zstd.tdfs.secs", "seq-cold-zstd.zstd.secs", invert=True),
-            "≥ 1.0×",
-            1.0,
+            "≥ 0.7×",
+            0.7,
             cpu=("seq-cold-zstd.tdfs", "seq-cold-zstd.zstd"),
         )
         t.row(
