@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::fixtures::fixture_store;
-use common::mount::{MountGuard, fuse_available};
+use common::mount::{MountGuard, fuse_available, unmount_lazily};
 use common::process::{run_ok, tdfs, tdfs_ok, tdfs_pack};
 use serde_json::Value;
 
@@ -174,11 +174,30 @@ fn an_unwritable_recording_directory_is_one_warning() {
     }
     let dir = tempfile::tempdir().unwrap();
     let store = store_copy(dir.path());
-    // A regular file where the directory should be: root cannot write
-    // under it either.
+    // A regular file where the directory should be is refused at start...
     let record = dir.path().join("not-a-directory");
     std::fs::write(&record, b"x").unwrap();
+    let mountpoint = dir.path().join("refused");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let refused = tdfs(&[
+        "mount",
+        store.to_str().unwrap(),
+        mountpoint.to_str().unwrap(),
+        "--record-prefetch",
+        record.to_str().unwrap(),
+    ]);
+    if refused.status.success() {
+        unmount_lazily(&mountpoint);
+    }
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("--record-prefetch"), "{stderr}");
+    // ...and one that becomes a file after the start (root can write
+    // anywhere else) is one warning, the mount serving on.
+    std::fs::remove_file(&record).unwrap();
     let mount = MountGuard::start(&store, &["--record-prefetch", record.to_str().unwrap()]);
+    std::fs::remove_dir(&record).unwrap();
+    std::fs::write(&record, b"x").unwrap();
     let memfile = mount.join(format!("{LAYER}/memfile"));
     for b in [2, 4, 2] {
         read_block(&memfile, MEMFILE_BLOCK, b);

@@ -182,6 +182,15 @@ pub fn run(mut args: MountArgs) -> Result<(), FsError> {
     // Absolute: the daemon changes directory to `/`.
     args.prefetch_dir = absolute_dir(args.prefetch_dir.as_deref(), "prefetch directory")?;
     args.record_prefetch = absolute_dir(args.record_prefetch.as_deref(), "recording directory")?;
+    // Made now, so a path that cannot be a directory fails the mount, not
+    // every recording later.
+    if let Some(dir) = &args.record_prefetch {
+        std::fs::create_dir_all(dir).map_err(|source| FsError::File {
+            what: "recording directory (--record-prefetch: give a directory tdfs may create and write)",
+            path: dir.clone(),
+            source,
+        })?;
+    }
     let setup = Setup {
         store,
         mountpoint,

@@ -169,7 +169,7 @@ impl PeerClient {
             .map_err(|e| PeerError::Server(format!("starting the client's runtime: {e}")))?;
         let members = fleet.ring().members().len();
         log::info!(
-            "asking {members} fleet members for the chunks they own (first-byte timeout {:?})",
+            "asking peers for the chunks they own (fleet of {members}; first-byte timeout {:?})",
             config.timeout
         );
         Ok(Some(PeerClient {

@@ -34,12 +34,14 @@ pub fn parse_peer_url(text: &str) -> Result<String, String> {
     let Ok(uri) = url.parse::<Uri>() else {
         return bad("not a URL");
     };
-    if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return bad("the scheme is not http or https");
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(_) => return bad("the scheme is not http or https"),
+        None => return bad("no http:// or https:// in front"),
     }
     match uri.authority() {
-        Some(a) if a.port_u16().is_some() && !a.host().is_empty() => {}
-        _ => return bad("no host and port"),
+        Some(a) if a.port_u16().is_some_and(|p| p != 0) && !a.host().is_empty() => {}
+        _ => return bad("it needs a host and a port from 1 to 65535"),
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return bad("a peer's URL has no path");
@@ -198,7 +200,16 @@ mod tests {
             "http://10.0.0.1:5008"
         );
         assert!(parse_peer_url("https://host.example:443").is_ok());
-        for bad in ["10.0.0.1:5008", "ftp://h:1", "http://h", "http://h:1/x", ""] {
+        for bad in [
+            "10.0.0.1:5008",
+            "ftp://h:1",
+            "http://h",
+            "http://h:1/x",
+            "",
+            "http://",
+            "http://h:99999",
+            "http://h:0",
+        ] {
             let e = parse_peer_url(bad).unwrap_err();
             assert!(e.contains("http://HOST:PORT"), "{bad}: {e}");
         }

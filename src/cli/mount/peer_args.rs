@@ -98,7 +98,7 @@ impl PeerArgs {
 
 /// A duration with its unit: `300ms`, `2s`, `1.5s`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?}: give a number and a unit, e.g. 300ms or 2s");
+    let bad = || format!("{text:?}: give a positive number of ms or s, e.g. 300ms, 2s or 1.5s");
     let (number, seconds_per_unit) = if let Some(n) = text.strip_suffix("ms") {
         (n, 1e-3)
     } else if let Some(n) = text.strip_suffix('s') {
