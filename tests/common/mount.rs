@@ -70,6 +70,14 @@ pub struct MountGuard {
     _dir: tempfile::TempDir,
 }
 
+/// A new temporary directory and the empty mountpoint `mnt` inside it.
+fn new_mountpoint() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mountpoint = dir.path().join("mnt");
+    std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
+    (dir, mountpoint)
+}
+
 impl MountGuard {
     /// Mount `store` on a new temporary mountpoint.
     pub fn start(store: impl AsRef<OsStr>, extra: &[&str]) -> MountGuard {
@@ -82,9 +90,7 @@ impl MountGuard {
         extra: &[&str],
         env: &[(&str, String)],
     ) -> MountGuard {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
+        let (dir, mountpoint) = new_mountpoint();
         Self::launch(
             dir,
             mountpoint,
@@ -100,9 +106,7 @@ impl MountGuard {
     /// temporary files are given to `id`; `store` must be readable by it.
     /// Only `id` can read the mount (no allow_other).
     pub fn start_as(store: impl AsRef<OsStr>, extra: &[&str], id: u32) -> MountGuard {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
+        let (dir, mountpoint) = new_mountpoint();
         for path in [dir.path(), &mountpoint] {
             std::os::unix::fs::chown(path, Some(id), Some(id)).expect("chown");
         }
@@ -121,9 +125,7 @@ impl MountGuard {
         soft: u64,
         hard: u64,
     ) -> MountGuard {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).expect("mkdir mountpoint");
+        let (dir, mountpoint) = new_mountpoint();
         Self::launch(
             dir,
             mountpoint,
