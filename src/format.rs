@@ -15,7 +15,7 @@ mod keys;
 pub mod limits;
 mod mapping;
 mod metadata;
-pub mod prefetch;
+pub mod trace;
 mod varint;
 
 pub use compression::Compression;

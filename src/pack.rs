@@ -13,11 +13,11 @@ mod frames;
 mod layout;
 mod options;
 mod parallel;
-mod prefetch;
 mod progress;
 mod scan;
 mod scratch;
 mod stage;
+mod trace;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,7 +32,7 @@ pub use parallel::{default_threads, ordered_map};
 pub use progress::byte_bar;
 pub use scratch::ScratchDir;
 
-use crate::format::prefetch::Trace;
+use crate::format::trace::Trace;
 use crate::format::{Blob, FileKind, ObjectKey};
 use crate::store::{PutOptions, Store};
 use crate::template::{Builds, TemplateConfig};
@@ -159,7 +159,7 @@ pub fn pack_build(
         }
         given => {
             let minimal = default_metadata(build_id, opts.base);
-            let bytes = prefetch::metadata_with(given.as_deref(), &traces, minimal)?;
+            let bytes = trace::metadata_with(given.as_deref(), &traces, minimal)?;
             store.put_bytes(&metadata_key, &bytes)?
         }
     }
@@ -207,7 +207,7 @@ fn read_traces(inputs: &PackInputs) -> Result<Vec<(FileKind, Trace)>, PackError>
                 source,
             })?
             .len();
-        traces.push((file, prefetch::read_trace(path, file, size)?));
+        traces.push((file, trace::read_trace(path, file, size)?));
     }
     Ok(traces)
 }

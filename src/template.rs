@@ -18,14 +18,14 @@
 mod blob;
 mod builds;
 mod cache_dir;
-mod diff;
-mod diffs;
+mod diff_view;
 mod file;
 mod flat;
 mod listing;
-mod prefetch;
+mod live_chunkers;
 mod readahead;
 mod record;
+mod replay;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -40,13 +40,13 @@ use crate::format::{Blob, FileKind, FormatError};
 use crate::store::StoreError;
 
 pub use builds::Builds;
-pub use diff::DiffFile;
+pub use diff_view::DiffFile;
 pub use file::{FileBytes, TemplateFile, own_compression};
 pub use flat::FlatFile;
 pub use listing::BuildContents;
-pub use prefetch::{PrefetchConfig, read_bounded, recording_path};
 pub use readahead::{MAX_READAHEAD_BYTES, MAX_READAHEAD_UNITS, ReadAhead};
 pub use record::Recording;
+pub use replay::{PrefetchConfig, read_bounded, recording_path};
 
 /// Why a template file, a blob or the listing could not be read.
 #[derive(Debug, thiserror::Error)]

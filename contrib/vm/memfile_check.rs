@@ -372,7 +372,7 @@ fn touches(order: &Order, pages: usize, page_size: usize) -> Result<Vec<Touch>, 
         }
         Order::Replay(path) => {
             let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-            let parsed = tdfs::format::prefetch::parse_trace_file(&bytes)
+            let parsed = tdfs::format::trace::parse_trace_file(&bytes)
                 .map_err(|e| format!("{path}: {e}"))?;
             let trace = parsed.trace;
             let types = trace.to_json()["access_types"].clone();

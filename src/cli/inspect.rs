@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{CliError, header_reader, human_bytes, open_store_arg, parse_build, parse_file_kind};
 use crate::format::limits::MAX_METADATA_LEN;
-use crate::format::prefetch::{self, Parsed};
+use crate::format::trace::{self, Parsed};
 use crate::format::{Blob, FileKind, Header, ObjectKey, hex};
 use crate::template::Builds;
 
@@ -150,7 +150,7 @@ pub fn build_report(
         let mut report = file_report(&header, file, build);
         if let Some(bytes) = &metadata {
             report.prefetch =
-                prefetch_summary(prefetch::parse_metadata(bytes, file), header.metadata.size);
+                prefetch_summary(trace::parse_metadata(bytes, file), header.metadata.size);
         }
         reports.push(report);
     }
@@ -231,7 +231,7 @@ fn file_report(header: &Header, file: FileKind, build: Uuid) -> FileReport {
 /// `parsed` (a file's trace in metadata.json) summed up against the file's
 /// `size` in bytes.
 fn prefetch_summary(
-    parsed: Result<Option<Parsed>, prefetch::TraceError>,
+    parsed: Result<Option<Parsed>, trace::TraceError>,
     size: u64,
 ) -> PrefetchSummary {
     match parsed {

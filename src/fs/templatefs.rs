@@ -161,7 +161,7 @@ impl TemplateFs {
                 ];
                 for file in BuildDirFile::ALL {
                     let present = match file {
-                        BuildDirFile::Template(kind) => contents.has_header(kind),
+                        BuildDirFile::Template(file) => contents.has_header(file),
                         BuildDirFile::Blob(blob) => contents.blob_size(blob).is_some(),
                     };
                     if present {
@@ -207,10 +207,10 @@ impl TemplateFs {
     /// The NUL-separated attribute names of `ino`.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         match self.node(ino)? {
-            Node::File(build, BuildDirFile::Template(kind)) => {
+            Node::File(build, BuildDirFile::Template(file)) => {
                 // Listing names of a build whose header is unreadable would
                 // promise values getxattr cannot give.
-                self.header(build, kind)?;
+                self.header(build, file)?;
                 Ok(xattr::names())
             }
             _ => Ok(Vec::new()),
@@ -220,12 +220,12 @@ impl TemplateFs {
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, FsError> {
         let missing = || FsError::NoXattr(name.to_string_lossy().into_owned());
         match self.node(ino)? {
-            Node::File(build, BuildDirFile::Template(kind)) => {
+            Node::File(build, BuildDirFile::Template(file)) => {
                 let name = name.to_str().ok_or_else(missing)?;
-                let header = self.header(build, kind)?;
-                let cached = || self.builds.cached_bytes(build, kind);
-                let prefetch = || self.builds.prefetch_state(build, kind);
-                let passthrough = || self.passthrough_state(ino, build, kind);
+                let header = self.header(build, file)?;
+                let cached = || self.builds.cached_bytes(build, file);
+                let prefetch = || self.builds.prefetch_state(build, file);
+                let passthrough = || self.passthrough_state(ino, build, file);
                 xattr::value(&header, cached, prefetch, passthrough, name)
                     .map(String::into_bytes)
                     .ok_or_else(missing)
@@ -236,13 +236,13 @@ impl TemplateFs {
 
     /// `user.tdfs.passthrough` of template file `ino`: where its flat file
     /// stands, and how it is open now.
-    fn passthrough_state(&self, ino: u64, build: Uuid, kind: FileKind) -> String {
+    fn passthrough_state(&self, ino: u64, build: Uuid, file: FileKind) -> String {
         if !self.passthrough.enabled() {
             return "off".into();
         }
         format!(
             "{}; {}",
-            self.builds.flat_state(build, kind),
+            self.builds.flat_state(build, file),
             self.passthrough.describe(ino)
         )
     }
@@ -290,8 +290,8 @@ impl TemplateFs {
                 }
                 (FileType::Directory, 0, 4096, IMMUTABLE_TTL)
             }
-            Node::Diff(build, kind) => {
-                let diff = self.open_diff(build, kind)?;
+            Node::Diff(build, file) => {
+                let diff = self.open_diff(build, file)?;
                 let blksize = u32::try_from(diff.block_size()).unwrap_or(u32::MAX);
                 (FileType::RegularFile, diff.size(), blksize, IMMUTABLE_TTL)
             }
@@ -299,8 +299,8 @@ impl TemplateFs {
             Node::Stats => (FileType::RegularFile, 0, 4096, Duration::ZERO),
             // The header has the size: no diff is opened, nothing is
             // asked of the store but the header.
-            Node::File(build, BuildDirFile::Template(kind)) => {
-                let meta = &self.header(build, kind)?.metadata;
+            Node::File(build, BuildDirFile::Template(file)) => {
+                let meta = &self.header(build, file)?.metadata;
                 let blksize = u32::try_from(meta.block_size).unwrap_or(u32::MAX);
                 (FileType::RegularFile, meta.size, blksize, IMMUTABLE_TTL)
             }
@@ -333,29 +333,29 @@ impl TemplateFs {
         Ok(Entry { attr, ttl })
     }
 
-    /// `build`'s `kind` opened for reading: its diffs' Chunkers are open
+    /// `build`'s `file` opened for reading: its diffs' Chunkers are open
     /// while the handle holding it lives.
     pub(super) fn open_template(
         &self,
         build: Uuid,
-        kind: FileKind,
+        file: FileKind,
     ) -> Result<Arc<TemplateFile>, FsError> {
         self.builds
-            .open(build, kind)
+            .open(build, file)
             .map(Arc::new)
-            .map_err(|e| FsError::template(build, kind, None, e))
+            .map_err(|e| FsError::template(build, file, None, e))
     }
 
-    fn header(&self, build: Uuid, kind: FileKind) -> Result<Arc<Header>, FsError> {
+    fn header(&self, build: Uuid, file: FileKind) -> Result<Arc<Header>, FsError> {
         self.builds
-            .header(build, kind)
-            .map_err(|e| FsError::template(build, kind, None, e))
+            .header(build, file)
+            .map_err(|e| FsError::template(build, file, None, e))
     }
 
-    pub(super) fn open_diff(&self, build: Uuid, kind: FileKind) -> Result<DiffFile, FsError> {
+    pub(super) fn open_diff(&self, build: Uuid, file: FileKind) -> Result<DiffFile, FsError> {
         self.builds
-            .open_diff(build, kind)
-            .map_err(|e| FsError::diff(build, kind, None, e))
+            .open_diff(build, file)
+            .map_err(|e| FsError::diff(build, file, None, e))
     }
 
     /// The size of `build`'s `blob` as last probed; ENOENT when it has none.

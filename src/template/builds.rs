@@ -1,7 +1,7 @@
 //! `Builds`: the headers and shared Chunkers of a store's builds. A header
 //! is loaded once per (build, file); a diff gets one Chunker however many
 //! open templates reference it, made when a template file is opened (never
-//! for its attributes) and closed once idle past a limit (see `Diffs`). The
+//! for its attributes) and closed once idle past a limit (see `LiveChunkers`). The
 //! cache directory and fetch threads are made with the first diff, so a
 //! `Builds` that only reads headers (inspect, verify, `stat`) leaves no
 //! trace on disk and sends no request for a data object.
@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use uuid::Uuid;
 
 use super::cache_dir::CacheDir;
-use super::diffs::{Diffs, FileId};
 use super::flat::{FlatFile, FlatFiles};
 use super::listing::Listing;
-use super::prefetch::Prefetcher;
+use super::live_chunkers::{FileId, LiveChunkers};
 use super::record::{Recorder, Recording};
+use super::replay::Prefetcher;
 use super::{TemplateConfig, TemplateError, TemplateFile};
 use crate::chunker::{CacheBudget, Chunker, ChunkerConfig, DiffSpec, FetchPool, PeerFallback};
 use crate::format::limits::MAX_HEADER_LEN;
@@ -44,7 +44,7 @@ pub struct Builds {
     stats: Arc<Stats>,
     config: TemplateConfig,
     headers: Mutex<HashMap<FileId, Arc<Header>>>,
-    diffs: Arc<Diffs>,
+    diffs: Arc<LiveChunkers>,
     pub(super) listing: Listing,
     /// Held while `fetching` is made, so it is made once. Making it touches
     /// only the local disk, never the store.
@@ -77,7 +77,7 @@ impl Builds {
             stats,
             listing: Listing::new(config.listing_ttl),
             headers: Mutex::new(HashMap::new()),
-            diffs: Arc::new(Diffs::new(config.max_idle_diffs)),
+            diffs: Arc::new(LiveChunkers::new(config.max_idle_diffs)),
             making_fetching: Mutex::new(()),
             fetching: OnceLock::new(),
             config,

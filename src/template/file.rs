@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use super::diffs::Diffs;
+use super::live_chunkers::LiveChunkers;
 use super::{ReadAhead, TemplateError};
 use crate::chunker::{Block, CHUNK_SIZE, Chunker};
 use crate::format::{Compression, FileKind, Header, ObjectKey};
@@ -43,14 +43,14 @@ impl std::ops::Deref for FileBytes<'_> {
 
 /// One build's `memfile` or `rootfs.ext4`, resolved through its header.
 /// It holds the Chunkers of the diffs it reads while it lives, and hands
-/// them back to its `Builds` when dropped (see `Diffs`).
+/// them back to its `Builds` when dropped (see `LiveChunkers`).
 pub struct TemplateFile {
     pub(super) file: FileKind,
     pub(super) header: Arc<Header>,
     /// Chunkers of every build the mappings reference (a handful at most).
     pub(super) diffs: Vec<(Uuid, Arc<Chunker>)>,
     pub(super) stats: Arc<Stats>,
-    pub(super) registry: Arc<Diffs>,
+    pub(super) registry: Arc<LiveChunkers>,
     /// Start window of a reader's read-ahead, in steps (`--readahead`).
     pub(super) readahead: usize,
 }

@@ -25,7 +25,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
 use super::TemplateFile;
-use super::diffs::FileId;
+use super::live_chunkers::FileId;
 use crate::chunker::CacheBudget;
 use crate::sync;
 

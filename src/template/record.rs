@@ -28,11 +28,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::TemplateFile;
-use super::diffs::FileId;
-use super::prefetch::{read_bounded, recording_path};
+use super::live_chunkers::FileId;
+use super::replay::{read_bounded, recording_path};
 use crate::format::PAGE_SIZE;
 use crate::format::limits::{MAX_DIFF_SIZE, MAX_PREFETCH_ENTRIES};
-use crate::format::prefetch::{Trace, parse_trace_file};
+use crate::format::trace::{Trace, parse_trace_file};
 use crate::sync;
 
 /// Most blocks a recorded file may have: its bitset is then 32 MiB, as a

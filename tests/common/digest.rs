@@ -35,8 +35,8 @@ pub fn sha256_of_file(path: &Path) -> io::Result<String> {
 }
 
 /// Lower-case hex SHA-256 of a template file read through the library.
-pub fn sha256_of_template(builds: &Builds, build: Uuid, kind: FileKind) -> String {
-    let file = builds.open(build, kind).expect("open template");
+pub fn sha256_of_template(builds: &Builds, build: Uuid, file: FileKind) -> String {
+    let file = builds.open(build, file).expect("open template");
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 4 << 20];
     let mut offset = 0;

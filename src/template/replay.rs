@@ -5,7 +5,7 @@
 //! eagerly beats faulting it in page by page).
 //!
 //! The trace comes from the build's `metadata.json` (`prefetch.memory`,
-//! E2B's, or `prefetch.rootfs`, tdfs's own; see `format::prefetch`), else
+//! E2B's, or `prefetch.rootfs`, tdfs's own; see `format::trace`), else
 //! from a local recording `<prefetch dir>/<build>/<file>.prefetch.json`.
 //! One thread per template file walks the trace, maps each block through
 //! the header's mappings and asks the diff's Chunker to queue its units
@@ -37,7 +37,7 @@ use uuid::Uuid;
 use super::TemplateFile;
 use crate::chunker::PrefetchStart;
 use crate::format::limits::MAX_METADATA_LEN;
-use crate::format::prefetch::{self, Parsed};
+use crate::format::trace::{self, Parsed};
 use crate::format::{Blob, FileKind, ObjectKey};
 use crate::store::{Store, StoreError};
 use crate::sync;
@@ -154,9 +154,9 @@ impl Prefetcher {
         }
         let build = file.build_id();
         let run = Run {
-            file: Arc::downgrade(file),
+            template: Arc::downgrade(file),
             build,
-            kind: file.file(),
+            file: file.file(),
             state: Arc::clone(&state),
             store: Arc::clone(&self.store),
             dir: self.config.dir.clone(),
@@ -193,9 +193,9 @@ struct Run {
     /// Held strongly only while the trace is replayed: looking for it (a
     /// metadata fetch) must not keep the build's Chunkers open after the
     /// file's last close.
-    file: Weak<TemplateFile>,
+    template: Weak<TemplateFile>,
     build: Uuid,
-    kind: FileKind,
+    file: FileKind,
     state: Arc<PrefetchState>,
     store: Arc<dyn Store>,
     dir: Option<PathBuf>,
@@ -207,12 +207,12 @@ struct Run {
 impl Run {
     fn run(self) {
         let state = &self.state;
-        let (build, kind) = (self.build, self.kind);
+        let (build, file) = (self.build, self.file);
         let (parsed, source) = match self.load() {
             Ok(Some(found)) => found,
             Ok(None) => return state.set(Phase::None),
             Err(why) => {
-                log::warn!("build {build} {kind}: prefetch skipped: {why}");
+                log::warn!("build {build} {file}: prefetch skipped: {why}");
                 return state.set(Phase::Skipped(why));
             }
         };
@@ -220,22 +220,22 @@ impl Run {
             mut trace,
             mut notes,
         } = parsed;
-        let Some(file) = self.file.upgrade() else {
+        let Some(template) = self.template.upgrade() else {
             // Closed before its trace was found: the next open starts over.
             state.set(Phase::None);
             state.started.store(false, Ordering::Release);
             return;
         };
-        let past_end = trace.clamp_to(file.size());
+        let past_end = trace.clamp_to(template.size());
         if past_end > 0 {
             notes.push(format!(
                 "{past_end} blocks past the end of the file ({} bytes) skipped",
-                file.size()
+                template.size()
             ));
         }
         if !notes.is_empty() {
             log::warn!(
-                "build {build} {kind}: prefetch trace from {source} repaired: {}",
+                "build {build} {file}: prefetch trace from {source} repaired: {}",
                 notes.join("; ")
             );
         }
@@ -244,14 +244,18 @@ impl Run {
         for &index in &trace.indices {
             // In range: `clamp_to` kept only blocks starting in the file.
             let off = index * trace.block_size;
-            let end = off.saturating_add(trace.block_size).min(file.size());
-            if let Err(why) = self.block(&file, off..end) {
+            let end = off.saturating_add(trace.block_size).min(template.size());
+            if let Err(why) = self.block(&template, off..end) {
                 return state.set(Phase::Skipped(why));
             }
             state.walked.fetch_add(1, Ordering::Relaxed);
         }
         // Done once the last fetches queued have ended.
-        while file.diffs.iter().any(|(_, c)| c.prefetches_in_flight() > 0) {
+        while template
+            .diffs
+            .iter()
+            .any(|(_, c)| c.prefetches_in_flight() > 0)
+        {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
@@ -259,7 +263,7 @@ impl Run {
         }
         state.set(Phase::Done);
         log::debug!(
-            "build {build} {kind}: prefetched {} blocks from {source}",
+            "build {build} {file}: prefetched {} blocks from {source}",
             trace.indices.len()
         );
     }
@@ -267,12 +271,12 @@ impl Run {
     /// The trace to replay and where it came from; `None` when there is
     /// none.
     fn load(&self) -> Result<Option<(Parsed, String)>, String> {
-        let (build, kind) = (self.build, self.kind);
+        let (build, file) = (self.build, self.file);
         let key = ObjectKey::blob(build, Blob::Metadata);
         match self.store.read_all(&key, MAX_METADATA_LEN) {
             Ok(bytes) => {
                 if let Some(parsed) =
-                    prefetch::parse_metadata(&bytes, kind).map_err(|e| e.to_string())?
+                    trace::parse_metadata(&bytes, file).map_err(|e| e.to_string())?
                 {
                     return Ok(Some((parsed, "metadata.json".into())));
                 }
@@ -283,9 +287,9 @@ impl Run {
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
-        let path = recording_path(dir, build, kind);
+        let path = recording_path(dir, build, file);
         match read_bounded(&path) {
-            Ok(Some(bytes)) => prefetch::parse_trace_file(&bytes)
+            Ok(Some(bytes)) => trace::parse_trace_file(&bytes)
                 .map(|p| Some((p, path.display().to_string())))
                 .map_err(|e| format!("{}: {e}", path.display())),
             Ok(None) => Ok(None),

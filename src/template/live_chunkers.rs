@@ -29,7 +29,7 @@ pub(super) type FileId = (Uuid, FileKind);
 const MIN_SWEEP: usize = 64;
 
 /// See the module docs.
-pub(super) struct Diffs {
+pub(super) struct LiveChunkers {
     /// Idle Chunkers kept for reuse.
     limit: usize,
     state: Mutex<State>,
@@ -42,10 +42,10 @@ struct State {
     sweep_at: usize,
 }
 
-impl Diffs {
+impl LiveChunkers {
     /// Keeps up to `limit` idle Chunkers open.
-    pub(super) fn new(limit: usize) -> Diffs {
-        Diffs {
+    pub(super) fn new(limit: usize) -> LiveChunkers {
+        LiveChunkers {
             limit,
             state: Mutex::new(State {
                 live: HashMap::new(),

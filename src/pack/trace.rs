@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::PackError;
 use crate::format::FileKind;
-use crate::format::prefetch::{self, Trace};
+use crate::format::trace::{self, Trace};
 use crate::template::read_bounded;
 
 /// The trace in `path` for `file`, whose raw image is `image_size` bytes.
@@ -29,15 +29,15 @@ pub(super) fn read_trace(path: &Path, file: FileKind, image_size: u64) -> Result
             path.display()
         ))
     };
-    let parsed = match prefetch::parse_trace_file(&bytes) {
+    let parsed = match trace::parse_trace_file(&bytes) {
         Ok(p) => p,
         // A whole metadata.json (E2B's, or one pack wrote) is taken too.
-        Err(as_recording) => match prefetch::parse_metadata(&bytes, file) {
+        Err(as_recording) => match trace::parse_metadata(&bytes, file) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 return Err(bad(format!(
                     "a metadata.json without prefetch.{}",
-                    prefetch::metadata_key(file)
+                    trace::metadata_key(file)
                 )));
             }
             Err(_) => return Err(bad(as_recording.to_string())),
@@ -74,7 +74,7 @@ pub(super) fn metadata_with(
         None => None,
     };
     let traces: Vec<(FileKind, &Trace)> = traces.iter().map(|(f, t)| (*f, t)).collect();
-    prefetch::merge_into_metadata(bytes.as_deref(), &traces, || minimal).map_err(|e| {
+    trace::merge_into_metadata(bytes.as_deref(), &traces, || minimal).map_err(|e| {
         let what = given.map_or("the minimal metadata".to_string(), |p| {
             p.display().to_string()
         });
