@@ -102,6 +102,11 @@ impl FlatFiles {
         }
     }
 
+    /// True when flat files are made (`--passthrough`).
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The flat file of `id` once written.
     pub(super) fn ready(&self, id: FileId) -> Option<Arc<FlatFile>> {
         match sync::lock(&self.files).get(&id) {
