@@ -1,10 +1,10 @@
 //! `Builds`: the headers and shared Chunkers of a store's builds. A header
 //! is loaded once per (build, file); a diff gets one Chunker however many
 //! open templates reference it, made when a template file is opened (never
-//! for its attributes) and closed once idle past a limit (see `LiveChunkers`). The
-//! cache directory and fetch threads are made with the first diff, so a
-//! `Builds` that only reads headers (inspect, verify, `stat`) leaves no
-//! trace on disk and sends no request for a data object.
+//! for its attributes) and closed once idle past a limit (see
+//! `LiveChunkers`). The cache directory and fetch threads are made with the
+//! first diff, so a `Builds` that only reads headers (inspect, verify,
+//! `stat`) leaves no trace on disk and sends no request for a data object.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -53,8 +53,8 @@ struct Fetching {
 /// the threads of `prefetcher` and `flats` stop first, since they hold
 /// template files and so Chunkers, and the flat files are deleted; then
 /// the idle Chunkers of `live_chunkers` close and delete their cache files;
-/// `fetching` goes last, its fetch pool before its cache directory, so the
-/// directory is removed once, empty of everything tdfs wrote in it. Open
+/// `fetching` goes last, its fetch pool before its cache directory, so no
+/// file in the directory is deleted after the directory is gone. Open
 /// template files hold Chunkers too: the mount drops its handles before
 /// its `Builds`.
 pub struct Builds {
