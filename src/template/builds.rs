@@ -1,29 +1,31 @@
 //! `Builds`: the headers and shared Chunkers of a store's builds. A header
 //! is loaded once per (build, file); a diff gets one Chunker however many
 //! open templates reference it, made when a template file is opened (never
-//! for its attributes) and closed once idle past a limit (see `LiveChunkers`). The
-//! cache directory and fetch threads are made with the first diff, so a
-//! `Builds` that only reads headers (inspect, verify, `stat`) leaves no
-//! trace on disk and sends no request for a data object.
+//! for its attributes) and closed once idle past a limit (see
+//! `LiveChunkers`). The cache directory and fetch threads are made with the
+//! first diff, so a `Builds` that only reads headers (inspect, verify,
+//! `stat`) leaves no trace on disk and sends no request for a data object.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::blob;
 use super::cache_dir::CacheDir;
 use super::flat::{FlatFile, FlatFiles};
-use super::listing::Listing;
+use super::listing::{BuildContents, Listing};
 use super::live_chunkers::{FileId, LiveChunkers};
 use super::record::{Recorder, Recording};
 use super::replay::Prefetcher;
-use super::{TemplateConfig, TemplateError, TemplateFile};
+use super::{DiffFile, TemplateConfig, TemplateError, TemplateFile};
 use crate::chunker::{CacheBudget, Chunker, ChunkerConfig, DiffSpec, FetchPool, PeerFallback};
 use crate::format::limits::MAX_HEADER_LEN;
 use crate::format::{
-    Compression, FileKind, Frame, FrameTable, Header, Mapping, Mappings, Metadata, ObjectKey,
+    Blob, Compression, FileKind, Frame, FrameTable, Header, Mapping, Mappings, Metadata, ObjectKey,
     PAGE_SIZE,
 };
 use crate::metrics::Stats;
@@ -31,34 +33,44 @@ use crate::store::{MeteredStore, Store, StoreError};
 use crate::sync;
 
 /// What only Chunkers need: made with the first diff (see the module docs).
+/// Its fields drop in the order `Builds` relies on (see there).
 struct Fetching {
     pool: Arc<FetchPool>,
     config: ChunkerConfig,
-    /// Last, so it is dropped after the pool.
     cache: CacheDir,
 }
 
 /// All builds of a store, with lazily loaded headers and shared Chunkers.
+///
+/// Each part keeps its own state and is called through its own type:
+/// `Listing` (listing.rs), `LiveChunkers` (live_chunkers.rs), `Prefetcher`
+/// (replay.rs), `Recorder` (record.rs), `FlatFiles` (flat.rs), `CacheDir`
+/// (cache_dir.rs); blobs are read by blob.rs and diff views made by
+/// diff_view.rs. The methods here are the door every caller outside
+/// `template` uses.
+///
+/// Drop order (fields drop as declared; this is the one place it is kept):
+/// the threads of `prefetcher` and `flats` stop first, since they hold
+/// template files and so Chunkers, and the flat files are deleted; then
+/// the idle Chunkers of `live_chunkers` close and delete their cache files;
+/// `fetching` goes last, its fetch pool before its cache directory, so no
+/// file in the directory is deleted after the directory is gone. Open
+/// template files hold Chunkers too: the mount drops its handles before
+/// its `Builds`.
 pub struct Builds {
-    pub(super) store: Arc<dyn Store>,
+    store: Arc<dyn Store>,
     stats: Arc<Stats>,
     config: TemplateConfig,
     headers: Mutex<HashMap<FileId, Arc<Header>>>,
-    diffs: Arc<LiveChunkers>,
-    pub(super) listing: Listing,
+    listing: Listing,
+    prefetcher: Prefetcher,
+    flats: FlatFiles,
+    /// `--record-prefetch`: the first-touch order of files read.
+    recorder: Option<Arc<Recorder>>,
+    live_chunkers: Arc<LiveChunkers>,
     /// Held while `fetching` is made, so it is made once. Making it touches
     /// only the local disk, never the store.
     making_fetching: Mutex<()>,
-    /// Before `fetching`, so its threads are stopped before the cache
-    /// directory goes.
-    prefetcher: Prefetcher,
-    /// `--record-prefetch`: the first-touch order of files read.
-    recorder: Option<Arc<Recorder>>,
-    /// Before `fetching` too: its threads stop, and its files are deleted,
-    /// before the cache directory goes.
-    flats: FlatFiles,
-    /// Last, so its cache directory is removed after the Chunkers that
-    /// delete their files in it.
     fetching: OnceLock<Fetching>,
 }
 
@@ -77,7 +89,7 @@ impl Builds {
             stats,
             listing: Listing::new(config.listing_ttl),
             headers: Mutex::new(HashMap::new()),
-            diffs: Arc::new(LiveChunkers::new(config.max_idle_diffs)),
+            live_chunkers: Arc::new(LiveChunkers::new(config.max_idle_diffs)),
             making_fetching: Mutex::new(()),
             fetching: OnceLock::new(),
             config,
@@ -112,6 +124,82 @@ impl Builds {
     /// The cache budget in bytes (`--max-cache-size`); 0 when unbounded.
     pub fn max_cache_size(&self) -> u64 {
         self.config.max_cache_size
+    }
+
+    /// How long the listing (and the probe of an incomplete build) is
+    /// trusted; a mount gives the kernel the same lifetime for the root.
+    pub fn listing_ttl(&self) -> Duration {
+        self.listing.ttl()
+    }
+
+    /// The store's build ids, listed at most once per listing TTL (see
+    /// `template::listing`).
+    ///
+    /// # Errors
+    /// `TemplateError::Store` when the store cannot be listed.
+    pub fn list(&self) -> Result<Arc<Vec<Uuid>>, TemplateError> {
+        self.listing.list(&*self.store)
+    }
+
+    /// Which objects `build` has, probed once when complete, else again
+    /// after the listing TTL (see `template::listing`).
+    ///
+    /// # Errors
+    /// `TemplateError::Store` when the store cannot be asked.
+    pub fn contents(&self, build: Uuid) -> Result<BuildContents, TemplateError> {
+        self.listing.contents(&*self.store, build)
+    }
+
+    /// The size in bytes of `build`'s `blob`, None when it does not exist.
+    ///
+    /// # Errors
+    /// `TemplateError::Store` when the store cannot be asked.
+    pub fn blob_size(&self, build: Uuid, blob: Blob) -> Result<Option<u64>, TemplateError> {
+        blob::size(&*self.store, build, blob)
+    }
+
+    /// Fill `buf` with bytes `[offset, offset + buf.len())` of `build`'s
+    /// `blob`.
+    ///
+    /// # Errors
+    /// `NoBlob` when the blob does not exist; `TemplateError::Store` when it
+    /// is shorter than the range (`ShortRead`) or cannot be read.
+    pub fn read_blob(
+        &self,
+        build: Uuid,
+        blob: Blob,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), TemplateError> {
+        blob::read(&*self.store, &self.stats, build, blob, offset, buf)
+    }
+
+    /// All of `build`'s `blob`, None when it does not exist.
+    ///
+    /// # Errors
+    /// `TemplateError::Store` when it is over `max_len` bytes (`TooLarge`,
+    /// checked before anything is read) or cannot be read.
+    pub fn read_whole_blob(
+        &self,
+        build: Uuid,
+        blob: Blob,
+        max_len: u64,
+    ) -> Result<Option<Vec<u8>>, TemplateError> {
+        blob::read_whole(&*self.store, build, blob, max_len)
+    }
+
+    /// The header object of `build`'s `file` as stored (E2B peers pass
+    /// headers on as blobs), None when it does not exist.
+    ///
+    /// # Errors
+    /// `TemplateError::Store` when it is over `MAX_HEADER_LEN` bytes or
+    /// cannot be read.
+    pub fn read_header_object(
+        &self,
+        build: Uuid,
+        file: FileKind,
+    ) -> Result<Option<Vec<u8>>, TemplateError> {
+        blob::read_header_object(&*self.store, build, file)
     }
 
     fn fetching(&self) -> Result<&Fetching, TemplateError> {
@@ -155,7 +243,7 @@ impl Builds {
             header: header.clone(),
             diffs: Vec::new(),
             stats: self.stats.clone(),
-            registry: self.diffs.clone(),
+            live_chunkers: self.live_chunkers.clone(),
             readahead: self.config.readahead,
         };
         for m in header.mappings.as_slice() {
@@ -168,16 +256,27 @@ impl Builds {
         Ok(opened)
     }
 
+    /// The diff view of `build`'s own diff of `file`, sharing the Chunker
+    /// its template file reads through.
+    ///
+    /// # Errors
+    /// `NoDiff` when the build has no diff of its own for `file` (its header
+    /// maps nothing to it and no data object exists); otherwise what
+    /// `Builds::open` returns.
+    pub fn open_diff(&self, build: Uuid, file: FileKind) -> Result<DiffFile, TemplateError> {
+        DiffFile::open(self, build, file)
+    }
+
     /// Bytes of `build`'s own diff of `file` in the cache now; 0 when its
     /// Chunker is not open. Never opens one.
     pub fn cached_bytes(&self, build: Uuid, file: FileKind) -> u64 {
-        self.diffs
+        self.live_chunkers
             .live((build, file))
             .map_or(0, |c| c.cached_bytes())
     }
 
     /// Start replaying `file`'s recorded working set, the first time it is
-    /// opened for reading (see `template::prefetch`); later calls do nothing.
+    /// opened for reading (see `template::replay`); later calls do nothing.
     pub fn start_prefetch(&self, file: &Arc<TemplateFile>) {
         self.prefetcher.start(file);
     }
@@ -207,14 +306,14 @@ impl Builds {
     /// True when wholly cached template files are flattened for FUSE
     /// passthrough (`--passthrough`).
     pub fn passthrough(&self) -> bool {
-        self.config.passthrough
+        self.flats.enabled()
     }
 
     /// Start writing `file`'s flat file (see `template::flat`) if every
     /// diff it maps is wholly cached now; a failure is logged and the file
     /// stays served through the Chunkers.
     pub fn flatten_when_cached(&self, file: &Arc<TemplateFile>) {
-        if !self.config.passthrough {
+        if !self.flats.enabled() {
             return;
         }
         let Ok(fetching) = self.fetching() else {
@@ -316,7 +415,7 @@ impl Builds {
         file: FileKind,
         referrer: &Header,
     ) -> Result<Arc<Chunker>, TemplateError> {
-        if let Some(c) = self.diffs.live((build, file)) {
+        if let Some(c) = self.live_chunkers.live((build, file)) {
             return Ok(c);
         }
         let own_header = if referrer.metadata.build_id == build {
@@ -397,7 +496,7 @@ impl Builds {
         };
         let fetching = self.fetching()?;
         let verify = sha256.filter(|_| self.config.verify_checksums);
-        self.diffs.get_or_make((build, file), || {
+        self.live_chunkers.get_or_make((build, file), || {
             let chunker = Chunker::new(
                 spec,
                 self.store.clone(),
@@ -411,9 +510,7 @@ impl Builds {
             Ok(chunker)
         })
     }
-}
 
-impl Builds {
     /// The uncompressed size of `build`'s own diff of `file` from the peer
     /// owning it (`None` without peers, or when it cannot tell; the reason
     /// is counted in `.stats` and the peer client logs faults).
@@ -487,9 +584,17 @@ mod tests {
         assert_eq!(cache_files(&cache), 2);
 
         drop(a);
-        assert_eq!(builds.diffs.open_count(), 2, "still held by the other");
+        assert_eq!(
+            builds.live_chunkers.open_count(),
+            2,
+            "still held by the other"
+        );
         drop(b);
-        assert_eq!(builds.diffs.open_count(), 1, "one idle Chunker kept");
+        assert_eq!(
+            builds.live_chunkers.open_count(),
+            1,
+            "one idle Chunker kept"
+        );
         assert_eq!(
             cache_files(&cache),
             1,

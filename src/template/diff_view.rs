@@ -22,25 +22,23 @@ pub struct DiffFile {
     build: Uuid,
     file: FileKind,
     /// Declared before `template`, so it is dropped first: the template
-    /// file then hands its Chunkers back to the registry, which must hold
-    /// the last reference (see `diffs`).
+    /// file then hands its Chunkers back to its `LiveChunkers`, which must
+    /// hold the last reference (see `template::live_chunkers`).
     chunker: Arc<Chunker>,
-    /// The build's template file, which holds the Chunker in the registry's
-    /// accounting while this view is open.
+    /// The build's template file, which keeps the Chunker counted as open
+    /// by `LiveChunkers` while this view is open.
     template: Arc<TemplateFile>,
     stats: Arc<Stats>,
 }
 
-impl Builds {
-    /// The diff view of `build`'s own diff of `file`, sharing the Chunker
-    /// its template file reads through.
-    ///
-    /// # Errors
-    /// `NoDiff` when the build has no diff of its own for `file` (its header
-    /// maps nothing to it and no data object exists); otherwise what
-    /// `Builds::open` returns.
-    pub fn open_diff(&self, build: Uuid, file: FileKind) -> Result<DiffFile, TemplateError> {
-        let mut template = self.open(build, file)?;
+impl DiffFile {
+    /// See `Builds::open_diff`, which is the door to this.
+    pub(super) fn open(
+        builds: &Builds,
+        build: Uuid,
+        file: FileKind,
+    ) -> Result<DiffFile, TemplateError> {
+        let mut template = builds.open(build, file)?;
         let own = template
             .diffs
             .iter()
@@ -52,12 +50,12 @@ impl Builds {
             // data object.
             None => {
                 let header = template.header.clone();
-                let c = self
+                let c = builds
                     .diff(build, file, &header)
                     .map_err(|_| TemplateError::NoDiff {
                         build,
                         file,
-                        location: self.location(),
+                        location: builds.location(),
                     })?;
                 template.diffs.push((build, c.clone()));
                 c
@@ -68,12 +66,10 @@ impl Builds {
             file,
             chunker,
             template: Arc::new(template),
-            stats: self.stats().clone(),
+            stats: builds.stats().clone(),
         })
     }
-}
 
-impl DiffFile {
     pub fn build_id(&self) -> Uuid {
         self.build
     }

@@ -50,14 +50,15 @@ pub struct TemplateFile {
     /// Chunkers of every build the mappings reference (a handful at most).
     pub(super) diffs: Vec<(Uuid, Arc<Chunker>)>,
     pub(super) stats: Arc<Stats>,
-    pub(super) registry: Arc<LiveChunkers>,
+    /// Where the Chunkers go back when this is dropped.
+    pub(super) live_chunkers: Arc<LiveChunkers>,
     /// Start window of a reader's read-ahead, in steps (`--readahead`).
     pub(super) readahead: usize,
 }
 
 impl Drop for TemplateFile {
     fn drop(&mut self) {
-        self.registry
+        self.live_chunkers
             .release(self.file, std::mem::take(&mut self.diffs));
     }
 }

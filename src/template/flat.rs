@@ -102,6 +102,11 @@ impl FlatFiles {
         }
     }
 
+    /// True when flat files are made (`--passthrough`).
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The flat file of `id` once written.
     pub(super) fn ready(&self, id: FileId) -> Option<Arc<FlatFile>> {
         match sync::lock(&self.files).get(&id) {
@@ -174,15 +179,15 @@ impl FlatFiles {
         let files = Arc::clone(&self.files);
         let stop = Arc::clone(&self.stop);
         let spawned = thread::Builder::new()
-            .name("flatten".into())
+            .name(format!("tdfs-flatten-{}", &id.0.to_string()[..8]))
             .spawn(move || {
                 let start = Instant::now();
                 let state = match job.run() {
                     Ok(flat) => {
                         log::debug!(
-                            "flattened {} of build {} for passthrough: {} bytes in {:?}",
-                            id.1,
+                            "build {} {}: flattened for passthrough, {} bytes in {:?}",
                             id.0,
+                            id.1,
                             flat.bytes,
                             start.elapsed()
                         );
@@ -192,10 +197,10 @@ impl FlatFiles {
                     Err(why) if stop.load(Ordering::Relaxed) => FlatState::Failed(why),
                     Err(why) => {
                         log::warn!(
-                            "flattening {} of build {} for passthrough: {why}; it is served \
+                            "build {} {}: not flattened for passthrough: {why}; it is served \
                              through tdfs instead",
-                            id.1,
-                            id.0
+                            id.0,
+                            id.1
                         );
                         FlatState::Failed(why)
                     }

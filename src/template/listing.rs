@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::{Builds, TemplateError};
+use super::TemplateError;
 use crate::format::{Blob, FileKind, ObjectKey};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use crate::sync;
 
 /// The cached answers, owned by `Builds`.
@@ -29,6 +29,72 @@ impl Listing {
             builds: RwLock::new(None),
             contents: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// How long the listing (and the probe of an incomplete build) is
+    /// trusted.
+    pub(super) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// `store`'s build ids, listed at most once per TTL. Two callers that
+    /// find the listing stale at once both list, and the later answer
+    /// stays: as fresh as the other, and cheaper than making readers of a
+    /// fresh listing wait on a lock held across a LIST.
+    ///
+    /// # Errors
+    /// `TemplateError::Store` when the store cannot be listed.
+    pub(super) fn list(&self, store: &dyn Store) -> Result<Arc<Vec<Uuid>>, TemplateError> {
+        if let Some((builds, listed)) = &*sync::read(&self.builds)
+            && listed.elapsed() < self.ttl
+        {
+            return Ok(builds.clone());
+        }
+        let builds = Arc::new(store.list_builds()?);
+        *sync::write(&self.builds) = Some((builds.clone(), Instant::now()));
+        Ok(builds)
+    }
+
+    /// Which objects `build` has in `store`. A complete build is probed
+    /// once; one with objects missing again after the TTL (it may be
+    /// mid-upload). Concurrent probes of one build may both ask the store
+    /// (see `list`).
+    ///
+    /// # Errors
+    /// `TemplateError::Store` when the store cannot be asked.
+    pub(super) fn contents(
+        &self,
+        store: &dyn Store,
+        build: Uuid,
+    ) -> Result<BuildContents, TemplateError> {
+        if let Some(known) = sync::read(&self.contents).get(&build)
+            && (known.complete() || known.probed.elapsed() < self.ttl)
+        {
+            return Ok(*known);
+        }
+        let mut headers = [false; 2];
+        for (has, file) in headers.iter_mut().zip(FileKind::ALL) {
+            *has = store.exists(&ObjectKey::header(build, file))?;
+        }
+        let mut blobs = [None; 2];
+        for (size, blob) in blobs.iter_mut().zip(Blob::ALL) {
+            *size = match store.size(&ObjectKey::blob(build, blob)) {
+                Ok(n) => Some(n),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+        }
+        let contents = BuildContents {
+            headers,
+            blobs,
+            probed: Instant::now(),
+        };
+        // Only builds that exist are kept, so the map grows with the store,
+        // not with the names callers try.
+        if contents.any() {
+            sync::write(&self.contents).insert(build, contents);
+        }
+        Ok(contents)
     }
 }
 
@@ -66,68 +132,5 @@ impl BuildContents {
     /// True when the build has every object: it cannot change any more.
     pub fn complete(&self) -> bool {
         self.headers.iter().all(|h| *h) && self.blobs.iter().all(Option::is_some)
-    }
-}
-
-impl Builds {
-    /// How long the listing (and the probe of an incomplete build) is
-    /// trusted; a mount gives the kernel the same lifetime for the root.
-    pub fn listing_ttl(&self) -> Duration {
-        self.listing.ttl
-    }
-
-    /// The store's build ids, listed at most once per listing TTL. Two
-    /// callers that find the listing stale at once both list, and the later
-    /// answer stays: as fresh as the other, and cheaper than making readers
-    /// of a fresh listing wait on a lock held across a LIST.
-    ///
-    /// # Errors
-    /// `TemplateError::Store` when the store cannot be listed.
-    pub fn list(&self) -> Result<Arc<Vec<Uuid>>, TemplateError> {
-        if let Some((builds, listed)) = &*sync::read(&self.listing.builds)
-            && listed.elapsed() < self.listing.ttl
-        {
-            return Ok(builds.clone());
-        }
-        let builds = Arc::new(self.store.list_builds()?);
-        *sync::write(&self.listing.builds) = Some((builds.clone(), Instant::now()));
-        Ok(builds)
-    }
-
-    /// Which objects `build` has. A complete build is probed once; one with
-    /// objects missing again after the listing TTL (it may be mid-upload).
-    /// Concurrent probes of one build may both ask the store (see `list`).
-    ///
-    /// # Errors
-    /// `TemplateError::Store` when the store cannot be asked.
-    pub fn contents(&self, build: Uuid) -> Result<BuildContents, TemplateError> {
-        if let Some(known) = sync::read(&self.listing.contents).get(&build)
-            && (known.complete() || known.probed.elapsed() < self.listing.ttl)
-        {
-            return Ok(*known);
-        }
-        let mut headers = [false; 2];
-        for (has, file) in headers.iter_mut().zip(FileKind::ALL) {
-            *has = self.store.exists(&ObjectKey::header(build, file))?;
-        }
-        let mut blobs = [None; 2];
-        for (size, blob) in blobs.iter_mut().zip(Blob::ALL) {
-            *size = match self.store.size(&ObjectKey::blob(build, blob)) {
-                Ok(n) => Some(n),
-                Err(StoreError::NotFound { .. }) => None,
-                Err(e) => return Err(e.into()),
-            };
-        }
-        let contents = BuildContents {
-            headers,
-            blobs,
-            probed: Instant::now(),
-        };
-        // Only builds that exist are kept, so the map grows with the store,
-        // not with the names callers try.
-        if contents.any() {
-            sync::write(&self.listing.contents).insert(build, contents);
-        }
-        Ok(contents)
     }
 }

@@ -114,7 +114,11 @@ impl Recorder {
         let touches = match Touches::new(id, file.block_size(), file.size()) {
             Ok(t) => t,
             Err(why) => {
-                log::warn!("build {} {}: not recorded: {why}", id.0, id.1);
+                log::warn!(
+                    "build {} {}: not recorded (--record-prefetch): {why}",
+                    id.0,
+                    id.1
+                );
                 return None;
             }
         };
@@ -190,7 +194,7 @@ impl Recorder {
             Err(e) => {
                 if state.failed.insert(id) {
                     log::warn!(
-                        "build {} {}: prefetch recording not written to {}: {e} (check that the \
+                        "build {} {}: recording not written to {}: {e} (check that the \
                          --record-prefetch directory is writable)",
                         id.0,
                         id.1,
