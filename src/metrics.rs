@@ -23,7 +23,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::chunker::PeerFallback;
 use crate::format::{FileKind, ObjectName};
 
 pub use endpoint::MetricsEndpoint;
@@ -38,8 +37,8 @@ type ReasonLabel = [(&'static str, &'static str); 1];
 /// Prefix of every metric name.
 const PREFIX: &str = "tdfs";
 
-/// A mount's figures. Create one per mount (`Stats::default()`) and share
-/// it; `render_prometheus` gives the text of all of them.
+/// A mount's figures. Create one per mount (`Stats::new`) and share it;
+/// `render_prometheus` gives the text of all of them.
 #[derive(Debug)]
 pub struct Stats {
     /// `read` calls served by template files.
@@ -73,8 +72,8 @@ pub struct Stats {
     pub peer_requests: Arc<AtomicU64>,
     /// Bytes received from peers and placed in cache files.
     pub peer_bytes: Arc<AtomicU64>,
-    /// Units read from the store instead of their owner peer, by reason
-    /// (`chunker::PeerFallback`); see `record_peer_fallback`.
+    /// Units read from the store instead of their owner peer, by reason (a
+    /// label given by the caller); see `record_peer_fallback`.
     peer_fallbacks: Family<ReasonLabel, Counter>,
     /// Fetches started by prefetch (replaying a trace).
     pub prefetch_fetches: Arc<AtomicU64>,
@@ -96,7 +95,20 @@ pub struct Stats {
 }
 
 impl Default for Stats {
+    /// Figures with no peer fallback reason shown before it is recorded
+    /// (tools and tests; a mount uses `Stats::new`).
     fn default() -> Self {
+        Stats::new(&[])
+    }
+}
+
+impl Stats {
+    /// A mount's figures, with a `tdfs_peer_fallbacks_total` series at 0 for
+    /// each of `peer_fallback_reasons` (the label values the caller will
+    /// record, e.g. the name of every peer fallback the chunker counts) from the
+    /// start, so a dashboard sees every reason before it happens; a reason
+    /// not listed appears when first recorded.
+    pub fn new(peer_fallback_reasons: &[&'static str]) -> Stats {
         let counter = || Arc::new(AtomicU64::new(0));
         let read_latency: Family<FileLabel, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency::histogram);
@@ -132,15 +144,13 @@ impl Default for Stats {
             fetch_wait: latency::histogram(),
             registry: Registry::with_prefix(PREFIX),
         };
-        stats.register();
+        stats.register(peer_fallback_reasons);
         stats
     }
-}
 
-impl Stats {
     /// Put every figure in the registry; the metrics are handles sharing
     /// their values with the fields.
-    fn register(&mut self) {
+    fn register(&mut self, peer_fallback_reasons: &[&'static str]) {
         // Names gain `_total` (counters) and the unit from the encoder.
         let counters = Counters(vec![
             ("reads", "read calls on template files", self.reads.clone()),
@@ -235,12 +245,9 @@ impl Stats {
                 self.prefetch_hits.clone(),
             ),
         ]);
-        // Every reason shows, 0 until it happens.
-        for reason in PeerFallback::COUNTED {
-            drop(
-                self.peer_fallbacks
-                    .get_or_create(&[("reason", reason.name())]),
-            );
+        // Every reason given shows, 0 until it happens.
+        for &reason in peer_fallback_reasons {
+            drop(self.peer_fallbacks.get_or_create(&[("reason", reason)]));
         }
         let r = &mut self.registry;
         r.register_collector(Box::new(counters));
@@ -304,7 +311,7 @@ impl Stats {
     }
 
     /// Count a unit read from the store instead of its owner peer, for
-    /// `reason` (a `PeerFallback` name).
+    /// `reason` (the `reason` label's value).
     pub fn record_peer_fallback(&self, reason: &'static str) {
         self.peer_fallbacks
             .get_or_create(&[("reason", reason)])
@@ -413,13 +420,20 @@ mod tests {
 
     #[test]
     fn peer_fallbacks_render_by_reason() {
-        let s = Stats::default();
-        s.record_peer_fallback(PeerFallback::Timeout.name());
-        s.record_peer_fallback(PeerFallback::Timeout.name());
+        let s = Stats::new(&["timeout", "short"]);
+        s.record_peer_fallback("timeout");
+        s.record_peer_fallback("timeout");
+        s.record_peer_fallback("long");
         let text = s.render_prometheus();
         let series = |r: &str| format!("tdfs_peer_fallbacks_total{{reason=\"{r}\"}}");
         assert_eq!(value(&text, &series("timeout")), Some(2), "{text}");
-        assert_eq!(value(&text, &series("short")), Some(0), "{text}");
+        assert_eq!(
+            value(&text, &series("short")),
+            Some(0),
+            "given, not yet seen"
+        );
+        assert_eq!(value(&text, &series("long")), Some(1), "not given, seen");
+        assert_eq!(value(&text, &series("error")), None, "neither: {text}");
         assert_eq!(value(&text, "tdfs_peer_requests_total"), Some(0), "{text}");
     }
 
