@@ -109,7 +109,10 @@ pub struct DiffSpec {
 /// Settings shared by all Chunkers of a mount.
 #[derive(Debug, Clone)]
 pub struct ChunkerConfig {
-    /// Where cache files are created (0700 dir, 0600 files).
+    /// The mount's cache directory (the glossary's meaning): the mount's
+    /// own private directory, `mount-<uuid>` under `--cache-dir` (made by
+    /// `template`; 0700 when the Chunker has to make it), where each
+    /// Chunker creates its cache file (0600). Not `--cache-dir` itself.
     pub cache_dir: PathBuf,
     /// How long a reader waits for a fetch before it gets a timeout error
     /// (the fetch itself goes on for other readers; the store bounds its own

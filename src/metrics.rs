@@ -57,8 +57,9 @@ pub struct Stats {
     pub fetch_errors: Arc<AtomicU64>,
     /// Fetches started by read-ahead rather than a reader.
     pub readahead_fetches: Arc<AtomicU64>,
-    /// Uncompressed bytes placed in cache files (ever; see `cache_size`).
-    pub cached_bytes: Arc<AtomicU64>,
+    /// Uncompressed bytes ever written to cache files, evicted or not
+    /// (what is held now is `cache_size`).
+    pub cache_written_bytes: Arc<AtomicU64>,
     /// Units (chunks or frames) evicted under the cache budget.
     pub evictions: Arc<AtomicU64>,
     /// Units whose cached bytes could not be read from the cache file
@@ -124,7 +125,7 @@ impl Stats {
             store_bytes: counter(),
             fetch_errors: counter(),
             readahead_fetches: counter(),
-            cached_bytes: counter(),
+            cache_written_bytes: counter(),
             evictions: counter(),
             cache_damaged_units: counter(),
             peer_served_requests: counter(),
@@ -195,9 +196,9 @@ impl Stats {
                 self.readahead_fetches.clone(),
             ),
             (
-                "cached_bytes",
-                "uncompressed bytes written to cache files",
-                self.cached_bytes.clone(),
+                "cache_written_bytes",
+                "uncompressed bytes ever written to cache files (held now: cache_size)",
+                self.cache_written_bytes.clone(),
             ),
             (
                 "cache_evictions",
@@ -407,7 +408,7 @@ mod tests {
             "store_bytes",
             "fetch_errors",
             "readahead_fetches",
-            "cached_bytes",
+            "cache_written_bytes",
         ] {
             assert_eq!(
                 value(&text, &format!("tdfs_{name}_total")),
