@@ -89,7 +89,7 @@ impl Inner {
         result: Result<Fetched, ChunkerError>,
     ) {
         {
-            let mut sessions = self.lock_sessions();
+            let mut sessions = self.sessions.lock();
             if sessions.get(&u).is_some_and(|s| Arc::ptr_eq(s, session)) {
                 sessions.remove(&u);
             }
