@@ -69,11 +69,10 @@ mod scratch;
 mod session;
 mod verify;
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use block::Block;
@@ -87,11 +86,15 @@ use crate::format::limits::MAX_DIFF_SIZE;
 use crate::format::{Compression, FrameTable, ObjectKey};
 use crate::metrics::Stats;
 use crate::store::Store;
-use crate::sync;
 use budget::Lru;
 use cache::{CacheFile, PresentBits};
+use damage::Damage;
+use full_disk::FullDisk;
 use layout::Layout;
-use session::{Route, Session};
+use prefetch::PrefetchState;
+use queue::Sessions;
+use session::Route;
+use verify::Integrity;
 
 /// Fetch unit of uncompressed objects (E2B's MemoryChunkSize).
 pub const CHUNK_SIZE: u64 = 4 << 20;
@@ -109,7 +112,10 @@ pub struct DiffSpec {
 /// Settings shared by all Chunkers of a mount.
 #[derive(Debug, Clone)]
 pub struct ChunkerConfig {
-    /// Where cache files are created (0700 dir, 0600 files).
+    /// The mount's cache directory (the glossary's meaning): the mount's
+    /// own private directory, `mount-<uuid>` under `--cache-dir` (made by
+    /// `template`; 0700 when the Chunker has to make it), where each
+    /// Chunker creates its cache file (0600). Not `--cache-dir` itself.
     pub cache_dir: PathBuf,
     /// How long a reader waits for a fetch before it gets a timeout error
     /// (the fetch itself goes on for other readers; the store bounds its own
@@ -139,46 +145,45 @@ impl std::fmt::Debug for Chunker {
 }
 
 /// The shared state of a Chunker; fetch jobs hold it while they run.
+///
+/// The first fields are the diff, its cache file and what the Chunker
+/// reads with, fixed by `new` (but for the cache's contents). The last are
+/// the state of one part of the work each, defined in and changed only by
+/// that part's file, where its invariants are written down.
 struct Inner {
     key: ObjectKey,
     size: u64,
     compression: Compression,
     layout: Layout,
+    /// The largest unit of the diff, in bytes.
+    unit_size: u64,
     cache: CacheFile,
+    /// Which bits of the cache file hold verified bytes: set by a fetch
+    /// when it publishes (`fetch`), cleared only by `clear_present`
+    /// (`damage`, which says how readers tell a clear from a hit).
     present: PresentBits,
     /// Bytes present in the cache file.
     cached: AtomicU64,
-    /// The fetch in flight per unit (single-flight).
-    sessions: Mutex<HashMap<usize, Arc<Session>>>,
     store: Arc<dyn Store>,
     /// Asked for a unit before `store` (see `peer_source`).
     peers: Option<Arc<dyn PeerSource>>,
     pool: Arc<FetchPool>,
     stats: Arc<Stats>,
     fetch_timeout: Duration,
-    /// The largest unit of the diff, in bytes.
-    unit_size: u64,
-    lru: Option<Lru>,
     /// Set when the Chunker is dropped: queued fetches are skipped.
     closed: AtomicBool,
-    /// Set once the cache disk was found full (warned once; read-ahead
-    /// stops, as it could not keep what it fetches).
-    cache_full: AtomicBool,
-    /// SHA-256 the whole diff must have, checked once it is all cached.
-    expected_sha256: OnceLock<[u8; 32]>,
-    /// Set once damage to the cache file was logged (`damage`).
-    cache_damage_reported: AtomicBool,
-    /// Advanced each time present units are dropped, by eviction or by
-    /// damage (`damage`).
-    discard_epoch: AtomicU64,
-    /// Set once the whole-diff check has run (or is running).
-    checksum_checked: AtomicBool,
-    /// The whole-diff check failed: nothing of this diff is served.
-    checksum_failed: OnceLock<ChunkerError>,
-    /// Units prefetch brought in (see `prefetch`), made on first use.
-    prefetched: OnceLock<PresentBits>,
-    /// Prefetch fetches of this diff queued or running.
-    prefetching: AtomicUsize,
+    /// The fetch in flight per unit (`queue`).
+    sessions: Sessions,
+    /// Pins and last uses under a cache budget (`budget`).
+    lru: Option<Lru>,
+    /// The cache disk was found full (`full_disk`).
+    full_disk: FullDisk,
+    /// The whole-diff SHA-256 check (`verify`).
+    integrity: Integrity,
+    /// The discard epoch and the damage warning (`damage`).
+    damage: Damage,
+    /// Units prefetch brought in, prefetch fetches in flight (`prefetch`).
+    prefetch: PrefetchState,
 }
 
 impl Chunker {
@@ -244,28 +249,24 @@ impl Chunker {
             compression: spec.frames.compression(),
             present: PresentBits::new(layout.bits()),
             layout,
+            unit_size: largest_unit,
             cache,
             cached: AtomicU64::new(0),
-            sessions: Mutex::new(HashMap::new()),
             store,
             peers: config.peers.clone(),
             pool,
             stats,
             fetch_timeout: config.fetch_timeout,
-            unit_size: largest_unit,
+            closed: AtomicBool::new(false),
+            sessions: Sessions::default(),
             lru: config
                 .cache_budget
                 .as_ref()
                 .map(|b| Lru::new(Arc::clone(b), units)),
-            closed: AtomicBool::new(false),
-            cache_full: AtomicBool::new(false),
-            expected_sha256: OnceLock::new(),
-            cache_damage_reported: AtomicBool::new(false),
-            discard_epoch: AtomicU64::new(0),
-            checksum_checked: AtomicBool::new(false),
-            checksum_failed: OnceLock::new(),
-            prefetched: OnceLock::new(),
-            prefetching: AtomicUsize::new(0),
+            full_disk: FullDisk::default(),
+            integrity: Integrity::default(),
+            damage: Damage::default(),
+            prefetch: PrefetchState::default(),
         });
         if let Some(budget) = &config.cache_budget {
             budget.register(Arc::downgrade(&inner));
@@ -333,7 +334,7 @@ impl Chunker {
     pub fn read_ahead(&self, range: Range<u64>) -> u64 {
         let inner = &self.inner;
         let end = range.end.min(inner.size);
-        if range.start >= end || inner.cache_full.load(Ordering::Relaxed) {
+        if range.start >= end || inner.full_disk.seen() {
             return range.end;
         }
         match inner.queue_read_ahead(inner.layout.units_within(range.start..end)) {
@@ -370,7 +371,7 @@ impl Chunker {
     /// on a mismatch every later read fails (`ChecksumMismatch`). Set once,
     /// right after `new`; later calls are ignored.
     pub fn verify_when_complete(&self, sha256: [u8; 32]) {
-        let _ = self.inner.expected_sha256.set(sha256);
+        self.inner.integrity.expect(sha256);
     }
 }
 
@@ -398,9 +399,5 @@ impl Inner {
         off.checked_add(len)
             .filter(|&end| end <= self.size)
             .ok_or_else(|| self.out_of_range(off, len))
-    }
-
-    fn lock_sessions(&self) -> MutexGuard<'_, HashMap<usize, Arc<Session>>> {
-        sync::lock(&self.sessions)
     }
 }

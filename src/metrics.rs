@@ -23,7 +23,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::chunker::PeerFallback;
 use crate::format::{FileKind, ObjectName};
 
 pub use endpoint::MetricsEndpoint;
@@ -38,8 +37,8 @@ type ReasonLabel = [(&'static str, &'static str); 1];
 /// Prefix of every metric name.
 const PREFIX: &str = "tdfs";
 
-/// A mount's figures. Create one per mount (`Stats::default()`) and share
-/// it; `render_prometheus` gives the text of all of them.
+/// A mount's figures. Create one per mount (`Stats::new`) and share it;
+/// `render_prometheus` gives the text of all of them.
 #[derive(Debug)]
 pub struct Stats {
     /// `read` calls served by template files.
@@ -58,8 +57,9 @@ pub struct Stats {
     pub fetch_errors: Arc<AtomicU64>,
     /// Fetches started by read-ahead rather than a reader.
     pub readahead_fetches: Arc<AtomicU64>,
-    /// Uncompressed bytes placed in cache files (ever; see `cache_size`).
-    pub cached_bytes: Arc<AtomicU64>,
+    /// Uncompressed bytes ever written to cache files, evicted or not
+    /// (what is held now is `cache_size`).
+    pub cache_written_bytes: Arc<AtomicU64>,
     /// Units (chunks or frames) evicted under the cache budget.
     pub evictions: Arc<AtomicU64>,
     /// Units whose cached bytes could not be read from the cache file
@@ -73,8 +73,8 @@ pub struct Stats {
     pub peer_requests: Arc<AtomicU64>,
     /// Bytes received from peers and placed in cache files.
     pub peer_bytes: Arc<AtomicU64>,
-    /// Units read from the store instead of their owner peer, by reason
-    /// (`chunker::PeerFallback`); see `record_peer_fallback`.
+    /// Units read from the store instead of their owner peer, by reason (a
+    /// label given by the caller); see `record_peer_fallback`.
     peer_fallbacks: Family<ReasonLabel, Counter>,
     /// Fetches started by prefetch (replaying a trace).
     pub prefetch_fetches: Arc<AtomicU64>,
@@ -96,7 +96,20 @@ pub struct Stats {
 }
 
 impl Default for Stats {
+    /// Figures with no peer fallback reason shown before it is recorded
+    /// (tools and tests; a mount uses `Stats::new`).
     fn default() -> Self {
+        Stats::new(&[])
+    }
+}
+
+impl Stats {
+    /// A mount's figures, with a `tdfs_peer_fallbacks_total` series at 0 for
+    /// each of `peer_fallback_reasons` (the label values the caller will
+    /// record, e.g. the name of every peer fallback the chunker counts) from the
+    /// start, so a dashboard sees every reason before it happens; a reason
+    /// not listed appears when first recorded.
+    pub fn new(peer_fallback_reasons: &[&'static str]) -> Stats {
         let counter = || Arc::new(AtomicU64::new(0));
         let read_latency: Family<FileLabel, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency::histogram);
@@ -112,7 +125,7 @@ impl Default for Stats {
             store_bytes: counter(),
             fetch_errors: counter(),
             readahead_fetches: counter(),
-            cached_bytes: counter(),
+            cache_written_bytes: counter(),
             evictions: counter(),
             cache_damaged_units: counter(),
             peer_served_requests: counter(),
@@ -132,15 +145,13 @@ impl Default for Stats {
             fetch_wait: latency::histogram(),
             registry: Registry::with_prefix(PREFIX),
         };
-        stats.register();
+        stats.register(peer_fallback_reasons);
         stats
     }
-}
 
-impl Stats {
     /// Put every figure in the registry; the metrics are handles sharing
     /// their values with the fields.
-    fn register(&mut self) {
+    fn register(&mut self, peer_fallback_reasons: &[&'static str]) {
         // Names gain `_total` (counters) and the unit from the encoder.
         let counters = Counters(vec![
             ("reads", "read calls on template files", self.reads.clone()),
@@ -185,9 +196,9 @@ impl Stats {
                 self.readahead_fetches.clone(),
             ),
             (
-                "cached_bytes",
-                "uncompressed bytes written to cache files",
-                self.cached_bytes.clone(),
+                "cache_written_bytes",
+                "uncompressed bytes ever written to cache files (held now: cache_size)",
+                self.cache_written_bytes.clone(),
             ),
             (
                 "cache_evictions",
@@ -235,12 +246,9 @@ impl Stats {
                 self.prefetch_hits.clone(),
             ),
         ]);
-        // Every reason shows, 0 until it happens.
-        for reason in PeerFallback::COUNTED {
-            drop(
-                self.peer_fallbacks
-                    .get_or_create(&[("reason", reason.name())]),
-            );
+        // Every reason given shows, 0 until it happens.
+        for &reason in peer_fallback_reasons {
+            drop(self.peer_fallbacks.get_or_create(&[("reason", reason)]));
         }
         let r = &mut self.registry;
         r.register_collector(Box::new(counters));
@@ -304,7 +312,7 @@ impl Stats {
     }
 
     /// Count a unit read from the store instead of its owner peer, for
-    /// `reason` (a `PeerFallback` name).
+    /// `reason` (the `reason` label's value).
     pub fn record_peer_fallback(&self, reason: &'static str) {
         self.peer_fallbacks
             .get_or_create(&[("reason", reason)])
@@ -400,7 +408,7 @@ mod tests {
             "store_bytes",
             "fetch_errors",
             "readahead_fetches",
-            "cached_bytes",
+            "cache_written_bytes",
         ] {
             assert_eq!(
                 value(&text, &format!("tdfs_{name}_total")),
@@ -413,13 +421,20 @@ mod tests {
 
     #[test]
     fn peer_fallbacks_render_by_reason() {
-        let s = Stats::default();
-        s.record_peer_fallback(PeerFallback::Timeout.name());
-        s.record_peer_fallback(PeerFallback::Timeout.name());
+        let s = Stats::new(&["timeout", "short"]);
+        s.record_peer_fallback("timeout");
+        s.record_peer_fallback("timeout");
+        s.record_peer_fallback("long");
         let text = s.render_prometheus();
         let series = |r: &str| format!("tdfs_peer_fallbacks_total{{reason=\"{r}\"}}");
         assert_eq!(value(&text, &series("timeout")), Some(2), "{text}");
-        assert_eq!(value(&text, &series("short")), Some(0), "{text}");
+        assert_eq!(
+            value(&text, &series("short")),
+            Some(0),
+            "given, not yet seen"
+        );
+        assert_eq!(value(&text, &series("long")), Some(1), "not given, seen");
+        assert_eq!(value(&text, &series("error")), None, "neither: {text}");
         assert_eq!(value(&text, "tdfs_peer_requests_total"), Some(0), "{text}");
     }
 

@@ -265,11 +265,11 @@ cmp "$work/images/layer.ext4" "$work/images/layer.ext4.export" || die "exported 
 boot local-disk "$work/images/layer.ext4.export"
 local_seconds=$boot_seconds
 
-cached_before=$(stat_value tdfs_cached_bytes_total)
+cached_before=$(stat_value tdfs_cache_written_bytes_total)
 store_before=$(stat_value tdfs_store_bytes_total)
 boot tdfs-mount "$rootfs"
 mount_seconds=$boot_seconds
-cached=$(($(stat_value tdfs_cached_bytes_total) - cached_before))
+cached=$(($(stat_value tdfs_cache_written_bytes_total) - cached_before))
 fetched=$(($(stat_value tdfs_store_bytes_total) - store_before))
 rootfs_size=$(stat -c %s "$rootfs")
 say "the boot read $((cached >> 10)) KiB of the $((rootfs_size >> 20)) MiB rootfs into the cache ($((fetched >> 10)) KiB fetched from the store)"

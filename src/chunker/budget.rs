@@ -215,7 +215,7 @@ impl Inner {
         if self.lru.is_none() {
             return 0;
         }
-        let sessions = self.lock_sessions();
+        let sessions = self.sessions.lock();
         if sessions.contains_key(&u) {
             return 0;
         }
@@ -237,8 +237,9 @@ impl Inner {
     }
 
     /// Drop unit `u` from the cache (eviction, or a damaged cache file):
-    /// clear its present bits, punch its hole, give its bytes back to the
-    /// budget, advance the discard epoch first (see `damage`). The caller
+    /// clear its present bits (`clear_present`, which advances the discard
+    /// epoch first: see `damage`), punch its hole, give its bytes back to
+    /// the budget. The caller
     /// holds the session lock and has checked that no fetch of `u` runs, or
     /// runs that fetch itself. Under a budget only when no reader pins `u`
     /// (`None` otherwise), unless `force` (bytes already lost: see
@@ -263,11 +264,9 @@ impl Inner {
         let bytes = self.unit_cached_bytes(u);
         let mut punched = Ok(());
         if bytes > 0 {
-            self.discard_epoch.fetch_add(1, Ordering::AcqRel);
-            let range = self.layout.unit_range(u);
-            self.present.clear(self.layout.bits_of(&range, &(u..u + 1)));
+            self.clear_present(u);
             if punch {
-                punched = self.cache.punch_hole(range);
+                punched = self.cache.punch_hole(self.layout.unit_range(u));
             }
             self.cached.fetch_sub(bytes, Ordering::Relaxed);
             self.stats.cache_size.dec_by(bytes);

@@ -9,11 +9,14 @@
 //! never as a SIGBUS. A reader notes the Chunker's discard epoch before it
 //! tests the present bits and checks it again after the read or the
 //! populate: every drop of present units (eviction, damage) advances the
-//! epoch before it clears their bits, and damage handling gives the file
-//! its length back only after, so a read that may have seen the hole left
-//! behind (even if the unit was fetched again since, its bits set again)
-//! looks its range up again rather than serve it. The whole-diff SHA-256
-//! check (`verify`) uses the same epoch.
+//! epoch before it clears their bits (`clear_present`, the one place bits
+//! are cleared), and damage handling gives the file its length back only
+//! after, so a read that may have seen the hole left behind (even if the
+//! unit was fetched again since, its bits set again) looks its range up
+//! again rather than serve it. The whole-diff SHA-256 check (`verify`) uses
+//! the same epoch. This is the whole contract between `present` and the
+//! epoch: bits are set only by a fetch's publish, which needs no epoch
+//! change (a reader that saw them clear just looks again).
 //!
 //! On such an error the reader drops its pins and repairs the file
 //! (`cache_damaged`): under the session lock, every unit whose bytes are
@@ -45,7 +48,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{ChunkerError, Inner};
@@ -55,7 +58,28 @@ use super::{ChunkerError, Inner};
 /// runs) is gone by then in every test run.
 pub(super) const MAX_REPAIRS: u32 = 4;
 
+/// What this file keeps of a Chunker (`Inner::damage`), changed only here.
+#[derive(Default)]
+pub(super) struct Damage {
+    /// Set once damage to the cache file was logged (one warning per file).
+    reported: AtomicBool,
+    /// Advanced by every drop of present units, before their bits are
+    /// cleared (`clear_present`): see the module doc.
+    discard_epoch: AtomicU64,
+}
+
 impl Inner {
+    /// Clear the present bits of unit `u`, which is being dropped (evicted,
+    /// or lost to damage): the one place present bits are cleared. The
+    /// discard epoch advances first, so a reader that noted the epoch
+    /// before it tested the bits sees the change after its read (the
+    /// module doc).
+    pub(super) fn clear_present(&self, u: usize) {
+        self.damage.discard_epoch.fetch_add(1, Ordering::AcqRel);
+        let range = self.layout.unit_range(u);
+        self.present.clear(self.layout.bits_of(&range, &(u..u + 1)));
+    }
+
     /// Reading the present bytes of `units` from the cache file failed with
     /// `cause`: drop them, and every unit lost to a truncation, so they are
     /// fetched again. `own` is the unit whose fetch the caller runs (its
@@ -69,7 +93,7 @@ impl Inner {
         cause: &io::Error,
         own: Option<usize>,
     ) -> Repaired {
-        let sessions = self.lock_sessions();
+        let sessions = self.sessions.lock();
         let file_len = match self.cache.current_len() {
             Ok(len) => len.min(self.size),
             Err(_) => self.size,
@@ -104,13 +128,13 @@ impl Inner {
         };
         if dropped > 0 {
             // The units fetched again are checked with the rest.
-            self.checksum_checked.store(false, Ordering::Release);
+            self.integrity.recheck();
         }
         drop(sessions);
         self.stats
             .cache_damaged_units
             .fetch_add(dropped, Ordering::Relaxed);
-        if !self.cache_damage_reported.swap(true, Ordering::Relaxed) {
+        if !self.damage.reported.swap(true, Ordering::Relaxed) {
             let what = match truncated {
                 true => format!("was truncated to {file_len} bytes"),
                 false => format!("cannot be read ({cause})"),
@@ -197,7 +221,7 @@ impl Inner {
     /// notes it before a lookup and keeps what it read only if it is
     /// unchanged after.
     pub(super) fn discard_epoch(&self) -> u64 {
-        self.discard_epoch.load(Ordering::Acquire)
+        self.damage.discard_epoch.load(Ordering::Acquire)
     }
 
     /// The units holding `range` (inside the diff); none for a range in a

@@ -89,7 +89,7 @@ impl Inner {
         result: Result<Fetched, ChunkerError>,
     ) {
         {
-            let mut sessions = self.lock_sessions();
+            let mut sessions = self.sessions.lock();
             if sessions.get(&u).is_some_and(|s| Arc::ptr_eq(s, session)) {
                 sessions.remove(&u);
             }
@@ -272,7 +272,9 @@ impl Inner {
     fn publish(&self, bits: Range<usize>, bytes: u64) {
         self.present.set(bits);
         self.cached.fetch_add(bytes, Ordering::Relaxed);
-        self.stats.cached_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.stats
+            .cache_written_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
         self.stats.cache_size.inc_by(bytes);
         if let Some(lru) = &self.lru {
             lru.budget.charge(bytes);

@@ -7,17 +7,33 @@
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::layout::Layout;
 use super::{ChunkerError, Inner};
+
+/// What this file keeps of a Chunker (`Inner::full_disk`), changed only here.
+#[derive(Default)]
+pub(super) struct FullDisk {
+    /// Set once the cache disk was found full (warned once; from then on
+    /// units' space is reserved first and read-ahead and prefetch stop, as
+    /// they could not keep what they fetch).
+    seen: AtomicBool,
+}
+
+impl FullDisk {
+    /// True once the cache disk was found full.
+    pub(super) fn seen(&self) -> bool {
+        self.seen.load(Ordering::Relaxed)
+    }
+}
 
 impl Inner {
     /// Unit `u` whole, fetched (and decoded) into memory, after a write of
     /// it found the cache disk full: at most `CHUNK_SIZE` or
     /// `MAX_FRAME_SIZE` bytes.
     pub(super) fn fetch_uncached(&self, u: usize) -> Result<Arc<[u8]>, ChunkerError> {
-        if !self.cache_full.swap(true, Ordering::Relaxed) {
+        if !self.full_disk.seen.swap(true, Ordering::Relaxed) {
             log::warn!(
                 "{}: no space left for cache file {}; serving from the store without \
                  caching (free space in the cache directory or set --max-cache-size)",
@@ -46,7 +62,7 @@ impl Inner {
     /// ENOSPC: reserving every unit up front would take the file's lock
     /// against the concurrent writes of other units.
     pub(super) fn reserve_if_full(&self, range: Range<u64>) -> Result<(), ChunkerError> {
-        if !self.cache_full.load(Ordering::Relaxed) {
+        if !self.full_disk.seen() {
             return Ok(());
         }
         let start = range.start;

@@ -47,7 +47,7 @@ impl Inner {
         extent: Extent,
         route: Route,
     ) -> Result<Block<'_>, ChunkerError> {
-        if let Some(e) = self.checksum_failed.get() {
+        if let Some(e) = self.integrity.failed() {
             return Err(e.clone());
         }
         let off = want.start;

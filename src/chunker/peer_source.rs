@@ -79,8 +79,9 @@ pub enum PeerFallback {
 }
 
 impl PeerFallback {
-    /// Every reason a request was made and failed or skipped, as counted
-    /// in `.stats` (`Owned` is not a fallback).
+    /// Every reason a request was made and failed or skipped: the `reason`
+    /// labels `.stats` shows from the start (given to `Stats::new`); `Owned`
+    /// is not a fallback.
     pub const COUNTED: [PeerFallback; 8] = [
         PeerFallback::Backoff,
         PeerFallback::NotAvailable,

@@ -11,8 +11,8 @@
 //! so `.stats` can count the lookups they answered.
 
 use std::ops::Range;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::cache::PresentBits;
 use super::session::{Route, Session};
@@ -29,6 +29,16 @@ pub enum PrefetchStart {
     Busy,
 }
 
+/// What prefetch keeps of a Chunker (`Inner::prefetch`), changed only here.
+#[derive(Default)]
+pub(super) struct PrefetchState {
+    /// Units prefetch brought in, made on first use; never cleared (see
+    /// `note_prefetch_hit`).
+    prefetched: OnceLock<PresentBits>,
+    /// Prefetch fetches of this diff queued or running.
+    in_flight: AtomicUsize,
+}
+
 impl Chunker {
     /// Queue fetches of the units holding `[off, off + len)` below every
     /// reader and read-ahead fetch (see the module docs). Bytes no frame
@@ -43,14 +53,14 @@ impl Chunker {
 
     /// Prefetch fetches of this diff queued or running.
     pub fn prefetches_in_flight(&self) -> usize {
-        self.inner.prefetching.load(Ordering::Acquire)
+        self.inner.prefetch.in_flight.load(Ordering::Acquire)
     }
 }
 
 impl Inner {
     fn prefetch(self: &Arc<Self>, range: Range<u64>) -> PrefetchStart {
         let mut queued_bytes = 0;
-        if self.cache_full.load(Ordering::Relaxed) || self.closed.load(Ordering::Relaxed) {
+        if self.full_disk.seen() || self.closed.load(Ordering::Relaxed) {
             return PrefetchStart::Started { queued_bytes };
         }
         let mut pos = range.start;
@@ -65,7 +75,7 @@ impl Inner {
             if self.unit_complete(u) {
                 continue;
             }
-            let mut sessions = self.lock_sessions();
+            let mut sessions = self.sessions.lock();
             if sessions.contains_key(&u) || self.unit_complete(u) {
                 continue;
             }
@@ -83,7 +93,7 @@ impl Inner {
                 self.pool.end_prefetch();
                 return PrefetchStart::Busy;
             }
-            self.prefetching.fetch_add(1, Ordering::AcqRel);
+            self.prefetch.in_flight.fetch_add(1, Ordering::AcqRel);
             sessions.insert(u, session);
             self.stats.prefetch_fetches.fetch_add(1, Ordering::Relaxed);
             let unit = self.layout.unit_range(u);
@@ -106,11 +116,12 @@ impl Inner {
                     .prefetch_bytes
                     .fetch_add(unit.end - unit.start, Ordering::Relaxed);
                 inner
+                    .prefetch
                     .prefetched
                     .get_or_init(|| PresentBits::new(inner.layout.units()))
                     .set(u..u + 1);
             }
-            inner.prefetching.fetch_sub(1, Ordering::AcqRel);
+            inner.prefetch.in_flight.fetch_sub(1, Ordering::AcqRel);
             inner.pool.end_prefetch();
         })
     }
@@ -119,7 +130,7 @@ impl Inner {
     /// brought any of them in. (A prefetched unit evicted and fetched again
     /// by a reader still counts: the bitmap is not cleared on eviction.)
     pub(super) fn note_prefetch_hit(&self, units: &Range<usize>) {
-        if let Some(bits) = self.prefetched.get()
+        if let Some(bits) = self.prefetch.prefetched.get()
             && bits.count(units.clone()) > 0
         {
             self.stats.prefetch_hits.fetch_add(1, Ordering::Relaxed);

@@ -3,14 +3,31 @@
 //! read-ahead (`queue_read_ahead`, which only takes the pool's spare room), and
 //! the job each session queues on the `FetchPool`.
 
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::pool::Job;
 use super::session::{Route, Session};
 use super::{ChunkerError, Inner};
+use crate::sync;
+
+/// The fetch in flight per unit (single-flight), `Inner::sessions`. A unit
+/// has a session from the moment its fetch is decided until the fetch has
+/// published its bits and ended (`Inner::end_session`), so a unit with no
+/// session and clear bits is one nobody fetches. Eviction and damage
+/// handling hold this lock while they drop units, so no fetch of a unit
+/// starts or runs while it is dropped.
+#[derive(Default)]
+pub(super) struct Sessions(Mutex<HashMap<usize, Arc<Session>>>);
+
+impl Sessions {
+    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<usize, Arc<Session>>> {
+        sync::lock(&self.0)
+    }
+}
 
 impl Inner {
     /// The session to wait on for `part` of unit `u`: the running one, or a
@@ -27,7 +44,7 @@ impl Inner {
         deadline: Instant,
         route: Route,
     ) -> Result<Option<Arc<Session>>, ChunkerError> {
-        let mut sessions = self.lock_sessions();
+        let mut sessions = self.sessions.lock();
         if let Some(s) = sessions.get(&u) {
             if route == Route::StoreOnly && !s.keep_to_store() {
                 return Err(ChunkerError::AskingPeer {
@@ -93,7 +110,7 @@ impl Inner {
             if !self.pool.has_spare_room() {
                 return Some(v);
             }
-            let sessions = sessions.get_or_insert_with(|| self.lock_sessions());
+            let sessions = sessions.get_or_insert_with(|| self.sessions.lock());
             if sessions.contains_key(&v) || self.unit_complete(v) {
                 continue;
             }

@@ -5,7 +5,8 @@
 //! (`damage`) is repaired and the check runs again once the diff is whole.
 
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -15,15 +16,48 @@ use crate::format::hex;
 /// Bytes hashed per `pread`.
 const HASH_PIECE: u64 = 1 << 20;
 
+/// The whole-diff check's state (`Inner::integrity`), changed only here.
+#[derive(Default)]
+pub(super) struct Integrity {
+    /// SHA-256 the whole diff must have, checked once it is all cached.
+    expected: OnceLock<[u8; 32]>,
+    /// Set once the check has run (or is running); cleared when it must
+    /// run again: the diff was not whole after all, or units were dropped
+    /// and fetched anew (`recheck`).
+    checked: AtomicBool,
+    /// The check failed: nothing of this diff is served.
+    failed: OnceLock<ChunkerError>,
+}
+
+impl Integrity {
+    /// Check the diff against `sha256` once it is whole; only the first
+    /// call counts.
+    pub(super) fn expect(&self, sha256: [u8; 32]) {
+        let _ = self.expected.set(sha256);
+    }
+
+    /// The error every lookup returns once the check failed.
+    pub(super) fn failed(&self) -> Option<&ChunkerError> {
+        self.failed.get()
+    }
+
+    /// Run the check again at the next completion: units were dropped and
+    /// are fetched anew, so the hashed bytes are not the ones served.
+    pub(super) fn recheck(&self) {
+        self.checked.store(false, Ordering::Release);
+    }
+}
+
 impl Inner {
     /// Hash the whole diff, once, when it is all present and a checksum is
     /// known. On a mismatch every later lookup fails with
     /// `ChunkerError::ChecksumMismatch`.
     pub(super) fn check_whole_diff(&self) {
-        let Some(expected) = self.expected_sha256.get() else {
+        let integrity = &self.integrity;
+        let Some(expected) = integrity.expected.get() else {
             return;
         };
-        if self.checksum_checked.swap(true, Ordering::AcqRel) {
+        if integrity.checked.swap(true, Ordering::AcqRel) {
             return;
         }
         let all = 0..self.layout.units();
@@ -33,18 +67,18 @@ impl Inner {
         let epoch = self.discard_epoch();
         if !self.range_present(&(0..self.size), &all) {
             // Evicted meanwhile: check on a later completion.
-            self.checksum_checked.store(false, Ordering::Release);
+            integrity.recheck();
             return;
         }
         let got = match self.hash_cache() {
             Ok(got) if self.discard_epoch() == epoch => got,
             // Dropped while hashed: check on a later completion.
             Ok(_) => {
-                self.checksum_checked.store(false, Ordering::Release);
+                integrity.recheck();
                 return;
             }
             Err(e) => {
-                self.checksum_checked.store(false, Ordering::Release);
+                integrity.recheck();
                 self.cache_damaged(0..0, &e, None);
                 return;
             }
@@ -59,7 +93,7 @@ impl Inner {
             got: hex(&got),
         };
         log::error!("{err}");
-        let _ = self.checksum_failed.set(err);
+        let _ = integrity.failed.set(err);
     }
 }
 

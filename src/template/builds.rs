@@ -78,7 +78,7 @@ impl Builds {
     /// Nothing is read or made yet: the store is first asked when a build is
     /// listed, probed or opened.
     pub fn new(store: Arc<dyn Store>, config: TemplateConfig) -> Arc<Builds> {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::new(&PeerFallback::COUNTED.map(PeerFallback::name)));
         stats.cache_budget.set(config.max_cache_size);
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, stats.clone()));
         Arc::new(Builds {
