@@ -5,9 +5,10 @@
 //! (the embedded default) and S3/GCS through `object_store`. Wrappers that
 //! change reads are read-only `Store`s, so they forward reads alone: a
 //! throttling one for benchmarks, a metered one that times reads for
-//! `metrics`, and a fault-injecting one for tests.
+//! `metrics`, and, for tests only (feature `testing`), a fault-injecting one.
 
 mod error;
+#[cfg(any(test, feature = "testing"))]
 mod fault;
 mod local;
 mod location;
@@ -21,6 +22,7 @@ use std::path::Path;
 use uuid::Uuid;
 
 pub use error::StoreError;
+#[cfg(any(test, feature = "testing"))]
 pub use fault::{Fault, FaultStore};
 pub use local::LocalStore;
 pub use location::{StoreLocation, StoreOptions, open};

@@ -1,7 +1,8 @@
-//! A fault-injecting wrapper around any store, for tests and benchmarks: it
-//! counts ranged reads (in total and per key) and, as told at run time, adds
-//! latency, fails requests, ends objects early, flips bytes, or holds
-//! requests (or the rest of a stream) unanswered until healed.
+//! A fault-injecting wrapper around any store, for tests only (compiled for
+//! this crate's tests and with feature `testing`, never in the shipped
+//! binary): it counts ranged reads (in total and per key) and, as told at run
+//! time, adds latency, fails requests, ends objects early, flips bytes, or
+//! holds requests (or the rest of a stream) unanswered until healed.
 
 use std::collections::HashMap;
 use std::io::{self, Read};

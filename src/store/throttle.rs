@@ -2,7 +2,9 @@
 //! waits a first-byte latency, then its stream delivers no faster than a
 //! per-request bandwidth. It turns a local directory into a stand-in for a
 //! remote store, so read-ahead and request concurrency can be measured
-//! without a network (`tdfs mount --bench-throttle 20ms,100MB`).
+//! without a network (`tdfs mount --bench-throttle 20ms,100MB`). It ships in
+//! the library, not behind the `testing` feature, because that hidden mount
+//! flag is how contrib/bench makes its slow store.
 
 use std::io::{self, Read};
 use std::sync::Arc;
