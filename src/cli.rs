@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::format::{Compression, FileKind, parse_build_id};
 use crate::pack::PackError;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{Store, StoreError, StoreOptions, WritableStore};
 use crate::template::{Builds, TemplateConfig, TemplateError};
 
 #[derive(Debug, Parser)]
@@ -121,8 +121,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 /// The store a `--store` value names: a directory, `file://DIR`,
 /// `s3://BUCKET[/PREFIX]` or `gs://BUCKET[/PREFIX]`. `create` makes a
-/// missing local directory (writers).
-pub fn open_store_arg(location: &str, create: bool) -> Result<Arc<dyn Store>, CliError> {
+/// missing local directory (writers). Readers keep it as an `Arc<dyn Store>`.
+pub fn open_store_arg(location: &str, create: bool) -> Result<Arc<dyn WritableStore>, CliError> {
     let opts = StoreOptions {
         create,
         ..StoreOptions::default()

@@ -34,7 +34,7 @@ pub use scratch::ScratchDir;
 
 use crate::format::trace::Trace;
 use crate::format::{Blob, FileKind, ObjectKey};
-use crate::store::{PutOptions, Store};
+use crate::store::{PutOptions, WritableStore};
 use crate::template::{Builds, TemplateConfig};
 
 /// What was written for one template file.
@@ -67,7 +67,7 @@ pub struct PackReport {
 /// Pack `inputs` as a new build in `store` (a layer on `opts.base`, or a
 /// fresh build) and upload it, headers last.
 pub fn pack_build(
-    store: Arc<dyn Store>,
+    store: Arc<dyn WritableStore>,
     opts: &PackOptions,
     inputs: &PackInputs,
 ) -> Result<PackReport, PackError> {

@@ -1,9 +1,14 @@
-//! Object stores: the size and ranged reads of an object key, listing of
-//! builds, and writes. The local directory store is the embedded default;
-//! S3/GCS go through `object_store`; a fault-injecting wrapper serves tests,
-//! a throttling one benchmarks, and a metered one times reads for `metrics`.
+//! Object stores, as two traits: `Store`, the read side (the size and ranged
+//! reads of an object key, listing of builds) that the whole read path holds
+//! as `Arc<dyn Store>`, and `WritableStore`, the write side (uploads) that
+//! only `pack` needs. The two backends are both: the local directory store
+//! (the embedded default) and S3/GCS through `object_store`. Wrappers that
+//! change reads are read-only `Store`s, so they forward reads alone: a
+//! throttling one for benchmarks, a metered one that times reads for
+//! `metrics`, and, for tests only (feature `testing`), a fault-injecting one.
 
 mod error;
+#[cfg(any(test, feature = "testing"))]
 mod fault;
 mod local;
 mod location;
@@ -17,6 +22,7 @@ use std::path::Path;
 use uuid::Uuid;
 
 pub use error::StoreError;
+#[cfg(any(test, feature = "testing"))]
 pub use fault::{Fault, FaultStore};
 pub use local::LocalStore;
 pub use location::{StoreLocation, StoreOptions, open};
@@ -34,8 +40,9 @@ pub struct PutOptions {
     pub uncompressed_size: Option<u64>,
 }
 
-/// A backing store of template objects. Implementations are synchronous and
-/// shareable across threads; a remote store runs its own async client inside.
+/// The read side of a backing store of template objects. Implementations
+/// are synchronous and shareable across threads; a remote store runs its own
+/// async client inside.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Where this store is, for messages (`/srv/templates`, `s3://bucket/p`).
     fn location(&self) -> String;
@@ -72,13 +79,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The build ids present (names under the root that are UUIDs; anything
     /// else is skipped).
     fn list_builds(&self) -> Result<Vec<Uuid>, StoreError>;
-
-    /// Store the file at `path` as `key`, atomically: readers see either no
-    /// object or the whole of it.
-    fn put_file(&self, key: &ObjectKey, path: &Path, opts: PutOptions) -> Result<(), StoreError>;
-
-    /// Store `data` as `key`, atomically.
-    fn put_bytes(&self, key: &ObjectKey, data: &[u8]) -> Result<(), StoreError>;
 
     /// True when the object exists.
     fn exists(&self, key: &ObjectKey) -> Result<bool, StoreError> {
@@ -141,4 +141,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         }
         Ok(buf)
     }
+}
+
+/// A store that also takes new objects: what `pack` uploads a build to.
+/// `LocalStore` and `RemoteStore` are both; an `Arc<dyn WritableStore>`
+/// coerces to the `Arc<dyn Store>` a reader takes.
+pub trait WritableStore: Store {
+    /// Store the file at `path` as `key`, atomically: readers see either no
+    /// object or the whole of it.
+    fn put_file(&self, key: &ObjectKey, path: &Path, opts: PutOptions) -> Result<(), StoreError>;
+
+    /// Store `data` as `key`, atomically.
+    fn put_bytes(&self, key: &ObjectKey, data: &[u8]) -> Result<(), StoreError>;
 }

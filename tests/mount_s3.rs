@@ -12,7 +12,7 @@ use common::garage::{Garage, REGION};
 use common::mount::{LazyUnmount, fuse_available, is_mounted};
 use common::process::{TDFS, run_ok, within};
 use tdfs::format::{Blob, Compression, FileKind, ObjectKey, ObjectName, parse_build_id};
-use tdfs::store::{PutOptions, Store};
+use tdfs::store::{PutOptions, WritableStore};
 
 /// The object a fixture file is, or None for sidecars and non-objects.
 fn object_name(file: &str) -> Option<ObjectName> {
@@ -35,7 +35,7 @@ fn object_name(file: &str) -> Option<ObjectName> {
 
 /// Copy every build of a local store into `store`, with the sidecars'
 /// uncompressed sizes as object metadata.
-fn upload(local: &Path, store: &dyn Store) -> usize {
+fn upload(local: &Path, store: &dyn WritableStore) -> usize {
     let mut objects = 0;
     for build_dir in std::fs::read_dir(local).unwrap() {
         let build_dir = build_dir.unwrap().path();

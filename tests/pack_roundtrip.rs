@@ -19,7 +19,7 @@ use common::rng::Rng;
 use proptest::prelude::*;
 use tdfs::format::{Compression, FileKind, Header, ObjectKey};
 use tdfs::pack::{PackError, PackInputs, PackOptions, PackReport, pack_build};
-use tdfs::store::{LocalStore, Store};
+use tdfs::store::{LocalStore, Store, WritableStore};
 use tdfs::template::{Builds, TemplateConfig};
 use uuid::Uuid;
 
@@ -34,7 +34,7 @@ fn pack_images(
     let (m, r) = (work.join("memfile.img"), work.join("rootfs.img"));
     std::fs::write(&m, memfile).unwrap();
     std::fs::write(&r, rootfs).unwrap();
-    let store: Arc<dyn Store> = Arc::new(LocalStore::create(store_dir).unwrap());
+    let store: Arc<dyn WritableStore> = Arc::new(LocalStore::create(store_dir).unwrap());
     pack_build(
         store,
         opts,
@@ -502,7 +502,7 @@ fn layers_on_a_legacy_build_without_headers_read_back() {
     // Page by page (no long zero runs), so every layer keeps base pages.
     let mut pages = |n: usize| -> Vec<u8> { (0..n).flat_map(|_| rng.page()).collect() };
     let mut images = [pages(300), pages(70)];
-    let store: Arc<dyn Store> = Arc::new(LocalStore::create(&store_dir).unwrap());
+    let store: Arc<dyn WritableStore> = Arc::new(LocalStore::create(&store_dir).unwrap());
     let legacy = put_legacy_build(store.as_ref(), &images[0], &images[1]);
 
     rng.mutate(&mut images[0], 20);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::garage::Garage;
 use common::rng::noise;
 use tdfs::format::{Compression, FileKind, ObjectKey};
-use tdfs::store::{Store, StoreError};
+use tdfs::store::{Store, StoreError, WritableStore};
 use uuid::Uuid;
 
 const MIB: usize = 1 << 20;

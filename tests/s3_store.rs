@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path as ObjectPath;
 use tdfs::format::{Blob, Compression, FileKind, ObjectKey};
-use tdfs::store::{PutOptions, RemoteStore, Store, StoreError};
+use tdfs::store::{PutOptions, RemoteStore, Store, StoreError, WritableStore};
 use uuid::Uuid;
 
 const MIB: usize = 1 << 20;

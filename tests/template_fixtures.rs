@@ -14,7 +14,7 @@ use common::rng::Rng;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tdfs::format::FileKind;
-use tdfs::store::{LocalStore, Store};
+use tdfs::store::{LocalStore, Store, WritableStore};
 use tdfs::template::{Builds, FileBytes, TemplateConfig};
 use uuid::Uuid;
 

@@ -236,7 +236,7 @@ fn connect_store(args: &MountArgs, location: &str) -> Result<(Arc<dyn Store>, us
         region: args.region.clone(),
         ..StoreOptions::default()
     };
-    let mut store = store::open(location, &options).map_err(FsError::open)?;
+    let mut store: Arc<dyn Store> = store::open(location, &options).map_err(FsError::open)?;
     if let Some(throttle) = args.bench_throttle {
         store = Arc::new(ThrottleStore::new(store, throttle));
     }

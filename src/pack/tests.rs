@@ -9,7 +9,7 @@ use crate::store::LocalStore;
 
 /// A store directory and two small images (`pages` pages of varied
 /// bytes each).
-fn setup(pages: usize) -> (tempfile::TempDir, Arc<dyn Store>, PackInputs) {
+fn setup(pages: usize) -> (tempfile::TempDir, Arc<dyn WritableStore>, PackInputs) {
     let dir = tempfile::tempdir().unwrap();
     let image: Vec<u8> = (0..pages * PAGE_SIZE as usize)
         .map(|i| (i * 7 / 4096 % 251) as u8)
@@ -18,7 +18,8 @@ fn setup(pages: usize) -> (tempfile::TempDir, Arc<dyn Store>, PackInputs) {
     let rootfs = dir.path().join("root.img");
     fs::write(&memfile, &image).unwrap();
     fs::write(&rootfs, &image).unwrap();
-    let store: Arc<dyn Store> = Arc::new(LocalStore::create(dir.path().join("store")).unwrap());
+    let store: Arc<dyn WritableStore> =
+        Arc::new(LocalStore::create(dir.path().join("store")).unwrap());
     let inputs = PackInputs {
         memfile,
         rootfs,

@@ -1,18 +1,18 @@
-//! A fault-injecting wrapper around any store, for tests and benchmarks: it
-//! counts ranged reads (in total and per key) and, as told at run time, adds
-//! latency, fails requests, ends objects early, flips bytes, or holds
-//! requests (or the rest of a stream) unanswered until healed.
+//! A fault-injecting wrapper around any store, for tests only (compiled for
+//! this crate's tests and with feature `testing`, never in the shipped
+//! binary): it counts ranged reads (in total and per key) and, as told at run
+//! time, adds latency, fails requests, ends objects early, flips bytes, or
+//! holds requests (or the rest of a stream) unanswered until healed.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::{PutOptions, Store, StoreError};
+use super::{Store, StoreError};
 use crate::format::ObjectKey;
 use crate::sync;
 
@@ -83,8 +83,8 @@ impl Shared {
 }
 
 /// A `Store` that forwards to another, with faults injected into ranged reads
-/// (`read_range`, and so `read_exact_range` and `read_all`). Other calls pass
-/// through.
+/// (`read_range`, and so `read_exact_range` and `read_all`). Other reads pass
+/// through. It takes no writes: a test writes to the store it wraps.
 #[derive(Debug)]
 pub struct FaultStore {
     inner: Arc<dyn Store>,
@@ -241,14 +241,6 @@ impl Store for FaultStore {
     fn list_builds(&self) -> Result<Vec<Uuid>, StoreError> {
         self.inner.list_builds()
     }
-
-    fn put_file(&self, key: &ObjectKey, path: &Path, opts: PutOptions) -> Result<(), StoreError> {
-        self.inner.put_file(key, path, opts)
-    }
-
-    fn put_bytes(&self, key: &ObjectKey, data: &[u8]) -> Result<(), StoreError> {
-        self.inner.put_bytes(key, data)
-    }
 }
 
 /// A stream that flips the byte at object offset `at`.
@@ -300,7 +292,7 @@ impl Read for Stall {
 mod tests {
     use super::*;
     use crate::format::{Compression, FileKind};
-    use crate::store::LocalStore;
+    use crate::store::{LocalStore, WritableStore};
 
     fn setup() -> (tempfile::TempDir, FaultStore, ObjectKey, ObjectKey) {
         let dir = tempfile::tempdir().unwrap();

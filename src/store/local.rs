@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::{PutOptions, Store, StoreError};
+use super::{PutOptions, Store, StoreError, WritableStore};
 use crate::format::{ObjectKey, parse_build_id};
 
 /// A store in a local directory: `ROOT/{build}/{object}`, the compressed
@@ -135,7 +135,9 @@ impl Store for LocalStore {
         builds.sort();
         Ok(builds)
     }
+}
 
+impl WritableStore for LocalStore {
     fn put_file(&self, key: &ObjectKey, path: &Path, opts: PutOptions) -> Result<(), StoreError> {
         let dest = self.path(key);
         if let Some(size) = opts.uncompressed_size {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{LocalStore, RemoteStore, Store, StoreError};
+use super::{LocalStore, RemoteStore, StoreError, WritableStore};
 
 /// How to reach a store. Credentials are not here: they come from each
 /// cloud's standard environment (see [`RemoteStore`]).
@@ -82,8 +82,10 @@ impl StoreLocation {
 }
 
 /// Open the store `location` names. Remote stores connect lazily: the first
-/// request reports a missing bucket or bad credentials.
-pub fn open(location: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+/// request reports a missing bucket or bad credentials. Every backend takes
+/// writes, so the store comes writable; a reader keeps it as an
+/// `Arc<dyn Store>`.
+pub fn open(location: &str, opts: &StoreOptions) -> Result<Arc<dyn WritableStore>, StoreError> {
     let parsed = StoreLocation::parse(location)?;
     if !matches!(parsed, StoreLocation::S3 { .. }) {
         let flag = if opts.endpoint_url.is_some() {

@@ -38,7 +38,7 @@ use object_store::{Attribute, AttributeValue, Attributes, GetOptions, ObjectStor
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 
-use super::{PutOptions, Store, StoreError};
+use super::{PutOptions, Store, StoreError, WritableStore};
 use crate::format::{ObjectKey, parse_build_id};
 use errors::store_error;
 use reads::SPLIT_READ_THRESHOLD;
@@ -185,7 +185,9 @@ impl Store for RemoteStore {
         builds.dedup();
         Ok(builds)
     }
+}
 
+impl WritableStore for RemoteStore {
     fn put_file(&self, key: &ObjectKey, path: &FsPath, opts: PutOptions) -> Result<(), StoreError> {
         let mut attributes = Attributes::new();
         if let Some(size) = opts.uncompressed_size {

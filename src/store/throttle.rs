@@ -2,16 +2,17 @@
 //! waits a first-byte latency, then its stream delivers no faster than a
 //! per-request bandwidth. It turns a local directory into a stand-in for a
 //! remote store, so read-ahead and request concurrency can be measured
-//! without a network (`tdfs mount --bench-throttle 20ms,100MB`).
+//! without a network (`tdfs mount --bench-throttle 20ms,100MB`). It ships in
+//! the library, not behind the `testing` feature, because that hidden mount
+//! flag is how contrib/bench makes its slow store.
 
 use std::io::{self, Read};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::{PutOptions, Store, StoreError};
+use super::{Store, StoreError};
 use crate::format::ObjectKey;
 
 /// Most bytes a throttled stream hands out per `read`, so its pace is
@@ -88,7 +89,7 @@ fn split_number(text: &str) -> Option<(f64, &str)> {
 
 /// A `Store` that forwards to another, with every ranged read (`read_range`,
 /// and so `read_exact_range` and `read_all`) delayed and paced by a
-/// `Throttle`. Other calls pass through unthrottled.
+/// `Throttle`. Other reads pass through unthrottled; it takes no writes.
 #[derive(Debug)]
 pub struct ThrottleStore {
     inner: Arc<dyn Store>,
@@ -141,14 +142,6 @@ impl Store for ThrottleStore {
     fn list_builds(&self) -> Result<Vec<Uuid>, StoreError> {
         self.inner.list_builds()
     }
-
-    fn put_file(&self, key: &ObjectKey, path: &Path, opts: PutOptions) -> Result<(), StoreError> {
-        self.inner.put_file(key, path, opts)
-    }
-
-    fn put_bytes(&self, key: &ObjectKey, data: &[u8]) -> Result<(), StoreError> {
-        self.inner.put_bytes(key, data)
-    }
 }
 
 /// A stream that hands out its bytes no earlier than `bytes_per_sec`
@@ -179,7 +172,7 @@ impl Read for Paced {
 mod tests {
     use super::*;
     use crate::format::{Compression, FileKind};
-    use crate::store::LocalStore;
+    use crate::store::{LocalStore, WritableStore};
 
     #[test]
     fn parses_latency_and_bandwidth() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tdfs::chunker::{Chunker, ChunkerConfig, DiffSpec, FetchPool};
 use tdfs::format::{Compression, FileKind, Frame, FrameTable, ObjectKey};
 use tdfs::metrics::Stats;
-use tdfs::store::{FaultStore, LocalStore, Store};
+use tdfs::store::{FaultStore, LocalStore, WritableStore};
 use uuid::Uuid;
 
 use super::rng::Rng;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tdfs::format::{Compression, FileKind, ObjectKey};
-use tdfs::store::{LocalStore, Store};
+use tdfs::store::{LocalStore, WritableStore};
 use uuid::Uuid;
 
 use super::rng::Rng;
@@ -57,13 +57,13 @@ impl Rng {
 }
 
 /// The existing local store at `dir`.
-pub fn local_store(dir: &Path) -> Arc<dyn Store> {
+pub fn local_store(dir: &Path) -> Arc<dyn WritableStore> {
     Arc::new(LocalStore::open(dir).expect("store dir"))
 }
 
 /// A legacy build in `store`: raw `memfile` and `rootfs.ext4` data objects
 /// and no `.header` objects (readers see one identity mapping per file).
-pub fn put_legacy_build(store: &dyn Store, memfile: &[u8], rootfs: &[u8]) -> Uuid {
+pub fn put_legacy_build(store: &dyn WritableStore, memfile: &[u8], rootfs: &[u8]) -> Uuid {
     let build = Uuid::new_v4();
     for (file, bytes) in [(FileKind::Memfile, memfile), (FileKind::Rootfs, rootfs)] {
         store
