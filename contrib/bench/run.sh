@@ -327,22 +327,29 @@ squash_variants() {
 
 # --- groups -------------------------------------------------------------------
 
+# One pair of every seq row: each tdfs run (on a fresh mount) is followed by
+# its baselines, so a pair's two sides are at most a minute apart.
 group_seq() {
-  local zfile raw name prog img
+  local zfile name prog img
   mount_tdfs seq "$STORE"
   zfile="$MNT/$ZSTD_BUILD/memfile"
-  raw="$MNT/$RAW_BUILD/memfile"
   drop_caches
   timed_cat seq-cold-zstd.tdfs "$zfile"
   wait_flat "$zfile"
   drop_file_cache "$zfile"
   timed_cat seq-warm.tdfs "$zfile"
   timed_cat seq-rehit.tdfs "$zfile"
-  drop_caches
-  timed_cat seq-cold-raw.tdfs "$raw"
-  drop_caches
-  timed_cat seq-cold-rootfs.tdfs "$MNT/$ZSTD_BUILD/rootfs.ext4"
   umount_tdfs
+
+  cat "$DATA/memfile" >/dev/null
+  timed_cat seq-warm.local "$DATA/memfile"
+  # The sparse memfile's page cache holds large folios (and its holes),
+  # which no FUSE file gets on this kernel; a non-sparse copy read the same
+  # way is the local figure to hold seq-rehit against.
+  cp --sparse=never "$DATA/memfile" "$WORK/memfile.full"
+  cat "$WORK/memfile.full" >/dev/null
+  timed_cat seq-rehit.localfull "$WORK/memfile.full"
+  rm -f "$WORK/memfile.full"
 
   while read -r name prog img; do
     mount_squash "$img" "$prog"
@@ -357,32 +364,30 @@ group_seq() {
   # shellcheck disable=SC2016 # $1 is the inner shell's
   timed seq-cold-zstd.zstd "$(stat -c %s "$STORE/$RAW_BUILD/memfile")" sh -c 'zstd -d -q -c "$1" >/dev/null' sh "$ZSTD_OBJECT"
 
+  mount_tdfs seq-raw "$STORE"
   drop_caches
-  timed_cat seq-cold-rootfs.local "$DATA/rootfs.ext4"
+  timed_cat seq-cold-raw.tdfs "$MNT/$RAW_BUILD/memfile"
+  umount_tdfs
   drop_caches
   timed_cat seq-cold-raw.local "$DATA/memfile"
-  cat "$DATA/memfile" >/dev/null
-  timed_cat seq-warm.local "$DATA/memfile"
-  # The sparse memfile's page cache holds large folios (and its holes),
-  # which no FUSE file gets on this kernel; a non-sparse copy read the same
-  # way is the local figure to hold seq-rehit against.
-  cp --sparse=never "$DATA/memfile" "$WORK/memfile.full"
-  cat "$WORK/memfile.full" >/dev/null
-  timed_cat seq-rehit.localfull "$WORK/memfile.full"
-  rm -f "$WORK/memfile.full"
+
+  mount_tdfs seq-rootfs "$STORE"
+  drop_caches
+  timed_cat seq-cold-rootfs.tdfs "$MNT/$ZSTD_BUILD/rootfs.ext4"
+  umount_tdfs
+  drop_caches
+  timed_cat seq-cold-rootfs.local "$DATA/rootfs.ext4"
 }
 
+# One pair of every rand row, each tdfs run followed by its baselines.
 group_rand() {
   local file name prog img
-  mount_tdfs rand "$STORE"
-  file="$MNT/$ZSTD_BUILD/memfile"
+  mount_tdfs rand-cold "$STORE"
   drop_caches
-  fio_rand rand-4k-cold.tdfs "$file" 1
-  cat "$file" >/dev/null
-  wait_flat "$file"
-  fio_rand rand-4k-warm.tdfs "$file" 0
+  fio_rand rand-4k-cold.tdfs "$MNT/$ZSTD_BUILD/memfile" 1
   umount_tdfs
-
+  drop_caches
+  fio_rand rand-4k-cold.local "$DATA/memfile" 1
   while read -r name prog img; do
     mount_squash "$img" "$prog"
     drop_caches
@@ -390,27 +395,34 @@ group_rand() {
     umount_squash
   done < <(squash_variants)
 
-  drop_caches
-  fio_rand rand-4k-cold.local "$DATA/memfile" 1
+  mount_tdfs rand-warm "$STORE"
+  file="$MNT/$ZSTD_BUILD/memfile"
+  cat "$file" >/dev/null
+  wait_flat "$file"
+  fio_rand rand-4k-warm.tdfs "$file" 0
+  umount_tdfs
   cat "$DATA/memfile" >/dev/null
   fio_rand rand-4k-warm.local "$DATA/memfile" 0
 }
 
+# Read-ahead on (A) against off (B), the seq row's pair and then the rand row's.
 group_slow() {
-  local ra name
+  local kind ra extra
   record slow-seq.object-bytes "$(stat -c %s "$ZSTD_OBJECT")"
   record slow-seq.store-bps "$(python3 "$HELPER" bandwidth "$THROTTLE")"
-  for ra in ra nora; do
-    local extra=(--bench-throttle "$THROTTLE")
-    [ "$ra" = nora ] && extra+=(--readahead 0)
-    mount_tdfs "slow-seq-$ra" "$STORE" "${extra[@]}"
-    drop_caches
-    timed_cat "slow-seq.$ra" "$MNT/$ZSTD_BUILD/memfile"
-    umount_tdfs
-    mount_tdfs "slow-rand-$ra" "$STORE" "${extra[@]}"
-    drop_caches
-    fio_rand "slow-rand.$ra" "$MNT/$ZSTD_BUILD/memfile" 1
-    umount_tdfs
+  for kind in seq rand; do
+    for ra in ra nora; do
+      extra=(--bench-throttle "$THROTTLE")
+      [ "$ra" = nora ] && extra+=(--readahead 0)
+      mount_tdfs "slow-$kind-$ra" "$STORE" "${extra[@]}"
+      drop_caches
+      if [ "$kind" = seq ]; then
+        timed_cat "slow-seq.$ra" "$MNT/$ZSTD_BUILD/memfile"
+      else
+        fio_rand "slow-rand.$ra" "$MNT/$ZSTD_BUILD/memfile" 1
+      fi
+      umount_tdfs
+    done
   done
 }
 
@@ -439,23 +451,21 @@ peers_read() {
 
 # Host B reads the zstd memfile cold through its peer A, whose cache is
 # warm (A read the file from the slow store first); against B reading the
-# slow store itself (THROTTLE) and the unthrottled local store. B's only
-# peer is A, so A owns every unit and B's store requests stay 0.
+# slow store itself (THROTTLE) and the unthrottled local store, right after
+# (A stays mounted, idle, meanwhile). B's only peer is A, so A owns every
+# unit and B's store requests stay 0.
 group_peers() {
-  local addr kind a_mnt a_watch a_name file="$ZSTD_BUILD/memfile"
+  local addr kind a_pid a_mnt a_watch a_name file="$ZSTD_BUILD/memfile"
   addr="127.0.0.1:$(free_port)"
   mount_tdfs peers-a "$STORE" --peer-listen "$addr" --bench-throttle "$THROTTLE"
-  A_PID=$TDFS_PID a_mnt=$MNT a_watch=$WATCH_PID a_name=$MOUNT_NAME
+  a_pid=$TDFS_PID a_mnt=$MNT a_watch=$WATCH_PID a_name=$MOUNT_NAME
   cat "$a_mnt/$file" >/dev/null
   for kind in seq rand; do
     mount_tdfs "peers-b-$kind" "$STORE" --peer "http://$addr" --bench-throttle "$THROTTLE"
+    A_PID=$a_pid
     peers_read "$kind" "peers-$kind.peer" "$MNT/$file"
+    A_PID=""
     umount_tdfs
-  done
-  TDFS_PID=$A_PID MNT=$a_mnt WATCH_PID=$a_watch MOUNT_NAME=$a_name
-  A_PID=""
-  umount_tdfs
-  for kind in seq rand; do
     mount_tdfs "peers-slow-$kind" "$STORE" --bench-throttle "$THROTTLE"
     peers_read "$kind" "peers-$kind.slow" "$MNT/$file"
     umount_tdfs
@@ -463,6 +473,8 @@ group_peers() {
     peers_read "$kind" "peers-$kind.local" "$MNT/$file"
     umount_tdfs
   done
+  TDFS_PID=$a_pid MNT=$a_mnt WATCH_PID=$a_watch MOUNT_NAME=$a_name
+  umount_tdfs
 }
 
 # --- many readers at once (the `many` group) ----------------------------------
@@ -696,18 +708,23 @@ group_restore() {
     build=$RESTORE_BUILD
     prefetched=(--prefetch-dir "$RESTORE_REC")
   fi
-  for speed in slow fast; do
-    extra=()
+  for step in slow.off slow.prefetch local fast.prefetch fast.off; do
+    if [ "$step" = local ]; then
+      TDFS_PID=""
+      restore_replay restore.local "$DATA/memfile"
+      continue
+    fi
+    speed=${step%.*} mode=${step#*.} extra=()
     [ "$speed" = slow ] && extra=(--bench-throttle "$THROTTLE")
-    mount_tdfs "restore-$speed-off" "$STORE" "${extra[@]}" --prefetch off
-    restore_replay "restore-$speed.off" "$MNT/$RESTORE_BUILD/memfile"
-    umount_tdfs
-    mount_tdfs "restore-$speed-prefetch" "$STORE" "${extra[@]}" "${prefetched[@]}"
-    restore_replay "restore-$speed.prefetch" "$MNT/$build/memfile"
+    if [ "$mode" = off ]; then
+      extra+=(--prefetch off) file=$RESTORE_BUILD
+    else
+      extra+=("${prefetched[@]}") file=$build
+    fi
+    mount_tdfs "restore-$speed-$mode" "$STORE" "${extra[@]}"
+    restore_replay "restore-$step" "$MNT/$file/memfile"
     umount_tdfs
   done
-  TDFS_PID=""
-  restore_replay restore.local "$DATA/memfile"
 
   mount_tdfs boot-off "$VM_DIR/store" --prefetch off
   drop_caches
