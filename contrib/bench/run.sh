@@ -66,7 +66,8 @@ Environment: TDFS (binary, default target/release/tdfs), CHECKER (the
 vm_memfile_check example, for restore), MEMFILE_MIB
 ($MEMFILE_MIB), ROOTFS_MIB ($ROOTFS_MIB), MANY_MIB ($MANY_MIB), THROTTLE
 ($THROTTLE), SEED ($SEED), PASSTHROUGH (tdfs mount --passthrough:
-$PASSTHROUGH).
+$PASSTHROUGH); PAIRS, LOAD_MAX and LOAD_WAIT set the defaults of --pairs,
+--max-load and --load-wait.
 EOF
 }
 
