@@ -13,7 +13,9 @@ summaries and the results table. Standard library only.
   bench.py run LOG COMMAND...           run COMMAND (output appended to LOG); print "wall_s cpu_s"
   bench.py trace FILE                   print "blocks bytes" of a prefetch trace
   bench.py stat FILE NAME               print counter NAME of a mount's .stats FILE
-  bench.py table RESULTS.tsv            print the Markdown table of medians
+  bench.py table RESULTS.tsv MAX_LOAD   print the Markdown table of medians; a row is
+                                        not comparable when a run of it started at a
+                                        1-minute load average above MAX_LOAD
 """
 
 import json
@@ -260,15 +262,15 @@ def stat_counter(path, name):
 
 
 def load(path):
-    """RESULTS.tsv lines `run<TAB>name<TAB>value` -> {name: {run: value}}."""
+    """RESULTS.tsv lines `pair<TAB>name<TAB>value` -> {name: {pair: value}}."""
     values = {}
     with open(path) as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
             if len(parts) != 3 or parts[0].startswith("#"):
                 continue
-            run, name, value = parts
-            values.setdefault(name, {})[run] = float(value)
+            pair, name, value = parts
+            values.setdefault(name, {})[pair] = float(value)
     # CPU seconds per GiB read: the reader's plus the daemon's (none for a
     # local file or `zstd -d`), for each timed read that has both.
     for name in [n[: -len(".reader-cpu")] for n in values if n.endswith(".reader-cpu")]:
@@ -280,39 +282,98 @@ def load(path):
     return values
 
 
+class Ratio:
+    """A row's figure: `value`, the median of its per-pair ratios (None when
+    no pair measured both sides); `pairs`, how many pairs it is the median
+    of; `load`, the highest 1-minute load average at the start of any run
+    behind it (None when none was recorded)."""
+
+    def __init__(self, value, pairs, load):
+        self.value, self.pairs, self.load = value, pairs, load
+
+
 class Table:
-    def __init__(self, values):
+    def __init__(self, values, max_load):
         self.values = values
+        self.max_load = max_load
+        self.not_comparable = 0
         self.lines = [
-            "| row | tdfs | baseline | ratio (median of runs) | target | met | CPU per GiB: tdfs, baseline, ratio |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| row | tdfs | baseline | ratio (median of pairs) | pairs | load (highest 1-min) | target | met "
+            "| CPU per GiB: tdfs, baseline, ratio |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
 
     def median(self, name):
         runs = self.values.get(name)
         return statistics.median(runs.values()) if runs else None
 
+    def load(self, measurements, pairs):
+        """The highest 1-minute load average recorded at the start of the
+        runs of `measurements` (names such as `seq-cold-zstd.tdfs`) in
+        `pairs`, or None."""
+        loads = [
+            self.values[m + ".load"][p]
+            for m in measurements
+            if m + ".load" in self.values
+            for p in pairs
+            if p in self.values[m + ".load"]
+        ]
+        return max(loads) if loads else None
+
     def ratio(self, num, den, invert=False):
-        """Median over runs of num/den (den/num when invert), measured in
-        the same run."""
+        """Median over pairs of num/den (den/num when invert), both sides
+        from the same pair; num and den name a figure of a measurement
+        (`seq-cold-zstd.tdfs.secs`), whose load the Ratio carries."""
         a, b = self.values.get(num, {}), self.values.get(den, {})
-        ratios = []
-        for run in a.keys() & b.keys():
-            x, y = (b[run], a[run]) if invert else (a[run], b[run])
+        ratios, pairs = [], []
+        for pair in sorted(a.keys() & b.keys()):
+            x, y = (b[pair], a[pair]) if invert else (a[pair], b[pair])
             if y > 0:
                 ratios.append(x / y)
-        return statistics.median(ratios) if ratios else None
+                pairs.append(pair)
+        measurements = [n.rsplit(".", 1)[0] for n in (num, den)]
+        return Ratio(statistics.median(ratios) if ratios else None, len(pairs), self.load(measurements, pairs))
 
-    def row(self, name, tdfs, baseline, ratio, target=None, minimum=None, cpu=None):
-        """One line; `cpu` names the timed reads (tdfs, baseline) whose CPU
-        per GiB the last column compares."""
+    def derived(self, value, *measurements):
+        """A figure computed from the medians of `measurements` (names such
+        as `slow-seq.ra`), over the pairs that have their `.secs` or
+        `.iops`."""
+        pairs = set()
+        for m in measurements:
+            for figure in (".secs", ".iops"):
+                pairs |= self.values.get(m + figure, {}).keys()
+        return Ratio(value, len(pairs), self.load(measurements, pairs))
+
+    def row(self, name, tdfs, baseline, ratio, target=None, minimum=None, cpu=None, maximum=None, unit=""):
+        """One line; `ratio` is a Ratio (None for a row without one), met
+        when at least `minimum` or at most `maximum`; `cpu` names the timed
+        reads (tdfs, baseline) whose CPU per GiB the last column compares.
+        A row whose load was above max_load is not comparable: it shows so
+        in place of its verdict."""
         if ratio is None:
+            ratio = Ratio(None, 0, None)
+        if ratio.load is None:
+            load, comparable = ("not recorded" if ratio.pairs else "—"), True
+        elif ratio.load > self.max_load:
+            load, comparable = f"**{ratio.load:.2f} > {self.max_load:g}: not comparable**", False
+            self.not_comparable += 1
+        else:
+            load, comparable = f"{ratio.load:.2f}", True
+        if ratio.value is None:
             shown, met = "n/a", "—"
         else:
-            shown = f"{ratio:.2f}×"
-            met = "—" if minimum is None else ("yes" if ratio >= minimum else "**no**")
+            shown = f"{ratio.value:.2f}×{unit}"
+            if minimum is not None:
+                met = "yes" if ratio.value >= minimum else "**no**"
+            elif maximum is not None:
+                met = "yes" if ratio.value <= maximum else "**no**"
+            else:
+                met = "—"
+            if met != "—" and not comparable:
+                met = "not comparable"
         self.lines.append(
-            f"| {name} | {tdfs} | {baseline} | {shown} | {target or '—'} | {met} | {self.cpu_cell(cpu)} |"
+            f"| {name} | {tdfs} | {baseline} | {shown} | {ratio.pairs or '—'} | {load} | {target or '—'} | {met} "
+            f"| {self.cpu_cell(cpu)} |"
         )
 
     def cpu_cell(self, pair):
@@ -325,7 +386,7 @@ class Table:
         if mine is None or theirs is None:
             return "n/a"
         ratio = self.ratio(f"{pair[0]}.cpu-per-gib", f"{pair[1]}.cpu-per-gib")
-        return f"{mine:.2f} s, {theirs:.2f} s: {ratio:.2f}×"
+        return f"{mine:.2f} s, {theirs:.2f} s: {ratio.value:.2f}×"
 
 
 def seq(t, name):
@@ -355,10 +416,10 @@ def rand(t, name):
     return f"{iops:.0f} IOPS, p50 {t.median(name + '.p50'):.0f} µs, p99 {t.median(name + '.p99'):.0f} µs"
 
 
-def table(path):
-    t = Table(load(path))
-    # The memory of the mount that checks the data (run 0) is not a run.
-    runs = {r for n, v in t.values.items() if not n.startswith("memory.") for r in v}
+def table(path, max_load):
+    t = Table(load(path), max_load)
+    # The memory of the mount that checks the data (pair 0) is not a pair.
+    pairs = {r for n, v in t.values.items() if not n.startswith("memory.") for r in v}
     tr = t.ratio
 
     if "seq-cold-zstd.tdfs.secs" in t.values:
@@ -489,7 +550,7 @@ def table(path):
                 "slow-store seq",
                 f"fetched {obj / ra / 1e6:.0f} MB/s of the object",
                 f"one request: {bw / 1e6:.0f} MB/s; read-ahead off: {obj / nora / 1e6:.0f} MB/s",
-                obj / ra / bw,
+                t.derived(obj / ra / bw, "slow-seq.ra", "slow-seq.nora"),
             )
         t.row(
             "slow-store rand",
@@ -511,7 +572,7 @@ def table(path):
             "s3 (Garage) rand-4k-cold",
             rand(t, "s3-rand.tdfs"),
             f"`aws s3 cp` before the first read: {dl:.2f} s" if dl else "n/a",
-            dl / (p99 / 1e6) if dl and p99 else None,
+            t.derived(dl / (p99 / 1e6) if dl and p99 else None, "s3-seq.aws", "s3-rand.tdfs"),
         )
 
     many_rows(t)
@@ -528,7 +589,13 @@ def table(path):
             None,
             "< 64 MiB " + ("(yes)" if peaks[worst] < 64 * 1024 else "(**no**)"),
         )
-    print(f"Medians over {len(runs)} run(s).\n")
+    print(
+        f"Medians over {len(pairs)} pair(s) of runs: each row's tdfs and baseline runs alternate "
+        "(A B A B …), and its ratio is the median of the per-pair ratios. The load column is the "
+        "highest 1-minute load average at the start of any run of the row; a row is **not "
+        f"comparable** when it is above {max_load:g}, and its verdict is withheld. "
+        f"Not comparable: {t.not_comparable} row(s).\n"
+    )
     print("\n".join(t.lines))
     print()
     print(
@@ -558,19 +625,23 @@ def many_rows(t):
         if f"{row}.many.secs" not in t.values:
             continue
         # A time ratio here is many ÷ one: at most the target is met.
-        ratio = t.ratio(f"{row}.many.secs", f"{row}.one.secs")
-        met = "—" if ratio is None else ("yes" if ratio <= time_target else "**no**")
-        t.lines.append(
-            f"| {row} | {readers} `cat`s of {what}: {t.median(row + '.many.secs'):.2f} s"
-            f"{cpu_note(t, row + '.many')} | one `cat` alone: {t.median(row + '.one.secs'):.2f} s"
-            f"{cpu_note(t, row + '.one')} | {ratio:.2f}× the time | ≤ {time_target}× | {met} | — |"
+        t.row(
+            row,
+            f"{readers} `cat`s of {what}: {t.median(row + '.many.secs'):.2f} s{cpu_note(t, row + '.many')}",
+            f"one `cat` alone: {t.median(row + '.one.secs'):.2f} s{cpu_note(t, row + '.one')}",
+            t.ratio(f"{row}.many.secs", f"{row}.one.secs"),
+            f"≤ {time_target}×",
+            maximum=time_target,
+            unit=" the time",
         )
-        fetched = t.ratio(f"{row}.many.store-bytes", f"{row}.unique-bytes")
-        met = "—" if fetched is None else ("yes" if fetched <= bytes_target else "**no**")
-        t.lines.append(
-            f"| {row} | fetched {t.median(row + '.many.store-bytes') / 2**20:.0f} MiB from the store"
-            f" | {unique_name}: {t.median(row + '.unique-bytes') / 2**20:.0f} MiB"
-            f" | {fetched:.2f}× the bytes | ≤ {bytes_target}× | {met} | — |"
+        t.row(
+            row,
+            f"fetched {t.median(row + '.many.store-bytes') / 2**20:.0f} MiB from the store",
+            f"{unique_name}: {t.median(row + '.unique-bytes') / 2**20:.0f} MiB",
+            t.ratio(f"{row}.many.store-bytes", f"{row}.unique-bytes"),
+            f"≤ {bytes_target}×",
+            maximum=bytes_target,
+            unit=" the bytes",
         )
 
 
@@ -601,6 +672,8 @@ def peers_rows(t):
                 f"≥ {minimum}×",
                 minimum,
             )
+
+
 def restore(t, name):
     """`1.23 s; CPU: replay 0.20 s + daemon 0.80 s` of a restore row."""
     secs = t.median(name + ".secs")
@@ -688,8 +761,8 @@ def main(argv):
         cpu(int(args[0]))
     elif cmd == "stat" and len(args) == 2:
         stat_counter(args[0], args[1])
-    elif cmd == "table" and len(args) == 1:
-        table(args[0])
+    elif cmd == "table" and len(args) == 2:
+        table(args[0], float(args[1]))
     else:
         sys.exit(__doc__)
 

@@ -2,8 +2,11 @@
 # Benchmark tdfs against the ways a worker host could otherwise serve template
 # files: a flattened local file, squashfuse over a zstd squashfs image of the
 # same bytes, and `zstd -d` of the same frames; plus a slow (throttled) store
-# and a local S3 server (Garage). Every figure is a median over runs and a
-# ratio to a baseline measured in the same run. See contrib/bench/README.md.
+# and a local S3 server (Garage). Each row's tdfs and baseline runs alternate
+# (A B A B ..., PAIRS pairs); every figure is a median over the pairs, every
+# ratio the median of the per-pair ratios, and the 1-minute load average at
+# the start of each run is recorded: a row any of whose runs started above
+# LOAD_MAX is marked not comparable. See contrib/bench/README.md.
 #
 # Needs root (drops kernel caches, mounts FUSE). Installs nothing: it checks
 # for the tools it uses and names the missing ones.
@@ -16,7 +19,15 @@ HELPER="$HERE/bench.py"
 TDFS=${TDFS:-$REPO/target/release/tdfs}
 CHECKER=${CHECKER:-$REPO/target/release/examples/vm_memfile_check}
 WORK=${BENCH_DIR:-/var/tmp/tdfs-bench}
-RUNS=${RUNS:-3}
+# Pairs of runs (A B) per row; RUNS is the old name.
+PAIRS=${PAIRS:-${RUNS:-3}}
+# A row is not comparable when the 1-minute load average at the start of any
+# of its runs was above this: by default 0.5 per core.
+LOAD_MAX=${LOAD_MAX:-$(awk -v n="$(nproc)" 'BEGIN { printf "%.2f", n / 2 }')}
+# Seconds to wait, before dropping caches for a cold run, for the load to
+# come down to LOAD_MAX (the bench's own last run raises it; fio's 4 jobs
+# most). 0: never wait.
+LOAD_WAIT=${LOAD_WAIT:-60}
 GROUPS_WANTED=${GROUPS_WANTED:-seq,rand,slow,many,s3,peers,restore}
 MEMFILE_MIB=${MEMFILE_MIB:-2048}
 # tdfs mount --passthrough for the seq and rand groups.
@@ -33,11 +44,19 @@ READ_TIMEOUT=${READ_TIMEOUT:-600}
 
 usage() {
   cat <<EOF
-usage: contrib/bench/run.sh [--runs N] [--groups LIST] [--work DIR] [--fio-secs S] [--out FILE]
+usage: contrib/bench/run.sh [--pairs N] [--groups LIST] [--max-load L] [--load-wait S]
+                            [--work DIR] [--fio-secs S] [--out FILE]
 
-  --runs N        runs to take medians over (default $RUNS)
+  --pairs N       pairs of runs per row, tdfs and baseline alternating
+                  (A B A B ...), to take medians over (default $PAIRS;
+                  --runs N is the same)
   --groups LIST   comma list of seq, rand, slow, many, s3, peers, restore (default
                   $GROUPS_WANTED)
+  --max-load L    a row is not comparable when the 1-minute load average at
+                  the start of any of its runs was above L (default $LOAD_MAX:
+                  0.5 per core)
+  --load-wait S   before dropping caches for a cold run, wait up to S seconds
+                  for the load to come down to the bound (default $LOAD_WAIT)
   --work DIR      data, images, stores and mounts (default $WORK; reused
                   between invocations, delete it to regenerate the data)
   --fio-secs S    length of each fio run (default $FIO_SECS)
@@ -47,15 +66,18 @@ Environment: TDFS (binary, default target/release/tdfs), CHECKER (the
 vm_memfile_check example, for restore), MEMFILE_MIB
 ($MEMFILE_MIB), ROOTFS_MIB ($ROOTFS_MIB), MANY_MIB ($MANY_MIB), THROTTLE
 ($THROTTLE), SEED ($SEED), PASSTHROUGH (tdfs mount --passthrough:
-$PASSTHROUGH).
+$PASSTHROUGH); PAIRS, LOAD_MAX and LOAD_WAIT set the defaults of --pairs,
+--max-load and --load-wait.
 EOF
 }
 
 OUT=""
 while [ $# -gt 0 ]; do
   case $1 in
-    --runs) RUNS=$2; shift 2 ;;
+    --pairs|--runs) PAIRS=$2; shift 2 ;;
     --groups) GROUPS_WANTED=$2; shift 2 ;;
+    --max-load) LOAD_MAX=$2; shift 2 ;;
+    --load-wait) LOAD_WAIT=$2; shift 2 ;;
     --work) WORK=$2; shift 2 ;;
     --fio-secs) FIO_SECS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
@@ -63,6 +85,10 @@ while [ $# -gt 0 ]; do
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
 done
+
+[[ $PAIRS =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --pairs wants a positive integer, not '$PAIRS'" >&2; exit 2; }
+[[ $LOAD_MAX =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "run.sh: --max-load wants a number, not '$LOAD_MAX'" >&2; exit 2; }
+[[ $LOAD_WAIT =~ ^[0-9]+$ ]] || { echo "run.sh: --load-wait wants whole seconds, not '$LOAD_WAIT'" >&2; exit 2; }
 
 want() { [[ ",$GROUPS_WANTED," == *",$1,"* ]]; }
 # The groups that read the main data set (prepare, verify_mounts).
@@ -121,16 +147,45 @@ trap 'exit 130' INT TERM
 
 # --- measuring ----------------------------------------------------------------
 
+# Lines `PAIR<TAB>NAME<TAB>VALUE`; PAIR 0 is the check before the pairs.
 RESULTS="$WORK/results.tsv"
-RUN=0
+PAIR=0
 
-record() { printf '%s\t%s\t%s\n' "$RUN" "$1" "$2" >>"$RESULTS"; }
+record() { printf '%s\t%s\t%s\n' "$PAIR" "$1" "$2" >>"$RESULTS"; }
 
-# Then wait SETTLE seconds: in a VM with free page reporting (virtio-balloon;
+load1() { cut -d' ' -f1 /proc/loadavg; }
+above_load_max() { awk -v l="$1" -v m="$LOAD_MAX" 'BEGIN { exit !(l > m) }'; }
+
+# start_run NAME: record NAME.load, the 1-minute load average as the run of
+# NAME starts, and keep it in LOAD for the run's log line.
+LOAD=""
+start_run() {
+  LOAD=$(load1)
+  record "$1.load" "$LOAD"
+}
+
+# Wait up to LOAD_WAIT seconds for the 1-minute load average to come down to
+# LOAD_MAX (it decays by half in ~42 s once the work stops).
+wait_quiet() {
+  local waited=0 load
+  load=$(load1)
+  while above_load_max "$load" && [ "$waited" -lt "$LOAD_WAIT" ]; do
+    sleep 2
+    waited=$((waited + 2))
+    load=$(load1)
+  done
+  if [ "$waited" -ge "$LOAD_WAIT" ] && [ "$LOAD_WAIT" -gt 0 ] && above_load_max "$load"; then
+    log "  load $load still above $LOAD_MAX after ${LOAD_WAIT} s: this run will not be comparable"
+  fi
+}
+
+# Wait for the load to come down (wait_quiet), drop the kernel caches, then
+# wait SETTLE seconds: in a VM with free page reporting (virtio-balloon;
 # the kernel reports freed memory to the host about 2 s after it is freed),
 # memory touched within that window is still backed and cheap, later it
 # costs host faults. Waiting puts every contender in the same state.
 drop_caches() {
+  wait_quiet
   sync
   echo 3 >/proc/sys/vm/drop_caches
   sleep "$SETTLE"
@@ -143,12 +198,14 @@ drop_file_cache() { dd if="$1" iflag=nocache count=0 status=none; }
 # time a timed read counts; empty for a local file or a download.
 DAEMON_PID=""
 
-# timed NAME BYTES COMMAND...: record NAME.secs (wall time), NAME.bytes,
-# NAME.reader-cpu (CPU seconds of COMMAND and its children) and, while a
-# mount is up, NAME.daemon-cpu (its daemon's CPU seconds meanwhile).
+# timed NAME BYTES COMMAND...: record NAME.load (start_run), NAME.secs (wall
+# time), NAME.bytes, NAME.reader-cpu (CPU seconds of COMMAND and its
+# children) and, while a mount is up, NAME.daemon-cpu (its daemon's CPU
+# seconds meanwhile).
 timed() {
   local name=$1 bytes=$2 out wall rcpu d0 d1
   shift 2
+  start_run "$name"
   [ -n "$DAEMON_PID" ] && d0=$(python3 "$HELPER" cpu "$DAEMON_PID")
   out=$(timeout "$READ_TIMEOUT" python3 "$HELPER" timed "$@")
   read -r wall rcpu <<<"$out"
@@ -161,16 +218,18 @@ timed() {
     record "$name.daemon-cpu" "$(python3 -c "print($d1 - $d0)")"
     cpu_note="daemon $(python3 -c "print(f'{$d1 - $d0:.2f}')") s + $cpu_note"
   fi
-  log "  $name: $(python3 -c "print(f'{$wall:.2f} s, {$bytes / $wall / 1e6:.0f} MB/s')"), $cpu_note"
+  log "  $name: $(python3 -c "print(f'{$wall:.2f} s, {$bytes / $wall / 1e6:.0f} MB/s')"), $cpu_note; load $LOAD"
 }
 
 # timed_cat NAME FILE: sequential read of the whole FILE.
 # shellcheck disable=SC2016 # $1 is the inner shell's
 timed_cat() { timed "$1" "$(stat -c %s "$2")" sh -c 'cat "$1" >/dev/null' sh "$2"; }
 
-# fio_rand NAME FILE INVALIDATE: random 4 KiB reads, 4 jobs, FIO_SECS.
+# fio_rand NAME FILE INVALIDATE: random 4 KiB reads, 4 jobs, FIO_SECS;
+# records NAME.load, .iops, .p50 and .p99.
 fio_rand() {
   local name=$1 file=$2 invalidate=$3 json="$WORK/fio.json" iops p50 p99
+  start_run "$name"
   timeout $((FIO_SECS + 120)) fio --name=rand4k --filename="$file" --readonly \
     --rw=randread --bs=4k --numjobs=4 --ioengine=psync --time_based \
     --runtime="$FIO_SECS" --invalidate="$invalidate" --group_reporting \
@@ -179,7 +238,7 @@ fio_rand() {
   record "$name.iops" "$iops"
   record "$name.p50" "$p50"
   record "$name.p99" "$p99"
-  log "  $name: $iops IOPS, p50 $p50 µs, p99 $p99 µs"
+  log "  $name: $iops IOPS, p50 $p50 µs, p99 $p99 µs; load $LOAD"
 }
 
 # wait_mounted DIR PID: until DIR is a mount point (or PID died).
@@ -327,22 +386,29 @@ squash_variants() {
 
 # --- groups -------------------------------------------------------------------
 
+# One pair of every seq row: each tdfs run (on a fresh mount) is followed by
+# its baselines, so a pair's two sides are at most a minute apart.
 group_seq() {
-  local zfile raw name prog img
+  local zfile name prog img
   mount_tdfs seq "$STORE"
   zfile="$MNT/$ZSTD_BUILD/memfile"
-  raw="$MNT/$RAW_BUILD/memfile"
   drop_caches
   timed_cat seq-cold-zstd.tdfs "$zfile"
   wait_flat "$zfile"
   drop_file_cache "$zfile"
   timed_cat seq-warm.tdfs "$zfile"
   timed_cat seq-rehit.tdfs "$zfile"
-  drop_caches
-  timed_cat seq-cold-raw.tdfs "$raw"
-  drop_caches
-  timed_cat seq-cold-rootfs.tdfs "$MNT/$ZSTD_BUILD/rootfs.ext4"
   umount_tdfs
+
+  cat "$DATA/memfile" >/dev/null
+  timed_cat seq-warm.local "$DATA/memfile"
+  # The sparse memfile's page cache holds large folios (and its holes),
+  # which no FUSE file gets on this kernel; a non-sparse copy read the same
+  # way is the local figure to hold seq-rehit against.
+  cp --sparse=never "$DATA/memfile" "$WORK/memfile.full"
+  cat "$WORK/memfile.full" >/dev/null
+  timed_cat seq-rehit.localfull "$WORK/memfile.full"
+  rm -f "$WORK/memfile.full"
 
   while read -r name prog img; do
     mount_squash "$img" "$prog"
@@ -357,32 +423,30 @@ group_seq() {
   # shellcheck disable=SC2016 # $1 is the inner shell's
   timed seq-cold-zstd.zstd "$(stat -c %s "$STORE/$RAW_BUILD/memfile")" sh -c 'zstd -d -q -c "$1" >/dev/null' sh "$ZSTD_OBJECT"
 
+  mount_tdfs seq-raw "$STORE"
   drop_caches
-  timed_cat seq-cold-rootfs.local "$DATA/rootfs.ext4"
+  timed_cat seq-cold-raw.tdfs "$MNT/$RAW_BUILD/memfile"
+  umount_tdfs
   drop_caches
   timed_cat seq-cold-raw.local "$DATA/memfile"
-  cat "$DATA/memfile" >/dev/null
-  timed_cat seq-warm.local "$DATA/memfile"
-  # The sparse memfile's page cache holds large folios (and its holes),
-  # which no FUSE file gets on this kernel; a non-sparse copy read the same
-  # way is the local figure to hold seq-rehit against.
-  cp --sparse=never "$DATA/memfile" "$WORK/memfile.full"
-  cat "$WORK/memfile.full" >/dev/null
-  timed_cat seq-rehit.localfull "$WORK/memfile.full"
-  rm -f "$WORK/memfile.full"
+
+  mount_tdfs seq-rootfs "$STORE"
+  drop_caches
+  timed_cat seq-cold-rootfs.tdfs "$MNT/$ZSTD_BUILD/rootfs.ext4"
+  umount_tdfs
+  drop_caches
+  timed_cat seq-cold-rootfs.local "$DATA/rootfs.ext4"
 }
 
+# One pair of every rand row, each tdfs run followed by its baselines.
 group_rand() {
   local file name prog img
-  mount_tdfs rand "$STORE"
-  file="$MNT/$ZSTD_BUILD/memfile"
+  mount_tdfs rand-cold "$STORE"
   drop_caches
-  fio_rand rand-4k-cold.tdfs "$file" 1
-  cat "$file" >/dev/null
-  wait_flat "$file"
-  fio_rand rand-4k-warm.tdfs "$file" 0
+  fio_rand rand-4k-cold.tdfs "$MNT/$ZSTD_BUILD/memfile" 1
   umount_tdfs
-
+  drop_caches
+  fio_rand rand-4k-cold.local "$DATA/memfile" 1
   while read -r name prog img; do
     mount_squash "$img" "$prog"
     drop_caches
@@ -390,27 +454,34 @@ group_rand() {
     umount_squash
   done < <(squash_variants)
 
-  drop_caches
-  fio_rand rand-4k-cold.local "$DATA/memfile" 1
+  mount_tdfs rand-warm "$STORE"
+  file="$MNT/$ZSTD_BUILD/memfile"
+  cat "$file" >/dev/null
+  wait_flat "$file"
+  fio_rand rand-4k-warm.tdfs "$file" 0
+  umount_tdfs
   cat "$DATA/memfile" >/dev/null
   fio_rand rand-4k-warm.local "$DATA/memfile" 0
 }
 
+# Read-ahead on (A) against off (B), the seq row's pair and then the rand row's.
 group_slow() {
-  local ra name
+  local kind ra extra
   record slow-seq.object-bytes "$(stat -c %s "$ZSTD_OBJECT")"
   record slow-seq.store-bps "$(python3 "$HELPER" bandwidth "$THROTTLE")"
-  for ra in ra nora; do
-    local extra=(--bench-throttle "$THROTTLE")
-    [ "$ra" = nora ] && extra+=(--readahead 0)
-    mount_tdfs "slow-seq-$ra" "$STORE" "${extra[@]}"
-    drop_caches
-    timed_cat "slow-seq.$ra" "$MNT/$ZSTD_BUILD/memfile"
-    umount_tdfs
-    mount_tdfs "slow-rand-$ra" "$STORE" "${extra[@]}"
-    drop_caches
-    fio_rand "slow-rand.$ra" "$MNT/$ZSTD_BUILD/memfile" 1
-    umount_tdfs
+  for kind in seq rand; do
+    for ra in ra nora; do
+      extra=(--bench-throttle "$THROTTLE")
+      [ "$ra" = nora ] && extra+=(--readahead 0)
+      mount_tdfs "slow-$kind-$ra" "$STORE" "${extra[@]}"
+      drop_caches
+      if [ "$kind" = seq ]; then
+        timed_cat "slow-seq.$ra" "$MNT/$ZSTD_BUILD/memfile"
+      else
+        fio_rand "slow-rand.$ra" "$MNT/$ZSTD_BUILD/memfile" 1
+      fi
+      umount_tdfs
+    done
   done
 }
 
@@ -439,23 +510,21 @@ peers_read() {
 
 # Host B reads the zstd memfile cold through its peer A, whose cache is
 # warm (A read the file from the slow store first); against B reading the
-# slow store itself (THROTTLE) and the unthrottled local store. B's only
-# peer is A, so A owns every unit and B's store requests stay 0.
+# slow store itself (THROTTLE) and the unthrottled local store, right after
+# (A stays mounted, idle, meanwhile). B's only peer is A, so A owns every
+# unit and B's store requests stay 0.
 group_peers() {
-  local addr kind a_mnt a_watch a_name file="$ZSTD_BUILD/memfile"
+  local addr kind a_pid a_mnt a_watch a_name file="$ZSTD_BUILD/memfile"
   addr="127.0.0.1:$(free_port)"
   mount_tdfs peers-a "$STORE" --peer-listen "$addr" --bench-throttle "$THROTTLE"
-  A_PID=$TDFS_PID a_mnt=$MNT a_watch=$WATCH_PID a_name=$MOUNT_NAME
+  a_pid=$TDFS_PID a_mnt=$MNT a_watch=$WATCH_PID a_name=$MOUNT_NAME
   cat "$a_mnt/$file" >/dev/null
   for kind in seq rand; do
     mount_tdfs "peers-b-$kind" "$STORE" --peer "http://$addr" --bench-throttle "$THROTTLE"
+    A_PID=$a_pid
     peers_read "$kind" "peers-$kind.peer" "$MNT/$file"
+    A_PID=""
     umount_tdfs
-  done
-  TDFS_PID=$A_PID MNT=$a_mnt WATCH_PID=$a_watch MOUNT_NAME=$a_name
-  A_PID=""
-  umount_tdfs
-  for kind in seq rand; do
     mount_tdfs "peers-slow-$kind" "$STORE" --bench-throttle "$THROTTLE"
     peers_read "$kind" "peers-$kind.slow" "$MNT/$file"
     umount_tdfs
@@ -463,6 +532,8 @@ group_peers() {
     peers_read "$kind" "peers-$kind.local" "$MNT/$file"
     umount_tdfs
   done
+  TDFS_PID=$a_pid MNT=$a_mnt WATCH_PID=$a_watch MOUNT_NAME=$a_name
+  umount_tdfs
 }
 
 # --- many readers at once (the `many` group) ----------------------------------
@@ -501,7 +572,7 @@ prepare_many() {
 }
 
 # many_read ROW KIND FILE...: cat the FILEs at once on a fresh mount of the
-# slow store, caches dropped; records ROW.KIND.secs, .reader-cpu,
+# slow store, caches dropped; records ROW.KIND.load, .secs, .reader-cpu,
 # .daemon-cpu (the mount's CPU seconds while they ran) and .store-bytes.
 many_read() {
   local row=$1 kind=$2 cpu0 cpu1 wall rcpu f files=()
@@ -509,6 +580,7 @@ many_read() {
   mount_tdfs "many-$row-$kind" "$MANY/store" --bench-throttle "$THROTTLE"
   for f in "$@"; do files+=("$MNT/$f"); done
   drop_caches
+  start_run "$row.$kind"
   cpu0=$(python3 "$HELPER" cpu "$TDFS_PID")
   read -r wall rcpu < <(timeout "$READ_TIMEOUT" python3 "$HELPER" cats "${files[@]}")
   cpu1=$(python3 "$HELPER" cpu "$TDFS_PID")
@@ -516,7 +588,7 @@ many_read() {
   record "$row.$kind.reader-cpu" "$rcpu"
   record "$row.$kind.daemon-cpu" "$(python3 -c "print($cpu1 - $cpu0)")"
   record "$row.$kind.store-bytes" "$(python3 "$HELPER" stat "$MNT/.stats" tdfs_store_bytes_total)"
-  log "  $row.$kind: $wall s for $# reader(s), readers $rcpu s CPU, daemon $(python3 -c "print(f'{$cpu1 - $cpu0:.2f}')") s CPU"
+  log "  $row.$kind: $wall s for $# reader(s), readers $rcpu s CPU, daemon $(python3 -c "print(f'{$cpu1 - $cpu0:.2f}')") s CPU; load $LOAD"
   umount_tdfs
 }
 
@@ -652,10 +724,13 @@ prepare_restore() {
 
 # boot_vm DISK [NAME]: boot contrib/vm's guest (QEMU TCG) from DISK to its
 # power-off, as boot-from-tdfs.sh does, and check the guest's marker on the
-# console; with NAME, record NAME.secs and NAME.cpu (QEMU's CPU seconds).
+# console; with NAME, record NAME.load, NAME.secs and NAME.cpu (QEMU's CPU
+# seconds).
 boot_vm() {
   local disk=$1 name=${2:-record} serial="$WORK/logs/boot.serial" wall cpu kernel
   : >"$serial"
+  LOAD=""
+  [ $# -gt 1 ] && start_run "$name"
   kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n 1)
   read -r wall cpu < <(python3 "$HELPER" run "$serial" timeout -k 5 "$READ_TIMEOUT" \
     qemu-system-x86_64 -accel tcg -m 256M -smp 1 \
@@ -667,15 +742,16 @@ boot_vm() {
     record "$name.secs" "$wall"
     record "$name.cpu" "$cpu"
   fi
-  log "  $name: booted in $wall s, QEMU $cpu s CPU"
+  log "  $name: booted in $wall s, QEMU $cpu s CPU${LOAD:+; load $LOAD}"
 }
 
 # restore_replay ROW FILE: caches dropped, replay the recorded trace on FILE
-# (vm_memfile_check --replay, 4 threads); records ROW.secs, ROW.cpu (the
-# replay's) and, on a tdfs mount, ROW.daemon-cpu.
+# (vm_memfile_check --replay, 4 threads); records ROW.load, ROW.secs,
+# ROW.cpu (the replay's) and, on a tdfs mount, ROW.daemon-cpu.
 restore_replay() {
   local row=$1 file=$2 wall cpu cpu0="" cpu1
   drop_caches
+  start_run "$row"
   [ -n "$TDFS_PID" ] && cpu0=$(python3 "$HELPER" cpu "$TDFS_PID")
   read -r wall cpu < <(python3 "$HELPER" run "$WORK/logs/restore.log" timeout "$READ_TIMEOUT" \
     "$CHECKER" "$file" --replay "$RESTORE_TRACE" --threads 4)
@@ -685,29 +761,36 @@ restore_replay() {
     cpu1=$(python3 "$HELPER" cpu "$TDFS_PID")
     record "$row.daemon-cpu" "$(python3 -c "print($cpu1 - $cpu0)")"
   fi
-  log "  $row: $wall s, replay $cpu s CPU${cpu0:+, daemon $(python3 -c "print(f'{$cpu1 - $cpu0:.2f}')") s CPU}"
+  log "  $row: $wall s, replay $cpu s CPU${cpu0:+, daemon $(python3 -c "print(f'{$cpu1 - $cpu0:.2f}')") s CPU}; load $LOAD"
 }
 
+# The replays in the order slow off, slow prefetch, local file, fast
+# prefetch, fast off: each prefetch run next to both of its baselines.
 group_restore() {
-  local speed extra prefetched=() build
+  local step speed mode extra file prefetched=() build
   if [ -f "$RESTORE/build.meta" ]; then
     build=$(cat "$RESTORE/build.meta")
   else
     build=$RESTORE_BUILD
     prefetched=(--prefetch-dir "$RESTORE_REC")
   fi
-  for speed in slow fast; do
-    extra=()
+  for step in slow.off slow.prefetch local fast.prefetch fast.off; do
+    if [ "$step" = local ]; then
+      TDFS_PID=""
+      restore_replay restore.local "$DATA/memfile"
+      continue
+    fi
+    speed=${step%.*} mode=${step#*.} extra=()
     [ "$speed" = slow ] && extra=(--bench-throttle "$THROTTLE")
-    mount_tdfs "restore-$speed-off" "$STORE" "${extra[@]}" --prefetch off
-    restore_replay "restore-$speed.off" "$MNT/$RESTORE_BUILD/memfile"
-    umount_tdfs
-    mount_tdfs "restore-$speed-prefetch" "$STORE" "${extra[@]}" "${prefetched[@]}"
-    restore_replay "restore-$speed.prefetch" "$MNT/$build/memfile"
+    if [ "$mode" = off ]; then
+      extra+=(--prefetch off) file=$RESTORE_BUILD
+    else
+      extra+=("${prefetched[@]}") file=$build
+    fi
+    mount_tdfs "restore-$speed-$mode" "$STORE" "${extra[@]}"
+    restore_replay "restore-$step" "$MNT/$file/memfile"
     umount_tdfs
   done
-  TDFS_PID=""
-  restore_replay restore.local "$DATA/memfile"
 
   mount_tdfs boot-off "$VM_DIR/store" --prefetch off
   drop_caches
@@ -735,7 +818,8 @@ describe_machine() {
     [ -f "$RESTORE/build.meta" ] && source="metadata.json (tdfs pack --prefetch-memfile)"
     echo "- restore: the memfile packed with 4 KiB blocks; its trace, recorded while vm_memfile_check ran the access model (seed $SEED), lists $blocks blocks ($((bytes >> 20)) MiB, $((100 * bytes / (MEMFILE_MIB << 20)))% of the memfile), replayed from 4 threads; prefetch from $source; boot: contrib/vm's guest (QEMU TCG, 1 vCPU), rootfs trace of one boot: $rblocks blocks ($((rbytes >> 10)) KiB), replayed with --prefetch-dir"
   fi
-  echo "- runs: $RUNS; fio: random 4 KiB reads, 4 jobs, psync, ${FIO_SECS} s; slow store: $THROTTLE per request; after dropping caches: ${SETTLE} s settle"
+  echo "- pairs: $PAIRS (each row's tdfs and baseline runs alternate, A B A B ...; medians over the pairs); load bound: $LOAD_MAX (1-minute load average at the start of each run; $(nproc) cores), waiting up to ${LOAD_WAIT} s before each cold run for it"
+  echo "- fio: random 4 KiB reads, 4 jobs, psync, ${FIO_SECS} s; slow store: $THROTTLE per request; after dropping caches: ${SETTLE} s settle"
 }
 
 main() {
@@ -751,8 +835,8 @@ main() {
   if want s3; then start_garage; fi
   if want many; then prepare_many; fi
   if want restore; then prepare_restore; fi
-  for RUN in $(seq "$RUNS"); do
-    log "run $RUN of $RUNS (load $(cut -d' ' -f1-3 /proc/loadavg))"
+  for PAIR in $(seq "$PAIRS"); do
+    log "pair $PAIR of $PAIRS (load $(cut -d' ' -f1-3 /proc/loadavg))"
     if want seq; then group_seq; fi
     if want rand; then group_rand; fi
     if want slow; then group_slow; fi
@@ -766,7 +850,7 @@ main() {
     describe_machine
     echo "- load average (1, 5, 15 min) at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
-    python3 "$HELPER" table "$RESULTS"
+    python3 "$HELPER" table "$RESULTS" "$LOAD_MAX"
   } >"$report"
   cat "$report"
   if [ -n "$OUT" ]; then cp "$report" "$OUT"; fi
