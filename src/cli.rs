@@ -75,7 +75,7 @@ pub enum CliError {
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error(transparent)]
-    Fs(#[from] crate::fs::FsError),
+    Mount(#[from] mount::MountError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

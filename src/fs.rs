@@ -27,7 +27,8 @@ pub use error::{FsError, ToErrno, chain};
 pub use handles::DirEntry;
 pub use inode::STATS_NAME;
 pub use mount::{
-    MountOptions, Mounted, Unmounted, check_fuse_device, mount, mount_points, prepare_mountpoint,
+    MountOptions, Mounted, MountpointError, Unmounted, check_fuse_device, mount, mount_points,
+    prepare_mountpoint,
 };
 pub use statfs::{FsFigures, NAME_MAX, STATFS_BLOCK};
 pub use templatefs::{Entry, FsOptions, IMMUTABLE_TTL, Opened, TemplateFs};

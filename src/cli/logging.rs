@@ -9,14 +9,15 @@ use std::fs::OpenOptions;
 use log::{LevelFilter, Log, Metadata, Record};
 
 use super::mount::MountArgs;
-use crate::fs::{self, FsError};
+use super::mount::MountError;
+use crate::fs;
 
 /// Logs go to stderr, or appended to `--log-file`; level info, RUST_LOG
 /// filters, `-d` makes debug the default level.
 ///
 /// # Errors
-/// `FsError::File` when the log file cannot be opened.
-pub(super) fn init_logging(args: &MountArgs) -> Result<(), FsError> {
+/// `MountError::File` when the log file cannot be opened.
+pub(super) fn init_logging(args: &MountArgs) -> Result<(), MountError> {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(LevelFilter::Info);
     match env::var("RUST_LOG") {
@@ -38,7 +39,7 @@ pub(super) fn init_logging(args: &MountArgs) -> Result<(), FsError> {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| FsError::File {
+            .map_err(|source| MountError::File {
                 what: "opening the log file",
                 path: path.clone(),
                 source,

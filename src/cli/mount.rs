@@ -12,7 +12,7 @@ use super::daemon::{self, block_stop_signals, signal_name, wait_for_signals};
 use super::logging::init_logging;
 use super::readiness;
 use crate::chunker::PeerSource;
-use crate::fs::{self, FsError, FsOptions, MountOptions, TemplateFs, Unmounted};
+use crate::fs::{self, FsOptions, MountOptions, MountpointError, TemplateFs, Unmounted};
 use crate::metrics::MetricsEndpoint;
 use crate::peer::{PeerClient, PeerClientConfig, PeerListen};
 use crate::store::{self, Store, StoreLocation, StoreOptions, Throttle, ThrottleStore};
@@ -172,9 +172,9 @@ pub struct MountArgs {
 
 /// Run `tdfs mount`: returns once the mount is up (daemon) or after it has
 /// been unmounted (foreground).
-pub fn run(mut args: MountArgs) -> Result<(), FsError> {
+pub fn run(mut args: MountArgs) -> Result<(), MountError> {
     init_logging(&args)?;
-    let (peer_listen, peer_client) = args.peer.check().map_err(|e| FsError::Peer(Box::new(e)))?;
+    let (peer_listen, peer_client) = args.peer.check()?;
     fs::check_fuse_device()?;
     let mountpoint = fs::prepare_mountpoint(&args.mountpoint)?;
     let store = absolute_store(&args.store);
@@ -185,7 +185,7 @@ pub fn run(mut args: MountArgs) -> Result<(), FsError> {
     // Made now, so a path that cannot be a directory fails the mount, not
     // every recording later.
     if let Some(dir) = &args.record_prefetch {
-        std::fs::create_dir_all(dir).map_err(|source| FsError::File {
+        std::fs::create_dir_all(dir).map_err(|source| MountError::File {
             what: "recording directory (--record-prefetch: give a directory tdfs may create and write)",
             path: dir.clone(),
             source,
@@ -230,17 +230,17 @@ struct Setup {
 /// shows now, not at the first read, that the store answers (remote stores
 /// connect lazily, and only a listing tells a missing bucket from a missing
 /// object); returns the store and how many builds it has.
-fn connect_store(args: &MountArgs, location: &str) -> Result<(Arc<dyn Store>, usize), FsError> {
+fn connect_store(args: &MountArgs, location: &str) -> Result<(Arc<dyn Store>, usize), MountError> {
     let options = StoreOptions {
         endpoint_url: args.endpoint_url.clone(),
         region: args.region.clone(),
         ..StoreOptions::default()
     };
-    let mut store = store::open(location, &options).map_err(FsError::open)?;
+    let mut store = store::open(location, &options).map_err(MountError::open)?;
     if let Some(throttle) = args.bench_throttle {
         store = Arc::new(ThrottleStore::new(store, throttle));
     }
-    let builds = store.list_builds().map_err(FsError::open)?;
+    let builds = store.list_builds().map_err(MountError::open)?;
     Ok((store, builds.len()))
 }
 
@@ -316,9 +316,9 @@ fn idle_diff_limit(nofile: u64) -> usize {
 }
 
 /// `dir` made absolute (the daemon changes directory to `/`), when given.
-fn absolute_dir(dir: Option<&Path>, what: &'static str) -> Result<Option<PathBuf>, FsError> {
+fn absolute_dir(dir: Option<&Path>, what: &'static str) -> Result<Option<PathBuf>, MountError> {
     dir.map(|d| {
-        std::path::absolute(d).map_err(|source| FsError::File {
+        std::path::absolute(d).map_err(|source| MountError::File {
             what,
             path: d.to_path_buf(),
             source,
@@ -339,16 +339,15 @@ fn absolute_store(location: &str) -> String {
 
 /// Mount and serve until a stop signal or an outside unmount; `ready` runs
 /// once the mount is usable.
-fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
+fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), MountError> {
     // Before any thread exists, so every thread inherits the mask and the
     // signals are only ever taken by `sigwait` below.
     let signals = block_stop_signals()?;
     return_big_buffers();
     let args = &setup.args;
     let (store, build_count) = connect_store(args, &setup.store)?;
-    let peers = PeerClient::from_config(&setup.peer_client)
-        .map_err(|e| FsError::Peer(Box::new(e)))?
-        .map(|c| Arc::new(c) as Arc<dyn PeerSource>);
+    let peers =
+        PeerClient::from_config(&setup.peer_client)?.map(|c| Arc::new(c) as Arc<dyn PeerSource>);
     let config = TemplateConfig {
         cache_dir: setup.cache_dir.clone(),
         max_cache_size: args.max_cache_size,
@@ -369,9 +368,9 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     };
     let builds = Builds::new(store, config);
     // Made now, so a cache directory that cannot be made fails the mount.
-    let cache_path = builds.cache_dir().map_err(FsError::open)?.to_path_buf();
+    let cache_path = builds.cache_dir().map_err(MountError::open)?.to_path_buf();
     let _metrics = MetricsEndpoint::start_if_asked(args.metrics_listen, builds.stats())
-        .map_err(FsError::Process)?;
+        .map_err(MountError::Process)?;
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let options = FsOptions {
@@ -381,11 +380,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), FsError> {
     // Before the mount, so an address it cannot bind fails the mount; kept
     // until serving ends.
     let _peer_server = match &setup.peer_listen {
-        Some(listen) => Some(
-            listen
-                .start(builds.clone())
-                .map_err(|e| FsError::Peer(Box::new(e)))?,
-        ),
+        Some(listen) => Some(listen.start(builds.clone())?),
         None => None,
     };
     let tree = Arc::new(TemplateFs::new(Arc::clone(&builds), options));
@@ -418,7 +413,7 @@ fn wait_for_end(
     setup: &Setup,
     mounted: fs::Mounted,
     stop: &crossbeam_channel::Receiver<libc::c_int>,
-) -> Result<(), FsError> {
+) -> Result<(), MountError> {
     let mountpoint = setup.mountpoint.display();
     // Exactly one line says how the mount ended (operators grep for it).
     crossbeam_channel::select! {
@@ -443,7 +438,7 @@ fn wait_for_end(
             readiness::stopping(&setup.mountpoint);
             result
                 .unwrap_or(Ok(()))
-                .map_err(|source| FsError::Mount { path: setup.mountpoint.clone(), source })?;
+                .map_err(|source| MountpointError::Mount { path: setup.mountpoint.clone(), source })?;
             log::info!("stopped serving {mountpoint}: it was unmounted");
             Ok(())
         }
@@ -463,9 +458,9 @@ fn parse_on_off(value: &str) -> Result<bool, String> {
 /// default), absolute: the daemon changes directory to `/`. The read path
 /// makes the mount's cache directory (`mount-<uuid>`) there, so mounts never
 /// share files.
-fn cache_root(root: Option<&Path>) -> Result<PathBuf, FsError> {
+fn cache_root(root: Option<&Path>) -> Result<PathBuf, MountError> {
     match root {
-        Some(r) => std::path::absolute(r).map_err(|source| FsError::File {
+        Some(r) => std::path::absolute(r).map_err(|source| MountError::File {
             what: "cache directory",
             path: r.to_path_buf(),
             source,
@@ -488,8 +483,10 @@ fn default_cache_root() -> PathBuf {
     }
 }
 
+mod error;
 mod peer_args;
 
+pub use error::MountError;
 pub use peer_args::PeerArgs;
 
 #[cfg(test)]
