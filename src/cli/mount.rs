@@ -173,7 +173,7 @@ pub struct MountArgs {
 /// Run `tdfs mount`: returns once the mount is up (daemon) or after it has
 /// been unmounted (foreground).
 pub fn run(mut args: MountArgs) -> Result<(), MountError> {
-    init_logging(&args)?;
+    init_logging(args.debug, args.log_file.as_deref())?;
     let (peer_listen, peer_client) = args.peer.check()?;
     fs::check_fuse_device()?;
     let mountpoint = fs::prepare_mountpoint(&args.mountpoint)?;
