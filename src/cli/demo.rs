@@ -22,7 +22,7 @@ pub struct Args {
     pub store: PathBuf,
 
     /// Compression of the demo builds when they are made.
-    #[arg(long, default_value = "zstd", value_parser = super::parse_compression)]
+    #[arg(long, default_value = "zstd", value_parser = super::parse::parse_compression)]
     pub compress: Compression,
 
     /// Stay in the foreground (Ctrl-C unmounts) instead of running as a daemon.

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::{CliError, human_bytes, open_store_arg, parse_build, parse_file_kind};
+use super::parse::{parse_build, parse_file_kind};
+use super::{CliError, human_bytes, open_store_arg};
 use crate::format::FileKind;
 use crate::pack::{ScratchDir, byte_bar, default_threads, ordered_map};
 use crate::template::{Builds, TemplateConfig, TemplateFile};

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::daemon::{self, block_stop_signals, signal_name, wait_for_signals};
 use super::logging::init_logging;
+use super::parse::{parse_fetch_timeout, parse_on_off, parse_size};
 use super::readiness;
 use crate::chunker::PeerSource;
 use crate::fs::{self, FsOptions, MountOptions, MountpointError, TemplateFs, Unmounted};
@@ -59,7 +60,7 @@ pub struct MountArgs {
     pub cache_dir: Option<PathBuf>,
 
     /// Bound on the bytes kept in cache files, e.g. 20GiB; 0 = no bound.
-    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = super::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
     pub max_cache_size: u64,
 
     /// FUSE worker threads. Each blocks while its read waits for a fetch,
@@ -81,11 +82,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "GID")]
     pub gid: Option<u32>,
 
-    /// Seconds a read waits for the store before it fails with EIO (the
-    /// fetch goes on; a later read retries).
-    #[arg(long, value_name = "SECS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub fetch_timeout: u64,
+    /// How long a read waits for the store before it fails with EIO (the
+    /// fetch goes on; a later read retries): a number with a unit, ms, s or
+    /// m (e.g. 30s, 300ms, 2m; bare seconds too), at most 1 hour.
+    #[arg(long, value_name = "DURATION", default_value = "30s",
+          value_parser = parse_fetch_timeout)]
+    pub fetch_timeout: Duration,
 
     /// Check each diff against the SHA-256 in its header (V4/V5) once it
     /// is wholly cached; a mismatch is logged and fails reads with EIO.
@@ -148,7 +150,7 @@ pub struct MountArgs {
     pub passthrough: bool,
 
     /// Most bytes one build may prefetch, e.g. 2GiB; 0 = no bound.
-    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = super::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
     pub prefetch_max: u64,
 
     /// Also replay recordings DIR/<build>/<file>.prefetch.json (as
@@ -351,7 +353,7 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), MountError> {
     let config = TemplateConfig {
         cache_dir: setup.cache_dir.clone(),
         max_cache_size: args.max_cache_size,
-        fetch_timeout: Duration::from_secs(args.fetch_timeout),
+        fetch_timeout: args.fetch_timeout,
         readahead: args.readahead,
         fetch_workers: FETCH_WORKERS,
         verify_checksums: args.verify_checksums,
@@ -442,15 +444,6 @@ fn wait_for_end(
             log::info!("stopped serving {mountpoint}: it was unmounted");
             Ok(())
         }
-    }
-}
-
-/// `on` or `off` (`--prefetch`).
-fn parse_on_off(value: &str) -> Result<bool, String> {
-    match value {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("{value:?}: say on or off")),
     }
 }
 

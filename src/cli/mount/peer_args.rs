@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cli::parse::parse_duration;
 use crate::peer::{PeerClientConfig, PeerError, PeerListen, TlsFiles, parse_peer_url};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -42,8 +43,8 @@ pub struct PeerArgs {
     /// and skipped.
     #[arg(long, value_name = "FILE")]
     pub peers_file: Option<PathBuf>,
-    /// How long to wait for a peer's first byte before reading the store,
-    /// e.g. 300ms or 2s.
+    /// How long to wait for a peer's first byte before reading the store:
+    /// a number with a unit, ms, s or m (e.g. 300ms or 2s).
     #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = parse_duration)]
     pub peer_timeout: Duration,
     /// This host's own URL in the fleet list [default: http(s)://ADDR:PORT
@@ -93,36 +94,5 @@ impl PeerArgs {
             tls,
         };
         Ok((listen, client))
-    }
-}
-
-/// A duration with its unit: `300ms`, `2s`, `1.5s`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?}: give a positive number of ms or s, e.g. 300ms, 2s or 1.5s");
-    let (number, seconds_per_unit) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        return Err(bad());
-    };
-    let value: f64 = number.trim().parse().map_err(|_| bad())?;
-    Duration::try_from_secs_f64(value * seconds_per_unit)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(bad)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_need_a_unit() {
-        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        for bad in ["300", "0ms", "-1s", "fast"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 }
