@@ -50,6 +50,20 @@ pub struct MountOptions {
     pub threads: usize,
 }
 
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            // Only the mounting user, as FUSE itself defaults to: letting
+            // others in is the mounter's choice (and needs fuse.conf).
+            allow_other: false,
+            // Each worker blocks while its read waits for a fetch; 32 keeps
+            // cache hits from queueing behind a burst of misses (a VM's
+            // page faults come many at once) at a few idle threads' cost.
+            threads: 32,
+        }
+    }
+}
+
 /// Check that FUSE can be used at all.
 pub fn check_fuse_device() -> Result<(), MountpointError> {
     match std::fs::metadata("/dev/fuse") {

@@ -40,6 +40,16 @@ pub struct FsOptions {
     pub gid: u32,
 }
 
+/// The mounting user and group own every node, as they would own files
+/// they had copied out of the store.
+impl Default for FsOptions {
+    fn default() -> Self {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        FsOptions { uid, gid }
+    }
+}
+
 /// A node's attributes and how long the kernel may keep them.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {

@@ -2,15 +2,14 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::Duration;
 
 use fuser::{FileType, FopenFlags};
 
 use super::*;
 use crate::fs::ToErrno;
 use crate::fs::inode::{ROOT_INO, STATS_INO, STATS_NAME};
+use crate::template::TemplateConfig;
 use crate::template::testing::fixture_builds;
-use crate::template::{PrefetchConfig, TemplateConfig};
 
 /// A layer of the v4-zstd fixture and its base.
 const LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
@@ -19,16 +18,10 @@ const BASE: &str = "4c8cee25-4691-41ad-bee6-af9d9284b55b";
 fn fixture_fs(cache: &Path) -> TemplateFs {
     let config = TemplateConfig {
         cache_dir: cache.to_path_buf(),
-        max_cache_size: 0,
-        fetch_timeout: Duration::from_secs(30),
         readahead: 1,
         fetch_workers: 2,
-        verify_checksums: false,
-        listing_ttl: Duration::from_secs(5),
         max_idle_diffs: 4,
-        prefetch: PrefetchConfig::default(),
-        peers: None,
-        passthrough: false,
+        ..TemplateConfig::default()
     };
     let options = FsOptions {
         uid: 1000,
