@@ -1,6 +1,8 @@
 //! `tdfs mount STORE MOUNTPOINT`: mount a store's builds read-only, in the
 //! foreground or as a daemon, and unmount cleanly on SIGINT, SIGTERM or
-//! SIGHUP (or when unmounted from outside). Forking, the startup pipe and
+//! SIGHUP (or when unmounted from outside). The flags are `args` (and
+//! `peer_args`), turning them into configuration is `config`'s job, the
+//! setup failures are `error`'s `MountError`; forking, the startup pipe and
 //! taking the signals are `daemon`'s job.
 
 use std::path::PathBuf;
