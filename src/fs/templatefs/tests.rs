@@ -8,8 +8,8 @@ use fuser::{FileType, FopenFlags};
 use super::*;
 use crate::fs::ToErrno;
 use crate::fs::inode::{ROOT_INO, STATS_INO, STATS_NAME};
-use crate::template::TemplateConfig;
 use crate::template::testing::fixture_builds;
+use crate::template::{PrefetchConfig, TemplateConfig};
 
 /// A layer of the v4-zstd fixture and its base.
 const LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
@@ -21,6 +21,11 @@ fn fixture_fs(cache: &Path) -> TemplateFs {
         readahead: 1,
         fetch_workers: 2,
         max_idle_diffs: 4,
+        // The xattr test checks what a mount with `--prefetch off` shows.
+        prefetch: PrefetchConfig {
+            enabled: false,
+            ..PrefetchConfig::default()
+        },
         ..TemplateConfig::default()
     };
     let options = FsOptions {
