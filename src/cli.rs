@@ -10,6 +10,7 @@ mod logging;
 mod man;
 pub mod mount;
 mod pack;
+mod parse;
 mod readiness;
 mod verify;
 
@@ -20,7 +21,6 @@ use std::sync::Arc;
 use clap::{CommandFactory, Parser, Subcommand};
 use uuid::Uuid;
 
-use crate::format::{Compression, FileKind, parse_build_id};
 use crate::pack::PackError;
 use crate::store::{Store, StoreError, StoreOptions, WritableStore};
 use crate::template::{Builds, TemplateConfig, TemplateError};
@@ -75,7 +75,7 @@ pub enum CliError {
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error(transparent)]
-    Fs(#[from] crate::fs::FsError),
+    Mount(#[from] mount::MountError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -138,50 +138,6 @@ pub fn header_reader(store: Arc<dyn Store>) -> Arc<Builds> {
     Builds::new(store, TemplateConfig::for_tool(std::env::temp_dir()))
 }
 
-/// A size: plain bytes or with a binary unit (`4KiB`, `2MiB`, `1GiB`;
-/// `K`, `M`, `G`, `T` mean the same).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let bad = || format!("{text:?} is not a size (examples: 4096, 4KiB, 2MiB, 1GiB)");
-    if digits.is_empty() {
-        return Err(bad());
-    }
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
-
-/// A build id in canonical form (`3f1c…-…`, as the store names it).
-pub fn parse_build(text: &str) -> Result<Uuid, String> {
-    parse_build_id(text).ok_or_else(|| {
-        format!("{text:?} is not a build id (a UUID like 3f1c0000-0000-4000-8000-000000000001)")
-    })
-}
-
-/// `memfile` or `rootfs.ext4`.
-pub fn parse_file_kind(text: &str) -> Result<FileKind, String> {
-    FileKind::from_name(text)
-        .ok_or_else(|| format!("{text:?} is not a template file (memfile or rootfs.ext4)"))
-}
-
-/// `zstd`, `lz4` or `none`.
-pub fn parse_compression(text: &str) -> Result<Compression, String> {
-    [Compression::Zstd, Compression::Lz4, Compression::None]
-        .into_iter()
-        .find(|c| c.name() == text)
-        .ok_or_else(|| format!("{text:?} is not a compression (zstd, lz4 or none)"))
-}
-
 /// `12.0 MiB` style, for people.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -203,30 +159,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("4KiB"), Ok(4096));
-        assert_eq!(parse_size("4k"), Ok(4096));
-        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
-        assert_eq!(parse_size("2 MiB"), Ok(2 << 20));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("1T"), Ok(1 << 40));
-        assert_eq!(parse_size("7B"), Ok(7));
-        for bad in ["", "MiB", "2.5MiB", "-1", "4KB", "12 apples"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
-        assert!(parse_size("99999999999TiB").is_err());
-    }
-
-    #[test]
-    fn names() {
-        assert_eq!(parse_compression("lz4"), Ok(Compression::Lz4));
-        assert!(parse_compression("gzip").is_err());
-        assert_eq!(parse_file_kind("memfile"), Ok(FileKind::Memfile));
-        assert!(parse_file_kind("snapfile").is_err());
-        let id = Uuid::new_v4();
-        assert_eq!(parse_build(&id.to_string()), Ok(id));
-        assert!(parse_build("nope").is_err());
+    fn human_sizes() {
         assert_eq!(human_bytes(100), "100 B");
         assert_eq!(human_bytes(3 << 20), "3.0 MiB");
     }

@@ -2,8 +2,9 @@
 //! mapping. Thin: it translates FUSE calls into `template` calls.
 //!
 //! `TemplateFs` is the tree itself and can be driven without a kernel
-//! (`templatefs` for nodes and attributes, `handles` for open files and
-//! reads); `fuse` links fuser's callbacks to it; `mount` mounts and
+//! (`templatefs` for nodes, attributes and xattrs, `templatefs::open` for
+//! opening, reading and releasing; `handles` holds the handle types,
+//! `xattr` the attribute values, `inode` the inode numbers); `fuse` links fuser's callbacks to it; `mount` mounts and
 //! unmounts; `error` is where every failure becomes an errno and a log line;
 //! `connection` tells the log a reply refused because the mount ended;
 //! `passthrough` decides which opens the kernel serves from flat files;
@@ -23,9 +24,11 @@ mod xattr;
 
 pub use connection::is_reply_after_end;
 pub use error::{FsError, ToErrno, chain};
+pub use handles::DirEntry;
 pub use inode::STATS_NAME;
 pub use mount::{
-    MountOptions, Mounted, Unmounted, check_fuse_device, mount, mount_points, prepare_mountpoint,
+    MountOptions, Mounted, MountpointError, Unmounted, check_fuse_device, mount, mount_points,
+    prepare_mountpoint,
 };
 pub use statfs::{FsFigures, NAME_MAX, STATFS_BLOCK};
-pub use templatefs::{DirEntry, Entry, FsOptions, IMMUTABLE_TTL, Opened, TemplateFs};
+pub use templatefs::{Entry, FsOptions, IMMUTABLE_TTL, Opened, TemplateFs};

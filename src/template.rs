@@ -137,27 +137,84 @@ pub struct TemplateConfig {
     pub passthrough: bool,
 }
 
+/// Chunks or frames fetched ahead of a sequential reader at first: the
+/// start of each open file's read-ahead window, which doubles while the
+/// reader stays sequential and uses what was fetched ahead (up to
+/// `MAX_READAHEAD_UNITS` and `MAX_READAHEAD_BYTES`) and falls back to this
+/// on a jump (see `ReadAhead`). Each store request pays the store's
+/// first-byte latency, so only many requests in flight reach its
+/// bandwidth: the slow-store rows of contrib/bench/RESULTS.md measure a
+/// cold sequential read with read-ahead against one without. A short start
+/// window keeps lazy readers lazy, and lazy fetching is the point of tdfs:
+/// a VM booting from a 64 MiB rootfs (contrib/vm/boot-from-tdfs.sh) touches
+/// only a few frames, so its window never grows past this.
+pub const READAHEAD_CHUNKS: usize = 4;
+
+/// The defaults of a long-lived mount: what `tdfs mount` uses when no flag
+/// says otherwise (its flags' defaults are these; `cli/mount/config.rs`).
+impl Default for TemplateConfig {
+    fn default() -> Self {
+        TemplateConfig {
+            // Nothing is made there until a diff is opened, and then only
+            // this instance's own `mount-<uuid>`; the mount gives
+            // `--cache-dir` or its per-user default instead.
+            cache_dir: std::env::temp_dir(),
+            // No bound unless asked (`--max-cache-size`): the cache is the
+            // store's data, and evicting it costs refetches.
+            max_cache_size: 0,
+            // How long a kernel request (a booting VM's page fault) may hang
+            // before EIO: long enough for a slow store's first byte under
+            // load, short enough that a dead store shows as errors, not a
+            // hung guest.
+            fetch_timeout: Duration::from_secs(30),
+            readahead: READAHEAD_CHUNKS,
+            // Store requests in flight across the mount: a remote store
+            // reaches its bandwidth only with many requests paying their
+            // first-byte latency at once (contrib/bench measures the mount
+            // with these 16).
+            fetch_workers: 16,
+            verify_checksums: false,
+            // New builds show up within seconds, and a big store is listed
+            // at most every 5 s however often `ls` runs.
+            listing_ttl: Duration::from_secs(5),
+            // A handful of templates and their ancestors; a mount raises it
+            // from its open file limit (each idle Chunker holds a file
+            // descriptor and a mapping).
+            max_idle_diffs: 16,
+            // Replaying recorded working sets is on for a mount
+            // (`--prefetch on`).
+            prefetch: PrefetchConfig::default(),
+            // The store only, unless peers are given (`--peer`).
+            peers: None,
+            // Off: a cache disk that fails after the copy would be read by
+            // the kernel without tdfs's damage checks.
+            passthrough: false,
+        }
+    }
+}
+
 impl TemplateConfig {
     /// Defaults for a one-shot tool (export, inspect, verify, pack against
     /// a base). Nothing is made under `cache_dir` unless a diff is read.
+    /// Read-ahead, verification, peers and passthrough are the mount's.
     pub fn for_tool(cache_dir: PathBuf) -> Self {
         TemplateConfig {
             cache_dir,
-            max_cache_size: 0,
+            // No kernel request waits behind a tool's read, and giving up
+            // fails the whole command (an export starts over), so a tool
+            // waits twice as long as a mount's reader before it fails.
             fetch_timeout: Duration::from_secs(60),
-            readahead: 4,
+            // A tool runs alone and reads one file front to back: decoding
+            // its frames is the work, so it takes two workers per core.
             fetch_workers: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
-            verify_checksums: false,
             // A tool asks once and exits: nothing to keep.
             listing_ttl: Duration::ZERO,
-            // A tool reads one template file, with a handful of ancestors.
-            max_idle_diffs: 16,
             // A tool reads what it reads, once.
-            prefetch: PrefetchConfig::default(),
-            // A tool reads its store.
-            peers: None,
-            // Only a mount hands files to the kernel.
-            passthrough: false,
+            prefetch: PrefetchConfig {
+                enabled: false,
+                ..PrefetchConfig::default()
+            },
+            ..TemplateConfig::default()
         }
     }
 }

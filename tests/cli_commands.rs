@@ -219,6 +219,27 @@ fn export_leaves_zero_ranges_as_holes() {
     .unwrap();
     let out = dir.path().join("out");
     assert!(export(&store, id, FileKind::Memfile, &out) == mem);
+    // `-o -` is standard output, holes written as zeros, and no file `-`.
+    let piped = tdfs(&[
+        "export",
+        "--store",
+        s(&store),
+        &id.to_string(),
+        "memfile",
+        "-o",
+        "-",
+    ]);
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(
+        piped.stdout == mem,
+        "{} bytes on stdout",
+        piped.stdout.len()
+    );
+    assert!(!Path::new("-").exists(), "export wrote a file named -");
     let md = std::fs::metadata(&out).unwrap();
     assert_eq!(md.len(), 64 << 20);
     assert!(

@@ -11,14 +11,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::fixtures::fixture_store;
 use common::mount::{MountGuard, fuse_available};
 use common::process::run_ok;
 use tdfs::fs::{FsOptions, TemplateFs, ToErrno};
 use tdfs::store::LocalStore;
-use tdfs::template::{Builds, PrefetchConfig, TemplateConfig};
+use tdfs::template::{Builds, TemplateConfig};
 
 /// The base build of the v3-none fixture.
 const BASE: &str = "cd62c694-5fb3-4cd8-b26e-db3191758be8";
@@ -126,16 +125,10 @@ fn lookups_of_dot_dot_slash_and_nul_names_are_enoent() {
     let store = Arc::new(LocalStore::open(fixture_store("v3-none")).unwrap());
     let config = TemplateConfig {
         cache_dir: cache.path().to_path_buf(),
-        max_cache_size: 0,
-        fetch_timeout: Duration::from_secs(30),
         readahead: 0,
         fetch_workers: 2,
-        verify_checksums: false,
-        listing_ttl: Duration::from_secs(5),
         max_idle_diffs: 4,
-        prefetch: PrefetchConfig::default(),
-        peers: None,
-        passthrough: false,
+        ..TemplateConfig::default()
     };
     let options = FsOptions { uid: 0, gid: 0 };
     let fs = TemplateFs::new(Builds::new(store, config), options);

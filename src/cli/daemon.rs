@@ -11,7 +11,8 @@ use std::path::Path;
 
 use crossbeam_channel::Receiver;
 
-use crate::fs::{FsError, chain};
+use super::mount::MountError;
+use crate::fs::chain;
 
 /// Fork; the child sets up and serves the mount and tells the parent,
 /// through a pipe, "ok" once the mount is up or why it failed. The parent
@@ -23,9 +24,9 @@ use crate::fs::{FsError, chain};
 /// usable and returns when the mount ends.
 pub(super) fn daemonize(
     mountpoint: &Path,
-    serve: impl FnOnce(&mut dyn FnMut()) -> Result<(), FsError>,
-) -> Result<(), FsError> {
-    let daemon_error = |what: &str, e: io::Error| FsError::Process(format!("{what}: {e}"));
+    serve: impl FnOnce(&mut dyn FnMut()) -> Result<(), MountError>,
+) -> Result<(), MountError> {
+    let daemon_error = |what: &str, e: io::Error| MountError::Process(format!("{what}: {e}"));
     let mut fds = [0; 2];
     // SAFETY: fds has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -51,18 +52,18 @@ pub(super) fn daemonize(
                     log::debug!("daemon {child} serves {}", mountpoint.display());
                     Ok(())
                 }
-                (Ok(_), "") | (Err(_), _) => Err(FsError::Process(format!(
+                (Ok(_), "") | (Err(_), _) => Err(MountError::Process(format!(
                     "the tdfs daemon exited while starting ({}); run with --foreground to see why",
                     child_status(child)
                 ))),
-                (Ok(_), why) => Err(FsError::Process(why.to_string())),
+                (Ok(_), why) => Err(MountError::Process(why.to_string())),
             }
         }
     }
 }
 
 /// The daemon child: never returns.
-fn run_daemon(serve: impl FnOnce(&mut dyn FnMut()) -> Result<(), FsError>, pipe: File) -> ! {
+fn run_daemon(serve: impl FnOnce(&mut dyn FnMut()) -> Result<(), MountError>, pipe: File) -> ! {
     // SAFETY: plain syscalls without pointers.
     unsafe {
         libc::setsid();
@@ -120,7 +121,7 @@ fn child_status(pid: libc::pid_t) -> String {
 
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-pub(super) fn block_stop_signals() -> Result<libc::sigset_t, FsError> {
+pub(super) fn block_stop_signals() -> Result<libc::sigset_t, MountError> {
     // SAFETY: sigset_t is plain data, initialized by sigemptyset before use.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -130,7 +131,7 @@ pub(super) fn block_stop_signals() -> Result<libc::sigset_t, FsError> {
         }
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
-            return Err(FsError::Process(format!(
+            return Err(MountError::Process(format!(
                 "blocking signals: {}",
                 io::Error::from_raw_os_error(rc)
             )));
@@ -141,7 +142,7 @@ pub(super) fn block_stop_signals() -> Result<libc::sigset_t, FsError> {
 
 /// A thread that takes the (blocked) stop signals with sigwait and sends
 /// them on the returned channel.
-pub(super) fn wait_for_signals(set: libc::sigset_t) -> Result<Receiver<libc::c_int>, FsError> {
+pub(super) fn wait_for_signals(set: libc::sigset_t) -> Result<Receiver<libc::c_int>, MountError> {
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("signals".into())
@@ -154,7 +155,7 @@ pub(super) fn wait_for_signals(set: libc::sigset_t) -> Result<Receiver<libc::c_i
                 }
             }
         })
-        .map_err(|e| FsError::Process(format!("starting the signal thread: {e}")))?;
+        .map_err(|e| MountError::Process(format!("starting the signal thread: {e}")))?;
     Ok(rx)
 }
 

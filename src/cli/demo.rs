@@ -5,8 +5,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use clap::Parser;
-
 use super::{CliError, mount};
 use crate::format::Compression;
 use crate::pack::demo::make_demo_store;
@@ -22,19 +20,12 @@ pub struct Args {
     pub store: PathBuf,
 
     /// Compression of the demo builds when they are made.
-    #[arg(long, default_value = "zstd", value_parser = super::parse_compression)]
+    #[arg(long, default_value = "zstd", value_parser = super::parse::parse_compression)]
     pub compress: Compression,
 
     /// Stay in the foreground (Ctrl-C unmounts) instead of running as a daemon.
     #[arg(short = 'f', long)]
     pub foreground: bool,
-}
-
-/// Parses `tdfs mount` arguments, so the demo mounts with the same defaults.
-#[derive(Debug, Parser)]
-struct MountCommand {
-    #[command(flatten)]
-    args: mount::MountArgs,
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
@@ -60,18 +51,13 @@ pub fn run(args: Args) -> Result<(), CliError> {
         path: args.mountpoint.clone(),
         source,
     })?;
-    let store = args.store.to_string_lossy().into_owned();
-    let mountpoint = args.mountpoint.to_string_lossy().into_owned();
-    let mut argv = vec!["tdfs", store.as_str(), mountpoint.as_str()];
-    if args.foreground {
-        argv.push("--foreground");
-    }
-    let mount_args = MountCommand::try_parse_from(argv)
-        .map_err(|e| CliError::Io {
-            path: args.mountpoint.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-        .args;
+    // The mount's own defaults (`MountArgs::new`), so the demo mounts as
+    // a plain `tdfs mount` would.
+    let mut mount_args = mount::MountArgs::new(
+        args.store.to_string_lossy().into_owned(),
+        args.mountpoint.clone(),
+    );
+    mount_args.foreground = args.foreground;
     if !args.foreground {
         mount::run(mount_args)?;
         print_tour(&args.mountpoint, &builds);

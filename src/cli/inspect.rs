@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{CliError, header_reader, human_bytes, open_store_arg, parse_build, parse_file_kind};
+use super::parse::{parse_build, parse_file_kind};
+use super::{CliError, header_reader, human_bytes, open_store_arg};
 use crate::format::limits::MAX_METADATA_LEN;
 use crate::format::trace::{self, Parsed};
 use crate::format::{Blob, FileKind, Header, ObjectKey, hex};

@@ -5,18 +5,19 @@
 
 use std::env;
 use std::fs::OpenOptions;
+use std::path::Path;
 
 use log::{LevelFilter, Log, Metadata, Record};
 
-use super::mount::MountArgs;
-use crate::fs::{self, FsError};
+use super::mount::MountError;
+use crate::fs;
 
-/// Logs go to stderr, or appended to `--log-file`; level info, RUST_LOG
-/// filters, `-d` makes debug the default level.
+/// Logs go to stderr, or appended to `log_file` (`--log-file`); level info,
+/// RUST_LOG filters, `debug` (`-d`) makes debug the default level.
 ///
 /// # Errors
-/// `FsError::File` when the log file cannot be opened.
-pub(super) fn init_logging(args: &MountArgs) -> Result<(), FsError> {
+/// `MountError::File` when the log file cannot be opened.
+pub(super) fn init_logging(debug: bool, log_file: Option<&Path>) -> Result<(), MountError> {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(LevelFilter::Info);
     match env::var("RUST_LOG") {
@@ -25,22 +26,22 @@ pub(super) fn init_logging(args: &MountArgs) -> Result<(), FsError> {
         }
         // fuser warns when a session it did not unmount ends, which is
         // every plain `umount` of the mountpoint: not worth a warning.
-        Err(_) if !args.debug => {
+        Err(_) if !debug => {
             builder.filter_module("fuser::session", LevelFilter::Error);
         }
         Err(_) => {}
     }
-    if args.debug {
+    if debug {
         builder.filter_level(LevelFilter::Debug);
     }
-    if let Some(path) = &args.log_file {
+    if let Some(path) = log_file {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| FsError::File {
+            .map_err(|source| MountError::File {
                 what: "opening the log file",
-                path: path.clone(),
+                path: path.to_path_buf(),
                 source,
             })?;
         builder.target(env_logger::Target::Pipe(Box::new(file)));

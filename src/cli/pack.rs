@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use uuid::Uuid;
 
-use super::{CliError, human_bytes, open_store_arg, parse_build, parse_compression, parse_size};
+use super::parse::{parse_build, parse_compression, parse_size};
+use super::{CliError, human_bytes, open_store_arg};
 use crate::format::Compression;
 use crate::pack::{DEFAULT_FRAME_SIZE, PackInputs, PackOptions, pack_build};
 

@@ -10,7 +10,8 @@ use std::ops::Range;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{CliError, header_reader, human_bytes, open_store_arg, parse_build};
+use super::parse::parse_build;
+use super::{CliError, header_reader, human_bytes, open_store_arg};
 use crate::codec::{decode_frame, diff_reader};
 use crate::format::{Compression, FileKind, FrameTable, Header, ObjectKey, hex};
 use crate::pack::{default_threads, ordered_map};

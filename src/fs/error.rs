@@ -1,8 +1,8 @@
-//! The fs layer's one error type and the one place errors become errnos
-//! and log lines (rate-limited per object by `log_limit`).
+//! The error of a kernel request and the one place such errors become
+//! errnos and log lines (rate-limited per object by `log_limit`). Failures
+//! of setting a mount up never reach the kernel: they are `mount`'s
+//! `MountpointError` and `tdfs mount`'s own error.
 
-use std::io;
-use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use super::log_limit::{self, LogLimiter, Verdict};
 use crate::format::{Blob, FileKind};
 use crate::template::TemplateError;
 
-/// Why a filesystem request or the mount itself failed.
+/// Why a filesystem request failed; `errno` is what the kernel gets.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     /// A name that is not in the directory (not logged: `ls` of a missing
@@ -67,36 +67,6 @@ pub enum FsError {
         #[source]
         source: Box<TemplateError>,
     },
-
-    // Setting up the mount; these reach the user, not the kernel.
-    #[error(
-        "FUSE is not available: {0} (load the module with `modprobe fuse`; in a container pass --device /dev/fuse)"
-    )]
-    FuseUnavailable(String),
-    #[error("mountpoint {}: {reason}", .path.display())]
-    Mountpoint { path: PathBuf, reason: String },
-    #[error("mounting on {}: {source}", .path.display())]
-    Mount {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("opening the store: {0}")]
-    Open(#[source] Box<TemplateError>),
-    #[error("{what} {}: {source}", .path.display())]
-    File {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// Starting the peer server (`--peer-listen`).
-    #[error(transparent)]
-    Peer(Box<crate::peer::PeerError>),
-    /// Starting or running the daemon process (fork, pipe, signals, the
-    /// metrics endpoint, readiness notices).
-    #[error("{0}")]
-    Process(String),
 }
 
 // Sources are boxed: errors stay small, so every `Result` carrying one does.
@@ -138,10 +108,6 @@ impl FsError {
             build,
             source: Box::new(source),
         }
-    }
-
-    pub fn open(source: impl Into<TemplateError>) -> Self {
-        FsError::Open(Box::new(source.into()))
     }
 }
 
@@ -186,14 +152,7 @@ impl ToErrno for FsError {
             | FsError::Diff { source, .. }
             | FsError::Blob { source, .. }
             | FsError::List(source)
-            | FsError::Probe { source, .. }
-            | FsError::Open(source) => source.errno(),
-            FsError::FuseUnavailable(_)
-            | FsError::Mountpoint { .. }
-            | FsError::Mount { .. }
-            | FsError::File { .. }
-            | FsError::Peer(_)
-            | FsError::Process(_) => Errno::EIO,
+            | FsError::Probe { source, .. } => source.errno(),
         }
     }
 }

@@ -18,10 +18,27 @@ use crossbeam_channel::Receiver;
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 
 use super::connection::Connection;
-use super::error::FsError;
 use super::fuse::{FuseAdapter, MAX_READAHEAD};
 use super::templatefs::TemplateFs;
 use crate::sync;
+
+/// Why FUSE, a mountpoint, mounting, serving or unmounting failed. These
+/// reach the user, never the kernel; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum MountpointError {
+    #[error(
+        "FUSE is not available: {0} (load the module with `modprobe fuse`; in a container pass --device /dev/fuse)"
+    )]
+    FuseUnavailable(String),
+    #[error("mountpoint {}: {reason}", .path.display())]
+    Mountpoint { path: PathBuf, reason: String },
+    #[error("mounting on {}: {source}", .path.display())]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// How the mount is exposed.
 #[derive(Debug, Clone)]
@@ -33,19 +50,33 @@ pub struct MountOptions {
     pub threads: usize,
 }
 
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            // Only the mounting user, as FUSE itself defaults to: letting
+            // others in is the mounter's choice (and needs fuse.conf).
+            allow_other: false,
+            // Each worker blocks while its read waits for a fetch; 32 keeps
+            // cache hits from queueing behind a burst of misses (a VM's
+            // page faults come many at once) at a few idle threads' cost.
+            threads: 32,
+        }
+    }
+}
+
 /// Check that FUSE can be used at all.
-pub fn check_fuse_device() -> Result<(), FsError> {
+pub fn check_fuse_device() -> Result<(), MountpointError> {
     match std::fs::metadata("/dev/fuse") {
         Ok(_) => Ok(()),
-        Err(e) => Err(FsError::FuseUnavailable(format!("/dev/fuse: {e}"))),
+        Err(e) => Err(MountpointError::FuseUnavailable(format!("/dev/fuse: {e}"))),
     }
 }
 
 /// Make `path` ready to mount on and return it absolute and canonical:
 /// clears a stale FUSE mount left there by a crashed process, and refuses a
 /// missing path, a non-directory, a live mount or a non-empty directory.
-pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, FsError> {
-    let bad = |reason: String| FsError::Mountpoint {
+pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, MountpointError> {
+    let bad = |reason: String| MountpointError::Mountpoint {
         path: path.to_path_buf(),
         reason,
     };
@@ -199,7 +230,7 @@ pub fn mount(
     fs: Arc<TemplateFs>,
     mountpoint: &Path,
     options: &MountOptions,
-) -> Result<Mounted, FsError> {
+) -> Result<Mounted, MountpointError> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -217,13 +248,14 @@ pub fn mount(
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = true;
     let (adapter, adapter_mount) = FuseAdapter::new(fs);
-    let mut fuse = Session::new(adapter, mountpoint, &config).map_err(|source| FsError::Mount {
-        path: mountpoint.to_path_buf(),
-        source,
-    })?;
+    let mut fuse =
+        Session::new(adapter, mountpoint, &config).map_err(|source| MountpointError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        })?;
     let unmounter = fuse.unmount_callable();
     *sync::lock(&adapter_mount) = Some(fuse.unmount_callable());
-    let connection = Connection::watch(&fuse).map_err(|source| FsError::Mount {
+    let connection = Connection::watch(&fuse).map_err(|source| MountpointError::Mount {
         path: mountpoint.to_path_buf(),
         source,
     })?;
@@ -233,7 +265,7 @@ pub fn mount(
         .spawn(move || {
             let _ = tx.send(fuse.run().or_else(normal_end));
         })
-        .map_err(|source| FsError::Mount {
+        .map_err(|source| MountpointError::Mount {
             path: mountpoint.to_path_buf(),
             source,
         })?;
@@ -294,9 +326,9 @@ impl Mounted {
     /// ended, the `TemplateFs` is dropped, and with it the cache directory.
     ///
     /// # Errors
-    /// `FsError::Mount` when the mount could neither be unmounted nor
+    /// `MountpointError::Mount` when the mount could neither be unmounted nor
     /// detached, or serving failed.
-    pub fn unmount(mut self, grace: Duration) -> Result<Unmounted, FsError> {
+    pub fn unmount(mut self, grace: Duration) -> Result<Unmounted, MountpointError> {
         let mut how = Unmounted::Done;
         if let Err(e) = self.unmounter.unmount() {
             if e.raw_os_error() != Some(libc::EBUSY) {
@@ -305,7 +337,7 @@ impl Mounted {
                     self.path.display()
                 );
             }
-            detach(&self.path).map_err(|source| FsError::Mount {
+            detach(&self.path).map_err(|source| MountpointError::Mount {
                 path: self.path.clone(),
                 source,
             })?;
@@ -314,7 +346,7 @@ impl Mounted {
         match self.ended.recv_timeout(grace) {
             Ok(result) => {
                 let _ = self.serving.join();
-                result.map_err(|source| FsError::Mount {
+                result.map_err(|source| MountpointError::Mount {
                     path: self.path.clone(),
                     source,
                 })?;

@@ -1,8 +1,9 @@
 //! The filesystem as the kernel sees it, minus the kernel: a tree of nodes
 //! over `Builds` (root → build directories → template files and blobs, plus
 //! `.stats`; each build directory with a header also has `diff/`, the
-//! build's own diffs as files), their attributes, directory listings and extended attributes.
-//! Open handles and reads are in `handles`. Every call returns a `Result`
+//! build's own diffs as files), their attributes, directory listings and
+//! extended attributes. Opening, reading and releasing handles is in
+//! `templatefs::open`; the handle types are `handles`. Every call returns a `Result`
 //! the FUSE adapter replies with, so all of it can be driven by tests
 //! without a mount.
 
@@ -14,7 +15,7 @@ use fuser::{FileAttr, FileType, FopenFlags, INodeNo};
 use uuid::Uuid;
 
 use super::error::FsError;
-use super::handles::{Handle, HandleTable};
+use super::handles::{DirEntry, Handle, HandleTable};
 use super::inode::{
     BuildDirFile, DIFF_DIR_NAME, InodeTable, Node, ROOT_INO, STATS_INO, STATS_NAME,
 };
@@ -23,6 +24,7 @@ use super::xattr;
 use crate::format::{Blob, FileKind, Header, parse_build_id};
 use crate::template::{BuildContents, Builds, DiffFile, TemplateError, TemplateFile};
 
+mod open;
 #[cfg(test)]
 mod tests;
 
@@ -38,19 +40,21 @@ pub struct FsOptions {
     pub gid: u32,
 }
 
+/// The mounting user and group own every node, as they would own files
+/// they had copied out of the store.
+impl Default for FsOptions {
+    fn default() -> Self {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        FsOptions { uid, gid }
+    }
+}
+
 /// A node's attributes and how long the kernel may keep them.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
     pub attr: FileAttr,
     pub ttl: Duration,
-}
-
-/// One name in a directory listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntry {
-    pub ino: u64,
-    pub kind: FileType,
-    pub name: String,
 }
 
 /// Answer to an open: the handle and the kernel caching flags, and for a
@@ -68,12 +72,12 @@ pub struct TemplateFs {
     /// First, so it is dropped first: a handle the kernel never released
     /// (its RELEASE was lost when the mount ended) holds Chunkers whose
     /// cache files lie in the cache directory that `builds` removes.
-    pub(super) handles: HandleTable,
+    handles: HandleTable,
     pub(super) builds: Arc<Builds>,
     options: FsOptions,
     pub(super) inodes: InodeTable,
     /// Which opens of template files go straight to their flat files.
-    pub(super) passthrough: Passthrough,
+    passthrough: Passthrough,
     /// Timestamp of every node: the store keeps none.
     mounted_at: SystemTime,
 }
@@ -276,7 +280,7 @@ impl TemplateFs {
         }
     }
 
-    pub(super) fn node(&self, ino: u64) -> Result<Node, FsError> {
+    fn node(&self, ino: u64) -> Result<Node, FsError> {
         self.inodes.node(ino).ok_or(FsError::NoInode(ino))
     }
 
@@ -335,11 +339,7 @@ impl TemplateFs {
 
     /// `build`'s `file` opened for reading: its diffs' Chunkers are open
     /// while the handle holding it lives.
-    pub(super) fn open_template(
-        &self,
-        build: Uuid,
-        file: FileKind,
-    ) -> Result<Arc<TemplateFile>, FsError> {
+    fn open_template(&self, build: Uuid, file: FileKind) -> Result<Arc<TemplateFile>, FsError> {
         self.builds
             .open(build, file)
             .map(Arc::new)
@@ -352,14 +352,14 @@ impl TemplateFs {
             .map_err(|e| FsError::template(build, file, None, e))
     }
 
-    pub(super) fn open_diff(&self, build: Uuid, file: FileKind) -> Result<DiffFile, FsError> {
+    fn open_diff(&self, build: Uuid, file: FileKind) -> Result<DiffFile, FsError> {
         self.builds
             .open_diff(build, file)
             .map_err(|e| FsError::diff(build, file, None, e))
     }
 
     /// The size of `build`'s `blob` as last probed; ENOENT when it has none.
-    pub(super) fn blob_size(&self, build: Uuid, blob: Blob) -> Result<u64, FsError> {
+    fn blob_size(&self, build: Uuid, blob: Blob) -> Result<u64, FsError> {
         self.contents(build)?
             .blob_size(blob)
             .ok_or_else(|| FsError::NoEntry(blob.name().to_string()))

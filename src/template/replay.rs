@@ -48,7 +48,7 @@ use crate::sync;
 const BUSY_WAIT: Duration = Duration::from_millis(2);
 
 /// Settings of prefetch on a mount.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PrefetchConfig {
     /// Replay traces at all (`--prefetch on|off`).
     pub enabled: bool,
@@ -61,6 +61,23 @@ pub struct PrefetchConfig {
     /// Where the first-touch order of each template file read is recorded
     /// (`--record-prefetch`; see `template::record`).
     pub record_dir: Option<PathBuf>,
+}
+
+/// A mount's defaults (`--prefetch on`, no `--prefetch-*` flag).
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig {
+            // Replaying what a build's metadata recorded is why it was
+            // recorded; a build without a trace costs one metadata read.
+            enabled: true,
+            // No bound: a trace is a working set, bounded by what was read.
+            max_bytes: 0,
+            // Only the traces in the builds' metadata.
+            dir: None,
+            // Recording is asked for (`--record-prefetch`): it writes files.
+            record_dir: None,
+        }
+    }
 }
 
 /// Where a template file's prefetch stands, as the `user.tdfs.prefetch`

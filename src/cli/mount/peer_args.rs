@@ -1,15 +1,18 @@
 //! The peer flags of `tdfs mount`: serving peers (`--peer-listen`, mutual
 //! TLS, `--peer-insecure`) and asking them (`--peer`, `--peers-file`,
 //! `--peer-timeout`, `--peer-advertise`), checked together before the
-//! daemon forks, so a mistake reaches the terminal.
+//! daemon forks, so a mistake reaches the terminal (`config`'s
+//! `PeerArgs::check`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::peer::{PeerClientConfig, PeerError, PeerListen, TlsFiles, parse_peer_url};
+use crate::cli::parse::parse_duration;
 
-#[derive(Debug, Clone, clap::Args)]
+/// The peer flags; `config` checks them and turns them into the peer
+/// server's and client's settings.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct PeerArgs {
     /// Serve E2B's ChunkService to peers on ADDR:PORT: the builds' own
     /// diffs, from this mount's cache. Plain text only on loopback unless
@@ -42,8 +45,8 @@ pub struct PeerArgs {
     /// and skipped.
     #[arg(long, value_name = "FILE")]
     pub peers_file: Option<PathBuf>,
-    /// How long to wait for a peer's first byte before reading the store,
-    /// e.g. 300ms or 2s.
+    /// How long to wait for a peer's first byte before reading the store:
+    /// a number with a unit, ms, s or m (e.g. 300ms or 2s).
     #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = parse_duration)]
     pub peer_timeout: Duration,
     /// This host's own URL in the fleet list [default: http(s)://ADDR:PORT
@@ -52,77 +55,22 @@ pub struct PeerArgs {
     pub peer_advertise: Option<String>,
 }
 
-impl PeerArgs {
-    /// The server's settings and the client's (no peers: an empty list).
-    ///
-    /// # Errors
-    /// The `PeerError` of the first flag that is wrong.
-    pub fn check(&self) -> Result<(Option<PeerListen>, PeerClientConfig), PeerError> {
-        let tls = TlsFiles::from_flags(
-            self.peer_tls_cert.clone(),
-            self.peer_tls_key.clone(),
-            self.peer_tls_ca.clone(),
-        )?;
-        let has_peers = !self.peers.is_empty() || self.peers_file.is_some();
-        let listen =
-            PeerListen::from_flags(self.peer_listen, tls.clone(), self.peer_insecure, has_peers)?;
-        for peer in &self.peers {
-            parse_peer_url(peer).map_err(|detail| PeerError::BadPeer { detail })?;
-        }
-        if let Some(file) = &self.peers_file {
-            std::fs::metadata(file).map_err(|source| PeerError::PeersFile {
-                path: file.clone(),
-                source,
-            })?;
-        }
-        let self_url = match (&self.peer_advertise, self.peer_listen) {
-            (Some(url), _) => Some(parse_peer_url(url).map_err(|detail| PeerError::BadPeer {
-                detail: format!("(--peer-advertise) {detail}"),
-            })?),
-            (None, Some(addr)) => {
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                Some(format!("{scheme}://{addr}"))
-            }
-            (None, None) => None,
-        };
-        let client = PeerClientConfig {
-            peers: self.peers.clone(),
-            peers_file: self.peers_file.clone(),
-            self_url,
-            timeout: self.peer_timeout,
-            tls,
-        };
-        Ok((listen, client))
-    }
-}
-
-/// A duration with its unit: `300ms`, `2s`, `1.5s`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?}: give a positive number of ms or s, e.g. 300ms, 2s or 1.5s");
-    let (number, seconds_per_unit) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        return Err(bad());
-    };
-    let value: f64 = number.trim().parse().map_err(|_| bad())?;
-    Duration::try_from_secs_f64(value * seconds_per_unit)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(bad)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_need_a_unit() {
-        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        for bad in ["300", "0ms", "-1s", "fast"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+/// No peers: serve none, ask none. `peer_timeout` is the flag's default:
+/// a peer on the same network answers within a few milliseconds, and a
+/// store's first byte takes tens, so waiting longer than that for a peer
+/// only adds to a miss.
+impl Default for PeerArgs {
+    fn default() -> Self {
+        PeerArgs {
+            peer_listen: None,
+            peer_tls_cert: None,
+            peer_tls_key: None,
+            peer_tls_ca: None,
+            peer_insecure: false,
+            peers: Vec::new(),
+            peers_file: None,
+            peer_timeout: Duration::from_millis(300),
+            peer_advertise: None,
         }
     }
 }

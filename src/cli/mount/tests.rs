@@ -1,6 +1,12 @@
 use super::*;
 
+use std::time::Duration;
+
 use clap::Parser;
+
+use crate::fs::MountOptions;
+use crate::store::Throttle;
+use crate::template::{PrefetchConfig, READAHEAD_CHUNKS, TemplateConfig};
 
 #[derive(clap::Parser)]
 struct Wrapper {
@@ -81,4 +87,55 @@ fn local_stores_become_absolute() {
         here.join("rel/store").display().to_string()
     );
     assert_eq!(absolute_store("/srv/t"), "/srv/t");
+}
+
+#[test]
+fn flag_defaults_are_the_configuration_defaults() {
+    let parsed = try_args(&[]).unwrap();
+    assert_eq!(parsed, MountArgs::new("STORE".into(), "/mnt".into()));
+    let config = parsed.template_config("/cache".into(), None, 9);
+    let default = TemplateConfig::default();
+    assert_eq!(config.fetch_timeout, Duration::from_secs(30));
+    assert_eq!(
+        (config.fetch_timeout, config.readahead, config.fetch_workers),
+        (
+            default.fetch_timeout,
+            default.readahead,
+            default.fetch_workers
+        )
+    );
+    assert_eq!(
+        (
+            config.listing_ttl,
+            config.max_cache_size,
+            config.max_idle_diffs
+        ),
+        (default.listing_ttl, default.max_cache_size, 9)
+    );
+    assert_eq!(config.prefetch.enabled, PrefetchConfig::default().enabled);
+    assert!(!config.passthrough && !config.verify_checksums && config.peers.is_none());
+    let options = parsed.mount_options();
+    let default = MountOptions::default();
+    assert_eq!(
+        (options.threads, options.allow_other),
+        (default.threads, default.allow_other)
+    );
+}
+
+#[test]
+fn timeouts_take_units() {
+    for (flag, want) in [
+        ("30", Duration::from_secs(30)),
+        ("300ms", Duration::from_millis(300)),
+        ("2m", Duration::from_secs(120)),
+    ] {
+        let args = try_args(&["--fetch-timeout", flag]).unwrap();
+        assert_eq!(args.fetch_timeout, want, "{flag}");
+    }
+    let err = try_args(&["--fetch-timeout", "0"]).unwrap_err().to_string();
+    assert!(err.contains("give a timeout"), "{err}");
+    let err = try_args(&["--peer-timeout", "300"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a duration"), "{err}");
 }

@@ -2,7 +2,6 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::Duration;
 
 use fuser::{FileType, FopenFlags};
 
@@ -19,16 +18,15 @@ const BASE: &str = "4c8cee25-4691-41ad-bee6-af9d9284b55b";
 fn fixture_fs(cache: &Path) -> TemplateFs {
     let config = TemplateConfig {
         cache_dir: cache.to_path_buf(),
-        max_cache_size: 0,
-        fetch_timeout: Duration::from_secs(30),
         readahead: 1,
         fetch_workers: 2,
-        verify_checksums: false,
-        listing_ttl: Duration::from_secs(5),
         max_idle_diffs: 4,
-        prefetch: PrefetchConfig::default(),
-        peers: None,
-        passthrough: false,
+        // The xattr test checks what a mount with `--prefetch off` shows.
+        prefetch: PrefetchConfig {
+            enabled: false,
+            ..PrefetchConfig::default()
+        },
+        ..TemplateConfig::default()
     };
     let options = FsOptions {
         uid: 1000,

@@ -1,0 +1,183 @@
+//! Open files and directories of a `TemplateFs`: opening a node (a wholly
+//! cached template file in passthrough mode when `fs::passthrough` allows),
+//! listing an open directory, reads from a handle (in place from the cache
+//! when the range allows, copied otherwise) and releasing it.
+
+use fuser::FopenFlags;
+
+use super::{Opened, TemplateFs};
+use crate::fs::error::FsError;
+use crate::fs::handles::{DirEntry, Handle};
+use crate::fs::inode::{BuildDirFile, Node};
+
+impl TemplateFs {
+    /// The entries of an open directory from position `offset` on; the
+    /// offset of entry `i` is `i + 1`.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+        match &*self.handles.get(fh)? {
+            Handle::Dir(entries) => Ok(entries
+                .iter()
+                .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+                .cloned()
+                .collect()),
+            _ => Err(FsError::NotADirectory),
+        }
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(FsError::ReadOnly);
+        }
+        let (handle, flags) = match self.node(ino)? {
+            Node::Root | Node::Build(_) | Node::DiffDir(_) => return Err(FsError::IsADirectory),
+            // Direct I/O: the size is not known before the content exists.
+            Node::Stats => (
+                Handle::Stats(self.builds.stats().render_prometheus().into_bytes()),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            Node::File(build, BuildDirFile::Template(kind)) => {
+                let file = self.open_template(build, kind)?;
+                let read_ahead = file.read_ahead_state();
+                let recording = self.builds.record(&file);
+                self.builds.start_prefetch(&file);
+                if self.passthrough.enabled() {
+                    self.builds.flatten_when_cached(&file);
+                }
+                let flat = self.builds.flat_file(build, kind);
+                let fh = self.handles.add(Handle::Template {
+                    file,
+                    read_ahead,
+                    recording,
+                });
+                return Ok(Opened {
+                    fh,
+                    flags: FopenFlags::FOPEN_KEEP_CACHE,
+                    backing: self.passthrough.open(ino, fh, flat),
+                });
+            }
+            Node::Diff(build, kind) => (
+                Handle::Diff(self.open_diff(build, kind)?),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Node::File(build, BuildDirFile::Blob(blob)) => {
+                let size = self.blob_size(build, blob)?;
+                (
+                    Handle::Blob { build, blob, size },
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
+        };
+        Ok(Opened {
+            fh: self.handles.add(handle),
+            flags,
+            backing: None,
+        })
+    }
+
+    /// Read up to `len` bytes at `offset` of open file `fh` (all `len`
+    /// unless the file ends first) and hand them to `reply`. A range of a
+    /// template file in one mapping goes to `reply` straight from the cache;
+    /// anything else is copied into `buf` first (grown as needed, never
+    /// shrunk, so a worker thread reuses one).
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u32,
+        buf: &mut Vec<u8>,
+        reply: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, FsError> {
+        let handle = self.handles.get(fh)?;
+        if let Handle::Template {
+            file,
+            read_ahead,
+            recording,
+        } = &*handle
+        {
+            // Only what the kernel asks for is recorded: demand reads and
+            // mmap faults, not read-ahead or prefetch.
+            if let Some(recording) = recording {
+                recording.note(offset, u64::from(len));
+            }
+            file.read_ahead(read_ahead, offset, u64::from(len));
+            let in_place = file
+                .read_in_place(offset, len as usize)
+                .map_err(|e| FsError::template(file.build_id(), file.file(), Some(offset), e))?;
+            if let Some(bytes) = in_place {
+                return Ok(reply(&bytes));
+            }
+        }
+        if let Handle::Diff(diff) = &*handle {
+            let in_place = diff
+                .read_in_place(offset, u64::from(len))
+                .map_err(|e| FsError::diff(diff.build_id(), diff.file(), Some(offset), e))?;
+            if let Some(block) = in_place {
+                return Ok(reply(&block));
+            }
+        }
+        self.read_copy(&handle, offset, len, buf).map(reply)
+    }
+
+    fn read_copy<'b>(
+        &self,
+        handle: &Handle,
+        offset: u64,
+        len: u32,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], FsError> {
+        let size = match handle {
+            Handle::Template { file, .. } => file.size(),
+            Handle::Diff(diff) => diff.size(),
+            Handle::Blob { size, .. } => *size,
+            Handle::Stats(text) => text.len() as u64,
+            Handle::Dir(_) => return Err(FsError::IsADirectory),
+        };
+        let want = size.saturating_sub(offset).min(u64::from(len)) as usize;
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let out = &mut buf[..want];
+        if want == 0 {
+            return Ok(out);
+        }
+        match handle {
+            Handle::Template { file, .. } => {
+                let n = file.read_at(out, offset).map_err(|e| {
+                    FsError::template(file.build_id(), file.file(), Some(offset), e)
+                })?;
+                Ok(&out[..n])
+            }
+            Handle::Diff(diff) => {
+                let n = diff
+                    .read_at(out, offset)
+                    .map_err(|e| FsError::diff(diff.build_id(), diff.file(), Some(offset), e))?;
+                Ok(&out[..n])
+            }
+            Handle::Blob { build, blob, .. } => {
+                self.builds
+                    .read_blob(*build, *blob, offset, out)
+                    .map_err(|e| FsError::blob(*build, *blob, Some(offset), e))?;
+                Ok(out)
+            }
+            Handle::Stats(text) => {
+                let start = offset as usize;
+                out.copy_from_slice(&text[start..start + want]);
+                Ok(out)
+            }
+            Handle::Dir(_) => Err(FsError::IsADirectory),
+        }
+    }
+
+    /// Forget an open file or directory. Closing a template file may
+    /// start its flattening: a reader that has just read all of it is the
+    /// usual way a file becomes wholly cached.
+    pub fn release(&self, fh: u64) {
+        self.passthrough.release(fh);
+        if let Some(handle) = self.handles.remove(fh)
+            && let Handle::Template { file, .. } = &*handle
+            && self.passthrough.enabled()
+        {
+            self.builds.flatten_when_cached(file);
+        }
+    }
+}
