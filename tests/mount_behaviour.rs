@@ -333,7 +333,7 @@ fn a_crashed_mount_is_cleared_by_the_next_one() {
         String::from_utf8_lossy(&statfs.stderr).contains("not connected"),
         "a killed daemon leaves a dead mount: {statfs:?}"
     );
-    let mount = MountGuard::restart(crashed, &store, &[]);
+    let mount = MountGuard::options(&store).over(crashed).start();
     let entries = within(30, "listing the new mount", {
         let root = mount.path().to_path_buf();
         move || std::fs::read_dir(root).unwrap().count()

@@ -181,7 +181,10 @@ fn without_cap_sys_admin_passthrough_is_off_and_reads_are_unchanged() {
     let oracle = scratch.path().join("memfile");
     let owner = format!("{NOBODY}:{NOBODY}");
     run_ok("chown", ["-R", &owner, scratch.path().to_str().unwrap()]);
-    let mount = MountGuard::start_as(&store, &["--passthrough", "on"], NOBODY);
+    let mount = MountGuard::options(&store)
+        .args(&["--passthrough", "on"])
+        .user(NOBODY)
+        .start();
     let memfile = mount.join(BUILD).join("memfile");
     let memfile_str = memfile.to_str().unwrap();
     let oracle_str = oracle.to_str().unwrap();

@@ -209,11 +209,9 @@ fn systemd_hears_ready_with_status_then_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let mut mount = MountGuard::start_with_env(
-        fixture_store("v4-zstd"),
-        &[],
-        &[("NOTIFY_SOCKET", path.display().to_string())],
-    );
+    let mut mount = MountGuard::options(fixture_store("v4-zstd"))
+        .env(&[("NOTIFY_SOCKET", path.display().to_string())])
+        .start();
     let ready = notices_until(&socket, "READY=1");
     assert!(ready.contains("STATUS=serving 3 builds of "), "{ready}");
     assert!(

@@ -66,11 +66,10 @@ fn whole_diffs_are_checked_and_a_mismatch_fails_later_reads() {
     bytes[3 << 20] ^= 1;
     fs::write(&object, &bytes).unwrap();
 
-    let mount = MountGuard::start_with_env(
-        &store,
-        &["--verify-checksums"],
-        &[("RUST_LOG", "info,tdfs::chunker=debug".to_string())],
-    );
+    let mount = MountGuard::options(&store)
+        .args(&["--verify-checksums"])
+        .env(&[("RUST_LOG", "info,tdfs::chunker=debug".to_string())])
+        .start();
     for build in [GOOD_ZSTD, GOOD_PLAIN] {
         let path = mount.join(build).join("memfile");
         for _ in 0..2 {

@@ -115,7 +115,7 @@ fn a_reader_inside_a_killed_daemon_gets_an_error_and_the_next_mount_serves() {
         "the dead cache directory is left for the next mount"
     );
 
-    let mount = MountGuard::restart(crashed, &store, &[]);
+    let mount = MountGuard::options(&store).over(crashed).start();
     let after = cache_dirs(&cache);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(

@@ -113,7 +113,9 @@ fn thousands_of_builds_keep_open_files_and_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let store = TestStore::new(&dir.path().join("store"));
     put_headers(&store);
-    let mount = MountGuard::start_with_nofile(&store.root, &[], SOFT_NOFILE, HARD_NOFILE);
+    let mount = MountGuard::options(&store.root)
+        .nofile(SOFT_NOFILE, HARD_NOFILE)
+        .start();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", mount.pid())).unwrap();
     let nofile = limits
         .lines()

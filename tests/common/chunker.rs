@@ -112,6 +112,16 @@ impl Env {
             frames: FrameTable::new(compression, frames).unwrap(),
         }
     }
+
+    /// `data` as each kind of diff object: raw, then zstd and LZ4 in frames
+    /// of `frame` bytes.
+    pub fn objects(&self, data: &[u8], frame: usize) -> Vec<DiffSpec> {
+        vec![
+            self.put_raw(data),
+            self.put_framed(data, Compression::Zstd, &[frame]),
+            self.put_framed(data, Compression::Lz4, &[frame]),
+        ]
+    }
 }
 
 /// One independent frame: zstd with content checksum and content size, or
