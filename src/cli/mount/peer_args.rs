@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::peer::{PeerClientConfig, PeerError, PeerListen, TlsFiles, parse_peer_url};
+use crate::peer::{PeerBackoff, PeerClientConfig, PeerError, PeerListen, TlsFiles, parse_peer_url};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PeerArgs {
@@ -50,6 +50,12 @@ pub struct PeerArgs {
     /// of --peer-listen]: the entry equal to it is this host.
     #[arg(long, value_name = "URL")]
     pub peer_advertise: Option<String>,
+    /// First skip of a faulty peer, after a timeout too (doubled on each
+    /// fault in a row up to 60 s) [default: 5s, 1s after a timeout].
+    /// Hidden: it exists so that the peer tests see a back-off end within
+    /// a second instead of sleeping 5 s; a fleet has no reason to tune it.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, hide = true)]
+    pub peer_backoff: Option<Duration>,
 }
 
 impl PeerArgs {
@@ -91,6 +97,14 @@ impl PeerArgs {
             self_url,
             timeout: self.peer_timeout,
             tls,
+            backoff: match self.peer_backoff {
+                Some(start) => PeerBackoff {
+                    start,
+                    timeout_start: start,
+                    ..PeerBackoff::default()
+                },
+                None => PeerBackoff::default(),
+            },
         };
         Ok((listen, client))
     }
