@@ -9,10 +9,8 @@ mod common;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
-use common::chunker::{Env, MIB, PAGE, test_data};
-use common::process::wait_until;
+use common::chunker::{Env, MIB, PAGE, cache_files, test_data, wait_budget_empty};
 use sha2::{Digest, Sha256};
 use tdfs::chunker::{CHUNK_SIZE, CacheBudget, Chunker, DiffSpec};
 
@@ -24,11 +22,7 @@ const FRAME: usize = MIB as usize;
 
 /// The only cache file of `env`.
 fn cache_file(env: &Env) -> PathBuf {
-    let files: Vec<_> = fs::read_dir(&env.config.cache_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "cache"))
-        .collect();
+    let files = cache_files(&env.config.cache_dir);
     assert_eq!(files.len(), 1, "{files:?}");
     files[0].clone()
 }
@@ -109,16 +103,8 @@ fn truncated_cache_files_are_refetched_under_a_cache_budget() {
     for spec in env.objects(&data, FRAME) {
         damaged_twice(&env, spec, &data);
     }
-    // Fetch jobs may hold a dropped Chunker's state a little longer.
     let budget = env.config.cache_budget.clone().unwrap();
-    wait_until(
-        Duration::from_secs(5),
-        "dropped Chunkers give their bytes back",
-        || match budget.used() {
-            0 => Ok(()),
-            used => Err(used),
-        },
-    );
+    wait_budget_empty(&budget, "dropped Chunkers give their bytes back");
 }
 
 #[test]

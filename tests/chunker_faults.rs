@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::chunker::{Env, MIB, PAGE, test_data};
+use common::chunker::{Env, MIB, PAGE, test_data, wait_budget_empty};
 use common::process::wait_until;
 use common::rng::Rng;
 use tdfs::chunker::{CHUNK_SIZE, CacheBudget, Chunker, ChunkerError, DiffSpec};
@@ -300,15 +300,7 @@ fn a_budget_evicts_least_recently_used_units() {
         assert!(budget.used() <= budget.limit(), "{budget:?}");
         assert_eq!(budget.used(), c.cached_bytes());
         drop(c);
-        // Fetch jobs may hold the Chunker's state a moment longer.
-        wait_until(
-            Duration::from_secs(10),
-            "a dropped Chunker gives its bytes back",
-            || match budget.used() {
-                0 => Ok(()),
-                used => Err(used),
-            },
-        );
+        wait_budget_empty(&budget, "a dropped Chunker gives its bytes back");
     }
     assert!(env.stats.evictions.load(Relaxed) > 0);
 }

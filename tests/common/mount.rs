@@ -268,6 +268,18 @@ impl MountGuard {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait (30 s at most) until a line of the daemon's log passes `line`;
+    /// panics naming `what`, with the log, when none does.
+    pub fn wait_for_log(&self, what: &str, line: impl Fn(&str) -> bool) {
+        wait_until(Duration::from_secs(30), what, || {
+            let log = self.log();
+            match log.lines().any(&line) {
+                true => Ok(()),
+                false => Err(format!("log:\n{log}")),
+            }
+        });
+    }
+
     /// The value of counter `name` (e.g. `tdfs_store_bytes_total`) in the
     /// mount's `.stats` now.
     pub fn stat(&self, name: &str) -> u64 {

@@ -2,7 +2,7 @@
 //! every wait bounded so that a failure never hangs the run.
 
 use std::ffi::{OsStr, OsString};
-use std::fmt::Debug;
+use std::fmt::Display;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -91,10 +91,10 @@ impl<T> Ready for Option<T> {
     }
 }
 
-impl<T, E: Debug> Ready for Result<T, E> {
+impl<T, E: Display> Ready for Result<T, E> {
     type Value = T;
     fn ready(self) -> Result<T, Option<String>> {
-        self.map_err(|e| Some(format!("{e:?}")))
+        self.map_err(|e| Some(e.to_string()))
     }
 }
 
