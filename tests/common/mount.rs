@@ -9,21 +9,20 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::process::{TDFS, run, run_ok, wait_until};
+use super::tools::tool_available;
 
 /// How long a mount may take to appear.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// True when FUSE tests can run. Panics (failing the test loudly) when
-/// /dev/fuse is missing, unless TDFS_SKIP_FUSE=1 asks to skip them.
+/// True when FUSE tests can run; see `tools::tool_available` (the switch
+/// is TDFS_SKIP_FUSE).
 pub fn fuse_available() -> bool {
-    if Path::new("/dev/fuse").exists() {
-        return true;
-    }
-    if std::env::var("TDFS_SKIP_FUSE").as_deref() == Ok("1") {
-        eprintln!("skipped: /dev/fuse is missing and TDFS_SKIP_FUSE=1");
-        return false;
-    }
-    panic!("/dev/fuse is missing: the FUSE tests need it (set TDFS_SKIP_FUSE=1 to skip them)");
+    tool_available(
+        Path::new("/dev/fuse").exists(),
+        "TDFS_SKIP_FUSE",
+        "/dev/fuse",
+        "the FUSE tests need it (modprobe fuse, or a container run with --device /dev/fuse)",
+    )
 }
 
 /// True when `path` is a mountpoint of this machine (any file system).
