@@ -293,10 +293,10 @@ impl MountGuard {
     /// Wait until this process says it has mounted (mountinfo alone cannot
     /// tell a new mount from a stale one it is about to replace).
     fn wait_mounted(&mut self) {
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
+        let what = format!("{} mounted", self.mountpoint.display());
+        wait_until(MOUNT_TIMEOUT, &what, || {
             if self.log().contains("] mounted ") && is_mounted(&self.mountpoint) {
-                return;
+                return Ok(());
             }
             let child = self.child.as_mut().expect("running");
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -311,15 +311,8 @@ impl MountGuard {
                     self.log()
                 );
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "{} not mounted after {MOUNT_TIMEOUT:?}; log:\n{}",
-                    self.mountpoint.display(),
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+            Err(format!("log:\n{}", self.log()))
+        });
     }
 
     /// Send `signal` and wait (bounded) for the process to exit.
