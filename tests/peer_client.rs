@@ -303,8 +303,9 @@ fn fault_case(mode: FakeMode, reason: &str, log_says: &str, backoff: bool) {
             1,
             "{mode:?}: skipped while in back-off"
         );
+        // Bounded under the default 5 s, so an ignored --peer-backoff fails.
         let over = format!("peer {}: back-off over", fake.url());
-        wait_until(Duration::from_secs(10), &over, || b.log().contains(&over));
+        wait_until(Duration::from_secs(4), &over, || b.log().contains(&over));
     }
     let got = pread(&file, 2 * CHUNK, PIECE);
     assert!(got == diff[start(2)..][..PIECE], "{mode:?}: chunk 2 right");
