@@ -18,7 +18,7 @@ mod listen;
 mod ring;
 mod server;
 
-pub use client::{PeerClient, PeerClientConfig};
+pub use client::{PeerBackoff, PeerClient, PeerClientConfig};
 pub use fleet::parse_peer_url;
 pub use listen::{PeerListen, PeerServer, TlsFiles};
 pub use ring::{Member, Ring};

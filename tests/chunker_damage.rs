@@ -10,29 +10,19 @@ use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 
-use common::chunker::{Env, MIB, PAGE, test_data};
+use common::chunker::{Env, MIB, PAGE, cache_files, test_data, wait_budget_empty};
 use sha2::{Digest, Sha256};
 use tdfs::chunker::{CHUNK_SIZE, CacheBudget, Chunker, DiffSpec};
-use tdfs::format::Compression;
 
 /// Three chunks and a partial one; frames of 1 MiB.
 const SIZE: usize = (3 * CHUNK_SIZE + 5 * PAGE + 100) as usize;
 
-fn objects(env: &Env, data: &[u8]) -> Vec<DiffSpec> {
-    vec![
-        env.put_raw(data),
-        env.put_framed(data, Compression::Zstd, &[MIB as usize]),
-        env.put_framed(data, Compression::Lz4, &[MIB as usize]),
-    ]
-}
+/// Frame size of the compressed objects.
+const FRAME: usize = MIB as usize;
 
 /// The only cache file of `env`.
 fn cache_file(env: &Env) -> PathBuf {
-    let files: Vec<_> = fs::read_dir(&env.config.cache_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "cache"))
-        .collect();
+    let files = cache_files(&env.config.cache_dir);
     assert_eq!(files.len(), 1, "{files:?}");
     files[0].clone()
 }
@@ -100,7 +90,7 @@ fn damaged_twice(env: &Env, spec: DiffSpec, data: &[u8]) {
 fn truncated_cache_files_are_refetched_not_faulted_on() {
     let env = Env::new();
     let data = test_data(SIZE, 31);
-    for spec in objects(&env, &data) {
+    for spec in env.objects(&data, FRAME) {
         damaged_twice(&env, spec, &data);
     }
 }
@@ -110,16 +100,11 @@ fn truncated_cache_files_are_refetched_under_a_cache_budget() {
     let mut env = Env::new();
     env.config.cache_budget = Some(CacheBudget::new(64 * MIB));
     let data = test_data(SIZE, 32);
-    for spec in objects(&env, &data) {
+    for spec in env.objects(&data, FRAME) {
         damaged_twice(&env, spec, &data);
     }
-    // Fetch jobs may hold a dropped Chunker's state a little longer.
     let budget = env.config.cache_budget.clone().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while budget.used() != 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert_eq!(budget.used(), 0, "dropped Chunkers give their bytes back");
+    wait_budget_empty(&budget, "dropped Chunkers give their bytes back");
 }
 
 #[test]

@@ -10,7 +10,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::chunker::{Env, MIB, PAGE, test_data};
+use common::chunker::{Env, MIB, PAGE, test_data, wait_budget_empty};
+use common::process::wait_until;
 use common::rng::Rng;
 use tdfs::chunker::{CHUNK_SIZE, CacheBudget, Chunker, ChunkerError, DiffSpec};
 use tdfs::format::Compression;
@@ -37,14 +38,8 @@ fn together<T: Send + 'static>(
     threads.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
-/// The objects of the fault tests: one of each codec, 2 MiB frames.
-fn objects(env: &Env, data: &[u8]) -> Vec<DiffSpec> {
-    vec![
-        env.put_raw(data),
-        env.put_framed(data, Compression::Zstd, &[2 << 20]),
-        env.put_framed(data, Compression::Lz4, &[2 << 20]),
-    ]
-}
+/// Frame size of the compressed objects.
+const FRAME: usize = 2 << 20;
 
 /// A page inside the second fetch unit (chunk 1 or frame 1), and the unit's start.
 fn second_unit(spec: &DiffSpec) -> (u64, u64) {
@@ -61,7 +56,7 @@ fn sixteen_readers_of_a_cold_unit_make_one_request() {
     let env = Env::new();
     env.store.set_latency(Duration::from_millis(200));
     let data = Arc::new(test_data((3 * CHUNK_SIZE) as usize, 1));
-    for spec in objects(&env, &data) {
+    for spec in env.objects(&data, FRAME) {
         let key = spec.key;
         let (_, unit) = second_unit(&spec);
         let c = Arc::new(env.chunker(spec));
@@ -86,7 +81,7 @@ fn a_failed_fetch_fails_every_waiter_caches_nothing_and_is_retried() {
     let env = Env::new();
     env.store.set_latency(Duration::from_millis(200));
     let data = test_data((3 * CHUNK_SIZE) as usize, 2);
-    for spec in objects(&env, &data) {
+    for spec in env.objects(&data, FRAME) {
         let key = spec.key;
         let (off, _) = second_unit(&spec);
         let c = Arc::new(env.chunker(spec));
@@ -151,7 +146,7 @@ fn corrupt_frames_are_never_served_nor_cached() {
 fn short_objects_are_errors_and_reads_resume_after_healing() {
     let env = Env::new();
     let data = test_data((3 * CHUNK_SIZE) as usize, 4);
-    for spec in objects(&env, &data) {
+    for spec in env.objects(&data, FRAME) {
         let key = spec.key;
         let compressed = spec.frames.is_compressed();
         let (end_at, probe) = if compressed {
@@ -185,7 +180,7 @@ fn a_request_that_never_answers_times_out_and_the_fetch_goes_on() {
     let mut env = Env::new();
     env.config.fetch_timeout = Duration::from_millis(300);
     let data = test_data((2 * CHUNK_SIZE) as usize, 5);
-    for spec in objects(&env, &data) {
+    for spec in env.objects(&data, FRAME) {
         let key = spec.key;
         let c = Arc::new(env.chunker(spec));
         env.store.inject(Some(key), Fault::Hang, None);
@@ -204,17 +199,15 @@ fn a_request_that_never_answers_times_out_and_the_fetch_goes_on() {
         );
         assert_eq!(env.store.hanging(), 1);
         env.store.heal();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match c.read_in_place(PAGE, PAGE) {
-                Ok(b) => {
-                    assert!(*b == data[PAGE as usize..2 * PAGE as usize]);
-                    break;
-                }
-                Err(ChunkerError::Timeout { .. }) if Instant::now() < deadline => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let b = wait_until(
+            Duration::from_secs(20),
+            "the healed fetch answers",
+            || match c.read_in_place(PAGE, PAGE) {
+                Err(ChunkerError::Timeout { .. }) => None,
+                r => Some(r.unwrap_or_else(|e| panic!("{e}"))),
+            },
+        );
+        assert!(*b == data[PAGE as usize..2 * PAGE as usize]);
         assert_eq!(
             env.store.requests_for(&key),
             1,
@@ -247,10 +240,9 @@ fn a_chunk_is_readable_page_by_page_while_it_streams() {
         "the first pages came while it stalled"
     );
     env.store.heal();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while c.cached_bytes() < CHUNK_SIZE && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(Duration::from_secs(20), "the healed stream ends", || {
+        c.cached_bytes() >= CHUNK_SIZE
+    });
     assert!(*c.read_in_place(late, PAGE).unwrap() == data[late as usize..][..PAGE as usize]);
     assert_eq!(env.store.requests_for(&key), 1);
 }
@@ -280,10 +272,11 @@ fn with_budget(chunks: u64) -> Env {
 
 /// Wait for the fetch workers' last eviction round.
 fn settle(budget: &CacheBudget) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while budget.used() > budget.limit() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        "eviction down to the budget",
+        || budget.used() <= budget.limit(),
+    );
 }
 
 #[test]
@@ -291,7 +284,7 @@ fn a_budget_evicts_least_recently_used_units() {
     let env = with_budget(3);
     let budget = env.config.cache_budget.clone().unwrap();
     let data = test_data((10 * CHUNK_SIZE) as usize, 8);
-    for spec in objects(&env, &data) {
+    for spec in env.objects(&data, FRAME) {
         let c = env.chunker(spec);
         let mut buf = vec![0u8; MIB as usize];
         for round in 0..2 {
@@ -307,12 +300,7 @@ fn a_budget_evicts_least_recently_used_units() {
         assert!(budget.used() <= budget.limit(), "{budget:?}");
         assert_eq!(budget.used(), c.cached_bytes());
         drop(c);
-        // Fetch jobs may hold the Chunker's state a moment longer.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while budget.used() != 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(budget.used(), 0, "a dropped Chunker gives its bytes back");
+        wait_budget_empty(&budget, "a dropped Chunker gives its bytes back");
     }
     assert!(env.stats.evictions.load(Relaxed) > 0);
 }

@@ -9,12 +9,12 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::digest::sha256_hex;
 use common::fixtures::{fixture_store, manifest_build};
 use common::mount::{LazyUnmount, MountGuard, fuse_available, is_mounted};
-use common::process::{TDFS, run, run_ok, within};
+use common::process::{TDFS, run, run_ok, wait_until, within};
 
 /// A build of the v4-zstd fixture: generation 1 on top of its base.
 const V4_LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
@@ -333,21 +333,13 @@ fn a_crashed_mount_is_cleared_by_the_next_one() {
         String::from_utf8_lossy(&statfs.stderr).contains("not connected"),
         "a killed daemon leaves a dead mount: {statfs:?}"
     );
-    let mount = MountGuard::restart(crashed, &store, &[]);
+    let mount = MountGuard::options(&store).over(crashed).start();
     let entries = within(30, "listing the new mount", {
         let root = mount.path().to_path_buf();
         move || std::fs::read_dir(root).unwrap().count()
     });
     assert_eq!(entries, 4, "three builds and .stats");
     assert!(mount.log().contains("stale"), "{}", mount.log());
-}
-
-fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -391,11 +383,15 @@ fn daemon_returns_once_mounted_and_reports_startup_errors() {
     });
     assert_eq!(listed, 4);
     run_ok("umount", [&mountpoint]);
-    wait_for("the daemon noticing the unmount", 20, || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("was unmounted")
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the daemon noticing the unmount",
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("was unmounted")
+        },
+    );
 }
 
 #[test]

@@ -12,11 +12,10 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::mount::{MountGuard, fuse_available};
-use common::process::{run_ok, tdfs_pack};
+use common::process::{run_ok, tdfs_pack, wait_until};
 use common::rng::Rng;
 
 const BUILD: &str = "15151515-3333-4444-8555-666666666601";
@@ -67,15 +66,13 @@ fn as_user(id: u32, command: &[&str]) -> Vec<String> {
 
 /// Poll `path`'s passthrough state until it contains `want` (30 s at most).
 fn wait_for(path: &Path, want: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(Duration::from_secs(30), want, || {
         let state = passthrough(path, None);
-        if state.contains(want) {
-            return state;
+        match state.contains(want) {
+            true => Ok(state),
+            false => Err(state),
         }
-        assert!(Instant::now() < deadline, "still {state:?}, not {want:?}");
-        thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
 
 fn read_all(mut file: &File) -> Vec<u8> {
@@ -181,7 +178,10 @@ fn without_cap_sys_admin_passthrough_is_off_and_reads_are_unchanged() {
     let oracle = scratch.path().join("memfile");
     let owner = format!("{NOBODY}:{NOBODY}");
     run_ok("chown", ["-R", &owner, scratch.path().to_str().unwrap()]);
-    let mount = MountGuard::start_as(&store, &["--passthrough", "on"], NOBODY);
+    let mount = MountGuard::options(&store)
+        .args(&["--passthrough", "on"])
+        .user(NOBODY)
+        .start();
     let memfile = mount.join(BUILD).join("memfile");
     let memfile_str = memfile.to_str().unwrap();
     let oracle_str = oracle.to_str().unwrap();

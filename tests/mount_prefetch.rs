@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::digest::sha256_hex;
 use common::fixtures::{fixture_store, manifest_build};
-use common::mount::{MountGuard, fuse_available};
-use common::process::run_ok;
+use common::mount::{MountGuard, PREFETCH_XATTR, fuse_available, settled, xattr};
+use common::process::{run_ok, wait_until};
 use serde_json::{Value, json};
 
 /// A layer of the v4-zstd fixture: a 16 MiB memfile in 1 MiB frames.
@@ -36,30 +36,6 @@ fn store_with_prefetch(prefetch: &str) -> (tempfile::TempDir, PathBuf) {
     let body = text.trim_end().strip_suffix('}').unwrap();
     std::fs::write(&path, format!("{body}, \"prefetch\": {prefetch}}}")).unwrap();
     (dir, store)
-}
-
-fn xattr(path: &Path) -> String {
-    run_ok(
-        "getfattr",
-        [
-            "--only-values",
-            "-n",
-            "user.tdfs.prefetch",
-            path.to_str().unwrap(),
-        ],
-    )
-}
-
-/// The xattr once prefetch no longer runs (at most 30 s).
-fn settled(path: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = xattr(path);
-        if !state.starts_with("running") && state != "none" || Instant::now() > deadline {
-            return state;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn expected_sha() -> String {
@@ -90,7 +66,11 @@ fn listed_blocks_are_cached_without_a_read() {
     let (_dir, store) = store_with_prefetch(&trace(json!([0, 1, 1024, 3840]), 4, 4096));
     let mount = MountGuard::start(&store, &[]);
     let memfile = mount.join(format!("{LAYER}/memfile"));
-    assert_eq!(xattr(&memfile), "none", "nothing starts before an open");
+    assert_eq!(
+        xattr(&memfile, PREFETCH_XATTR),
+        "none",
+        "nothing starts before an open"
+    );
     let file = std::fs::File::open(&memfile).unwrap();
     assert_eq!(settled(&memfile), "done");
     assert_eq!(mount.stat("tdfs_reads_total"), 0, "no read was made");
@@ -141,12 +121,9 @@ fn reads_during_a_prefetch_are_not_held_up() {
     // The replay starts once the trace is fetched (20 ms) and parsed: wait
     // for it (bounded), then read while it runs (15 frames of 1 MiB at 10
     // MB/s per request, 4 at a time, take about half a second).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut state = xattr(&memfile);
-    while state == "none" && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-        state = xattr(&memfile);
-    }
+    let state = wait_until(Duration::from_secs(5), "prefetch started", || {
+        Some(xattr(&memfile, PREFETCH_XATTR)).filter(|s| s != "none")
+    });
     assert!(state.starts_with("running"), "prefetch runs: {state}");
     let start = Instant::now();
     let mut buf = vec![0; 4096];

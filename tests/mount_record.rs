@@ -7,11 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fixtures::fixture_store;
-use common::mount::{MountGuard, fuse_available, unmount_lazily};
-use common::process::{run_ok, tdfs, tdfs_ok, tdfs_pack};
+use common::mount::{MountGuard, fuse_available, settled, unmount_lazily, xattr};
+use common::process::{run_ok, tdfs, tdfs_ok, tdfs_pack, wait_until};
 use serde_json::Value;
 
 /// A layer of the v4-zstd fixture: a 16 MiB memfile of 2 MiB blocks (in
@@ -51,25 +51,6 @@ fn read_block(path: &Path, block: u64, index: u64) {
     );
 }
 
-fn xattr(path: &Path, name: &str) -> String {
-    run_ok(
-        "getfattr",
-        ["--only-values", "-n", name, path.to_str().unwrap()],
-    )
-}
-
-/// The prefetch xattr once prefetch no longer runs (at most 30 s).
-fn settled(path: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = xattr(path, "user.tdfs.prefetch");
-        if !state.starts_with("running") && state != "none" || Instant::now() > deadline {
-            return state;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn recording(dir: &Path, file: &str) -> Value {
     let path = dir.join(LAYER).join(format!("{file}.prefetch.json"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -103,13 +84,10 @@ fn a_recording_is_replayed_on_a_fresh_mount() {
     }
     // Each dd closed the memfile: written at its last close (the kernel
     // sends RELEASE after close returned, so wait for it, boundedly).
-    let deadline = Instant::now() + Duration::from_secs(5);
     let path = record.join(LAYER).join("memfile.prefetch.json");
-    while Instant::now() < deadline
-        && (!path.exists() || indices(&recording(&record, "memfile")).len() < 3)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(5), "three closes recorded", || {
+        path.exists() && indices(&recording(&record, "memfile")).len() >= 3
+    });
     let early = recording(&record, "memfile");
     assert_eq!(indices(&early), memfile_blocks, "the union of three opens");
     // Held open across the stop (SIGTERM): written at unmount.
@@ -195,7 +173,17 @@ fn an_unwritable_recording_directory_is_one_warning() {
     // ...and one that becomes a file after the start (root can write
     // anywhere else) is one warning, the mount serving on.
     std::fs::remove_file(&record).unwrap();
-    let mount = MountGuard::start(&store, &["--record-prefetch", record.to_str().unwrap()]);
+    // Passthrough on only for its xattr, which counts the opens not yet
+    // released: the event that ends the wait below.
+    let mount = MountGuard::start(
+        &store,
+        &[
+            "--record-prefetch",
+            record.to_str().unwrap(),
+            "--passthrough",
+            "on",
+        ],
+    );
     std::fs::remove_dir(&record).unwrap();
     std::fs::write(&record, b"x").unwrap();
     let memfile = mount.join(format!("{LAYER}/memfile"));
@@ -204,14 +192,21 @@ fn an_unwritable_recording_directory_is_one_warning() {
     }
     let bytes = std::fs::read(&memfile).unwrap();
     assert_eq!(bytes.len() as u64, 8 * MEMFILE_BLOCK, "the mount serves");
-    // Four closes, each a failed write (RELEASE comes after close
-    // returned: wait for the first, boundedly).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !mount.log().contains("recording not written") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Time for the other closes to warn, were they to.
-    std::thread::sleep(Duration::from_millis(300));
+    // Four closes, each a failed write. RELEASE comes after close
+    // returned: wait until the mount holds no open of the memfile (tdfs
+    // forgets the open, then writes the recording in the same RELEASE,
+    // microseconds apart against a getfattr's milliseconds), so every
+    // close has had its chance to warn.
+    wait_until(Duration::from_secs(5), "every close released", || {
+        let state = xattr(&memfile, "user.tdfs.passthrough");
+        match state.contains("0 passthrough and 0 normal opens now") {
+            true => Ok(()),
+            false => Err(state),
+        }
+    });
+    wait_until(Duration::from_secs(5), "a warning", || {
+        mount.log().contains("recording not written")
+    });
     let log = mount.log();
     let warnings: Vec<&str> = log
         .lines()

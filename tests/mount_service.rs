@@ -11,11 +11,12 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fixtures::fixture_store;
 use common::mount::{MountGuard, fuse_available};
-use common::process::within;
+use common::process::wait_until;
+use common::tools::tool_available;
 
 /// Bound on one scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,16 +74,14 @@ fn python_parse(text: &str) -> Option<String> {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !have_parser {
-        if std::env::var("TDFS_SKIP_PYTHON").as_deref() == Ok("1") {
-            eprintln!("skipped: python3 with prometheus_client is missing and TDFS_SKIP_PYTHON=1");
-            return None;
-        }
-        panic!(
-            "python3 with prometheus_client is needed to check the metrics text \
-             (apt-get install python3-prometheus-client, or pip install prometheus_client; \
-             TDFS_SKIP_PYTHON=1 skips the check)"
-        );
+    if !tool_available(
+        have_parser,
+        "TDFS_SKIP_PYTHON",
+        "python3 with prometheus_client",
+        "it checks the metrics text (apt-get install python3-prometheus-client, or pip \
+         install prometheus_client)",
+    ) {
+        return None;
     }
     let mut child = Command::new("python3")
         .args(["-c", SCRIPT])
@@ -133,13 +132,11 @@ fn metrics_endpoint_histograms_move_during_reads() {
         }
     });
     // Scrapes while the reader runs must answer too.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !reader.is_finished() && Instant::now() < deadline {
+    wait_until(Duration::from_secs(180), "reading the memfiles", || {
         scrape(&mount);
-    }
-    within(120, "reading the memfiles", move || {
-        reader.join().expect("reader");
+        reader.is_finished()
     });
+    reader.join().expect("reader");
     let after = scrape(&mount);
     let (b, a) = (read_counts(&before), read_counts(&after));
     for (i, what) in ["memfile read latency", "store request", "fetch wait"]
@@ -182,20 +179,23 @@ fn metrics_endpoint_histograms_move_during_reads() {
 
 /// Receive notices on `socket` until one contains `want` (bounded).
 fn notices_until(socket: &UnixDatagram, want: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        if let Ok(n) = socket.recv(&mut buf) {
-            let notice = String::from_utf8_lossy(&buf[..n]).into_owned();
-            seen.push_str(&notice);
-            seen.push('\n');
-            if notice.contains(want) {
-                return notice;
+    wait_until(
+        Duration::from_secs(30),
+        &format!("a {want:?} notice"),
+        || {
+            if let Ok(n) = socket.recv(&mut buf) {
+                let notice = String::from_utf8_lossy(&buf[..n]).into_owned();
+                seen.push_str(&notice);
+                seen.push('\n');
+                if notice.contains(want) {
+                    return Ok(notice);
+                }
             }
-        }
-    }
-    panic!("no {want:?} notice within 30 s; got:\n{seen}");
+            Err(format!("got:\n{seen}"))
+        },
+    )
 }
 
 #[test]
@@ -209,11 +209,9 @@ fn systemd_hears_ready_with_status_then_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let mut mount = MountGuard::start_with_env(
-        fixture_store("v4-zstd"),
-        &[],
-        &[("NOTIFY_SOCKET", path.display().to_string())],
-    );
+    let mut mount = MountGuard::options(fixture_store("v4-zstd"))
+        .env(&[("NOTIFY_SOCKET", path.display().to_string())])
+        .start();
     let ready = notices_until(&socket, "READY=1");
     assert!(ready.contains("STATUS=serving 3 builds of "), "{ready}");
     assert!(

@@ -17,6 +17,7 @@ use common::fixtures::fixture_store;
 use common::mount::{MountGuard, fuse_available};
 use common::oracle::{oracle_flatten, whole_diff};
 use common::peer::{FakeMode, FakePeer, free_loopback_addr, make_certs, mount_serving};
+use common::process::wait_until;
 use tdfs::format::FileKind;
 use tdfs::peer::Ring;
 use tdfs::store::{LocalStore, Store};
@@ -34,8 +35,9 @@ const V4_LAYER: &str = "bd87702b-8d31-4e8d-beda-66b642c931a9";
 const CHUNK: u64 = 4 << 20;
 /// What a test reads of a chunk: well inside it, kernel read-ahead included.
 const PIECE: usize = 64 << 10;
-/// `BACKOFF_START` of the client, and a margin.
-const BACKOFF_PASSED: Duration = Duration::from_millis(5600);
+/// The first back-off of the test mounts (`--peer-backoff`, 5 s by
+/// default): short, yet long past the one read a test makes inside it.
+const BACKOFF: &str = "1s";
 
 fn store(path: &Path) -> Arc<dyn Store> {
     Arc::new(LocalStore::open(path.to_path_buf()).expect("store"))
@@ -65,6 +67,8 @@ fn client_flags(peer: &str) -> Vec<String> {
         peer,
         "--peer-timeout",
         "300ms",
+        "--peer-backoff",
+        BACKOFF,
         "--readahead",
         "0",
         "--prefetch",
@@ -299,7 +303,9 @@ fn fault_case(mode: FakeMode, reason: &str, log_says: &str, backoff: bool) {
             1,
             "{mode:?}: skipped while in back-off"
         );
-        std::thread::sleep(BACKOFF_PASSED);
+        // Bounded under the default 5 s, so an ignored --peer-backoff fails.
+        let over = format!("peer {}: back-off over", fake.url());
+        wait_until(Duration::from_secs(4), &over, || b.log().contains(&over));
     }
     let got = pread(&file, 2 * CHUNK, PIECE);
     assert!(got == diff[start(2)..][..PIECE], "{mode:?}: chunk 2 right");

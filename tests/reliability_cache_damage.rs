@@ -17,6 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::chunker::cache_files;
 use common::digest::{sha256_of_file, sha256_of_template};
 use common::mount::{MountGuard, fuse_available, is_mounted};
 use common::process::{run, run_ok, tdfs_pack, within};
@@ -26,20 +27,6 @@ use tdfs::pack::demo::make_demo_store;
 use tdfs::store::LocalStore;
 use tdfs::template::{Builds, TemplateConfig};
 use uuid::Uuid;
-
-/// The `*.cache` files under `dir`, at any depth.
-fn cache_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(cache_files(&path));
-        } else if path.extension().is_some_and(|x| x == "cache") {
-            found.push(path);
-        }
-    }
-    found
-}
 
 fn drop_kernel_caches() {
     fs::write("/proc/sys/vm/drop_caches", "3").expect("dropping the kernel caches needs root");

@@ -8,7 +8,6 @@ mod common;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::mount::{MountGuard, fuse_available};
 use common::process::tdfs_pack;
@@ -66,11 +65,10 @@ fn whole_diffs_are_checked_and_a_mismatch_fails_later_reads() {
     bytes[3 << 20] ^= 1;
     fs::write(&object, &bytes).unwrap();
 
-    let mount = MountGuard::start_with_env(
-        &store,
-        &["--verify-checksums"],
-        &[("RUST_LOG", "info,tdfs::chunker=debug".to_string())],
-    );
+    let mount = MountGuard::options(&store)
+        .args(&["--verify-checksums"])
+        .env(&[("RUST_LOG", "info,tdfs::chunker=debug".to_string())])
+        .start();
     for build in [GOOD_ZSTD, GOOD_PLAIN] {
         let path = mount.join(build).join("memfile");
         for _ in 0..2 {
@@ -79,20 +77,10 @@ fn whole_diffs_are_checked_and_a_mismatch_fails_later_reads() {
             assert!(data == memfile, "{build}: wrong bytes");
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
     for build in [GOOD_ZSTD, GOOD_PLAIN] {
-        while !mount
-            .log()
-            .lines()
-            .any(|l| l.contains(build) && l.contains("whole diff matches its SHA-256"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{build} was not checked:\n{}",
-                mount.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        mount.wait_for_log(&format!("{build} was checked"), |l| {
+            l.contains(build) && l.contains("whole diff matches its SHA-256")
+        });
     }
 
     // The read that completes the damaged diff is served (the check runs
@@ -100,19 +88,9 @@ fn whole_diffs_are_checked_and_a_mismatch_fails_later_reads() {
     let damaged = mount.join(DAMAGED).join("memfile");
     let _ = read_direct(&damaged);
     let key = format!("{DAMAGED}/memfile");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !mount
-        .log()
-        .lines()
-        .any(|l| l.contains("ERROR") && l.contains(&key) && l.contains("SHA-256"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no checksum error logged:\n{}",
-            mount.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    mount.wait_for_log("a checksum error logged", |l| {
+        l.contains("ERROR") && l.contains(&key) && l.contains("SHA-256")
+    });
     let (ok, data, stderr) = read_direct(&damaged);
     assert!(!ok && data.is_empty(), "the damaged diff is still served");
     assert!(stderr.contains("Input/output error"), "{stderr}");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::fixtures::fixture_store;
 use common::mount::{MountGuard, fuse_available};
-use common::process::run_ok;
+use common::process::{run_ok, wait_until};
 
 /// The base build of the v3-none fixture (uncompressed objects).
 const BASE: &str = "cd62c694-5fb3-4cd8-b26e-db3191758be8";
@@ -66,6 +66,7 @@ fn a_reader_inside_a_killed_daemon_gets_an_error_and_the_next_mount_serves() {
     // The data object becomes a FIFO nobody writes: the fetch never answers.
     fs::remove_file(&object).unwrap();
     run_ok("mkfifo", [object.to_str().unwrap()]);
+    let requests = mount.stat("tdfs_store_requests_total");
     let mut reader = Command::new("timeout")
         .args(["-k", "5", "60", "dd"])
         .arg(format!("if={}", memfile.display()))
@@ -75,8 +76,11 @@ fn a_reader_inside_a_killed_daemon_gets_an_error_and_the_next_mount_serves() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning dd");
-    // Let the read reach the daemon and block on the store.
-    std::thread::sleep(Duration::from_secs(1));
+    // Wait until the read reaches the daemon and blocks on the store (the
+    // request is counted before it is made).
+    wait_until(Duration::from_secs(30), "the read asking the store", || {
+        mount.stat("tdfs_store_requests_total") > requests
+    });
     assert!(
         reader.try_wait().expect("try_wait").is_none(),
         "the reader should still be waiting for the store"
@@ -115,7 +119,7 @@ fn a_reader_inside_a_killed_daemon_gets_an_error_and_the_next_mount_serves() {
         "the dead cache directory is left for the next mount"
     );
 
-    let mount = MountGuard::restart(crashed, &store, &[]);
+    let mount = MountGuard::options(&store).over(crashed).start();
     let after = cache_dirs(&cache);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(

@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::builds::{PAGE, TestStore, build_id, mapping};
+use common::chunker::cache_files;
 use common::mount::{MountGuard, fuse_available};
-use common::process::run_ok;
+use common::process::{run_ok, wait_until};
 use common::rng::{Rng, noise};
 use tdfs::format::FileKind;
 
@@ -77,25 +77,9 @@ fn usage(pid: u32) -> (usize, u64) {
     (fds, rss)
 }
 
-fn cache_files(parent: &Path) -> usize {
-    let mut count = 0;
-    for dir in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-        for file in std::fs::read_dir(dir.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if file.path().extension() == Some("cache".as_ref()) {
-                count += 1;
-            }
-        }
-    }
-    count
-}
-
 fn report(phase: &str, mount: &MountGuard) -> (usize, u64) {
     let (fds, rss) = usage(mount.pid());
-    let cached = cache_files(&mount.cache_parent());
+    let cached = cache_files(&mount.cache_parent()).len();
     println!("{phase}: daemon fds {fds}, VmRSS {rss} KiB, cache files {cached}");
     assert!(
         fds < SOFT_NOFILE as usize + IDLE_LIMIT,
@@ -113,7 +97,9 @@ fn thousands_of_builds_keep_open_files_and_memory_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let store = TestStore::new(&dir.path().join("store"));
     put_headers(&store);
-    let mount = MountGuard::start_with_nofile(&store.root, &[], SOFT_NOFILE, HARD_NOFILE);
+    let mount = MountGuard::options(&store.root)
+        .nofile(SOFT_NOFILE, HARD_NOFILE)
+        .start();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", mount.pid())).unwrap();
     let nofile = limits
         .lines()
@@ -142,7 +128,7 @@ fn thousands_of_builds_keep_open_files_and_memory_bounded() {
     }
     report("stat", &mount);
     assert_eq!(
-        cache_files(&mount.cache_parent()),
+        cache_files(&mount.cache_parent()).len(),
         0,
         "stat made cache files"
     );
@@ -162,15 +148,13 @@ fn thousands_of_builds_keep_open_files_and_memory_bounded() {
     report("reads", &mount);
     // The kernel sends the last file's RELEASE after `read` returned: its
     // Chunkers join the idle ones (and the oldest close) moments later.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut cached = cache_files(&mount.cache_parent());
-    while cached > IDLE_LIMIT && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        cached = cache_files(&mount.cache_parent());
-    }
-    assert!(
-        cached <= IDLE_LIMIT,
-        "{cached} cache files: idle Chunkers are not closed"
+    wait_until(
+        Duration::from_secs(5),
+        "idle Chunkers closed down to the limit",
+        || match cache_files(&mount.cache_parent()).len() {
+            cached if cached <= IDLE_LIMIT => Ok(()),
+            cached => Err(format!("{cached} cache files")),
+        },
     );
     assert!(mount.stat("tdfs_store_requests_total") > 0);
 }

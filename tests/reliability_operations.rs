@@ -9,13 +9,12 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::digest::sha256_hex;
 use common::fixtures::{fixture_store, manifest};
 use common::mount::{LazyUnmount, MountGuard, fuse_available, is_mounted};
-use common::process::{TDFS, run_ok};
+use common::process::{TDFS, run_ok, wait_until};
 
 /// How a test stops a mount.
 #[derive(Debug, Clone, Copy)]
@@ -36,8 +35,6 @@ const STOPS: [Stop; 4] = [
 ];
 /// Each stop is repeated: the faults this guards against were races.
 const REPEATS: usize = 5;
-/// How long the file stays open after the stop.
-const CLOSE_AFTER: Duration = Duration::from_millis(300);
 
 /// One mountpoint, cache directory and log, reused by every mount of a
 /// test (a remount on the same path is part of the promise).
@@ -101,15 +98,13 @@ impl Place {
             assert!(status.success(), "daemon start: {status}");
             None
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !(read_log(log).contains("] mounted ") && is_mounted(&self.mountpoint)) {
-            assert!(
-                Instant::now() < deadline,
-                "not mounted; log:\n{}",
-                read_log(log)
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(Duration::from_secs(20), "mounted", || {
+            let text = read_log(log);
+            match text.contains("] mounted ") && is_mounted(&self.mountpoint) {
+                true => Ok(()),
+                false => Err(format!("log:\n{text}")),
+            }
+        });
         child
     }
 
@@ -154,28 +149,22 @@ fn process_gone(pid: i32) -> bool {
 /// Wait (bounded) for the mount to end: the foreground child's exit
 /// status, or the daemon gone.
 fn wait_ended(child: Option<Child>, pid: i32, log: &Path) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let still = || format!("log:\n{}", read_log(log));
     match child {
-        Some(mut child) => loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running; log:\n{}",
-                read_log(log)
-            );
-            thread::sleep(Duration::from_millis(10));
-        },
+        Some(mut child) => Some(wait_until(
+            Duration::from_secs(15),
+            "the mount ended",
+            || child.try_wait().unwrap().ok_or_else(still),
+        )),
         None => {
-            while !process_gone(pid) {
-                assert!(
-                    Instant::now() < deadline,
-                    "daemon still running; log:\n{}",
-                    read_log(log)
-                );
-                thread::sleep(Duration::from_millis(10));
-            }
+            wait_until(
+                Duration::from_secs(15),
+                "the daemon ended",
+                || match process_gone(pid) {
+                    true => Ok(()),
+                    false => Err(still()),
+                },
+            );
             None
         }
     }
@@ -199,7 +188,10 @@ fn stop_while_open(place: &Place, stop: Stop, foreground: bool, round: usize) {
         Stop::Signal(signal) => {
             // SAFETY: kill on the pid of our mount.
             unsafe { libc::kill(pid, signal) };
-            thread::sleep(CLOSE_AFTER);
+            // Closed only once the daemon is unmounting with it open.
+            wait_until(Duration::from_secs(10), "the daemon unmounting", || {
+                read_log(&log).contains(": unmounting ")
+            });
             drop(open);
         }
         Stop::Umount => {
@@ -208,7 +200,9 @@ fn stop_while_open(place: &Place, stop: Stop, foreground: bool, round: usize) {
         }
         Stop::UmountLazy => {
             run_ok("umount", [Path::new("-l"), &place.mountpoint]);
-            thread::sleep(CLOSE_AFTER);
+            // Detached, yet the open file is still served until closed.
+            assert!(!is_mounted(&place.mountpoint), "umount -l detaches");
+            open.read_exact(&mut first).unwrap();
             drop(open);
         }
     }

@@ -125,7 +125,9 @@ fn pack_to_s3_mount_from_it_and_survive_a_server_outage() {
         "export from S3"
     );
 
-    let mount = MountGuard::start_with_env("s3://tdfs/e2e", &[], &garage.env());
+    let mount = MountGuard::options("s3://tdfs/e2e")
+        .env(&garage.env())
+        .start();
     let listing: Vec<String> = std::fs::read_dir(mount.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -157,7 +159,9 @@ fn pack_to_s3_mount_from_it_and_survive_a_server_outage() {
     // request timeout (plus retries), and nothing wrong is served.
     // A second mount starts cold (the first one has everything cached).
     drop(mount);
-    let mount = MountGuard::start_with_env("s3://tdfs/e2e", &[], &garage.env());
+    let mount = MountGuard::options("s3://tdfs/e2e")
+        .env(&garage.env())
+        .start();
     garage.stop();
     let path = mount.join(&base).join("memfile");
     let t = Instant::now();

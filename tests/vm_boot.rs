@@ -17,7 +17,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mount::{fuse_available, unmount_lazily};
-use common::process::TDFS;
+use common::process::{TDFS, wait_until};
+use common::tools::tool_available;
 
 /// Bound on the whole script: building, packing, two boots, the memfile
 /// check. A boot takes 10–20 s under TCG.
@@ -28,8 +29,8 @@ const BOOT_TIMEOUT_SECS: u32 = 150;
 const STOP_GRACE: Duration = Duration::from_secs(20);
 const APT_LINE: &str = "apt-get install -y qemu-system-x86 linux-image-amd64 busybox-static";
 
-/// True when the VM test can run; panics naming what is missing unless
-/// TDFS_SKIP_VM=1.
+/// True when the VM test can run; see `tools::tool_available` (the switch
+/// is TDFS_SKIP_VM).
 fn vm_tools_available() -> bool {
     let kernel = std::fs::read_dir("/boot")
         .map(|dir| {
@@ -52,17 +53,12 @@ fn vm_tools_available() -> bool {
     .filter(|(present, _)| !present)
     .map(|(_, what)| what)
     .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("TDFS_SKIP_VM").as_deref() == Ok("1") {
-        eprintln!("skipped: {} missing and TDFS_SKIP_VM=1", missing.join(", "));
-        return false;
-    }
-    panic!(
-        "the VM boot test needs {}: {APT_LINE} (or set TDFS_SKIP_VM=1 to skip it)",
-        missing.join(", ")
-    );
+    tool_available(
+        missing.is_empty(),
+        "TDFS_SKIP_VM",
+        &missing.join(", "),
+        &format!("the VM boot test needs it: {APT_LINE}"),
+    )
 }
 
 /// The memfile checker example, built by `cargo test` beside the binaries.
@@ -128,20 +124,19 @@ impl BootScript {
         }
     }
 
-    /// Wait until the log has a line containing `text`; false if the script
-    /// ends or `timeout` passes first.
-    fn wait_for_line(&mut self, text: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log().contains(text) {
-                return true;
+    /// Wait until the log has a line containing `text`; panics naming
+    /// `what`, with the log, if the script ends or `timeout` passes first.
+    fn wait_for_line(&mut self, what: &str, text: &str, timeout: Duration) {
+        wait_until(timeout, what, || {
+            let log = self.log();
+            if log.contains(text) {
+                return Ok(());
             }
-            if self.wait(Duration::ZERO).is_some() {
-                return false;
+            if let Some(status) = self.wait(Duration::ZERO) {
+                panic!("{what}: the script ended first ({status}):\n{log}");
             }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        false
+            Err(format!("log:\n{log}"))
+        });
     }
 
     /// Processes of the script's group still alive, as "pid command".
@@ -231,14 +226,19 @@ fn stopping_the_script_mid_boot_cleans_up() {
         return;
     }
     let mut script = BootScript::start();
-    assert!(
-        script.wait_for_line("booting tdfs-mount", SCRIPT_TIMEOUT),
-        "the script never booted from the mount:\n{}",
-        script.log()
+    script.wait_for_line(
+        "the script booting from the mount",
+        "booting tdfs-mount",
+        SCRIPT_TIMEOUT,
     );
-    // Let QEMU start; the guest takes several seconds to power off under
-    // TCG, so the stop lands mid-boot.
-    std::thread::sleep(Duration::from_secs(1));
+    // Wait for QEMU to start; the guest takes several seconds to power off
+    // under TCG, so the stop lands mid-boot.
+    wait_until(Duration::from_secs(30), "QEMU started", || {
+        script
+            .group_members()
+            .iter()
+            .any(|p| p.contains("qemu-system"))
+    });
     assert!(
         script
             .group_members()

@@ -9,10 +9,10 @@
 //! asked of the owner of its first unit with `GetBuildFileSize`, within
 //! the first-byte timeout. A peer that faults (anything but `not_available`, which is the
 //! normal answer of a busy peer or one without the build) is skipped for a
-//! back-off period that doubles from `BACKOFF_START` (`TIMEOUT_BACKOFF_START`
-//! when the first fault is a timeout) to `BACKOFF_MAX` and
-//! is reset by a success; the fault that starts a back-off is logged, the
-//! requests that were already in flight to it are only counted.
+//! back-off period (`PeerBackoff`) that doubles from its start (a shorter one
+//! when the first fault is a timeout) to a maximum and is reset by a
+//! success; the fault that starts a back-off is logged, and so is its end,
+//! the requests that were already in flight to it are only counted.
 //!
 //! The Chunker's fetch workers are plain threads: each blocks on this
 //! client's own small tokio runtime for the one request it makes.
@@ -49,13 +49,6 @@ const MIN_STALL: Duration = Duration::from_secs(1);
 /// Bound on one whole request past its first byte: a peer trickling bytes
 /// cannot hold a fetch worker for long (a 4 MiB unit at 1 MB/s fits).
 const STREAM_DEADLINE: Duration = Duration::from_secs(5);
-/// First back-off of a faulty peer, doubled on each fault while it lasts.
-const BACKOFF_START: Duration = Duration::from_secs(5);
-/// First back-off when the fault is a timeout: a late first byte is as
-/// often this host's own load (or its many requests queued on the one
-/// connection) as the peer's fault, so it costs a short detour to the
-/// store, not 5 s of it; timeouts in a row still double it.
-const TIMEOUT_BACKOFF_START: Duration = Duration::from_secs(1);
 /// HTTP/2 receive window of one stream: a whole 4 MiB unit flows without
 /// waiting on window updates (the default 64 KiB needs a round trip per
 /// 64 KiB, which under CPU load made sequential reads through a peer
@@ -67,9 +60,40 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 /// Largest HTTP/2 frame this client accepts: fewer frames per 2 MiB
 /// message than the default 16 KiB, so less work per byte on both hosts.
 const MAX_FRAME: u32 = 1 << 20;
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// `not_available` answers of one peer are logged at most this often.
 const NOT_AVAILABLE_LOG: Duration = Duration::from_secs(60);
+
+/// How long a faulty peer is skipped: `start` after a first fault,
+/// `timeout_start` when that fault is a timeout, doubled on each fault in a
+/// row up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerBackoff {
+    /// First skip after a fault other than a timeout.
+    pub start: Duration,
+    /// First skip after a timeout.
+    pub timeout_start: Duration,
+    /// Longest skip, however many faults in a row.
+    pub max: Duration,
+}
+
+impl Default for PeerBackoff {
+    fn default() -> PeerBackoff {
+        PeerBackoff {
+            // Long enough that a peer failing every request costs one
+            // failed request in 5 s, short enough that a peer that had a
+            // passing fault is asked again soon.
+            start: Duration::from_secs(5),
+            // A late first byte is as often this host's own load (or its
+            // many requests queued on the one connection) as the peer's
+            // fault, so it costs a short detour to the store, not 5 s of
+            // it; timeouts in a row still double it.
+            timeout_start: Duration::from_secs(1),
+            // A peer down for good is still tried once a minute, so it is
+            // used again soon after it comes back.
+            max: Duration::from_secs(60),
+        }
+    }
+}
 
 /// What `--peer`, `--peers-file` and their companions asked for.
 #[derive(Debug, Clone)]
@@ -85,6 +109,8 @@ pub struct PeerClientConfig {
     pub timeout: Duration,
     /// Mutual TLS for https:// peers (`--peer-tls-*`).
     pub tls: Option<TlsFiles>,
+    /// How long a faulty peer is skipped.
+    pub backoff: PeerBackoff,
 }
 
 /// A peer's recent faults.
@@ -105,6 +131,7 @@ pub struct PeerClient {
     runtime: ManuallyDrop<tokio::runtime::Runtime>,
     tls: Option<ClientTlsConfig>,
     timeout: Duration,
+    backoff: PeerBackoff,
     channels: Mutex<HashMap<String, Channel>>,
     health: Mutex<HashMap<String, Health>>,
 }
@@ -177,6 +204,7 @@ impl PeerClient {
             runtime: ManuallyDrop::new(runtime),
             tls,
             timeout: config.timeout,
+            backoff: config.backoff,
             channels: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
         }))
@@ -248,17 +276,23 @@ impl PeerClient {
             return;
         }
         let first = match reason {
-            PeerFallback::Timeout => TIMEOUT_BACKOFF_START,
-            _ => BACKOFF_START,
+            PeerFallback::Timeout => self.backoff.timeout_start,
+            _ => self.backoff.start,
         };
         let backoff = h.next_backoff.unwrap_or(first);
         h.skip_until = Some(now + backoff);
-        h.next_backoff = Some((backoff * 2).min(BACKOFF_MAX));
+        h.next_backoff = Some((backoff * 2).min(self.backoff.max));
         log::warn!(
-            "peer {url}: {} reading {what}: {detail}; reading the store instead and skipping this peer for {}s",
+            "peer {url}: {} reading {what}: {detail}; reading the store instead and skipping this peer for {backoff:?}",
             reason.name(),
-            backoff.as_secs()
         );
+        // Said when it happens (the timer ends after `skip_until`), so a
+        // reader of the log knows when the peer is asked again.
+        let url = url.to_string();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(backoff).await;
+            log::info!("peer {url}: back-off over; asking it again");
+        });
     }
 }
 

@@ -4,15 +4,17 @@
 //! frames with block checksums) and the frame tables describing them.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tdfs::chunker::{Chunker, ChunkerConfig, DiffSpec, FetchPool};
+use tdfs::chunker::{CacheBudget, Chunker, ChunkerConfig, DiffSpec, FetchPool};
 use tdfs::format::{Compression, FileKind, Frame, FrameTable, ObjectKey};
 use tdfs::metrics::Stats;
 use tdfs::store::{FaultStore, LocalStore, WritableStore};
 use uuid::Uuid;
 
+use super::process::wait_until;
 use super::rng::Rng;
 
 pub const PAGE: u64 = 4096;
@@ -112,6 +114,41 @@ impl Env {
             frames: FrameTable::new(compression, frames).unwrap(),
         }
     }
+
+    /// `data` as each kind of diff object: raw, then zstd and LZ4 in frames
+    /// of `frame` bytes.
+    pub fn objects(&self, data: &[u8], frame: usize) -> Vec<DiffSpec> {
+        vec![
+            self.put_raw(data),
+            self.put_framed(data, Compression::Zstd, &[frame]),
+            self.put_framed(data, Compression::Lz4, &[frame]),
+        ]
+    }
+}
+
+/// The `*.cache` files under `dir` at any depth (none when `dir` does not
+/// exist), sorted: what Chunkers (alone or under a mount) keep on disk.
+pub fn cache_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
+        let path = entry.expect("reading a cache directory").path();
+        if path.is_dir() {
+            found.extend(cache_files(&path));
+        } else if path.extension().is_some_and(|x| x == "cache") {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Wait (10 s at most) until `budget` holds nothing: fetch jobs may hold a
+/// dropped Chunker's state a moment longer.
+pub fn wait_budget_empty(budget: &CacheBudget, what: &str) {
+    wait_until(Duration::from_secs(10), what, || match budget.used() {
+        0 => Ok(()),
+        used => Err(format!("{used} bytes held")),
+    });
 }
 
 /// One independent frame: zstd with content checksum and content size, or

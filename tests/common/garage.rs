@@ -2,19 +2,22 @@
 //! a temp dir, a bucket `tdfs` and a read-write key, killed on drop.
 //!
 //! Without `garage` on PATH the tests fail and say how to install it, unless
-//! `TDFS_SKIP_S3=1` is set, when `Garage::start` returns `None`.
+//! `TDFS_SKIP_S3=1` is set, when `Garage::start` returns `None` (see
+//! `tools`).
 
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use tdfs::store::{RemoteStore, StoreOptions};
 use tempfile::TempDir;
+
+use super::process::wait_until;
+use super::tools::tool_available;
 
 /// The bucket every server starts with.
 pub const BUCKET: &str = "tdfs";
@@ -37,22 +40,20 @@ impl Garage {
     /// Start a fresh node with the bucket and key; `None` when the S3 tests
     /// are to be skipped (`TDFS_SKIP_S3=1`).
     pub fn start() -> Option<Garage> {
-        if std::env::var("TDFS_SKIP_S3").is_ok_and(|v| v == "1") {
-            eprintln!("TDFS_SKIP_S3=1: skipping a test that needs the garage S3 server");
-            return None;
-        }
         let found = Command::new("garage")
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        assert!(
+        if !tool_available(
             found,
-            "the S3 tests need the `garage` S3 server on PATH: install it with \
-             `cargo install --locked garage` (or run contrib/garage/install.sh), \
-             or set TDFS_SKIP_S3=1 to skip these tests"
-        );
+            "TDFS_SKIP_S3",
+            "the `garage` S3 server on PATH",
+            "install it with `cargo install --locked garage` (or run contrib/garage/install.sh)",
+        ) {
+            return None;
+        }
         let dir = tempfile::tempdir().expect("temp dir for garage");
         let [rpc_port, s3_port, admin_port] = free_ports();
         let config = dir.path().join("garage.toml");
@@ -156,20 +157,21 @@ impl Garage {
         assert_eq!(rc, 0, "signal garage: {}", std::io::Error::last_os_error());
         // The signal lands asynchronously: wait until the state shows it.
         let stat = format!("/proc/{pid}/stat");
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
+        let what = format!("garage {}", if frozen { "stopped" } else { "running" });
+        wait_until(START_TIMEOUT, &what, || {
             let text = fs::read_to_string(&stat).expect("read the server's /proc stat");
             // The state follows the parenthesised command name.
             let state = text
                 .rsplit(')')
                 .next()
-                .and_then(|r| r.split_whitespace().next());
-            if (state == Some("T")) == frozen {
-                return;
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or("")
+                .to_string();
+            match (state == "T") == frozen {
+                true => Ok(()),
+                false => Err(format!("state {state:?}")),
             }
-            assert!(Instant::now() < deadline, "garage never became {state:?}");
-            sleep(Duration::from_millis(5));
-        }
+        });
     }
 
     /// Start the stopped server again on the same ports and data.
@@ -196,45 +198,34 @@ impl Garage {
             .spawn()
             .expect("spawn garage server");
         self.server = Some(server);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
+        wait_until(START_TIMEOUT, "garage up", || {
             let status = Command::new("garage")
                 .arg("-c")
                 .arg(&self.config)
                 .arg("status")
                 .output()
                 .expect("run garage status");
-            if status.status.success() {
-                return;
-            }
             self.check_alive();
-            assert!(
-                Instant::now() < deadline,
-                "garage did not come up in {START_TIMEOUT:?}:\n{}",
-                self.log()
-            );
-            sleep(Duration::from_millis(100));
-        }
+            match status.status.success() {
+                true => Ok(()),
+                false => Err(format!("log:\n{}", self.log())),
+            }
+        });
     }
 
     /// Wait until the S3 API answers an HTTP request (any answer will do:
     /// anonymous requests are refused once the node serves requests).
     fn wait_for_s3(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.probe_s3()
-                && status.starts_with("HTTP/1.1 4")
+        wait_until(START_TIMEOUT, "garage's S3 API answering", || {
+            if self
+                .probe_s3()
+                .is_some_and(|status| status.starts_with("HTTP/1.1 4"))
             {
-                return;
+                return Ok(());
             }
             self.check_alive();
-            assert!(
-                Instant::now() < deadline,
-                "garage's S3 API did not answer in {START_TIMEOUT:?}:\n{}",
-                self.log()
-            );
-            sleep(Duration::from_millis(100));
-        }
+            Err(format!("log:\n{}", self.log()))
+        });
     }
 
     fn probe_s3(&self) -> Option<String> {

@@ -1,29 +1,28 @@
 //! A `tdfs mount --foreground` child on a temporary mountpoint that is
 //! unmounted and killed on drop, for the FUSE integration tests.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::process::{TDFS, run};
+use super::process::{TDFS, run, run_ok, wait_until};
+use super::tools::tool_available;
 
 /// How long a mount may take to appear.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// True when FUSE tests can run. Panics (failing the test loudly) when
-/// /dev/fuse is missing, unless TDFS_SKIP_FUSE=1 asks to skip them.
+/// True when FUSE tests can run; see `tools::tool_available` (the switch
+/// is TDFS_SKIP_FUSE).
 pub fn fuse_available() -> bool {
-    if Path::new("/dev/fuse").exists() {
-        return true;
-    }
-    if std::env::var("TDFS_SKIP_FUSE").as_deref() == Ok("1") {
-        eprintln!("skipped: /dev/fuse is missing and TDFS_SKIP_FUSE=1");
-        return false;
-    }
-    panic!("/dev/fuse is missing: the FUSE tests need it (set TDFS_SKIP_FUSE=1 to skip them)");
+    tool_available(
+        Path::new("/dev/fuse").exists(),
+        "TDFS_SKIP_FUSE",
+        "/dev/fuse",
+        "the FUSE tests need it (modprobe fuse, or a container run with --device /dev/fuse)",
+    )
 }
 
 /// True when `path` is a mountpoint of this machine (any file system).
@@ -42,6 +41,35 @@ pub fn unmount_lazily(path: &Path) {
     }
 }
 
+/// The extended attribute that tells a template file's prefetch state.
+pub const PREFETCH_XATTR: &str = "user.tdfs.prefetch";
+
+/// Extended attribute `name` (e.g. `user.tdfs.prefetch`) of `path`, read
+/// with getfattr as a user would.
+pub fn xattr(path: &Path, name: &str) -> String {
+    run_ok(
+        "getfattr",
+        [
+            "--only-values",
+            "-n",
+            name,
+            path.to_str().expect("UTF-8 path"),
+        ],
+    )
+}
+
+/// `path`'s `user.tdfs.prefetch` once its prefetch has started and ended
+/// (30 s at most).
+pub fn settled(path: &Path) -> String {
+    wait_until(Duration::from_secs(30), "prefetch ended", || {
+        let state = xattr(path, PREFETCH_XATTR);
+        match state.starts_with("running") || state == "none" {
+            true => Err(state),
+            false => Ok(state),
+        }
+    })
+}
+
 /// Unmounts its path lazily on drop, for mounts made outside a `MountGuard`
 /// (a daemon, the mount helper, a loop mount).
 pub struct LazyUnmount(pub PathBuf);
@@ -52,13 +80,72 @@ impl Drop for LazyUnmount {
     }
 }
 
-/// What a mount's daemon runs with besides its arguments.
-#[derive(Default)]
-struct Limits {
+/// How to start a `MountGuard`: `MountGuard::options(store)`, then any of
+/// `args`, `env`, `user`, `nofile`, `over`, then `start`.
+pub struct MountOptions {
+    store: OsString,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     /// Open file limit: soft, hard.
     nofile: Option<(u64, u64)>,
     /// Run as this user and group.
     user: Option<u32>,
+    /// Mount where this crashed daemon died, in its temporary directory.
+    over: Option<CrashedMount>,
+}
+
+impl MountOptions {
+    /// Extra `tdfs mount` arguments (e.g. `--passthrough on`).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Environment variables for the daemon (`RUST_LOG` here replaces the
+    /// default `info`).
+    pub fn env(mut self, env: &[(&str, String)]) -> Self {
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        self
+    }
+
+    /// Run the daemon as user and group `id` (no capabilities; fusermount3
+    /// mounts for it). Its mountpoint and temporary files are given to
+    /// `id`; the store must be readable by it. Only `id` can read the mount
+    /// (no allow_other).
+    pub fn user(mut self, id: u32) -> Self {
+        self.user = Some(id);
+        self
+    }
+
+    /// The daemon's open file limit: `soft` (current) and `hard` (maximum).
+    pub fn nofile(mut self, soft: u64, hard: u64) -> Self {
+        self.nofile = Some((soft, hard));
+        self
+    }
+
+    /// Mount again where `crashed` died (see `MountGuard::crash`).
+    pub fn over(mut self, crashed: CrashedMount) -> Self {
+        self.over = Some(crashed);
+        self
+    }
+
+    /// Start the daemon and wait (bounded) until it has mounted.
+    pub fn start(mut self) -> MountGuard {
+        let (dir, mountpoint) = match self.over.as_mut() {
+            Some(crashed) => (
+                crashed.dir.take().expect("not restarted yet"),
+                crashed.mountpoint.clone(),
+            ),
+            None => new_mountpoint(),
+        };
+        if let Some(id) = self.user {
+            for path in [dir.path(), &mountpoint] {
+                std::os::unix::fs::chown(path, Some(id), Some(id)).expect("chown");
+            }
+        }
+        MountGuard::launch(dir, mountpoint, &self)
+    }
 }
 
 /// A running `tdfs mount --foreground`.
@@ -79,78 +166,28 @@ fn new_mountpoint() -> (tempfile::TempDir, PathBuf) {
 }
 
 impl MountGuard {
-    /// Mount `store` on a new temporary mountpoint.
-    pub fn start(store: impl AsRef<OsStr>, extra: &[&str]) -> MountGuard {
-        Self::start_with_env(store, extra, &[])
-    }
-
-    /// `start`, with extra environment variables for tdfs.
-    pub fn start_with_env(
-        store: impl AsRef<OsStr>,
-        extra: &[&str],
-        env: &[(&str, String)],
-    ) -> MountGuard {
-        let (dir, mountpoint) = new_mountpoint();
-        Self::launch(
-            dir,
-            mountpoint,
-            store.as_ref(),
-            extra,
-            env,
-            Limits::default(),
-        )
-    }
-
-    /// `start`, with the daemon run as user and group `id` (no
-    /// capabilities; fusermount3 mounts for it). Its mountpoint and
-    /// temporary files are given to `id`; `store` must be readable by it.
-    /// Only `id` can read the mount (no allow_other).
-    pub fn start_as(store: impl AsRef<OsStr>, extra: &[&str], id: u32) -> MountGuard {
-        let (dir, mountpoint) = new_mountpoint();
-        for path in [dir.path(), &mountpoint] {
-            std::os::unix::fs::chown(path, Some(id), Some(id)).expect("chown");
+    /// How to mount `store` (a path or URL) on a new temporary mountpoint.
+    pub fn options(store: impl AsRef<OsStr>) -> MountOptions {
+        MountOptions {
+            store: store.as_ref().to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            nofile: None,
+            user: None,
+            over: None,
         }
-        let limits = Limits {
-            user: Some(id),
-            ..Limits::default()
-        };
-        Self::launch(dir, mountpoint, store.as_ref(), extra, &[], limits)
     }
 
-    /// `start`, with the daemon's open file limit set to `soft` (current)
-    /// and `hard` (maximum) before it runs.
-    pub fn start_with_nofile(
-        store: impl AsRef<OsStr>,
-        extra: &[&str],
-        soft: u64,
-        hard: u64,
-    ) -> MountGuard {
-        let (dir, mountpoint) = new_mountpoint();
-        Self::launch(
-            dir,
-            mountpoint,
-            store.as_ref(),
-            extra,
-            &[],
-            Limits {
-                nofile: Some((soft, hard)),
-                ..Limits::default()
-            },
-        )
+    /// `options(store).args(extra).start()`, the common case.
+    pub fn start(store: impl AsRef<OsStr>, extra: &[&str]) -> MountGuard {
+        Self::options(store).args(extra).start()
     }
 
-    fn launch(
-        dir: tempfile::TempDir,
-        mountpoint: PathBuf,
-        store: &OsStr,
-        extra: &[&str],
-        env: &[(&str, String)],
-        limits: Limits,
-    ) -> MountGuard {
+    fn launch(dir: tempfile::TempDir, mountpoint: PathBuf, options: &MountOptions) -> MountGuard {
         let mountpoint = std::path::absolute(&mountpoint).expect("absolute mountpoint");
         let log = dir.path().join(format!("tdfs-{}.log", unique()));
         // A test may bring its own --cache-dir (e.g. on a small tmpfs).
-        let cache = match extra.contains(&"--cache-dir") {
+        let cache = match options.args.iter().any(|a| a == "--cache-dir") {
             true => vec![],
             false => vec![
                 "--cache-dir".into(),
@@ -158,12 +195,12 @@ impl MountGuard {
             ],
         };
         let mut command = Command::new(TDFS);
-        if let Some(id) = limits.user {
+        if let Some(id) = options.user {
             use std::os::unix::process::CommandExt;
             // std drops the supplementary groups when root sets a uid.
             command.uid(id).gid(id);
         }
-        if let Some((soft, hard)) = limits.nofile {
+        if let Some((soft, hard)) = options.nofile {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
                 rlim_cur: soft,
@@ -186,11 +223,11 @@ impl MountGuard {
             .args(&cache)
             .arg("--log-file")
             .arg(&log)
-            .args(extra)
-            .arg(store)
+            .args(&options.args)
+            .arg(&options.store)
             .arg(&mountpoint)
             .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -230,6 +267,18 @@ impl MountGuard {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait (30 s at most) until a line of the daemon's log passes `line`;
+    /// panics naming `what`, with the log, when none does.
+    pub fn wait_for_log(&self, what: &str, line: impl Fn(&str) -> bool) {
+        wait_until(Duration::from_secs(30), what, || {
+            let log = self.log();
+            match log.lines().any(&line) {
+                true => Ok(()),
+                false => Err(format!("log:\n{log}")),
+            }
+        });
+    }
+
     /// The value of counter `name` (e.g. `tdfs_store_bytes_total`) in the
     /// mount's `.stats` now.
     pub fn stat(&self, name: &str) -> u64 {
@@ -244,10 +293,10 @@ impl MountGuard {
     /// Wait until this process says it has mounted (mountinfo alone cannot
     /// tell a new mount from a stale one it is about to replace).
     fn wait_mounted(&mut self) {
-        let deadline = Instant::now() + MOUNT_TIMEOUT;
-        loop {
+        let what = format!("{} mounted", self.mountpoint.display());
+        wait_until(MOUNT_TIMEOUT, &what, || {
             if self.log().contains("] mounted ") && is_mounted(&self.mountpoint) {
-                return;
+                return Ok(());
             }
             let child = self.child.as_mut().expect("running");
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -262,15 +311,8 @@ impl MountGuard {
                     self.log()
                 );
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "{} not mounted after {MOUNT_TIMEOUT:?}; log:\n{}",
-                    self.mountpoint.display(),
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+            Err(format!("log:\n{}", self.log()))
+        });
     }
 
     /// Send `signal` and wait (bounded) for the process to exit.
@@ -294,7 +336,7 @@ impl MountGuard {
     }
 
     /// SIGKILL the daemon, leaving a dead mount behind (as a crash does),
-    /// for `restart` to mount over.
+    /// for `MountOptions::over` to mount over.
     pub fn crash(mut self) -> CrashedMount {
         let status = self.signal_and_wait(libc::SIGKILL).expect("daemon ran");
         assert_eq!(status.signal(), Some(libc::SIGKILL));
@@ -305,23 +347,6 @@ impl MountGuard {
             dir: Some(dir),
             mountpoint,
         }
-    }
-
-    /// Mount `store` again where `crashed` died.
-    pub fn restart(
-        mut crashed: CrashedMount,
-        store: impl AsRef<OsStr>,
-        extra: &[&str],
-    ) -> MountGuard {
-        let dir = crashed.dir.take().expect("not restarted yet");
-        Self::launch(
-            dir,
-            crashed.mountpoint.clone(),
-            store.as_ref(),
-            extra,
-            &[],
-            Limits::default(),
-        )
     }
 }
 

@@ -2,11 +2,12 @@
 //! every wait bounded so that a failure never hangs the run.
 
 use std::ffi::{OsStr, OsString};
+use std::fmt::Display;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The built `tdfs` binary.
 pub const TDFS: &str = env!("CARGO_BIN_EXE_tdfs");
@@ -61,6 +62,64 @@ pub fn within<T: Send + 'static>(
         Ok(v) => v,
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within {secs} s"),
         Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: panicked"),
+    }
+}
+
+/// How often `wait_until` looks again: short beside every timeout it is
+/// given, long enough not to busy-spin two shared cores.
+const POLL: Duration = Duration::from_millis(10);
+
+/// What `wait_until` polls: `true`, `Some` or `Ok` ends the wait; `Err`'s
+/// value is kept for the message when the wait times out.
+pub trait Ready {
+    type Value;
+    /// The value once ready, else what was seen instead.
+    fn ready(self) -> Result<Self::Value, Option<String>>;
+}
+
+impl Ready for bool {
+    type Value = ();
+    fn ready(self) -> Result<(), Option<String>> {
+        self.then_some(()).ok_or(None)
+    }
+}
+
+impl<T> Ready for Option<T> {
+    type Value = T;
+    fn ready(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: Display> Ready for Result<T, E> {
+    type Value = T;
+    fn ready(self) -> Result<T, Option<String>> {
+        self.map_err(|e| Some(e.to_string()))
+    }
+}
+
+/// Poll `check` until it is ready (`true`, `Some(v)`, `Ok(v)`) and return
+/// its value; panic naming `what` (and the last `Err` seen) when `timeout`
+/// passes first. The one way tests wait for an event another thread or
+/// process makes: never a fixed sleep, never an unbounded loop.
+pub fn wait_until<R: Ready>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> R,
+) -> R::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check().ready() {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if Instant::now() >= deadline {
+            match last {
+                Some(last) => panic!("{what}: not within {timeout:?} (last seen: {last})"),
+                None => panic!("{what}: not within {timeout:?}"),
+            }
+        }
+        thread::sleep(POLL);
     }
 }
 

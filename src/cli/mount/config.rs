@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::{MountArgs, MountError, PeerArgs};
 use crate::chunker::PeerSource;
 use crate::fs::{FsOptions, MountOptions};
-use crate::peer::{PeerClientConfig, PeerError, PeerListen, TlsFiles, parse_peer_url};
+use crate::peer::{PeerBackoff, PeerClientConfig, PeerError, PeerListen, TlsFiles, parse_peer_url};
 use crate::store::{StoreLocation, StoreOptions};
 use crate::template::{PrefetchConfig, TemplateConfig};
 
@@ -111,6 +111,14 @@ impl PeerArgs {
             self_url,
             timeout: self.peer_timeout,
             tls,
+            backoff: match self.peer_backoff {
+                Some(start) => PeerBackoff {
+                    start,
+                    timeout_start: start,
+                    ..PeerBackoff::default()
+                },
+                None => PeerBackoff::default(),
+            },
         };
         Ok((listen, client))
     }
