@@ -2,13 +2,11 @@
 //! (memory snapshot and rootfs, stored as diffs over base builds in an object
 //! store) as plain files.
 //!
-//! Layers, each depending only on those below it (ARCHITECTURE.md at the
-//! top of the repository describes them): `cli` → `fs` → `template` →
-//! `chunker` → `store` → `format`; `pack` is the write side, called by
-//! `cli`: it reads base builds (their headers and bytes) through `template`
-//! and writes through `store`; `peer` (E2B's ChunkService, serving diffs to
-//! other hosts) sits beside `fs` over `template`. `codec` (frame compression and decoding) is pure like
-//! `format` and shared by both sides; `sync` is the crate's lock policy.
+//! Layers, each using only those below it (ARCHITECTURE.md at the top of
+//! the repository describes them, and `tests/architecture.rs` holds the
+//! code to it): `cli`; then the edges `fs` (the kernel), `peer` (other
+//! hosts) and `pack` (the write side); `template`; `chunker`; `store`;
+//! `metrics`; `codec`; and `format` and `sync` at the bottom.
 
 pub mod chunker;
 pub mod cli;
