@@ -22,7 +22,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use uuid::Uuid;
 
 use crate::pack::PackError;
-use crate::store::{Store, StoreError, StoreOptions, WritableStore};
+use crate::store::{Store, StoreConfig, StoreError, WritableStore};
 use crate::template::{Builds, TemplateConfig, TemplateError};
 
 #[derive(Debug, Parser)]
@@ -119,13 +119,25 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// The build a reading tool works on: `--store STORE BUILD` (inspect,
+/// verify, export).
+#[derive(Debug, clap::Args)]
+pub struct StoredBuild {
+    /// Store holding the build.
+    #[arg(long)]
+    pub store: String,
+    /// Build id.
+    #[arg(value_name = "BUILD", value_parser = parse::parse_build)]
+    pub id: Uuid,
+}
+
 /// The store a `--store` value names: a directory, `file://DIR`,
 /// `s3://BUCKET[/PREFIX]` or `gs://BUCKET[/PREFIX]`. `create` makes a
 /// missing local directory (writers). Readers keep it as an `Arc<dyn Store>`.
 pub fn open_store_arg(location: &str, create: bool) -> Result<Arc<dyn WritableStore>, CliError> {
-    let opts = StoreOptions {
+    let opts = StoreConfig {
         create,
-        ..StoreOptions::default()
+        ..StoreConfig::default()
     };
     Ok(crate::store::open(location, &opts)?)
 }

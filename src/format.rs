@@ -22,6 +22,9 @@ pub use compression::Compression;
 pub use digest::hex;
 pub use error::FormatError;
 pub use frame_table::{Frame, FrameTable};
+/// Hand-made headers and mappings for unit tests.
+#[cfg(test)]
+pub(crate) use header::samples;
 pub use header::{BuildEntry, Header, MAX_INNER_LEN};
 pub use keys::{Blob, FileKind, ObjectKey, ObjectName, parse_build_id};
 pub use mapping::{MAX_V5_BUILDS, MAX_V5_MAPPINGS, Mapping, MappingHit, Mappings};

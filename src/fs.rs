@@ -27,8 +27,8 @@ pub use error::{FsError, ToErrno, chain};
 pub use handles::DirEntry;
 pub use inode::STATS_NAME;
 pub use mount::{
-    MountOptions, Mounted, MountpointError, Unmounted, check_fuse_device, mount, mount_points,
+    MountConfig, Mounted, MountpointError, Unmounted, check_fuse_device, mount, mount_points,
     prepare_mountpoint,
 };
 pub use statfs::{FsFigures, NAME_MAX, STATFS_BLOCK};
-pub use templatefs::{Entry, FsOptions, IMMUTABLE_TTL, Opened, TemplateFs};
+pub use templatefs::{Entry, FsConfig, IMMUTABLE_TTL, Opened, TemplateFs};

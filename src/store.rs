@@ -25,7 +25,7 @@ pub use error::StoreError;
 #[cfg(any(test, feature = "testing"))]
 pub use fault::{Fault, FaultStore};
 pub use local::LocalStore;
-pub use location::{StoreLocation, StoreOptions, open};
+pub use location::{StoreConfig, StoreLocation, open};
 pub use metered::MeteredStore;
 pub use object::RemoteStore;
 pub use throttle::{Throttle, ThrottleStore};

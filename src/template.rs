@@ -114,7 +114,7 @@ pub struct TemplateConfig {
     /// Threads of the shared fetch pool (0 counts as 1): at most this many
     /// units (chunks or frames) are fetched from the store at once, across
     /// every diff of this `Builds`, read-ahead included (a remote store also
-    /// bounds its requests: `StoreOptions::max_requests`).
+    /// bounds its requests: `StoreConfig::max_requests`).
     pub fetch_workers: usize,
     /// Check each diff against the SHA-256 its header records (V4/V5, when
     /// not zero) once all of it is cached; a mismatch fails its reads.

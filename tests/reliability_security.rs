@@ -15,7 +15,7 @@ use std::sync::Arc;
 use common::fixtures::fixture_store;
 use common::mount::{MountGuard, fuse_available};
 use common::process::run_ok;
-use tdfs::fs::{FsOptions, TemplateFs, ToErrno};
+use tdfs::fs::{FsConfig, TemplateFs, ToErrno};
 use tdfs::store::LocalStore;
 use tdfs::template::{Builds, TemplateConfig};
 
@@ -130,7 +130,7 @@ fn lookups_of_dot_dot_slash_and_nul_names_are_enoent() {
         max_idle_diffs: 4,
         ..TemplateConfig::default()
     };
-    let options = FsOptions { uid: 0, gid: 0 };
+    let options = FsConfig { uid: 0, gid: 0 };
     let fs = TemplateFs::new(Builds::new(store, config), options);
     let build_dir = fs.lookup(ROOT_INO, OsStr::new(BASE)).unwrap().attr.ino.0;
     let bad: [&[u8]; 9] = [

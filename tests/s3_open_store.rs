@@ -1,6 +1,6 @@
 //! `store::open("s3://…")` with credentials, region and endpoint from the
 //! standard AWS environment variables, and `--endpoint-url`/`--region`
-//! (`StoreOptions`) taking precedence over them. The only test in this
+//! (`StoreConfig`) taking precedence over them. The only test in this
 //! binary, as it sets process environment variables.
 
 mod common;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::garage::Garage;
 use tdfs::format::{FileKind, ObjectKey};
-use tdfs::store::{self, StoreError, StoreOptions};
+use tdfs::store::{self, StoreConfig, StoreError};
 use uuid::Uuid;
 
 #[test]
@@ -22,9 +22,9 @@ fn open_store_reads_the_aws_environment_and_flags_override_it() {
         // a store; no other thread reads the environment meanwhile.
         unsafe { std::env::set_var(name, value) };
     }
-    let opts = StoreOptions {
+    let opts = StoreConfig {
         request_timeout: Duration::from_secs(20),
-        ..StoreOptions::default()
+        ..StoreConfig::default()
     };
     let store = store::open("s3://tdfs/from-env/", &opts).unwrap();
     assert_eq!(store.location(), "s3://tdfs/from-env");
@@ -36,7 +36,7 @@ fn open_store_reads_the_aws_environment_and_flags_override_it() {
 
     // The flag's region wins over AWS_REGION: requests signed for another
     // region are refused, at once.
-    let wrong_region = StoreOptions {
+    let wrong_region = StoreConfig {
         region: Some("us-west-2".to_string()),
         ..opts.clone()
     };
@@ -56,7 +56,7 @@ fn open_store_reads_the_aws_environment_and_flags_override_it() {
     // The flag's endpoint wins over AWS_ENDPOINT_URL.
     // SAFETY: as above.
     unsafe { std::env::set_var("AWS_ENDPOINT_URL", "http://127.0.0.1:9") };
-    let flagged = StoreOptions {
+    let flagged = StoreConfig {
         endpoint_url: Some(garage.endpoint()),
         ..opts.clone()
     };

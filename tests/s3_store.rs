@@ -182,7 +182,7 @@ fn one_request_at_a_time_still_serves_concurrent_readers() {
     let Some(garage) = Garage::start() else {
         return;
     };
-    let opts = tdfs::store::StoreOptions {
+    let opts = tdfs::store::StoreConfig {
         max_requests: 1,
         ..garage.options(Duration::from_secs(20))
     };

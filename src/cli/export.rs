@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use super::parse::{parse_build, parse_file_kind};
-use super::{CliError, human_bytes, open_store_arg};
+use super::parse::parse_file_kind;
+use super::{CliError, StoredBuild, human_bytes, open_store_arg};
 use crate::format::FileKind;
 use crate::pack::{ScratchDir, byte_bar, default_threads, ordered_map};
 use crate::template::{Builds, TemplateConfig, TemplateFile};
@@ -21,12 +21,8 @@ const PIECE: u64 = 4 << 20;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Store holding the build.
-    #[arg(long)]
-    pub store: String,
-    /// Build id.
-    #[arg(value_parser = parse_build)]
-    pub build: Uuid,
+    #[command(flatten)]
+    pub build: StoredBuild,
     /// memfile or rootfs.ext4.
     #[arg(value_parser = parse_file_kind)]
     pub file: FileKind,
@@ -37,13 +33,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
-    let store = open_store_arg(&args.store, false)?;
+    let store = open_store_arg(&args.build.store, false)?;
     let scratch = ScratchDir::new(None)?;
     let builds = Builds::new(
         store,
         TemplateConfig::for_tool(scratch.path().join("cache")),
     );
-    let template = builds.open(args.build, args.file)?;
+    let template = builds.open(args.build.id, args.file)?;
     let progress = std::io::stderr().is_terminal();
     let size = human_bytes(template.size());
     if args.output.as_os_str() == "-" {

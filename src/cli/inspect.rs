@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::parse::{parse_build, parse_file_kind};
-use super::{CliError, header_reader, human_bytes, open_store_arg};
+use super::parse::parse_file_kind;
+use super::{CliError, StoredBuild, header_reader, human_bytes, open_store_arg};
 use crate::format::limits::MAX_METADATA_LEN;
 use crate::format::trace::{self, Parsed};
 use crate::format::{Blob, FileKind, Header, ObjectKey, hex};
@@ -14,12 +14,8 @@ use crate::template::Builds;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Store holding the build.
-    #[arg(long)]
-    pub store: String,
-    /// Build id.
-    #[arg(value_parser = parse_build)]
-    pub build: Uuid,
+    #[command(flatten)]
+    pub build: StoredBuild,
     /// Only this file: memfile or rootfs.ext4 (default: both).
     #[arg(value_parser = parse_file_kind)]
     pub file: Option<FileKind>,
@@ -116,12 +112,12 @@ pub struct BuildEntryReport {
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
-    let builds = header_reader(open_store_arg(&args.store, false)?);
+    let builds = header_reader(open_store_arg(&args.build.store, false)?);
     let files = match args.file {
         Some(f) => vec![f],
         None => FileKind::ALL.to_vec(),
     };
-    let report = build_report(&builds, args.build, &files)?;
+    let report = build_report(&builds, args.build.id, &files)?;
     if args.json {
         println!(
             "{}",

@@ -89,7 +89,7 @@ struct Setup {
 /// object); returns the store and how many builds it has.
 fn connect_store(args: &MountArgs, location: &str) -> Result<(Arc<dyn Store>, usize), MountError> {
     let mut store: Arc<dyn Store> =
-        store::open(location, &args.store_options()).map_err(MountError::open)?;
+        store::open(location, &args.store_config()).map_err(MountError::open)?;
     if let Some(throttle) = args.bench_throttle {
         store = Arc::new(ThrottleStore::new(store, throttle));
     }
@@ -192,8 +192,8 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), MountError> {
         Some(listen) => Some(listen.start(builds.clone())?),
         None => None,
     };
-    let tree = Arc::new(TemplateFs::new(Arc::clone(&builds), args.fs_options()));
-    let mounted = fs::mount(tree, &setup.mountpoint, &args.mount_options())?;
+    let tree = Arc::new(TemplateFs::new(Arc::clone(&builds), args.fs_config()));
+    let mounted = fs::mount(tree, &setup.mountpoint, &args.mount_config())?;
     // After `ready`: a daemon's terminal should not get log lines once it
     // is told the mount is up.
     ready();

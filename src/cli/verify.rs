@@ -10,8 +10,7 @@ use std::ops::Range;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::parse::parse_build;
-use super::{CliError, header_reader, human_bytes, open_store_arg};
+use super::{CliError, StoredBuild, header_reader, human_bytes, open_store_arg};
 use crate::codec::{decode_frame, diff_reader};
 use crate::format::{Compression, FileKind, FrameTable, Header, ObjectKey, hex};
 use crate::pack::{default_threads, ordered_map};
@@ -20,23 +19,19 @@ use crate::template::TemplateError;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Store holding the build.
-    #[arg(long)]
-    pub store: String,
-    /// Build id.
-    #[arg(value_parser = parse_build)]
-    pub build: Uuid,
+    #[command(flatten)]
+    pub build: StoredBuild,
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
-    let store = open_store_arg(&args.store, false)?;
+    let store = open_store_arg(&args.build.store, false)?;
     // Headers load as every reader loads them (a legacy build without one
     // gets its identity mapping); the checks below read the store directly.
     let builds = header_reader(store.clone());
     let mut problems = Vec::new();
     let mut summaries = Vec::new();
     for file in FileKind::ALL {
-        let header = match builds.header(args.build, file) {
+        let header = match builds.header(args.build.id, file) {
             Ok(h) => h,
             Err(e @ (TemplateError::NotFound { .. } | TemplateError::CorruptHeader { .. })) => {
                 problems.push(e.to_string());
@@ -46,7 +41,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
         };
         summaries.push(verify_file(
             store.as_ref(),
-            args.build,
+            args.build.id,
             file,
             &header,
             &mut problems,
@@ -57,11 +52,11 @@ pub fn run(args: Args) -> Result<(), CliError> {
             eprintln!("tdfs: verify: {p}");
         }
         return Err(CliError::VerifyFailed {
-            build: args.build,
+            build: args.build.id,
             count: problems.len(),
         });
     }
-    println!("build {}: ok", args.build);
+    println!("build {}: ok", args.build.id);
     for s in summaries {
         println!("  {s}");
     }

@@ -10,7 +10,7 @@ mod inner;
 mod props;
 mod records;
 #[cfg(test)]
-mod samples;
+pub(crate) mod samples;
 mod v5_mappings;
 
 use uuid::Uuid;

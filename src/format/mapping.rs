@@ -249,17 +249,9 @@ fn zero_range(offset: u64, length: u64) -> Mapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::samples::mapping as m;
 
     const P: u64 = PAGE_SIZE;
-
-    fn m(offset: u64, length: u64, build: u128, storage_offset: u64) -> Mapping {
-        Mapping {
-            offset,
-            length,
-            build_id: Uuid::from_u128(build),
-            storage_offset,
-        }
-    }
 
     #[test]
     fn lookup_walks_the_chain() {

@@ -42,7 +42,7 @@ pub enum MountpointError {
 
 /// How the mount is exposed.
 #[derive(Debug, Clone)]
-pub struct MountOptions {
+pub struct MountConfig {
     /// Let users other than the mounting one in (`allow_other`).
     pub allow_other: bool,
     /// FUSE worker threads. They block while a read waits on a fetch, so
@@ -50,9 +50,9 @@ pub struct MountOptions {
     pub threads: usize,
 }
 
-impl Default for MountOptions {
+impl Default for MountConfig {
     fn default() -> Self {
-        MountOptions {
+        MountConfig {
             // Only the mounting user, as FUSE itself defaults to: letting
             // others in is the mounter's choice (and needs fuse.conf).
             allow_other: false,
@@ -229,7 +229,7 @@ pub enum Unmounted {
 pub fn mount(
     fs: Arc<TemplateFs>,
     mountpoint: &Path,
-    options: &MountOptions,
+    options: &MountConfig,
 ) -> Result<Mounted, MountpointError> {
     let mut config = Config::default();
     config.mount_options = vec![

@@ -34,7 +34,7 @@ pub const IMMUTABLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What the mount shows besides the store's content.
 #[derive(Debug, Clone)]
-pub struct FsOptions {
+pub struct FsConfig {
     /// Owner of every node.
     pub uid: u32,
     pub gid: u32,
@@ -42,11 +42,11 @@ pub struct FsOptions {
 
 /// The mounting user and group own every node, as they would own files
 /// they had copied out of the store.
-impl Default for FsOptions {
+impl Default for FsConfig {
     fn default() -> Self {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        FsOptions { uid, gid }
+        FsConfig { uid, gid }
     }
 }
 
@@ -74,7 +74,7 @@ pub struct TemplateFs {
     /// cache files lie in the cache directory that `builds` removes.
     handles: HandleTable,
     pub(super) builds: Arc<Builds>,
-    options: FsOptions,
+    config: FsConfig,
     pub(super) inodes: InodeTable,
     /// Which opens of template files go straight to their flat files.
     passthrough: Passthrough,
@@ -83,12 +83,12 @@ pub struct TemplateFs {
 }
 
 impl TemplateFs {
-    pub fn new(builds: Arc<Builds>, options: FsOptions) -> Self {
+    pub fn new(builds: Arc<Builds>, config: FsConfig) -> Self {
         TemplateFs {
             handles: HandleTable::default(),
             passthrough: Passthrough::new(builds.passthrough()),
             builds,
-            options,
+            config,
             inodes: InodeTable::default(),
             mounted_at: SystemTime::now(),
         }
@@ -328,8 +328,8 @@ impl TemplateFs {
             kind,
             perm,
             nlink,
-            uid: self.options.uid,
-            gid: self.options.gid,
+            uid: self.config.uid,
+            gid: self.config.gid,
             rdev: 0,
             blksize,
             flags: 0,

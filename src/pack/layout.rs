@@ -201,15 +201,7 @@ pub fn choose_version(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn m(offset: u64, length: u64, build: u128, storage_offset: u64) -> Mapping {
-        Mapping {
-            offset,
-            length,
-            build_id: Uuid::from_u128(build),
-            storage_offset,
-        }
-    }
+    use crate::format::samples::mapping as m;
 
     #[test]
     fn referenced_ranges_group_by_build() {

@@ -10,7 +10,7 @@ use super::{LocalStore, RemoteStore, StoreError, WritableStore};
 /// How to reach a store. Credentials are not here: they come from each
 /// cloud's standard environment (see [`RemoteStore`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreOptions {
+pub struct StoreConfig {
     /// S3-compatible server to talk to instead of AWS (`--endpoint-url`);
     /// overrides `AWS_ENDPOINT_URL`. S3 only.
     pub endpoint_url: Option<String>,
@@ -24,9 +24,9 @@ pub struct StoreOptions {
     pub create: bool,
 }
 
-impl Default for StoreOptions {
+impl Default for StoreConfig {
     fn default() -> Self {
-        StoreOptions {
+        StoreConfig {
             endpoint_url: None,
             region: None,
             max_requests: 32,
@@ -85,7 +85,7 @@ impl StoreLocation {
 /// request reports a missing bucket or bad credentials. Every backend takes
 /// writes, so the store comes writable; a reader keeps it as an
 /// `Arc<dyn Store>`.
-pub fn open(location: &str, opts: &StoreOptions) -> Result<Arc<dyn WritableStore>, StoreError> {
+pub fn open(location: &str, opts: &StoreConfig) -> Result<Arc<dyn WritableStore>, StoreError> {
     let parsed = StoreLocation::parse(location)?;
     if !matches!(parsed, StoreLocation::S3 { .. }) {
         let flag = if opts.endpoint_url.is_some() {
@@ -168,14 +168,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("new");
         let missing = missing.to_str().unwrap();
-        let opts = StoreOptions::default();
+        let opts = StoreConfig::default();
         assert!(matches!(
             open(missing, &opts),
             Err(StoreError::BadLocation(_))
         ));
-        let create = StoreOptions {
+        let create = StoreConfig {
             create: true,
-            ..StoreOptions::default()
+            ..StoreConfig::default()
         };
         let store = open(&format!("file://{missing}"), &create).unwrap();
         assert_eq!(store.location(), missing);
@@ -186,15 +186,15 @@ mod tests {
     #[test]
     fn s3_only_flags_are_refused_elsewhere() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = StoreOptions {
+        let opts = StoreConfig {
             endpoint_url: Some("http://127.0.0.1:1".into()),
-            ..StoreOptions::default()
+            ..StoreConfig::default()
         };
         let err = open(dir.path().to_str().unwrap(), &opts).unwrap_err();
         assert!(err.to_string().contains("--endpoint-url"), "{err}");
-        let opts = StoreOptions {
+        let opts = StoreConfig {
             region: Some("eu-west-1".into()),
-            ..StoreOptions::default()
+            ..StoreConfig::default()
         };
         let err = open("gs://bucket/p", &opts).unwrap_err();
         assert!(err.to_string().contains("--region"), "{err}");

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use object_store::gcp::GoogleCloudStorageBuilder;
-use tdfs::store::{RemoteStore, StoreOptions};
+use tdfs::store::{RemoteStore, StoreConfig};
 use tempfile::TempDir;
 
 use super::process::wait_until;
@@ -96,9 +96,9 @@ impl FakeGcs {
         fs::write(&account, key).expect("service account file");
         let builder = GoogleCloudStorageBuilder::new()
             .with_service_account_path(account.to_str().expect("utf-8 temp path"));
-        let opts = StoreOptions {
+        let opts = StoreConfig {
             request_timeout: Duration::from_secs(20),
-            ..StoreOptions::default()
+            ..StoreConfig::default()
         };
         RemoteStore::gcs_with_builder(builder, BUCKET, prefix, &opts).expect("open the GCS store")
     }

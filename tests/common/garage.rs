@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
-use tdfs::store::{RemoteStore, StoreOptions};
+use tdfs::store::{RemoteStore, StoreConfig};
 use tempfile::TempDir;
 
 use super::process::wait_until;
@@ -101,12 +101,12 @@ impl Garage {
     }
 
     /// Options reaching this server, with `request_timeout`.
-    pub fn options(&self, request_timeout: Duration) -> StoreOptions {
-        StoreOptions {
+    pub fn options(&self, request_timeout: Duration) -> StoreConfig {
+        StoreConfig {
             endpoint_url: Some(self.endpoint()),
             region: Some(REGION.to_string()),
             request_timeout,
-            ..StoreOptions::default()
+            ..StoreConfig::default()
         }
     }
 
@@ -118,7 +118,7 @@ impl Garage {
     }
 
     /// A store at `s3://tdfs/{prefix}` with `opts`.
-    pub fn store_with(&self, prefix: &str, opts: &StoreOptions) -> RemoteStore {
+    pub fn store_with(&self, prefix: &str, opts: &StoreConfig) -> RemoteStore {
         RemoteStore::s3_with_builder(self.credentials(), BUCKET, prefix, opts)
             .expect("open the garage store")
     }

@@ -82,7 +82,7 @@ impl Drop for LazyUnmount {
 
 /// How to start a `MountGuard`: `MountGuard::options(store)`, then any of
 /// `args`, `env`, `user`, `nofile`, `over`, then `start`.
-pub struct MountOptions {
+pub struct MountConfig {
     store: OsString,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -94,7 +94,7 @@ pub struct MountOptions {
     over: Option<CrashedMount>,
 }
 
-impl MountOptions {
+impl MountConfig {
     /// Extra `tdfs mount` arguments (e.g. `--passthrough on`).
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
@@ -167,8 +167,8 @@ fn new_mountpoint() -> (tempfile::TempDir, PathBuf) {
 
 impl MountGuard {
     /// How to mount `store` (a path or URL) on a new temporary mountpoint.
-    pub fn options(store: impl AsRef<OsStr>) -> MountOptions {
-        MountOptions {
+    pub fn options(store: impl AsRef<OsStr>) -> MountConfig {
+        MountConfig {
             store: store.as_ref().to_owned(),
             args: Vec::new(),
             env: Vec::new(),
@@ -183,7 +183,7 @@ impl MountGuard {
         Self::options(store).args(extra).start()
     }
 
-    fn launch(dir: tempfile::TempDir, mountpoint: PathBuf, options: &MountOptions) -> MountGuard {
+    fn launch(dir: tempfile::TempDir, mountpoint: PathBuf, options: &MountConfig) -> MountGuard {
         let mountpoint = std::path::absolute(&mountpoint).expect("absolute mountpoint");
         let log = dir.path().join(format!("tdfs-{}.log", unique()));
         // A test may bring its own --cache-dir (e.g. on a small tmpfs).
@@ -336,7 +336,7 @@ impl MountGuard {
     }
 
     /// SIGKILL the daemon, leaving a dead mount behind (as a crash does),
-    /// for `MountOptions::over` to mount over.
+    /// for `MountConfig::over` to mount over.
     pub fn crash(mut self) -> CrashedMount {
         let status = self.signal_and_wait(libc::SIGKILL).expect("daemon ran");
         assert_eq!(status.signal(), Some(libc::SIGKILL));

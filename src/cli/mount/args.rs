@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::PeerArgs;
 use crate::cli::parse::{parse_fetch_timeout, parse_on_off, parse_size};
-use crate::fs::MountOptions;
+use crate::fs::MountConfig;
 use crate::store::Throttle;
 use crate::template::{PrefetchConfig, READAHEAD_CHUNKS, TemplateConfig};
 
@@ -143,11 +143,11 @@ pub struct MountArgs {
 impl MountArgs {
     /// `tdfs mount STORE MOUNTPOINT` with no other flag: every default is
     /// the configuration's own (`TemplateConfig`, `PrefetchConfig`,
-    /// `MountOptions`), and a unit test checks clap's defaults agree.
+    /// `MountConfig`), and a unit test checks clap's defaults agree.
     pub fn new(store: String, mountpoint: PathBuf) -> MountArgs {
         let template = TemplateConfig::default();
         let prefetch = PrefetchConfig::default();
-        let mount = MountOptions::default();
+        let mount = MountConfig::default();
         MountArgs {
             store,
             mountpoint,

@@ -1,6 +1,6 @@
 //! Flags become configuration here and nowhere else: `MountArgs` methods
 //! give the store's options, the read path's `TemplateConfig`, the tree's
-//! `FsOptions` and the mount's `MountOptions`; `PeerArgs::check` gives the
+//! `FsConfig` and the mount's `MountConfig`; `PeerArgs::check` gives the
 //! peer server's and client's settings; and the paths flags name are made
 //! absolute (the daemon changes directory to `/`).
 
@@ -10,18 +10,18 @@ use std::sync::Arc;
 
 use super::{MountArgs, MountError, PeerArgs};
 use crate::chunker::PeerSource;
-use crate::fs::{FsOptions, MountOptions};
+use crate::fs::{FsConfig, MountConfig};
 use crate::peer::{PeerBackoff, PeerClientConfig, PeerError, PeerListen, TlsFiles, parse_peer_url};
-use crate::store::{StoreLocation, StoreOptions};
+use crate::store::{StoreConfig, StoreLocation};
 use crate::template::{PrefetchConfig, TemplateConfig};
 
 impl MountArgs {
     /// How the store is opened (`--endpoint-url`, `--region`).
-    pub(super) fn store_options(&self) -> StoreOptions {
-        StoreOptions {
+    pub(super) fn store_config(&self) -> StoreConfig {
+        StoreConfig {
             endpoint_url: self.endpoint_url.clone(),
             region: self.region.clone(),
-            ..StoreOptions::default()
+            ..StoreConfig::default()
         }
     }
 
@@ -55,17 +55,17 @@ impl MountArgs {
     }
 
     /// Who owns the tree's nodes (`--uid`, `--gid`; else the mounting user).
-    pub(super) fn fs_options(&self) -> FsOptions {
-        let user = FsOptions::default();
-        FsOptions {
+    pub(super) fn fs_config(&self) -> FsConfig {
+        let user = FsConfig::default();
+        FsConfig {
             uid: self.uid.unwrap_or(user.uid),
             gid: self.gid.unwrap_or(user.gid),
         }
     }
 
     /// How the mount is exposed (`--allow-other`, `--threads`).
-    pub(super) fn mount_options(&self) -> MountOptions {
-        MountOptions {
+    pub(super) fn mount_config(&self) -> MountConfig {
+        MountConfig {
             allow_other: self.allow_other,
             threads: usize::from(self.threads),
         }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::fs::MountOptions;
+use crate::fs::MountConfig;
 use crate::store::Throttle;
 use crate::template::{PrefetchConfig, READAHEAD_CHUNKS, TemplateConfig};
 
@@ -114,8 +114,8 @@ fn flag_defaults_are_the_configuration_defaults() {
     );
     assert_eq!(config.prefetch.enabled, PrefetchConfig::default().enabled);
     assert!(!config.passthrough && !config.verify_checksums && config.peers.is_none());
-    let options = parsed.mount_options();
-    let default = MountOptions::default();
+    let options = parsed.mount_config();
+    let default = MountConfig::default();
     assert_eq!(
         (options.threads, options.allow_other),
         (default.threads, default.allow_other)

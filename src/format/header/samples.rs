@@ -11,7 +11,7 @@ use crate::format::{
 
 pub(super) const P: u64 = PAGE_SIZE;
 
-pub(super) fn id(n: u128) -> Uuid {
+pub(crate) fn id(n: u128) -> Uuid {
     Uuid::from_u128(n)
 }
 
@@ -26,7 +26,9 @@ pub(super) fn metadata(version: u64, size: u64) -> Metadata {
     }
 }
 
-pub(super) fn mapping(offset: u64, length: u64, build: u128, storage_offset: u64) -> Mapping {
+/// A mapping of `[offset, offset + length)` to build `build` (`id(build)`;
+/// 0 is the zero build) at `storage_offset`: unit tests of format and pack.
+pub(crate) fn mapping(offset: u64, length: u64, build: u128, storage_offset: u64) -> Mapping {
     Mapping {
         offset,
         length,

@@ -28,7 +28,7 @@ fn fixture_fs(cache: &Path) -> TemplateFs {
         },
         ..TemplateConfig::default()
     };
-    let options = FsOptions {
+    let options = FsConfig {
         uid: 1000,
         gid: 1001,
     };

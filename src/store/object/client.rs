@@ -12,7 +12,7 @@ use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 
 use super::RemoteStore;
 use crate::store::StoreError;
-use crate::store::location::StoreOptions;
+use crate::store::location::StoreConfig;
 
 /// Threads of the store's runtime: the work is waiting on sockets.
 const RUNTIME_THREADS: usize = 2;
@@ -26,7 +26,7 @@ impl RemoteStore {
     /// standard AWS environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL`, instance and
     /// container credentials); `opts.endpoint_url` and `opts.region` win.
-    pub fn s3(bucket: &str, prefix: &str, opts: &StoreOptions) -> Result<Self, StoreError> {
+    pub fn s3(bucket: &str, prefix: &str, opts: &StoreConfig) -> Result<Self, StoreError> {
         Self::s3_with_builder(AmazonS3Builder::from_env(), bucket, prefix, opts)
     }
 
@@ -36,7 +36,7 @@ impl RemoteStore {
         builder: AmazonS3Builder,
         bucket: &str,
         prefix: &str,
-        opts: &StoreOptions,
+        opts: &StoreConfig,
     ) -> Result<Self, StoreError> {
         let location = location_name("s3", bucket, prefix);
         check_options(&location, opts)?;
@@ -69,7 +69,7 @@ impl RemoteStore {
     /// `gs://bucket/prefix`, with credentials from the standard Google
     /// environment (`GOOGLE_APPLICATION_CREDENTIALS`, `GOOGLE_SERVICE_ACCOUNT`,
     /// workload identity through the metadata server).
-    pub fn gcs(bucket: &str, prefix: &str, opts: &StoreOptions) -> Result<Self, StoreError> {
+    pub fn gcs(bucket: &str, prefix: &str, opts: &StoreConfig) -> Result<Self, StoreError> {
         Self::gcs_with_builder(GoogleCloudStorageBuilder::from_env(), bucket, prefix, opts)
     }
 
@@ -78,7 +78,7 @@ impl RemoteStore {
         builder: GoogleCloudStorageBuilder,
         bucket: &str,
         prefix: &str,
-        opts: &StoreOptions,
+        opts: &StoreConfig,
     ) -> Result<Self, StoreError> {
         let location = location_name("gs", bucket, prefix);
         check_options(&location, opts)?;
@@ -98,7 +98,7 @@ impl RemoteStore {
         location: String,
         prefix: &str,
         client: Box<dyn ObjectStore>,
-        opts: &StoreOptions,
+        opts: &StoreConfig,
     ) -> Result<Self, StoreError> {
         let prefix = Path::parse(prefix.trim_matches('/'))
             .map_err(|e| StoreError::BadLocation(format!("{location}: bad key prefix: {e}")))?;
@@ -128,7 +128,7 @@ pub(super) fn location_name(scheme: &str, bucket: &str, prefix: &str) -> String 
     }
 }
 
-fn check_options(location: &str, opts: &StoreOptions) -> Result<(), StoreError> {
+fn check_options(location: &str, opts: &StoreConfig) -> Result<(), StoreError> {
     if opts.max_requests == 0 {
         return Err(StoreError::BadLocation(format!(
             "{location}: at least one request must be allowed at a time (max_requests is 0)"
@@ -143,7 +143,7 @@ fn check_options(location: &str, opts: &StoreOptions) -> Result<(), StoreError> 
 }
 
 /// Timeouts of one HTTP request.
-fn client_config(opts: &StoreOptions) -> [(ClientConfigKey, String); 2] {
+fn client_config(opts: &StoreConfig) -> [(ClientConfigKey, String); 2] {
     let millis = |d: Duration| format!("{}ms", d.as_millis().max(1));
     [
         (ClientConfigKey::Timeout, millis(opts.request_timeout)),
@@ -157,7 +157,7 @@ fn client_config(opts: &StoreOptions) -> [(ClientConfigKey, String); 2] {
 /// Retries of transient failures stop once the request timeout has passed
 /// since the first attempt, so a dead server fails a read within about that
 /// long instead of stalling it.
-fn retry_config(opts: &StoreOptions) -> RetryConfig {
+fn retry_config(opts: &StoreConfig) -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {
             init_backoff: Duration::from_millis(50),

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::client::location_name;
 use super::reads::split_parts;
 use super::*;
-use crate::store::location::StoreOptions;
+use crate::store::location::StoreConfig;
 
 #[test]
 fn parts_cover_the_range_in_order() {
@@ -29,22 +29,22 @@ fn location_names_the_bucket_and_prefix() {
 
 #[test]
 fn bad_options_are_refused() {
-    let opts = StoreOptions {
+    let opts = StoreConfig {
         max_requests: 0,
-        ..StoreOptions::default()
+        ..StoreConfig::default()
     };
     let err = RemoteStore::s3("b", "", &opts).unwrap_err();
     assert!(err.to_string().contains("max_requests is 0"), "{err}");
-    let opts = StoreOptions::default();
+    let opts = StoreConfig::default();
     let err = RemoteStore::s3_with_builder(AmazonS3Builder::new(), "b", "a//b", &opts).unwrap_err();
     assert!(err.to_string().contains("bad key prefix"), "{err}");
 }
 
 #[test]
 fn keys_live_under_the_prefix() {
-    let opts = StoreOptions {
+    let opts = StoreConfig {
         region: Some("r".into()),
-        ..StoreOptions::default()
+        ..StoreConfig::default()
     };
     let store = RemoteStore::s3_with_builder(AmazonS3Builder::new(), "b", "t/p", &opts).unwrap();
     let build = Uuid::new_v4();
