@@ -19,7 +19,7 @@ fn source_files(dir: &Path, root: &Path, out: &mut Vec<String>) {
 /// The text ARCHITECTURE.md gives layer `layer` (a folder of `src/`, as
 /// `chunker`): the lines of its layers block from the one that starts with
 /// `chunker/` or `chunker.rs` to the next line that starts a layer.
-fn layer_text<'a>(map: &'a str, layer: &str) -> String {
+fn layer_text(map: &str, layer: &str) -> String {
     let starts_layer = |line: &str| {
         let first = line.split_whitespace().next().unwrap_or("");
         !line.starts_with(' ') && (first.ends_with('/') || first.ends_with(".rs"))
