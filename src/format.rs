@@ -4,6 +4,15 @@
 //! No I/O and no panics on input: every length, count and offset read from a
 //! file is checked against the bytes present and the caps of FORMAT.md before
 //! it is used or sized into an allocation.
+//!
+//! Where FORMAT.md leaves a case open, tdfs reads it as E2B's own reader
+//! (`packages/shared/pkg/storage/header`) does, so both sides agree on every
+//! byte:
+//! - a V1–V4 header with no mappings is the whole file from the header's own
+//!   build at storage offset 0 (E2B's `NewHeader`); a V5 one is all zeros;
+//! - bytes after the mappings of a V4/V5 inner block are room for a later
+//!   section: skipped (one debug line), not refused. A V1–V3 header's
+//!   partial trailing record is still an error, as in E2B.
 
 mod compression;
 mod cursor;
