@@ -30,7 +30,7 @@ mod varint;
 pub use compression::Compression;
 pub use digest::hex;
 pub use error::FormatError;
-pub use frame_table::{Frame, FrameTable};
+pub use frame_table::{Frame, FrameTable, OffGrid};
 pub use header::{BuildEntry, Header, MAX_INNER_LEN};
 pub use keys::{Blob, FileKind, ObjectKey, ObjectName, parse_build_id};
 pub use mapping::{MAX_V5_BUILDS, MAX_V5_MAPPINGS, Mapping, MappingHit, Mappings};
