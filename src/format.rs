@@ -12,7 +12,12 @@
 //!   build at storage offset 0 (E2B's `NewHeader`); a V5 one is all zeros;
 //! - bytes after the mappings of a V4/V5 inner block are room for a later
 //!   section: skipped (one debug line), not refused. A V1–V3 header's
-//!   partial trailing record is still an error, as in E2B.
+//!   partial trailing record is still an error, as in E2B;
+//! - frames off the header's block grid are read (see
+//!   `FrameTable::first_off_grid` for why E2B could not), and `tdfs pack`
+//!   never writes them;
+//! - metadata.json's `version` decides whether E2B reads its trace
+//!   (`trace`), and metadata.json may be re-uploaded (`Blob::may_change`).
 
 mod compression;
 mod cursor;
