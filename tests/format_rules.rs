@@ -9,11 +9,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::builds::{PAGE, TestStore, build_id, mapping};
-use common::mount::{MountGuard, fuse_available};
-use common::process::{run_ok, tdfs, tdfs_ok};
+use common::mount::{MountGuard, PREFETCH_XATTR, fuse_available, settled, xattr};
+use common::process::{run_ok, tdfs, tdfs_ok, wait_until};
 use common::rng::noise;
 use lz4_flex::frame::{FrameDecoder, FrameEncoder};
 use serde_json::{Value, json};
@@ -224,25 +224,6 @@ fn metadata_json(version: Value) -> Vec<u8> {
     .unwrap()
 }
 
-fn prefetch_xattr(path: &Path) -> String {
-    run_ok(
-        "getfattr",
-        ["--only-values", "-n", "user.tdfs.prefetch", s(path)],
-    )
-}
-
-/// The xattr once prefetch no longer runs (at most 30 s).
-fn settled(path: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = prefetch_xattr(path);
-        if state.starts_with("done") || state.starts_with("skipped") || Instant::now() > deadline {
-            return state;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn metadata_version_1_lists_no_trace_and_a_reupload_is_seen() {
     let dir = tempfile::tempdir().unwrap();
@@ -278,13 +259,10 @@ fn metadata_version_1_lists_no_trace_and_a_reupload_is_seen() {
     let mount = MountGuard::start(&store.root, &[]);
     let meta_path = mount.join(format!("{b}/metadata.json"));
     assert_eq!(std::fs::read(&meta_path).unwrap(), old);
-    // Version 1: E2B reads no trace, nor does the mount.
+    // Version 1: E2B reads no trace, nor does the mount (checked below,
+    // seconds after this open).
     let rootfs = mount.join(format!("{b}/{ROOT}"));
-    let held = std::fs::File::open(&rootfs).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(prefetch_xattr(&rootfs), "none");
-    assert_eq!(mount.stat("tdfs_prefetch_fetches_total"), 0);
-    drop(held);
+    drop(std::fs::File::open(&rootfs).unwrap());
 
     // The trace is made readable later, as E2B's optimize phase adds it
     // (a longer document, so the size changes too).
@@ -293,18 +271,19 @@ fn metadata_version_1_lists_no_trace_and_a_reupload_is_seen() {
     write(&store, &key, &new);
     // Within the listing TTL (5 s) of the mount and that of the kernel's
     // attributes, `cat` shows the new bytes.
-    let deadline = Instant::now() + Duration::from_secs(12);
-    loop {
-        let shown = run_ok("cat", [s(&meta_path)]);
-        if shown.as_bytes() == new.as_slice() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still the old metadata.json: {shown}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(12),
+        "cat shows the new metadata.json",
+        || {
+            let shown = run_ok("cat", [s(&meta_path)]);
+            match shown.as_bytes() == new.as_slice() {
+                true => Ok(()),
+                false => Err(shown),
+            }
+        },
+    );
+    assert_eq!(xattr(&rootfs, PREFETCH_XATTR), "none");
+    assert_eq!(mount.stat("tdfs_prefetch_fetches_total"), 0);
     // The memfile, opened for the first time now, replays the new trace.
     let memfile = mount.join(format!("{b}/{MEM}"));
     let _held = std::fs::File::open(&memfile).unwrap();
