@@ -83,8 +83,15 @@ pub fn pack_build(
             return Err(PackError::BuildExists(build_id));
         }
     }
-    // Before any work: a bad trace fails the pack at once.
+    // Before any work: a bad trace or metadata fails the pack at once.
     let traces = read_traces(inputs)?;
+    let metadata = match &inputs.metadata {
+        Some(path) if traces.is_empty() => MetadataObject::AsGiven(path),
+        given => {
+            let minimal = default_metadata(build_id, opts.base);
+            MetadataObject::Made(trace::metadata_with(given.as_deref(), &traces, minimal)?)
+        }
+    };
     let staging = ScratchDir::new(opts.work_dir.as_deref())?;
     let threads = if opts.threads == 0 {
         default_threads()
@@ -112,16 +119,25 @@ pub fn pack_build(
         None => None,
     };
 
+    let base_of = |file| {
+        bases.as_ref().map(|(m, r)| match file {
+            FileKind::Memfile => m,
+            FileKind::Rootfs => r,
+        })
+    };
+    // Both files before either is staged: a bad rootfs grid must not cost a
+    // memfile diff first.
+    for file in FileKind::ALL {
+        let block_size = stage::block_size(opts, file, base_of(file))?;
+        options::check_frame_grid(opts, file, block_size)?;
+    }
+
     let mut staged = Vec::with_capacity(2);
     for file in FileKind::ALL {
         let image = match file {
             FileKind::Memfile => &inputs.memfile,
             FileKind::Rootfs => &inputs.rootfs,
         };
-        let base = bases.as_ref().map(|(m, r)| match file {
-            FileKind::Memfile => m,
-            FileKind::Rootfs => r,
-        });
         staged.push(stage::stage_file(
             store.as_ref(),
             &builds,
@@ -129,7 +145,7 @@ pub fn pack_build(
             staging.path(),
             file,
             image,
-            base,
+            base_of(file),
             build_id,
             threads,
         )?);
@@ -153,15 +169,11 @@ pub fn pack_build(
         )?;
     }
     let metadata_key = ObjectKey::blob(build_id, Blob::Metadata);
-    match &inputs.metadata {
-        Some(path) if traces.is_empty() => {
+    match metadata {
+        MetadataObject::AsGiven(path) => {
             store.put_file(&metadata_key, path, PutOptions::default())?
         }
-        given => {
-            let minimal = default_metadata(build_id, opts.base);
-            let bytes = trace::metadata_with(given.as_deref(), &traces, minimal)?;
-            store.put_bytes(&metadata_key, &bytes)?
-        }
+        MetadataObject::Made(bytes) => store.put_bytes(&metadata_key, &bytes)?,
     }
     for s in &staged {
         store.put_bytes(&ObjectKey::header(build_id, s.file), &s.header)?;
@@ -183,7 +195,16 @@ pub fn pack_build(
     })
 }
 
-/// A minimal `metadata.json` in E2B's shape, for builds packed without one.
+/// The `metadata.json` a pack stores.
+enum MetadataObject<'a> {
+    /// The file given, stored as it is (no trace to merge in).
+    AsGiven(&'a std::path::Path),
+    /// The given or minimal document with the traces merged in.
+    Made(Vec<u8>),
+}
+
+/// A minimal `metadata.json` in E2B's shape, for builds packed without one:
+/// version 2, E2B's current, the lowest whose fields (the trace) E2B reads.
 fn default_metadata(build_id: Uuid, base: Option<Uuid>) -> serde_json::Value {
     serde_json::json!({
         "version": 2,

@@ -422,7 +422,10 @@ fn verify_detects_a_flipped_byte_in_a_data_object() {
 #[test]
 fn verify_detects_a_truncated_object() {
     let img = images(6);
-    let id = pack(&img, &["--frame-size", "1MiB"]);
+    let id = pack(
+        &img,
+        &["--frame-size", "1MiB", "--memfile-block-size", "4KiB"],
+    );
     let key = ObjectKey::data(id, FileKind::Memfile, Compression::Zstd);
     let path = img.store.join(key.to_string());
     let len = std::fs::metadata(&path).unwrap().len();
@@ -452,6 +455,42 @@ fn pack_refuses_a_frame_size_the_mount_would_refuse() {
     );
     let written = std::fs::read_dir(&img.store).map_or(0, |d| d.count());
     assert_eq!(written, 0, "pack wrote to the store before refusing");
+}
+
+#[test]
+fn pack_refuses_a_frame_size_off_the_block_grid() {
+    let img = images(8);
+    for (extra, block) in [
+        (
+            &["--frame-size", "6000"][..],
+            "memfile block size 2097152 bytes (the default)",
+        ),
+        (
+            &["--frame-size", "1MiB", "--memfile-block-size", "2MiB"][..],
+            "memfile block size 2097152 bytes (--memfile-block-size)",
+        ),
+        (
+            &["--frame-size", "6000", "--memfile-block-size", "4KiB"][..],
+            "memfile block size 4096 bytes",
+        ),
+    ] {
+        let (code, err) = stderr_of(&pack_args(&img, extra));
+        assert_eq!(code, 1, "{extra:?}: {err}");
+        assert!(
+            err.contains("validateCompressConfig") && err.contains(block),
+            "{extra:?}: {err}"
+        );
+        let size = if extra[1] == "6000" {
+            "6000"
+        } else {
+            "1048576"
+        };
+        assert!(err.contains(&format!("--frame-size {size} bytes")), "{err}");
+        let written = std::fs::read_dir(&img.store).map_or(0, |d| d.count());
+        assert_eq!(written, 0, "pack wrote to the store before refusing");
+    }
+    // Uncompressed, there are no frames to put on the grid.
+    pack(&img, &["--frame-size", "6000", "--compress", "none"]);
 }
 
 /// Replace the last frame of `build`'s memfile data object by `edit` of

@@ -80,6 +80,9 @@ pub enum PrefetchSummary {
     },
     /// The trace a mount would skip, and why.
     Error { error: String },
+    /// metadata.json's `version` makes E2B (and so tdfs) read none of its
+    /// fields, a trace included; why.
+    Ignored { reason: String },
 }
 
 #[derive(Debug, Serialize)]
@@ -109,6 +112,9 @@ pub struct BuildEntryReport {
     pub compressed_bytes: u64,
     /// uncompressed / compressed of the listed frames.
     pub ratio: Option<f64>,
+    /// Why E2B would misread this build's frames (a frame off the header's
+    /// block grid); None when they are on it.
+    pub off_grid: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
@@ -146,8 +152,10 @@ pub fn build_report(
         let header = builds.header(build, file)?;
         let mut report = file_report(&header, file, build);
         if let Some(bytes) = &metadata {
-            report.prefetch =
-                prefetch_summary(trace::parse_metadata(bytes, file), header.metadata.size);
+            report.prefetch = match trace::fields_ignored(bytes) {
+                Some(reason) => PrefetchSummary::Ignored { reason },
+                None => prefetch_summary(trace::parse_metadata(bytes, file), header.metadata.size),
+            };
         }
         reports.push(report);
     }
@@ -195,6 +203,10 @@ fn file_report(header: &Header, file: FileKind, build: Uuid) -> FileReport {
                 compressed_bytes,
                 ratio: (compressed_bytes > 0)
                     .then(|| uncompressed_bytes as f64 / compressed_bytes as f64),
+                off_grid: b
+                    .frames
+                    .first_off_grid(md.block_size, b.file_size)
+                    .map(|o| o.to_string()),
             }
         })
         .collect();
@@ -259,6 +271,7 @@ fn render_prefetch(summary: &PrefetchSummary) -> String {
     match summary {
         PrefetchSummary::None => "none".to_string(),
         PrefetchSummary::Error { error } => format!("unusable: {error}"),
+        PrefetchSummary::Ignored { reason } => format!("none: {reason}"),
         PrefetchSummary::Listed {
             entries,
             block_size,
@@ -369,6 +382,9 @@ fn render_text(r: &BuildReport) -> String {
                     human_bytes(b.compressed_bytes),
                     b.ratio.unwrap_or(0.0)
                 );
+            }
+            if let Some(why) = &b.off_grid {
+                let _ = writeln!(out, "      warning: {why}");
             }
         }
     }

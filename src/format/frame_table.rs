@@ -48,6 +48,32 @@ pub struct FrameTable {
     frames: Vec<Frame>,
 }
 
+/// A frame whose edges are off the block grid (see
+/// `FrameTable::first_off_grid`); its `Display` says what E2B would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffGrid {
+    /// Position of the frame in its table.
+    pub index: usize,
+    pub frame: Frame,
+    /// The header's block size, in bytes.
+    pub block_size: u64,
+}
+
+impl std::fmt::Display for OffGrid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "frame {} (uncompressed bytes {}..{}) is off the {}-byte block grid: E2B \
+             (validateCompressConfig) requires frames to start and end on blocks, and its \
+             readers serve wrong bytes for a block across a frame edge; tdfs reads it correctly",
+            self.index,
+            self.frame.start_u,
+            self.frame.end_u(),
+            self.block_size
+        )
+    }
+}
+
 /// Bytes of one frame-table entry on disk.
 const ENTRY_LEN: u64 = 24;
 /// Largest frame start the on-disk `i64` fields can hold.
@@ -152,6 +178,30 @@ impl FrameTable {
     /// Sum of the uncompressed sizes of the listed frames.
     pub fn total_size_u(&self) -> u64 {
         self.frames.iter().map(|f| u64::from(f.size_u)).sum()
+    }
+
+    /// The first frame with an edge off the grid of `block_size` (the
+    /// header's block size): every frame must start on a block boundary and
+    /// end on one, or at `diff_end` (the diff's uncompressed size; 0 when
+    /// unknown, then the last listed frame may end anywhere). E2B's writers
+    /// refuse a frame size that is not a multiple of the block size
+    /// (`validateCompressConfig`) because E2B's chunker marks whole blocks
+    /// present after fetching the one frame a block starts in: a block across
+    /// a frame edge is served with the neighbour frame's bytes unfetched.
+    /// tdfs itself reads such a table correctly (its unit of fetch and of
+    /// presence is the frame, `chunker/layout.rs`), so readers only warn.
+    pub fn first_off_grid(&self, block_size: u64, diff_end: u64) -> Option<OffGrid> {
+        let last_end = self.frames.last().map_or(0, Frame::end_u);
+        let free_end = if diff_end == 0 { last_end } else { diff_end };
+        let on_grid = |v: u64| block_size == 0 || v.is_multiple_of(block_size);
+        self.frames
+            .iter()
+            .position(|f| !on_grid(f.start_u) || !(on_grid(f.end_u()) || f.end_u() == free_end))
+            .map(|index| OffGrid {
+                index,
+                frame: self.frames[index],
+                block_size,
+            })
     }
 
     /// Index of the frame holding uncompressed offset `off_u`: the last frame

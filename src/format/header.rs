@@ -69,7 +69,7 @@ impl Header {
                 Ok(Header {
                     metadata,
                     builds: Vec::new(),
-                    mappings: Mappings::new(mappings, metadata.size)?,
+                    mappings: records_to_mappings(mappings, &metadata)?,
                 })
             }
             version @ (4 | 5) => {
@@ -165,6 +165,19 @@ impl Header {
     pub fn build(&self, id: &Uuid) -> Option<&BuildEntry> {
         self.builds.iter().find(|b| b.build_id == *id)
     }
+}
+
+/// The mappings of V1–V4 records. No records at all mean the whole file
+/// from the header's own build at storage offset 0 (E2B's `NewHeader`);
+/// V5 differs: its empty mapping section is all zeros.
+fn records_to_mappings(
+    records: Vec<super::Mapping>,
+    metadata: &Metadata,
+) -> Result<Mappings, FormatError> {
+    if records.is_empty() {
+        return Mappings::whole_build(metadata.build_id, metadata.size);
+    }
+    Mappings::new(records, metadata.size)
 }
 
 /// Write a u32 count, refusing one over `limit`.

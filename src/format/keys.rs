@@ -56,6 +56,14 @@ impl Blob {
             Blob::Metadata => "metadata.json",
         }
     }
+
+    /// True when the object may be written again after the build first
+    /// appears: E2B's optimize phase and its pause harvest re-upload
+    /// `metadata.json` with the prefetch trace added. Everything else of a
+    /// build is written once.
+    pub fn may_change(self) -> bool {
+        self == Blob::Metadata
+    }
 }
 
 impl fmt::Display for Blob {

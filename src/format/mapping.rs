@@ -174,6 +174,29 @@ impl Mappings {
         Mappings::new(filled, size)
     }
 
+    /// The whole template of `size` bytes from `build`'s diff at storage
+    /// offset 0: what E2B's `NewHeader` makes of a V1–V4 header with no
+    /// mappings, and what a legacy build (a data object, no header) is.
+    /// Empty when `size` is 0.
+    ///
+    /// # Errors
+    /// When `size` rounded up to a page overflows.
+    pub fn whole_build(build: Uuid, size: u64) -> Result<Self, FormatError> {
+        let length = page_round_up(size)
+            .ok_or_else(|| invalid(format!("template size {size} overflows")))?;
+        let items = if size == 0 {
+            Vec::new()
+        } else {
+            vec![Mapping {
+                offset: 0,
+                length,
+                build_id: build,
+                storage_offset: 0,
+            }]
+        };
+        Mappings::new(items, size)
+    }
+
     pub fn as_slice(&self) -> &[Mapping] {
         &self.items
     }

@@ -6,6 +6,11 @@
 //! root disk under `prefetch.rootfs`, which E2B ignores, and alone in a
 //! recording file `<file>.prefetch.json`).
 //!
+//! E2B reads no field of a metadata.json whose `version` is not a number
+//! above 1 (`deserialize` in E2B's template metadata: version 1, a missing
+//! or non-numeric one is the deprecated format and comes back empty), so
+//! such a document lists no trace here either (`fields_ignored`).
+//!
 //! A trace is untrusted input: the document is at most `MAX_METADATA_LEN`
 //! bytes (the caller checks it before reading), at most
 //! `MAX_PREFETCH_ENTRIES` indices are kept whatever the document lists
@@ -136,6 +141,10 @@ pub fn metadata_key(file: FileKind) -> &'static str {
 pub fn parse_metadata(bytes: &[u8], file: FileKind) -> Result<Option<Parsed>, TraceError> {
     let doc: MetadataDoc = serde_json::from_slice(bytes)
         .map_err(|e| TraceError(format!("metadata.json is not valid: {e}")))?;
+    if let Some(why) = version_ignores_fields(doc.version.as_ref()) {
+        log::debug!("metadata.json lists no trace: {why}");
+        return Ok(None);
+    }
     let Some(prefetch) = doc.prefetch else {
         return Ok(None);
     };
@@ -144,6 +153,38 @@ pub fn parse_metadata(bytes: &[u8], file: FileKind) -> Result<Option<Parsed>, Tr
         FileKind::Rootfs => prefetch.rootfs,
     };
     raw.map(RawTrace::check).transpose()
+}
+
+/// Why E2B reads none of the fields of metadata.json `bytes` (its
+/// `version` is missing, not a number, or at most 1), in words; `None` when
+/// it reads them, or when `bytes` is not a JSON object with a readable
+/// `version` at all (E2B fails on it; `parse_metadata` says why).
+pub fn fields_ignored(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        #[serde(default)]
+        version: Option<Value>,
+    }
+    let doc: VersionOnly = serde_json::from_slice(bytes).ok()?;
+    version_ignores_fields(doc.version.as_ref())
+}
+
+/// E2B's rule on a metadata.json `version`: fields are read only when it is
+/// a JSON number above 1 (`DeprecatedVersion`); then it must be a whole
+/// number (E2B's field is a uint64, anything else fails its decode).
+fn version_ignores_fields(version: Option<&Value>) -> Option<String> {
+    let e2b = "E2B reads a metadata.json whose version is not a number above 1 as having \
+               no fields, so no prefetch trace";
+    match version {
+        Some(v) if v.as_f64().is_some_and(|n| n > 1.0) => match v.as_u64() {
+            Some(_) => None,
+            None => Some(format!(
+                "version {v} is not a whole number: E2B cannot read this metadata.json"
+            )),
+        },
+        Some(v) => Some(format!("version is {v}: {e2b}")),
+        None => Some(format!("it has no version: {e2b}")),
+    }
 }
 
 /// A recording file (`<file>.prefetch.json`: one trace object).
@@ -201,6 +242,8 @@ fn check_block_size(block_size: u64) -> Result<(), TraceError> {
 /// The part of metadata.json tdfs reads; other keys are skipped unread.
 #[derive(Deserialize)]
 struct MetadataDoc {
+    #[serde(default)]
+    version: Option<Value>,
     #[serde(default)]
     prefetch: Option<PrefetchDoc>,
 }
@@ -344,7 +387,7 @@ mod tests {
         let none = parse_metadata(br#"{"version": 2}"#, FileKind::Memfile).unwrap();
         assert!(none.is_none());
         let rootfs = parse_metadata(
-            br#"{"prefetch": {"memory": {"indices": [1], "block_size": 4096}}}"#,
+            br#"{"version": 2, "prefetch": {"memory": {"indices": [1], "block_size": 4096}}}"#,
             FileKind::Rootfs,
         )
         .unwrap();
@@ -379,6 +422,40 @@ mod tests {
         assert_eq!(p.trace.indices.len(), MAX_PREFETCH_ENTRIES);
         assert!(p.notes[0].contains("over the limit"), "{:?}", p.notes);
         assert!(p.trace.indices.capacity() <= MAX_PREFETCH_ENTRIES);
+    }
+
+    #[test]
+    fn metadata_version_1_or_not_a_number_lists_no_trace() {
+        let trace = r#"{"memory": {"indices": [5], "block_size": 4096}}"#;
+        let with = |version: &str| format!(r#"{{{version}"prefetch": {trace}}}"#);
+        for version in [r#""version": 3, "#, r#""version": 2, "#] {
+            let doc = with(version);
+            assert!(fields_ignored(doc.as_bytes()).is_none(), "{doc}");
+            let parsed = parse_metadata(doc.as_bytes(), FileKind::Memfile).unwrap();
+            assert_eq!(parsed.unwrap().trace.indices, vec![5], "{doc}");
+        }
+        // As E2B's TestDeserialize_VersionEdgeCases: all read as no fields.
+        for version in [
+            r#""version": 1, "#,
+            r#""version": 1.0, "#,
+            r#""version": -1, "#,
+            r#""version": null, "#,
+            r#""version": true, "#,
+            r#""version": "2", "#,
+            r#""version": 2.5, "#,
+            "",
+        ] {
+            let doc = with(version);
+            assert!(fields_ignored(doc.as_bytes()).is_some(), "{doc}");
+            let parsed = parse_metadata(doc.as_bytes(), FileKind::Memfile).unwrap();
+            assert!(parsed.is_none(), "{doc}");
+        }
+        let why = fields_ignored(with(r#""version": 1, "#).as_bytes()).unwrap();
+        assert!(
+            why.contains("version is 1") && why.contains("no prefetch trace"),
+            "{why}"
+        );
+        assert!(fields_ignored(b"not json").is_none());
     }
 
     #[test]

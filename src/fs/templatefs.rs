@@ -310,7 +310,12 @@ impl TemplateFs {
             }
             Node::File(build, BuildDirFile::Blob(blob)) => {
                 let size = self.blob_size(build, blob)?;
-                (FileType::RegularFile, size, 4096, IMMUTABLE_TTL)
+                (
+                    FileType::RegularFile,
+                    size,
+                    4096,
+                    blob_ttl(&self.builds, blob),
+                )
             }
         };
         let (perm, nlink) = match kind {
@@ -369,6 +374,18 @@ impl TemplateFs {
         self.builds
             .contents(build)
             .map_err(|e| FsError::probe(build, e))
+    }
+}
+
+/// Attribute lifetime of `blob`: a blob that may be re-uploaded
+/// (metadata.json gains its prefetch trace after the build appears) is
+/// trusted only as long as the listing, so `cat` shows the new bytes
+/// within the listing TTL.
+fn blob_ttl(builds: &Builds, blob: Blob) -> Duration {
+    if blob.may_change() {
+        builds.listing_ttl()
+    } else {
+        IMMUTABLE_TTL
     }
 }
 

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::PackError;
 use crate::format::limits::MAX_FRAME_SIZE;
-use crate::format::{Compression, PAGE_SIZE};
+use crate::format::{Compression, FileKind, PAGE_SIZE};
 
 /// Default uncompressed frame size: the 2 MiB hugepage E2B's writers use.
 pub const DEFAULT_FRAME_SIZE: u64 = 2 << 20;
@@ -120,4 +120,35 @@ pub(super) fn check_options(opts: &PackOptions) -> Result<(), PackError> {
         }
     }
     Ok(())
+}
+
+/// Refuse a frame size off the block grid of `file` (E2B's
+/// `validateCompressConfig`: the frame size must be a multiple of the
+/// header's block size, or E2B's readers serve a neighbour's bytes for a
+/// block across a frame edge). Only a compressed diff has frames.
+///
+/// # Errors
+/// `PackError::BadOption` naming the rule, both sizes and where the block
+/// size came from.
+pub(super) fn check_frame_grid(
+    opts: &PackOptions,
+    file: FileKind,
+    block_size: u64,
+) -> Result<(), PackError> {
+    if opts.compression == Compression::None || opts.frame_size.is_multiple_of(block_size) {
+        return Ok(());
+    }
+    let source = match file {
+        FileKind::Memfile if opts.memfile_block_size.is_some() => "--memfile-block-size",
+        _ if opts.base.is_some() => "the base build's",
+        FileKind::Memfile => "the default",
+        FileKind::Rootfs => "every rootfs's",
+    };
+    Err(PackError::BadOption(format!(
+        "--frame-size {} bytes is not a multiple of the {file} block size {block_size} bytes \
+         ({source}): E2B requires frames on the block grid (validateCompressConfig) and serves \
+         wrong bytes otherwise; pick a multiple of {block_size} (the default, 2 MiB, fits \
+         every block size)",
+        opts.frame_size
+    )))
 }

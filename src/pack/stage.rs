@@ -29,6 +29,33 @@ pub(super) struct StagedFile {
     pub(super) report: FileReport,
 }
 
+/// The block size of the new build's `file`: `--memfile-block-size`, else
+/// the base's, else the default (2 MiB memfile, 4 KiB rootfs).
+///
+/// # Errors
+/// `BadInput` when the base's is not a multiple of 4 KiB.
+pub(super) fn block_size(
+    opts: &PackOptions,
+    file: FileKind,
+    base: Option<&TemplateFile>,
+) -> Result<u64, PackError> {
+    let base_block_size = base.map(TemplateFile::block_size);
+    let block_size = match file {
+        FileKind::Memfile => opts
+            .memfile_block_size
+            .or(base_block_size)
+            .unwrap_or(DEFAULT_MEMFILE_BLOCK_SIZE),
+        FileKind::Rootfs => base_block_size.unwrap_or(ROOTFS_BLOCK_SIZE),
+    };
+    if block_size == 0 || block_size % PAGE_SIZE != 0 {
+        return Err(PackError::BadInput(format!(
+            "the base's {file} block size {block_size} is not a multiple of 4 KiB; \
+             tdfs packs whole pages (for the memfile, pass --memfile-block-size)"
+        )));
+    }
+    Ok(block_size)
+}
+
 /// Diff, compress and encode the header of one template file, staged under
 /// `dir`; nothing is uploaded yet.
 #[allow(clippy::too_many_arguments)]
@@ -56,20 +83,7 @@ pub(super) fn stage_file(
             image_path.display()
         )));
     }
-    let base_block_size = base.map(TemplateFile::block_size);
-    let block_size = match file {
-        FileKind::Memfile => opts
-            .memfile_block_size
-            .or(base_block_size)
-            .unwrap_or(DEFAULT_MEMFILE_BLOCK_SIZE),
-        FileKind::Rootfs => base_block_size.unwrap_or(ROOTFS_BLOCK_SIZE),
-    };
-    if block_size == 0 || block_size % PAGE_SIZE != 0 {
-        return Err(PackError::BadInput(format!(
-            "the base's {file} block size {block_size} is not a multiple of 4 KiB; \
-             tdfs packs whole pages (for the memfile, pass --memfile-block-size)"
-        )));
-    }
+    let block_size = block_size(opts, file, base)?;
 
     let diff_path = dir.join(file.name());
     let mut diff = File::options()

@@ -1,4 +1,5 @@
-//! Unit tests of `pack_build`: option checks against the mount's limits.
+//! Unit tests of `pack_build`: option checks against the mount's limits and
+//! E2B's rules (frame grid, metadata version).
 
 use std::fs;
 
@@ -61,4 +62,56 @@ fn frame_size_at_the_mount_limit_packs() {
     };
     let report = pack_build(store.clone(), &opts, &inputs).unwrap();
     assert_eq!(store.list_builds().unwrap(), vec![report.build_id]);
+}
+
+#[test]
+fn frame_sizes_off_the_block_grid_are_refused_before_anything_is_written() {
+    let (dir, store, inputs) = setup(8);
+    for (frame_size, memfile_block_size) in [(6000, None), (1 << 20, Some(2 << 20))] {
+        let opts = PackOptions {
+            frame_size,
+            memfile_block_size,
+            work_dir: Some(dir.path().to_path_buf()),
+            ..PackOptions::default()
+        };
+        let err = pack_build(store.clone(), &opts, &inputs).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, PackError::BadOption(_))
+                && message.contains("validateCompressConfig")
+                && message.contains(&format!("--frame-size {frame_size} bytes"))
+                && message.contains("block size 2097152 bytes"),
+            "{message}"
+        );
+        assert_eq!(fs::read_dir(dir.path().join("store")).unwrap().count(), 0);
+    }
+}
+
+#[test]
+fn a_trace_is_not_merged_into_metadata_e2b_reads_as_empty() {
+    let (dir, store, mut inputs) = setup(8);
+    let trace = dir.path().join("memfile.prefetch.json");
+    fs::write(&trace, br#"{"indices": [1, 0], "block_size": 4096}"#).unwrap();
+    inputs.prefetch_memfile = Some(trace);
+    let metadata = dir.path().join("metadata.json");
+    inputs.metadata = Some(metadata.clone());
+    let opts = PackOptions {
+        memfile_block_size: Some(PAGE_SIZE),
+        work_dir: Some(dir.path().to_path_buf()),
+        ..PackOptions::default()
+    };
+    fs::write(&metadata, br#"{"version": 1, "template": {}}"#).unwrap();
+    let err = pack_build(store.clone(), &opts, &inputs).unwrap_err();
+    assert!(
+        matches!(err, PackError::BadInput(_)) && err.to_string().contains("version is 1"),
+        "{err}"
+    );
+    assert_eq!(store.list_builds().unwrap(), Vec::<Uuid>::new());
+    fs::write(&metadata, br#"{"version": 2, "template": {}}"#).unwrap();
+    let report = pack_build(store.clone(), &opts, &inputs).unwrap();
+    let stored = store
+        .read_all(&ObjectKey::blob(report.build_id, Blob::Metadata), 1 << 20)
+        .unwrap();
+    let parsed = crate::format::trace::parse_metadata(&stored, FileKind::Memfile).unwrap();
+    assert_eq!(parsed.unwrap().trace.indices, vec![1, 0]);
 }

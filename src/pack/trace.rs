@@ -35,8 +35,10 @@ pub(super) fn read_trace(path: &Path, file: FileKind, image_size: u64) -> Result
         Err(as_recording) => match trace::parse_metadata(&bytes, file) {
             Ok(Some(p)) => p,
             Ok(None) => {
+                let why = trace::fields_ignored(&bytes)
+                    .map_or_else(String::new, |why| format!(" ({why})"));
                 return Err(bad(format!(
-                    "a metadata.json without prefetch.{}",
+                    "a metadata.json without prefetch.{}{why}",
                     trace::metadata_key(file)
                 )));
             }
@@ -63,7 +65,8 @@ pub(super) fn read_trace(path: &Path, file: FileKind, image_size: u64) -> Result
 ///
 /// # Errors
 /// `Io` when `given` cannot be read; `BadInput` when it is not a JSON
-/// object.
+/// object, or `traces` are given and E2B would read none of its fields
+/// (`version` not a number above 1).
 pub(super) fn metadata_with(
     given: Option<&Path>,
     traces: &[(FileKind, Trace)],
@@ -73,6 +76,16 @@ pub(super) fn metadata_with(
         Some(path) => Some(read_file(path)?),
         None => None,
     };
+    // A trace merged into a document E2B reads as empty would be lost on
+    // E2B's side: refused, so what pack writes is what E2B replays.
+    if let (Some(path), Some(bytes), false) = (given, &bytes, traces.is_empty())
+        && let Some(why) = trace::fields_ignored(bytes)
+    {
+        return Err(PackError::BadInput(format!(
+            "{}: {why}; set its \"version\" to 2 (E2B's current one) to store the trace in it",
+            path.display()
+        )));
+    }
     let traces: Vec<(FileKind, &Trace)> = traces.iter().map(|(f, t)| (*f, t)).collect();
     trace::merge_into_metadata(bytes.as_deref(), &traces, || minimal).map_err(|e| {
         let what = given.map_or("the minimal metadata".to_string(), |p| {

@@ -25,7 +25,7 @@ use super::{DiffFile, TemplateConfig, TemplateError, TemplateFile};
 use crate::chunker::{CacheBudget, Chunker, ChunkerConfig, DiffSpec, FetchPool, PeerFallback};
 use crate::format::limits::MAX_HEADER_LEN;
 use crate::format::{
-    Blob, Compression, FileKind, Frame, FrameTable, Header, Mapping, Mappings, Metadata, ObjectKey,
+    Blob, Compression, FileKind, Frame, FrameTable, Header, Mappings, Metadata, ObjectKey,
     PAGE_SIZE,
 };
 use crate::metrics::Stats;
@@ -384,17 +384,8 @@ impl Builds {
             build_id: build,
             base_build_id: build,
         };
-        let mut items = Vec::new();
-        if size > 0 {
-            items.push(Mapping {
-                offset: 0,
-                length: size.div_ceil(PAGE_SIZE) * PAGE_SIZE,
-                build_id: build,
-                storage_offset: 0,
-            });
-        }
         let mappings =
-            Mappings::new(items, size).map_err(|source| TemplateError::CorruptHeader {
+            Mappings::whole_build(build, size).map_err(|source| TemplateError::CorruptHeader {
                 key: key.to_string(),
                 source,
             })?;

@@ -1,7 +1,8 @@
 //! What the store holds, as last asked: the list of builds, and which
 //! objects each build has. Both are trusted for the listing TTL; a build that
 //! has every object is probed once, since a build never changes once
-//! complete. The store is always asked without a lock held: a LIST or HEAD
+//! complete, except for the size of a blob that may be re-uploaded
+//! (`Blob::may_change`: metadata.json), asked again after the TTL. The store is always asked without a lock held: a LIST or HEAD
 //! is a network call, and readers of a fresh answer must not queue behind it.
 
 use std::collections::HashMap;
@@ -10,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::TemplateError;
+use super::{TemplateError, blob};
 use crate::format::{Blob, FileKind, ObjectKey};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::sync;
 
 /// The cached answers, owned by `Builds`.
@@ -56,7 +57,8 @@ impl Listing {
     }
 
     /// Which objects `build` has in `store`. A complete build is probed
-    /// once; one with objects missing again after the TTL (it may be
+    /// once (but for the size of a blob that may change, asked again after
+    /// the TTL); one with objects missing again after the TTL (it may be
     /// mid-upload). Concurrent probes of one build may both ask the store
     /// (see `list`).
     ///
@@ -67,27 +69,38 @@ impl Listing {
         store: &dyn Store,
         build: Uuid,
     ) -> Result<BuildContents, TemplateError> {
-        if let Some(known) = sync::read(&self.contents).get(&build)
-            && (known.complete() || known.probed.elapsed() < self.ttl)
+        let known = sync::read(&self.contents).get(&build).copied();
+        if let Some(known) = known
+            && known.probed.elapsed() < self.ttl
         {
-            return Ok(*known);
+            return Ok(known);
         }
-        let mut headers = [false; 2];
-        for (has, file) in headers.iter_mut().zip(FileKind::ALL) {
-            *has = store.exists(&ObjectKey::header(build, file))?;
-        }
-        let mut blobs = [None; 2];
-        for (size, blob) in blobs.iter_mut().zip(Blob::ALL) {
-            *size = match store.size(&ObjectKey::blob(build, blob)) {
-                Ok(n) => Some(n),
-                Err(StoreError::NotFound { .. }) => None,
-                Err(e) => return Err(e.into()),
-            };
-        }
-        let contents = BuildContents {
-            headers,
-            blobs,
-            probed: Instant::now(),
+        let contents = match known {
+            // Only what may change of a complete build is asked again.
+            Some(mut known) if known.complete() => {
+                for (size, blob) in known.blobs.iter_mut().zip(Blob::ALL) {
+                    if blob.may_change() {
+                        *size = blob::size(store, build, blob)?;
+                    }
+                }
+                known.probed = Instant::now();
+                known
+            }
+            _ => {
+                let mut headers = [false; 2];
+                for (has, file) in headers.iter_mut().zip(FileKind::ALL) {
+                    *has = store.exists(&ObjectKey::header(build, file))?;
+                }
+                let mut blobs = [None; 2];
+                for (size, blob) in blobs.iter_mut().zip(Blob::ALL) {
+                    *size = blob::size(store, build, blob)?;
+                }
+                BuildContents {
+                    headers,
+                    blobs,
+                    probed: Instant::now(),
+                }
+            }
         };
         // Only builds that exist are kept, so the map grows with the store,
         // not with the names callers try.

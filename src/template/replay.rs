@@ -7,6 +7,9 @@
 //! The trace comes from the build's `metadata.json` (`prefetch.memory`,
 //! E2B's, or `prefetch.rootfs`, tdfs's own; see `format::trace`), else
 //! from a local recording `<prefetch dir>/<build>/<file>.prefetch.json`.
+//! metadata.json is read from the store at the file's first open, never
+//! cached: E2B may re-upload it with the trace after the build appears, and
+//! a file first opened after that replays the new trace.
 //! One thread per template file walks the trace, maps each block through
 //! the header's mappings and asks the diff's Chunker to queue its units
 //! (`Chunker::prefetch`, below every reader and read-ahead fetch); while

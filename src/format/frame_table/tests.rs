@@ -188,6 +188,48 @@ fn decode_rejects_corrupt_bytes() {
     assert!(matches!(err(&short), FormatError::Truncated { .. }));
 }
 
+#[test]
+fn frames_off_the_block_grid_are_found() {
+    const B: u64 = 4096;
+    let table = |sizes: &[u32]| {
+        let mut start = 0;
+        let frames = sizes
+            .iter()
+            .map(|&s| {
+                let f = frame(start, start, s, s);
+                start += u64::from(s);
+                f
+            })
+            .collect();
+        FrameTable::new(Compression::Zstd, frames).unwrap()
+    };
+    // On the grid, with a short last frame ending at the diff's end.
+    let t = table(&[8192, 8192, 100]);
+    assert_eq!(t.first_off_grid(B, 16_484), None);
+    assert_eq!(
+        t.first_off_grid(B, 0),
+        None,
+        "unknown end: the last may be short"
+    );
+    // The short frame is not at the diff's end: a sparse table's gap follows.
+    assert_eq!(t.first_off_grid(B, 1 << 20).map(|o| o.index), Some(2));
+    // 6000-byte frames: the first edge is already off the 4 KiB grid.
+    let odd = table(&[6000, 6000]).first_off_grid(B, 12_000).unwrap();
+    assert_eq!(odd.index, 0);
+    let text = odd.to_string();
+    assert!(
+        text.contains("validateCompressConfig") && text.contains("4096-byte block grid"),
+        "{text}"
+    );
+    // 1 MiB frames in a 2 MiB-block memfile.
+    let half = table(&[1 << 20, 1 << 20]);
+    assert_eq!(
+        half.first_off_grid(2 << 20, 2 << 20).map(|o| o.index),
+        Some(0)
+    );
+    assert_eq!(half.first_off_grid(1 << 20, 2 << 20), None);
+}
+
 proptest::proptest! {
     #[test]
     fn decode_never_panics_and_locate_agrees_with_a_scan(

@@ -10,9 +10,9 @@ use lz4_flex::frame::{BlockMode, BlockSize, FrameDecoder, FrameEncoder, FrameInf
 
 use super::records::{decode_records, encode_record};
 use super::v5_mappings::{decode_v5_mappings, encode_v5_mappings};
-use super::{BuildEntry, Header, put_count};
+use super::{BuildEntry, Header, put_count, records_to_mappings};
 use crate::format::cursor::Cursor;
-use crate::format::{FormatError, FrameTable, Mappings, Metadata};
+use crate::format::{FormatError, FrameTable, Metadata};
 
 /// Smallest builds-section entry: id, size, sha and an empty frame table.
 const MIN_BUILD_ENTRY_LEN: u64 = 16 + 8 + 32 + 8;
@@ -116,15 +116,19 @@ pub(super) fn decode_inner(
     let mappings = if version == 4 {
         let count = cur.u32("mapping count")?;
         let items = decode_records(&mut cur, count as usize)?;
-        Mappings::new(items, metadata.size)?
+        records_to_mappings(items, &metadata)?
     } else {
         decode_v5_mappings(&mut cur, metadata.size)?
     };
+    // E2B stops reading after the mappings: what follows is room for a
+    // later section, so it is skipped, not refused.
     if cur.remaining() != 0 {
-        return Err(FormatError::invalid(
-            "inner block",
-            format!("{} bytes left over after the mappings", cur.remaining()),
-        ));
+        log::debug!(
+            "header of build {} (V{version}): {} bytes after the mappings of the inner block \
+             ignored (room for a later section, as E2B reads it)",
+            metadata.build_id,
+            cur.remaining()
+        );
     }
     Ok(Header {
         metadata,
@@ -201,14 +205,35 @@ mod tests {
         let mid = 69 + (flipped.len() - 69) / 2;
         flipped[mid] ^= 0x55;
         assert!(Header::decode(&flipped).is_err());
-        // Bytes left over inside the inner block.
-        assert!(matches!(
-            decode_err(&wrap(4, 0, 0, &[0u8; 9])),
-            FormatError::Invalid {
-                what: "inner block",
-                ..
-            }
-        ));
+    }
+
+    #[test]
+    fn bytes_after_the_mappings_are_ignored() {
+        // E2B reads nothing after the mappings (room for a later section):
+        // the header decodes as if they were not there, in V4 and V5.
+        for version in [4u16, 5] {
+            let h = header(u64::from(version), Compression::Zstd);
+            let inner = encode_inner(&h, version).unwrap();
+            let mut longer = inner.clone();
+            longer.extend_from_slice(b"a later section");
+            let size = h.metadata.size;
+            let back = Header::decode(&wrap(u64::from(version), size, 0, &longer)).unwrap();
+            let plain = Header::decode(&wrap(u64::from(version), size, 0, &inner)).unwrap();
+            assert_eq!(back, plain, "V{version}");
+            assert_eq!(back.mappings, h.mappings, "V{version}");
+        }
+    }
+
+    #[test]
+    fn zero_v4_mappings_are_the_whole_build_but_zero_v5_mappings_are_zeros() {
+        let size = 5 * P + 100;
+        // No builds, no mappings: V4 reads it as E2B's NewHeader does.
+        let v4 = Header::decode(&wrap(4, size, 0, &[0u8; 8])).unwrap();
+        assert_eq!(v4.mappings.as_slice(), [mapping(0, size, 3, 0)]);
+        // V5: an empty build-id table and no mappings, all zeros.
+        let v5 = Header::decode(&wrap(5, size, 0, &[0u8; 12])).unwrap();
+        assert_eq!(v5.mappings.as_slice().len(), 1);
+        assert!(v5.mappings.as_slice()[0].is_zero());
     }
 
     #[test]

@@ -49,6 +49,28 @@ mod tests {
     }
 
     #[test]
+    fn no_records_mean_the_whole_build_at_offset_zero() {
+        // E2B's NewHeader: a V1–V3 header with no mappings is the whole file
+        // from the header's own build (id 3 in `metadata`), storage offset 0.
+        let size = 3 * P + 512;
+        for version in [1, 2, 3] {
+            let mut bytes = Vec::new();
+            metadata(version, size).encode_into(&mut bytes);
+            let h = Header::decode(&bytes).unwrap();
+            assert_eq!(
+                h.mappings.as_slice(),
+                [mapping(0, size, 3, 0)],
+                "V{version}"
+            );
+            let again = Header::decode(&h.encode(3).unwrap()).unwrap();
+            assert_eq!(again.mappings, h.mappings);
+        }
+        let mut empty = Vec::new();
+        metadata(3, 0).encode_into(&mut empty);
+        assert!(Header::decode(&empty).unwrap().mappings.is_empty());
+    }
+
+    #[test]
     fn v3_ending_exactly_at_unaligned_size_is_accepted() {
         let size = 3 * P + 512;
         let mut bytes = Vec::new();

@@ -61,10 +61,14 @@ impl TemplateFs {
             ),
             Node::File(build, BuildDirFile::Blob(blob)) => {
                 let size = self.blob_size(build, blob)?;
-                (
-                    Handle::Blob { build, blob, size },
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                )
+                // A blob that may be re-uploaded must not be served from
+                // pages the kernel kept from an older version.
+                let flags = if blob.may_change() {
+                    FopenFlags::empty()
+                } else {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                };
+                (Handle::Blob { build, blob, size }, flags)
             }
         };
         Ok(Opened {

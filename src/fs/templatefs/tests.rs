@@ -297,3 +297,19 @@ fn diff_directory_shows_the_builds_own_diffs() {
         fuser::Errno::EISDIR
     );
 }
+
+#[test]
+fn metadata_json_is_trusted_only_for_the_listing_ttl() {
+    let cache = tempfile::tempdir().unwrap();
+    let fs = fixture_fs(cache.path());
+    let dir = fs.lookup(ROOT_INO, OsStr::new(LAYER)).unwrap().attr.ino.0;
+    let metadata = fs.lookup(dir, OsStr::new("metadata.json")).unwrap();
+    assert_eq!(metadata.ttl, fs.builds.listing_ttl());
+    let opened = fs.open(metadata.attr.ino.0, libc::O_RDONLY).unwrap();
+    assert!(!opened.flags.contains(FopenFlags::FOPEN_KEEP_CACHE));
+    // The snapfile is written once.
+    let snapfile = fs.lookup(dir, OsStr::new("snapfile")).unwrap();
+    assert_eq!(snapfile.ttl, IMMUTABLE_TTL);
+    let opened = fs.open(snapfile.attr.ino.0, libc::O_RDONLY).unwrap();
+    assert!(opened.flags.contains(FopenFlags::FOPEN_KEEP_CACHE));
+}
