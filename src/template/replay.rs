@@ -230,7 +230,10 @@ impl Run {
         let (build, file) = (self.build, self.file);
         let (parsed, source) = match self.load() {
             Ok(Some(found)) => found,
-            Ok(None) => return state.set(Phase::None),
+            Ok(None) => {
+                log::debug!("build {build} {file}: no prefetch trace to replay");
+                return state.set(Phase::None);
+            }
             Err(why) => {
                 log::warn!("build {build} {file}: prefetch skipped: {why}");
                 return state.set(Phase::Skipped(why));
