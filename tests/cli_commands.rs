@@ -422,7 +422,10 @@ fn verify_detects_a_flipped_byte_in_a_data_object() {
 #[test]
 fn verify_detects_a_truncated_object() {
     let img = images(6);
-    let id = pack(&img, &["--frame-size", "1MiB"]);
+    let id = pack(
+        &img,
+        &["--frame-size", "1MiB", "--memfile-block-size", "4KiB"],
+    );
     let key = ObjectKey::data(id, FileKind::Memfile, Compression::Zstd);
     let path = img.store.join(key.to_string());
     let len = std::fs::metadata(&path).unwrap().len();

@@ -152,8 +152,9 @@ fn opts(compression: Compression, version: u16, base: Option<Uuid>) -> PackOptio
         base,
         compression,
         header_version: Some(version),
-        frame_size: 256 << 10,
-        // V4 runs use 4 KiB memfile blocks, the others 2 MiB (hugepages).
+        // V4 runs use 4 KiB memfile blocks, the others 2 MiB (hugepages);
+        // a frame is a multiple of the block (E2B's rule).
+        frame_size: if version == 4 { 256 << 10 } else { 2 << 20 },
         memfile_block_size: Some(if version == 4 { 4096 } else { 2 << 20 }),
         threads: 3,
         ..PackOptions::default()
@@ -620,7 +621,7 @@ proptest! {
         let mut o = PackOptions {
             compression,
             header_version: Some(version),
-            frame_size: 64 << 10,
+            frame_size: if hugepages { 2 << 20 } else { 64 << 10 },
             memfile_block_size: Some(if hugepages { 2 << 20 } else { 4096 }),
             threads: 2,
             ..PackOptions::default()

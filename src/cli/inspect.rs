@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::pack::render_footprint;
 use super::parse::{parse_build, parse_file_kind};
 use super::{CliError, header_reader, human_bytes, open_store_arg};
 use crate::format::limits::MAX_METADATA_LEN;
 use crate::format::trace::{self, Parsed};
 use crate::format::{Blob, FileKind, Header, ObjectKey, hex};
+use crate::pack::{Footprint, footprint};
 use crate::template::Builds;
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +83,9 @@ pub enum PrefetchSummary {
         past_end: usize,
         /// What a mount repairs when it reads the trace.
         notes: Vec<String>,
+        /// How the trace is laid out in storage and what its replay
+        /// touches (`pack::Footprint`).
+        replay: Footprint,
     },
     /// The trace a mount would skip, and why.
     Error { error: String },
@@ -150,8 +155,7 @@ pub fn build_report(
         let header = builds.header(build, file)?;
         let mut report = file_report(&header, file, build);
         if let Some(bytes) = &metadata {
-            report.prefetch =
-                prefetch_summary(trace::parse_metadata(bytes, file), header.metadata.size);
+            report.prefetch = prefetch_summary(trace::parse_metadata(bytes, file), &header);
         }
         reports.push(report);
     }
@@ -229,11 +233,11 @@ fn file_report(header: &Header, file: FileKind, build: Uuid) -> FileReport {
     }
 }
 
-/// `parsed` (a file's trace in metadata.json) summed up against the file's
-/// `size` in bytes.
+/// `parsed` (a file's trace in metadata.json) summed up against the
+/// file's header.
 fn prefetch_summary(
     parsed: Result<Option<Parsed>, trace::TraceError>,
-    size: u64,
+    header: &Header,
 ) -> PrefetchSummary {
     match parsed {
         Ok(None) => PrefetchSummary::None,
@@ -242,7 +246,7 @@ fn prefetch_summary(
         },
         Ok(Some(Parsed { mut trace, notes })) => {
             let listed = trace.indices.clone();
-            let past_end = trace.clamp_to(size);
+            let past_end = trace.clamp_to(header.metadata.size);
             PrefetchSummary::Listed {
                 entries: listed.len(),
                 block_size: trace.block_size,
@@ -253,6 +257,7 @@ fn prefetch_summary(
                 highest: listed.iter().max().copied(),
                 past_end,
                 notes,
+                replay: footprint(header, &trace),
             }
         }
     }
@@ -273,6 +278,7 @@ fn render_prefetch(summary: &PrefetchSummary) -> String {
             highest,
             past_end,
             notes,
+            replay,
         } => {
             let mut line = format!(
                 "{entries} block{} of {} ({})",
@@ -289,6 +295,7 @@ fn render_prefetch(summary: &PrefetchSummary) -> String {
             for n in notes {
                 line += &format!("; {n}");
             }
+            line += &format!("\n  layout        {}", render_footprint(replay));
             line
         }
     }
