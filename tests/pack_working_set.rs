@@ -402,6 +402,83 @@ fn a_thin_working_set_layer_leaves_the_base_untouched_and_reads_the_same() {
 }
 
 #[test]
+fn a_thin_layer_over_a_hugepage_base_copies_whole_blocks_the_short_one_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mut rng = Rng(11);
+    // Five 2 MiB blocks and a short one of 8 KiB.
+    let mem = image(&mut rng, 5 * HUGEPAGE + 2 * PAGE);
+    let root = image(&mut rng, 256 * PAGE);
+    let (mem_path, root_path, trace) = (
+        dir.path().join("mem"),
+        dir.path().join("root"),
+        dir.path().join("trace"),
+    );
+    std::fs::write(&mem_path, &mem).unwrap();
+    std::fs::write(&root_path, &root).unwrap();
+    // 4 KiB entries, as E2B records pages: in blocks 3, 5 (the short
+    // one), 1, and 3 again.
+    let pages = (HUGEPAGE / PAGE) as u64;
+    let indices = [3 * pages + 5, 5 * pages + 1, pages + 100, 3 * pages + 6];
+    std::fs::write(
+        &trace,
+        serde_json::json!({ "indices": indices, "block_size": PAGE }).to_string(),
+    )
+    .unwrap();
+    let base = Uuid::new_v4().to_string();
+    tdfs_pack(
+        &store,
+        &base,
+        &mem_path,
+        &root_path,
+        &[
+            "--compress",
+            "lz4",
+            "--memfile-block-size",
+            "2MiB",
+            "--prefetch-memfile",
+            s(&trace),
+            "--layout",
+            "template",
+        ],
+    );
+    let before = objects_of(&store, &base);
+    let out = tdfs_ok(&[
+        "working-set",
+        "--store",
+        s(&store),
+        &base,
+        "--compress",
+        "lz4",
+    ]);
+    let layer = out.trim().to_string();
+    assert_eq!(
+        objects_of(&store, &base),
+        before,
+        "the base's objects changed"
+    );
+
+    let local = local_store(&store);
+    let diff = whole_diff(local.as_ref(), layer.parse().unwrap(), FileKind::Memfile);
+    let block = |b: usize| &mem[b * HUGEPAGE..((b + 1) * HUGEPAGE).min(mem.len())];
+    assert!(
+        diff == [block(3), block(1), block(5)].concat(),
+        "the layer holds blocks 3, 1, then the short 5"
+    );
+    // The rootfs has no trace: its layer header maps all of it to the base.
+    assert!(whole_diff(local.as_ref(), layer.parse().unwrap(), FileKind::Rootfs).is_empty());
+    let fp = replay(&store, &layer, "memfile");
+    assert_eq!(fp["own_first"], true, "{fp}");
+    assert_eq!(fp["units"], 3, "{fp}");
+    let mut expected = BTreeMap::new();
+    for build in [&base, &layer] {
+        expected.insert((build.clone(), "memfile"), mem.clone());
+        expected.insert((build.clone(), "rootfs.ext4"), root.clone());
+    }
+    check_reads(&store, &expected);
+}
+
+#[test]
 fn bad_traces_are_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");

@@ -214,7 +214,15 @@ fn stage_layer_file(
     let size = base.size();
     let block_size = base.block_size();
     stage::check_frame_size(ctx.opts, file, block_size)?;
-    let first = trace.map_or_else(Vec::new, |t| first_touch_blocks(t, block_size, size));
+    let mut first = trace.map_or_else(Vec::new, |t| first_touch_blocks(t, block_size, size));
+    // A short last block goes last, so every other block keeps a storage
+    // offset on the block grid (E2B's rule, checked in `finish`).
+    if !size.is_multiple_of(block_size)
+        && let Some(at) = first.iter().position(|&b| b == size / block_size)
+    {
+        let tail = first.remove(at);
+        first.push(tail);
+    }
 
     let path = ctx.dir.join(file.name());
     let io_err = |source| PackError::Io {
