@@ -31,9 +31,10 @@ use crate::format::{Blob, FileKind, Mapping, ObjectKey};
 use crate::store::{Store, StoreError, WritableStore};
 use crate::template::{Builds, TemplateConfig, TemplateFile};
 
-/// Blocks read from the base per work item: enough to keep every worker's
-/// fetch busy, few enough that the items in flight stay a few MiB.
-const BLOCKS_PER_ITEM: usize = 16;
+/// Bytes read from the base per work item (at least one block): the
+/// scan's segment size, so the items in flight (two per thread) hold a
+/// few MiB per thread whatever the block size.
+const ITEM_BYTES: u64 = 4 << 20;
 
 /// The traces of a working-set layer: a file whose trace is `None` takes
 /// the one the base's metadata.json lists (E2B writes `prefetch.memory`).
@@ -234,11 +235,12 @@ fn stage_layer_file(
     // (template offset, length, storage offset) of each copied block.
     let mut copied: Vec<(u64, u64, u64)> = Vec::new();
     let mut diff_size = 0u64;
+    let per_item = (ITEM_BYTES / block_size).max(1) as usize;
     ordered_map(
-        first.len().div_ceil(BLOCKS_PER_ITEM),
+        first.len().div_ceil(per_item),
         ctx.threads,
         |i| {
-            let blocks = &first[i * BLOCKS_PER_ITEM..((i + 1) * BLOCKS_PER_ITEM).min(first.len())];
+            let blocks = &first[i * per_item..((i + 1) * per_item).min(first.len())];
             blocks
                 .iter()
                 .map(|&b| {
