@@ -13,6 +13,7 @@ mod pack;
 mod parse;
 mod readiness;
 mod verify;
+mod working_set;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,16 @@ pub enum Command {
     /// the two .header objects last: a build without headers is an
     /// interrupted pack, not a build.
     Pack(pack::Args),
+    /// Add a thin layer over a build in the store whose diff is the build's
+    /// working set, stored first in first-touch order.
+    ///
+    /// For a build packed in template order (by E2B, or `pack --layout
+    /// template`): a replay of its trace then fetches one stretch of the
+    /// layer instead of most of the build's frames. The layer's header maps
+    /// every other byte to the base exactly as the base's header does; the
+    /// base's objects are never rewritten. The trace is taken from the
+    /// base's metadata.json unless given, and goes into the layer's.
+    WorkingSet(working_set::Args),
     /// Show a build's headers: metadata, mappings, builds section, frames.
     Inspect(inspect::Args),
     /// Check a build: headers, every frame of its diffs, sizes and SHA-256.
@@ -106,6 +117,7 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Pack(args) => pack::run(args),
+        Command::WorkingSet(args) => working_set::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Export(args) => export::run(args),

@@ -8,7 +8,9 @@
 //! is not shown by readers.
 
 pub mod demo;
+mod e2b_rules;
 mod error;
+mod footprint;
 mod frames;
 mod layout;
 mod options;
@@ -18,6 +20,8 @@ mod scan;
 mod scratch;
 mod stage;
 mod trace;
+mod working_set;
+mod working_set_layer;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,16 +29,19 @@ use std::time::Instant;
 use uuid::Uuid;
 
 pub use error::PackError;
+pub use footprint::{Footprint, footprint};
 pub use options::{
     DEFAULT_FRAME_SIZE, DEFAULT_MEMFILE_BLOCK_SIZE, PackInputs, PackOptions, ROOTFS_BLOCK_SIZE,
 };
 pub use parallel::{default_threads, ordered_map};
 pub use progress::byte_bar;
 pub use scratch::ScratchDir;
+pub use working_set::Layout;
+pub use working_set_layer::{LayerTraces, working_set_layer};
 
 use crate::format::trace::Trace;
 use crate::format::{Blob, FileKind, ObjectKey};
-use crate::store::{PutOptions, WritableStore};
+use crate::store::{PutOptions, Store, WritableStore};
 use crate::template::{Builds, TemplateConfig};
 
 /// What was written for one template file.
@@ -53,6 +60,12 @@ pub struct FileReport {
     /// Size of the stored data object.
     pub stored_size: u64,
     pub frames: usize,
+    /// The layout asked for (`Template` is what a working-set pack
+    /// without a trace amounts to).
+    pub layout: Layout,
+    /// What a replay of the file's trace costs in the written header;
+    /// `None` without a trace.
+    pub trace: Option<Footprint>,
 }
 
 /// What `pack_build` wrote.
@@ -72,24 +85,14 @@ pub fn pack_build(
     inputs: &PackInputs,
 ) -> Result<PackReport, PackError> {
     options::check_options(opts)?;
-    let build_id = opts.build_id.unwrap_or_else(Uuid::new_v4);
-    if build_id.is_nil() {
-        return Err(PackError::BadOption(
-            "the nil UUID means \"zeros\" in headers and cannot be a build id".to_string(),
-        ));
-    }
-    for file in FileKind::ALL {
-        if store.exists(&ObjectKey::header(build_id, file))? {
-            return Err(PackError::BuildExists(build_id));
-        }
-    }
+    let build_id = new_build_id(store.as_ref(), opts)?;
     // Before any work: a bad trace or metadata fails the pack at once.
     let traces = read_traces(inputs)?;
     let metadata = match &inputs.metadata {
-        Some(path) if traces.is_empty() => MetadataObject::AsGiven(path),
+        Some(path) if traces.is_empty() => MetadataSource::File(path),
         given => {
             let minimal = default_metadata(build_id, opts.base);
-            MetadataObject::Made(trace::metadata_with(given.as_deref(), &traces, minimal)?)
+            MetadataSource::Bytes(trace::metadata_with(given.as_deref(), &traces, minimal)?)
         }
     };
     let staging = ScratchDir::new(opts.work_dir.as_deref())?;
@@ -138,6 +141,7 @@ pub fn pack_build(
             FileKind::Memfile => &inputs.memfile,
             FileKind::Rootfs => &inputs.rootfs,
         };
+        let trace = traces.iter().find(|(f, _)| *f == file).map(|(_, t)| t);
         staged.push(stage::stage_file(
             store.as_ref(),
             &builds,
@@ -148,37 +152,17 @@ pub fn pack_build(
             base_of(file),
             build_id,
             threads,
+            trace,
         )?);
     }
 
-    let started = Instant::now();
-    for s in &staged {
-        store.put_file(
-            &s.data_key,
-            &s.data_path,
-            PutOptions {
-                uncompressed_size: s.uncompressed_size,
-            },
-        )?;
-    }
-    if let Some(snapfile) = &inputs.snapfile {
-        store.put_file(
-            &ObjectKey::blob(build_id, Blob::Snapfile),
-            snapfile,
-            PutOptions::default(),
-        )?;
-    }
-    let metadata_key = ObjectKey::blob(build_id, Blob::Metadata);
-    match metadata {
-        MetadataObject::AsGiven(path) => {
-            store.put_file(&metadata_key, path, PutOptions::default())?
-        }
-        MetadataObject::Made(bytes) => store.put_bytes(&metadata_key, &bytes)?,
-    }
-    for s in &staged {
-        store.put_bytes(&ObjectKey::header(build_id, s.file), &s.header)?;
-    }
-    log::debug!("uploaded build {build_id} in {:?}", started.elapsed());
+    upload(
+        store.as_ref(),
+        build_id,
+        &staged,
+        inputs.snapfile.as_deref(),
+        metadata,
+    )?;
 
     let (generation, base_build_id) = match &bases {
         Some((mem, _)) => (
@@ -195,12 +179,67 @@ pub fn pack_build(
     })
 }
 
-/// The `metadata.json` a pack stores.
-enum MetadataObject<'a> {
-    /// The file given, stored as it is (no trace to merge in).
-    AsGiven(&'a std::path::Path),
-    /// The given or minimal document with the traces merged in.
-    Made(Vec<u8>),
+/// The id of the new build: `opts.build_id` or a random one, refused when
+/// nil or already in `store`.
+fn new_build_id(store: &dyn Store, opts: &PackOptions) -> Result<Uuid, PackError> {
+    let build_id = opts.build_id.unwrap_or_else(Uuid::new_v4);
+    if build_id.is_nil() {
+        return Err(PackError::BadOption(
+            "the nil UUID means \"zeros\" in headers and cannot be a build id".to_string(),
+        ));
+    }
+    for file in FileKind::ALL {
+        if store.exists(&ObjectKey::header(build_id, file))? {
+            return Err(PackError::BuildExists(build_id));
+        }
+    }
+    Ok(build_id)
+}
+
+/// The `metadata.json` a build gets: a given file stored as it is, or
+/// bytes pack wrote.
+enum MetadataSource<'a> {
+    File(&'a std::path::Path),
+    Bytes(Vec<u8>),
+}
+
+/// Upload a staged build: the data objects, the snapfile and
+/// `metadata.json` first, the two headers last (a build without headers is
+/// an interrupted pack and is not shown).
+fn upload(
+    store: &dyn WritableStore,
+    build_id: Uuid,
+    staged: &[stage::StagedFile],
+    snapfile: Option<&std::path::Path>,
+    metadata: MetadataSource<'_>,
+) -> Result<(), PackError> {
+    let started = Instant::now();
+    for s in staged {
+        store.put_file(
+            &s.data_key,
+            &s.data_path,
+            PutOptions {
+                uncompressed_size: s.uncompressed_size,
+            },
+        )?;
+    }
+    if let Some(snapfile) = snapfile {
+        store.put_file(
+            &ObjectKey::blob(build_id, Blob::Snapfile),
+            snapfile,
+            PutOptions::default(),
+        )?;
+    }
+    let metadata_key = ObjectKey::blob(build_id, Blob::Metadata);
+    match metadata {
+        MetadataSource::File(path) => store.put_file(&metadata_key, path, PutOptions::default())?,
+        MetadataSource::Bytes(bytes) => store.put_bytes(&metadata_key, &bytes)?,
+    }
+    for s in staged {
+        store.put_bytes(&ObjectKey::header(build_id, s.file), &s.header)?;
+    }
+    log::debug!("uploaded build {build_id} in {:?}", started.elapsed());
+    Ok(())
 }
 
 /// A minimal `metadata.json` in E2B's shape, for builds packed without one:

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::builds::{PAGE, TestStore, build_id, mapping};
-use common::mount::{MountGuard, PREFETCH_XATTR, fuse_available, settled, xattr};
+use common::mount::{MountGuard, fuse_available, settled};
 use common::process::{run_ok, tdfs, tdfs_ok, wait_until};
 use common::rng::noise;
 use lz4_flex::frame::{FrameDecoder, FrameEncoder};

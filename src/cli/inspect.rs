@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::pack::render_footprint;
 use super::parse::parse_file_kind;
 use super::{CliError, StoredBuild, header_reader, human_bytes, open_store_arg};
 use crate::format::limits::MAX_METADATA_LEN;
 use crate::format::trace::{self, Parsed};
 use crate::format::{Blob, FileKind, Header, ObjectKey, hex};
+use crate::pack::{Footprint, footprint};
 use crate::template::Builds;
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +79,9 @@ pub enum PrefetchSummary {
         past_end: usize,
         /// What a mount repairs when it reads the trace.
         notes: Vec<String>,
+        /// How the trace is laid out in storage and what its replay
+        /// touches (`pack::Footprint`).
+        replay: Footprint,
     },
     /// The trace a mount would skip, and why.
     Error { error: String },
@@ -154,7 +159,7 @@ pub fn build_report(
         if let Some(bytes) = &metadata {
             report.prefetch = match trace::fields_ignored(bytes) {
                 Some(reason) => PrefetchSummary::Ignored { reason },
-                None => prefetch_summary(trace::parse_metadata(bytes, file), header.metadata.size),
+                None => prefetch_summary(trace::parse_metadata(bytes, file), &header),
             };
         }
         reports.push(report);
@@ -237,11 +242,11 @@ fn file_report(header: &Header, file: FileKind, build: Uuid) -> FileReport {
     }
 }
 
-/// `parsed` (a file's trace in metadata.json) summed up against the file's
-/// `size` in bytes.
+/// `parsed` (a file's trace in metadata.json) summed up against the
+/// file's header.
 fn prefetch_summary(
     parsed: Result<Option<Parsed>, trace::TraceError>,
-    size: u64,
+    header: &Header,
 ) -> PrefetchSummary {
     match parsed {
         Ok(None) => PrefetchSummary::None,
@@ -250,7 +255,7 @@ fn prefetch_summary(
         },
         Ok(Some(Parsed { mut trace, notes })) => {
             let listed = trace.indices.clone();
-            let past_end = trace.clamp_to(size);
+            let past_end = trace.clamp_to(header.metadata.size);
             PrefetchSummary::Listed {
                 entries: listed.len(),
                 block_size: trace.block_size,
@@ -261,6 +266,7 @@ fn prefetch_summary(
                 highest: listed.iter().max().copied(),
                 past_end,
                 notes,
+                replay: footprint(header, &trace),
             }
         }
     }
@@ -282,6 +288,7 @@ fn render_prefetch(summary: &PrefetchSummary) -> String {
             highest,
             past_end,
             notes,
+            replay,
         } => {
             let mut line = format!(
                 "{entries} block{} of {} ({})",
@@ -298,6 +305,7 @@ fn render_prefetch(summary: &PrefetchSummary) -> String {
             for n in notes {
                 line += &format!("; {n}");
             }
+            line += &format!("\n  layout        {}", render_footprint(replay));
             line
         }
     }

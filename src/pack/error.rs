@@ -65,6 +65,13 @@ pub enum PackError {
         #[source]
         source: FormatError,
     },
+    /// The header pack was about to upload breaks one of E2B's writer
+    /// rules (`pack/e2b_rules.rs`): a bug in pack, refused, never written.
+    #[error(
+        "refusing to upload the {file} header: it breaks an E2B rule ({rule}); \
+         this is a bug in tdfs pack, please report it (try --layout template meanwhile)"
+    )]
+    BrokenLayout { file: FileKind, rule: String },
     #[error("{0}")]
     Tool(String),
     #[error("internal error: {0}")]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use uuid::Uuid;
 
 use super::PackError;
+use super::working_set::Layout;
 use crate::format::limits::MAX_FRAME_SIZE;
 use crate::format::{Compression, FileKind, PAGE_SIZE};
 
@@ -41,6 +42,9 @@ pub struct PackOptions {
     pub work_dir: Option<PathBuf>,
     /// Worker threads; 0 = all cores.
     pub threads: usize,
+    /// Order of the own diff when a trace is given (without one both
+    /// layouts are the template order).
+    pub layout: Layout,
 }
 
 impl Default for PackOptions {
@@ -56,6 +60,7 @@ impl Default for PackOptions {
             progress: false,
             work_dir: None,
             threads: 0,
+            layout: Layout::WorkingSet,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `prefetch.memory` / `prefetch.rootfs` (every other key kept as it is).
 //! Pack refuses a trace a mount would have to repair.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use serde_json::Value;
@@ -20,7 +21,7 @@ use crate::template::read_bounded;
 /// `Io` when it cannot be read (or is over `MAX_METADATA_LEN` bytes);
 /// `BadInput` when it is neither a recording nor a metadata.json listing a
 /// trace for `file`, needs a repair (more entries than the limit, lengths
-/// that disagree), or lists a block past the end of the image.
+/// that disagree), or does not fit the image (`check_against_image`).
 pub(super) fn read_trace(path: &Path, file: FileKind, image_size: u64) -> Result<Trace, PackError> {
     let bytes = read_file(path)?;
     let bad = |why: String| {
@@ -48,16 +49,62 @@ pub(super) fn read_trace(path: &Path, file: FileKind, image_size: u64) -> Result
     if !parsed.notes.is_empty() {
         return Err(bad(parsed.notes.join("; ")));
     }
-    let mut trace = parsed.trace;
-    let past_end = trace.clamp_to(image_size);
-    if past_end > 0 {
-        return Err(bad(format!(
-            "{past_end} blocks of {} bytes lie past the end of the image ({image_size} bytes): \
-             was it recorded from another build?",
-            trace.block_size
-        )));
-    }
+    let trace = parsed.trace;
+    check_against_image(&trace, image_size).map_err(bad)?;
     Ok(trace)
+}
+
+/// Refuse a trace that does not describe an image of `image_size` bytes:
+/// more blocks than the image has, blocks at or past its end, or a block
+/// listed twice. Each refusal gives the count and the first bad entry (its
+/// position in the list and its block index), so the operator can tell a
+/// trace of another build from a damaged one.
+///
+/// # Errors
+/// The first of those faults, in words.
+pub(super) fn check_against_image(trace: &Trace, image_size: u64) -> Result<(), String> {
+    let bs = trace.block_size;
+    let blocks = image_size.div_ceil(bs);
+    let listed = trace.indices.len() as u64;
+    if listed > blocks {
+        return Err(format!(
+            "{listed} blocks of {bs} bytes listed, more than the image has ({blocks} in \
+             {image_size} bytes); the first one too many is entry {blocks} (block {}): was it \
+             recorded from another build?",
+            trace.indices[blocks as usize]
+        ));
+    }
+    let mut past = trace
+        .indices
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, i)| *i >= blocks);
+    if let Some((at, index)) = past.next() {
+        return Err(format!(
+            "{} blocks of {bs} bytes lie past the end of the image ({image_size} bytes, \
+             {blocks} blocks); the first is entry {at} (block {index}): was it recorded from \
+             another build?",
+            1 + past.count()
+        ));
+    }
+    // Every index is below `blocks` and there are at most `blocks` of
+    // them, so this set is bounded by the image.
+    let mut seen = HashSet::with_capacity(trace.indices.len());
+    let mut repeats = trace
+        .indices
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, i)| !seen.insert(*i));
+    if let Some((at, index)) = repeats.next() {
+        return Err(format!(
+            "{} entries repeat a block listed before them; the first is entry {at} (block \
+             {index}); a trace lists each block once, at its first touch",
+            1 + repeats.count()
+        ));
+    }
+    Ok(())
 }
 
 /// The `metadata.json` to store: `given` (a path) or `minimal`, with
@@ -110,4 +157,35 @@ fn read_file(path: &Path) -> Result<Vec<u8>, PackError> {
             "no such file",
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(indices: Vec<u64>, size: u64) -> Result<(), String> {
+        check_against_image(&Trace::of_reads(4096, indices).unwrap(), size)
+    }
+
+    #[test]
+    fn a_trace_that_does_not_fit_the_image_is_refused_with_count_and_first_entry() {
+        assert_eq!(check(vec![3, 0, 2], 4 * 4096), Ok(()));
+        // The last block may be short.
+        assert_eq!(check(vec![1], 4096 + 100), Ok(()));
+        let e = check(vec![0, 1, 9, 3, 12], 4 * 4096).unwrap_err();
+        assert!(
+            e.contains("more than the image has (4 in") && e.contains("entry 4 (block 12)"),
+            "{e}"
+        );
+        let e = check(vec![0, 7, 1, 4], 4 * 4096).unwrap_err();
+        assert!(
+            e.starts_with("2 blocks of 4096 bytes lie past") && e.contains("entry 1 (block 7)"),
+            "{e}"
+        );
+        let e = check(vec![2, 1, 2, 1], 4 * 4096).unwrap_err();
+        assert!(
+            e.starts_with("2 entries repeat") && e.contains("entry 2 (block 2)"),
+            "{e}"
+        );
+    }
 }
