@@ -17,6 +17,10 @@
 //!   see `CacheFile::write_at`.
 //! - A failed fetch marks nothing new present; every waiter gets the error and
 //!   the next read starts a new session.
+//! - Prefetch fetches runs: wanted units next to each other in the object
+//!   with one ranged store request (at most `MAX_RUN_BYTES`), each unit
+//!   with its own session, decoded, checked and published on its own; a
+//!   reader's fetch and read-ahead fetch one unit each.
 //! - Read-ahead: the Chunker does not watch its readers; a reader's own
 //!   read-ahead state (`template::ReadAhead`, one per open file) asks it to
 //!   fetch the units of a range (`read_ahead`). Units present or in flight
@@ -49,7 +53,8 @@
 //! fallback when the cache disk is full), `damage` (a cache file that lost
 //! bytes), `verify` (the whole-diff SHA-256), `block` (the `Block` guard),
 //! `prefetch` (fetches of a recorded working set, below readers and
-//! read-ahead), `error`, and below them `layout`, `cache`, `session`,
+//! read-ahead), `run` (a prefetch's units adjacent in the object fetched
+//! with one ranged request, still verified unit by unit), `error`, and below them `layout`, `cache`, `session`,
 //! `pool`, `scratch`, `budget`. Frames are decoded by `crate::codec`.
 
 mod block;
@@ -65,6 +70,7 @@ mod peer_source;
 mod pool;
 mod prefetch;
 mod queue;
+mod run;
 mod scratch;
 mod session;
 mod verify;
@@ -80,7 +86,8 @@ pub use budget::CacheBudget;
 pub use error::ChunkerError;
 pub use peer_source::{PeerFallback, PeerSource};
 pub use pool::FetchPool;
-pub use prefetch::PrefetchStart;
+pub use prefetch::{PrefetchRun, PrefetchStart};
+pub use run::MAX_RUN_BYTES;
 
 use crate::format::limits::MAX_DIFF_SIZE;
 use crate::format::{Compression, FrameTable, ObjectKey};

@@ -46,7 +46,7 @@ pub use flat::FlatFile;
 pub use listing::BuildContents;
 pub use readahead::{MAX_READAHEAD_BYTES, MAX_READAHEAD_UNITS, ReadAhead};
 pub use record::Recording;
-pub use replay::{PrefetchConfig, read_bounded, recording_path};
+pub use replay::{PrefetchConfig, PrefetchSource, PrefetchSources, read_bounded, recording_path};
 
 /// Why a template file, a blob or the listing could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -37,6 +37,9 @@ MANY_MIB=${MANY_MIB:-512}
 ROOTFS_MIB=${ROOTFS_MIB:-1024}
 FIO_SECS=${FIO_SECS:-15}
 THROTTLE=${THROTTLE:-20ms,100MB}
+# The restore group's store shaped like a cloud bucket seen from a VM
+# (issue 22): 50 ms to first byte, 100 MB/s per request.
+BUCKET_THROTTLE=${BUCKET_THROTTLE:-50ms,100MB}
 SETTLE=${SETTLE:-3}
 SEED=${SEED:-1}
 # Bound on any one read of a whole file or download (seconds).
@@ -65,9 +68,10 @@ usage: contrib/bench/run.sh [--pairs N] [--groups LIST] [--max-load L] [--load-w
 Environment: TDFS (binary, default target/release/tdfs), CHECKER (the
 vm_memfile_check example, for restore), MEMFILE_MIB
 ($MEMFILE_MIB), ROOTFS_MIB ($ROOTFS_MIB), MANY_MIB ($MANY_MIB), THROTTLE
-($THROTTLE), SEED ($SEED), PASSTHROUGH (tdfs mount --passthrough:
-$PASSTHROUGH); PAIRS, LOAD_MAX and LOAD_WAIT set the defaults of --pairs,
---max-load and --load-wait.
+($THROTTLE), BUCKET_THROTTLE (restore's bucket-like store: $BUCKET_THROTTLE),
+SEED ($SEED), PASSTHROUGH (tdfs mount --passthrough: $PASSTHROUGH); PAIRS,
+LOAD_MAX and LOAD_WAIT set the defaults of --pairs, --max-load and
+--load-wait.
 EOF
 }
 
@@ -764,8 +768,18 @@ restore_replay() {
   log "  $row: $wall s, replay $cpu s CPU${cpu0:+, daemon $(python3 -c "print(f'{$cpu1 - $cpu0:.2f}')") s CPU}; load $LOAD"
 }
 
-# The replays in the order slow off, slow prefetch, local file, fast
-# prefetch, fast off: each prefetch run next to both of its baselines.
+# restore_store_use ROW: the store requests and bytes the last mount made
+# (the whole restore: prefetch runs and the replay's misses), as
+# ROW.store-requests and ROW.store-bytes.
+restore_store_use() {
+  local row=$1
+  record "$row.store-requests" "$(python3 "$HELPER" stat "$MNT/.stats" tdfs_store_requests_total)"
+  record "$row.store-bytes" "$(python3 "$HELPER" stat "$MNT/.stats" tdfs_store_bytes_total)"
+}
+
+# The replays in the order bucket off, bucket prefetch, slow off, slow
+# prefetch, local file, fast prefetch, fast off: the slow and fast prefetch
+# runs next to both of their baselines, the bucket's next to its off one.
 group_restore() {
   local step speed mode extra file prefetched=() build
   if [ -f "$RESTORE/build.meta" ]; then
@@ -774,7 +788,7 @@ group_restore() {
     build=$RESTORE_BUILD
     prefetched=(--prefetch-dir "$RESTORE_REC")
   fi
-  for step in slow.off slow.prefetch local fast.prefetch fast.off; do
+  for step in bucket.off bucket.prefetch slow.off slow.prefetch local fast.prefetch fast.off; do
     if [ "$step" = local ]; then
       TDFS_PID=""
       restore_replay restore.local "$DATA/memfile"
@@ -782,6 +796,7 @@ group_restore() {
     fi
     speed=${step%.*} mode=${step#*.} extra=()
     [ "$speed" = slow ] && extra=(--bench-throttle "$THROTTLE")
+    [ "$speed" = bucket ] && extra=(--bench-throttle "$BUCKET_THROTTLE")
     if [ "$mode" = off ]; then
       extra+=(--prefetch off) file=$RESTORE_BUILD
     else
@@ -789,6 +804,7 @@ group_restore() {
     fi
     mount_tdfs "restore-$speed-$mode" "$STORE" "${extra[@]}"
     restore_replay "restore-$step" "$MNT/$file/memfile"
+    restore_store_use "restore-$step"
     umount_tdfs
   done
 
@@ -819,7 +835,7 @@ describe_machine() {
     echo "- restore: the memfile packed with 4 KiB blocks; its trace, recorded while vm_memfile_check ran the access model (seed $SEED), lists $blocks blocks ($((bytes >> 20)) MiB, $((100 * bytes / (MEMFILE_MIB << 20)))% of the memfile), replayed from 4 threads; prefetch from $source; boot: contrib/vm's guest (QEMU TCG, 1 vCPU), rootfs trace of one boot: $rblocks blocks ($((rbytes >> 10)) KiB), replayed with --prefetch-dir"
   fi
   echo "- pairs: $PAIRS (each row's tdfs and baseline runs alternate, A B A B ...; medians over the pairs); load bound: $LOAD_MAX (1-minute load average at the start of each run; $(nproc) cores), waiting up to ${LOAD_WAIT} s before each cold run for it"
-  echo "- fio: random 4 KiB reads, 4 jobs, psync, ${FIO_SECS} s; slow store: $THROTTLE per request; after dropping caches: ${SETTLE} s settle"
+  echo "- fio: random 4 KiB reads, 4 jobs, psync, ${FIO_SECS} s; slow store: $THROTTLE per request (restore's bucket-like store: $BUCKET_THROTTLE); after dropping caches: ${SETTLE} s settle"
 }
 
 main() {

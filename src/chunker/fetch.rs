@@ -7,6 +7,7 @@
 //! turns into the fallback of `full_disk`. The job ends its session whatever
 //! happens, panics included.
 
+use std::any::Any;
 use std::io::{self, Read};
 use std::ops::{DerefMut, Range};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -50,19 +51,35 @@ impl Inner {
         let result = if self.closed.load(Ordering::Relaxed) {
             Ok(Fetched::Cached)
         } else {
-            catch_unwind(AssertUnwindSafe(|| self.fetch_unit(u, session))).unwrap_or_else(|panic| {
-                let detail = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".to_string());
-                Err(ChunkerError::Internal {
-                    key: self.key,
-                    offset: self.layout.unit_range(u).start,
-                    detail,
-                })
-            })
+            catch_unwind(AssertUnwindSafe(|| self.fetch_unit(u, session)))
+                .unwrap_or_else(|panic| Err(self.panicked(u, panic.as_ref())))
         };
+        self.finish_fetch(u, session, result);
+    }
+
+    /// The error a fetch of unit `u` that panicked ends with.
+    pub(super) fn panicked(&self, u: usize, panic: &(dyn Any + Send)) -> ChunkerError {
+        let detail = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_string());
+        ChunkerError::Internal {
+            key: self.key,
+            offset: self.layout.unit_range(u).start,
+            detail,
+        }
+    }
+
+    /// The end of unit `u`'s fetch: count and log a failure, end the
+    /// session, account the unit under the cache budget, and check the
+    /// whole diff once it is all cached.
+    pub(super) fn finish_fetch(
+        &self,
+        u: usize,
+        session: &Arc<Session>,
+        result: Result<Fetched, ChunkerError>,
+    ) {
         if let Err(e) = &result {
             self.stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
             log::warn!("{e}");
@@ -99,7 +116,7 @@ impl Inner {
 
     /// Fetch unit `u` into the cache; when the cache disk is full, into
     /// memory for the session's waiters instead.
-    fn fetch_unit(&self, u: usize, session: &Session) -> Result<Fetched, ChunkerError> {
+    pub(super) fn fetch_unit(&self, u: usize, session: &Session) -> Result<Fetched, ChunkerError> {
         let result = match self.layout {
             Layout::Chunks { .. } => self.fetch_chunk(u, session),
             Layout::Frames { .. } => self.fetch_frame(u, session),
@@ -136,13 +153,30 @@ impl Inner {
             .store
             .read_range(&self.key, from, len)
             .map_err(|e| self.store_error(from, e))?;
+        self.stream_chunk(u, from, &mut *stream, session)
+    }
+
+    /// Write chunk `u` from `from` (its first missing page) to its end,
+    /// read from `stream`, into the cache file, publishing its pages as
+    /// they complete. The caller's session is the chunk's only writer.
+    pub(super) fn stream_chunk(
+        &self,
+        u: usize,
+        from: u64,
+        stream: &mut dyn Read,
+        session: &Session,
+    ) -> Result<(), ChunkerError> {
+        let range = self.layout.unit_range(u);
+        let pages = self.layout.bits_of(&range, &(u..u + 1));
+        let first_missing = (from / PAGE_SIZE) as usize;
+        let len = range.end - from;
         let mut done = 0u64;
         let mut published = first_missing;
         while done < len {
             let piece = (len - done).min(STREAM_PIECE as u64) as usize;
             // Read into a warm buffer and pwrite it (see `CacheFile::write_at`).
             let (got, error) = with_fetch_buf(piece, |buf| {
-                let (got, error) = read_full(&mut stream, buf);
+                let (got, error) = read_full(stream, buf);
                 // Pages from `first_missing` on are not present, and this
                 // session is the unit's only writer.
                 match self.write_cache(u, from + done, &buf[..got]) {
@@ -224,20 +258,35 @@ impl Inner {
     ) -> Result<D, ChunkerError> {
         with_fetch_buf(frame.size_c as usize, |src| {
             self.read_store(frame.start_u, frame.start_c, src)?;
-            let mut decoded = dst(frame.size_u as usize);
-            crate::codec::decode_frame(self.compression, src, &mut decoded).map_err(|detail| {
-                ChunkerError::CorruptFrame {
-                    key: self.key,
-                    offset: frame.start_u,
-                    detail: format!(
-                        "frame {u} (compressed bytes {}..{}): {detail}",
-                        frame.start_c,
-                        frame.end_c()
-                    ),
-                }
-            })?;
-            Ok(decoded)
+            self.decode_frame(u, frame, src, dst)
         })
+    }
+
+    /// Frame `u`'s compressed bytes `src` decoded into the buffer `dst`
+    /// gives for its `size_u` bytes, checked for exact size and checksum.
+    ///
+    /// # Errors
+    /// `CorruptFrame` naming the frame and its compressed range.
+    pub(super) fn decode_frame<D: DerefMut<Target = [u8]>>(
+        &self,
+        u: usize,
+        frame: &Frame,
+        src: &[u8],
+        dst: impl FnOnce(usize) -> D,
+    ) -> Result<D, ChunkerError> {
+        let mut decoded = dst(frame.size_u as usize);
+        crate::codec::decode_frame(self.compression, src, &mut decoded).map_err(|detail| {
+            ChunkerError::CorruptFrame {
+                key: self.key,
+                offset: frame.start_u,
+                detail: format!(
+                    "frame {u} (compressed bytes {}..{}): {detail}",
+                    frame.start_c,
+                    frame.end_c()
+                ),
+            }
+        })?;
+        Ok(decoded)
     }
 
     /// Fill `buf` from the object's stored bytes at `stored_off`; errors
@@ -269,7 +318,7 @@ impl Inner {
     }
 
     /// Mark `bits` present, `bytes` of the diff newly cached.
-    fn publish(&self, bits: Range<usize>, bytes: u64) {
+    pub(super) fn publish(&self, bits: Range<usize>, bytes: u64) {
         self.present.set(bits);
         self.cached.fetch_add(bytes, Ordering::Relaxed);
         self.stats
@@ -284,7 +333,7 @@ impl Inner {
 
 /// Read until `buf` is full, the stream ends, or an error; returns the bytes
 /// read and the error, if any.
-fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+pub(super) fn read_full(stream: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
     let mut n = 0;
     while n < buf.len() {
         match stream.read(&mut buf[n..]) {

@@ -33,6 +33,18 @@ impl Layout {
         }
     }
 
+    /// The object's bytes holding unit `u`: its compressed range for a
+    /// frame, its own range for a chunk.
+    pub(super) fn stored_range(&self, u: usize) -> Range<u64> {
+        match self {
+            Layout::Chunks { .. } => self.unit_range(u),
+            Layout::Frames { table } => {
+                let f = &table.frames()[u];
+                f.start_c..f.end_c()
+            }
+        }
+    }
+
     pub(super) fn frame(&self, u: usize) -> Option<&Frame> {
         match self {
             Layout::Chunks { .. } => None,

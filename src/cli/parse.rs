@@ -1,13 +1,14 @@
 //! Parsers of the values flags take, one per kind, each with an error that
 //! says what a good value looks like: sizes (`4KiB`), durations with units
-//! (`300ms`, `30s`, `2m`), `on`/`off`, build ids, template files and
-//! compressions.
+//! (`300ms`, `30s`, `2m`), `on`/`off`, build ids, template files,
+//! compressions and prefetch sources.
 
 use std::time::Duration;
 
 use uuid::Uuid;
 
 use crate::format::{Compression, FileKind, parse_build_id};
+use crate::template::PrefetchSources;
 
 /// A size: plain bytes or with a binary unit (`4KiB`, `2MiB`, `1GiB`;
 /// `K`, `M`, `G`, `T` mean the same).
@@ -109,6 +110,12 @@ pub fn parse_on_off(value: &str) -> Result<bool, String> {
         "off" => Ok(false),
         _ => Err(format!("{value:?}: say on or off")),
     }
+}
+
+/// A comma-separated list of prefetch sources (`--prefetch-source`), e.g.
+/// `trace,last-cycle`.
+pub fn parse_prefetch_sources(text: &str) -> Result<PrefetchSources, String> {
+    text.parse()
 }
 
 #[cfg(test)]

@@ -297,8 +297,8 @@ impl Builds {
     }
 
     /// Where the prefetch of `build`'s `file` stands, as the
-    /// `user.tdfs.prefetch` xattr shows it (`none`, `running n/m`, `done`,
-    /// `skipped: why`). Never opens the file.
+    /// `user.tdfs.prefetch` xattr shows it (`none`, `running n/m` runs
+    /// queued, `done (<source>)`, `skipped: why`). Never opens the file.
     pub fn prefetch_state(&self, build: Uuid, file: FileKind) -> String {
         self.prefetcher.describe(build, file)
     }

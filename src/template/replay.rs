@@ -10,12 +10,25 @@
 //! metadata.json is read from the store at the file's first open, never
 //! cached: E2B may re-upload it with the trace after the build appears, and
 //! a file first opened after that replays the new trace.
-//! One thread per template file walks the trace, maps each block through
-//! the header's mappings and asks the diff's Chunker to queue its units
-//! (`Chunker::prefetch`, below every reader and read-ahead fetch); while
-//! the pool has no room for prefetch it waits `BUSY_WAIT` and asks again.
-//! `--prefetch-max` bounds the bytes queued per build. A trace that cannot
-//! be used is one warning naming the build; the mount serves as without it.
+//! With `--prefetch-source last-cycle` (E2B's `resume-prefetch-source`
+//! value of that name) a layered build's own diff blocks are the working
+//! set instead, in template offset order: a VM resumed from a snapshot
+//! first touches what it dirtied last. A build that is no layer has none
+//! (its own diff is the whole image). Sources are tried in the order given
+//! (`trace,last-cycle`: the trace, else the build's own blocks); the
+//! `user.tdfs.prefetch` xattr and the log say which one was replayed. Off
+//! by default: not measured against the trace yet.
+//!
+//! One thread per template file maps the working set's blocks through the
+//! header's mappings, hands each diff's Chunker the wanted ranges with
+//! their first-touch ranks (`Chunker::plan_prefetch`, which groups units
+//! adjacent in the object into runs fetched with one store request each),
+//! and queues the runs of all diffs in the order of their first-touched
+//! block (`Chunker::prefetch_run`, below every reader and read-ahead
+//! fetch); while the pool has no room for prefetch it waits `BUSY_WAIT`
+//! and asks again. `--prefetch-max` bounds the bytes queued per build. A
+//! trace that cannot be used is one warning naming the build; the mount
+//! serves as without it.
 //!
 //! Prefetched bytes stay in tdfs's cache: they are not pushed into the
 //! kernel page cache (FUSE_NOTIFY_STORE). Tried (a thread behind the walk
@@ -29,7 +42,9 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle};
@@ -38,10 +53,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::TemplateFile;
-use crate::chunker::PrefetchStart;
+use crate::chunker::{Chunker, PrefetchRun, PrefetchStart};
 use crate::format::limits::MAX_METADATA_LEN;
 use crate::format::trace::{self, Parsed};
-use crate::format::{Blob, FileKind, ObjectKey};
+use crate::format::{Blob, FileKind, Header, ObjectKey};
 use crate::store::{Store, StoreError};
 use crate::sync;
 
@@ -64,6 +79,67 @@ pub struct PrefetchConfig {
     /// Where the first-touch order of each template file read is recorded
     /// (`--record-prefetch`; see `template::record`).
     pub record_dir: Option<PathBuf>,
+    /// Where the blocks to replay come from (`--prefetch-source`).
+    pub sources: PrefetchSources,
+}
+
+/// Where a replay's blocks come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefetchSource {
+    /// The file's trace: its build's metadata.json, else a recording in
+    /// `PrefetchConfig::dir`.
+    Trace,
+    /// A layered build's own diff blocks, in template offset order (E2B's
+    /// "last-cycle" source).
+    LastCycle,
+}
+
+impl PrefetchSource {
+    /// The source's name in `--prefetch-source`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrefetchSource::Trace => "trace",
+            PrefetchSource::LastCycle => "last-cycle",
+        }
+    }
+}
+
+/// Sources tried in order: the first that lists blocks is replayed.
+/// `trace` by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefetchSources(Vec<PrefetchSource>);
+
+impl Default for PrefetchSources {
+    fn default() -> Self {
+        PrefetchSources(vec![PrefetchSource::Trace])
+    }
+}
+
+impl FromStr for PrefetchSources {
+    type Err = String;
+
+    /// A comma-separated list of `trace` and `last-cycle`, each at most
+    /// once.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut sources = Vec::new();
+        for name in s.split(',') {
+            let source = match name.trim() {
+                "trace" => PrefetchSource::Trace,
+                "last-cycle" => PrefetchSource::LastCycle,
+                other => {
+                    return Err(format!(
+                        "unknown prefetch source {other:?} (give trace, last-cycle, or both \
+                         comma-separated in the order to try them)"
+                    ));
+                }
+            };
+            if sources.contains(&source) {
+                return Err(format!("prefetch source {} given twice", source.name()));
+            }
+            sources.push(source);
+        }
+        Ok(PrefetchSources(sources))
+    }
 }
 
 /// A mount's defaults (`--prefetch on`, no `--prefetch-*` flag).
@@ -79,6 +155,8 @@ impl Default for PrefetchConfig {
             dir: None,
             // Recording is asked for (`--record-prefetch`): it writes files.
             record_dir: None,
+            // The trace only: the last cycle is not measured yet.
+            sources: PrefetchSources::default(),
         }
     }
 }
@@ -89,9 +167,9 @@ impl Default for PrefetchConfig {
 pub struct PrefetchState {
     started: AtomicBool,
     phase: Mutex<Phase>,
-    /// Trace entries walked so far.
+    /// Runs queued so far.
     walked: AtomicUsize,
-    /// Trace entries to walk.
+    /// Runs to queue.
     total: AtomicUsize,
 }
 
@@ -100,12 +178,14 @@ enum Phase {
     #[default]
     None,
     Running,
-    Done,
+    /// Replayed: from where.
+    Done(String),
     Skipped(String),
 }
 
 impl PrefetchState {
-    /// `none`, `running n/m`, `done` or `skipped: <why>`.
+    /// `none`, `running n/m` (runs queued of all), `done (<source>)` or
+    /// `skipped: <why>`.
     pub fn describe(&self) -> String {
         match &*sync::lock(&self.phase) {
             Phase::None => "none".to_string(),
@@ -114,7 +194,7 @@ impl PrefetchState {
                 self.walked.load(Ordering::Relaxed),
                 self.total.load(Ordering::Relaxed)
             ),
-            Phase::Done => "done".to_string(),
+            Phase::Done(source) => format!("done ({source})"),
             Phase::Skipped(why) => format!("skipped: {why}"),
         }
     }
@@ -175,11 +255,13 @@ impl Prefetcher {
         let build = file.build_id();
         let run = Run {
             template: Arc::downgrade(file),
+            header: Arc::clone(&file.header),
             build,
             file: file.file(),
             state: Arc::clone(&state),
             store: Arc::clone(&self.store),
             dir: self.config.dir.clone(),
+            sources: self.config.sources.clone(),
             max_bytes: self.config.max_bytes,
             queued: Arc::clone(sync::lock(&self.queued).entry(build).or_default()),
             stop: Arc::clone(&self.stop),
@@ -214,64 +296,64 @@ struct Run {
     /// metadata fetch) must not keep the build's Chunkers open after the
     /// file's last close.
     template: Weak<TemplateFile>,
+    /// The file's header (holding it keeps no Chunker open).
+    header: Arc<Header>,
     build: Uuid,
     file: FileKind,
     state: Arc<PrefetchState>,
     store: Arc<dyn Store>,
     dir: Option<PathBuf>,
+    sources: PrefetchSources,
     max_bytes: u64,
     queued: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+}
+
+/// Storage ranges of one diff a replay wants, each with its first-touch
+/// rank (`Chunker::plan_prefetch`'s input).
+type Wanted = Vec<(usize, Range<u64>)>;
+
+/// The working set found for a template file.
+enum Found {
+    /// A trace, and where it came from.
+    Trace(Parsed, String),
+    /// The build's own diff: its template ranges in offset order.
+    OwnBlocks(Vec<Range<u64>>),
 }
 
 impl Run {
     fn run(self) {
         let state = &self.state;
         let (build, file) = (self.build, self.file);
-        let (parsed, source) = match self.load() {
+        let found = match self.find() {
             Ok(Some(found)) => found,
             Ok(None) => {
-                log::debug!("build {build} {file}: no prefetch trace to replay");
+                log::debug!("build {build} {file}: no prefetch working set to replay");
                 return state.set(Phase::None);
             }
-            Err(why) => {
-                log::warn!("build {build} {file}: prefetch skipped: {why}");
-                return state.set(Phase::Skipped(why));
-            }
+            Err(why) => return state.set(Phase::Skipped(why)),
         };
-        let Parsed {
-            mut trace,
-            mut notes,
-        } = parsed;
         let Some(template) = self.template.upgrade() else {
             // Closed before its trace was found: the next open starts over.
             state.set(Phase::None);
             state.started.store(false, Ordering::Release);
             return;
         };
-        let past_end = trace.clamp_to(template.size());
-        if past_end > 0 {
-            notes.push(format!(
-                "{past_end} blocks past the end of the file ({} bytes) skipped",
-                template.size()
-            ));
-        }
-        if !notes.is_empty() {
-            log::warn!(
-                "build {build} {file}: prefetch trace from {source} repaired: {}",
-                notes.join("; ")
-            );
-        }
-        state.total.store(trace.indices.len(), Ordering::Relaxed);
+        let (ranges, source) = match found {
+            Found::Trace(parsed, from) => (
+                self.trace_ranges(parsed, &from, template.size()),
+                format!("trace from {from}"),
+            ),
+            Found::OwnBlocks(ranges) => (ranges, "last cycle: the build's own diff".to_string()),
+        };
+        log::info!(
+            "build {build} {file}: prefetch from {source}: {} bytes in {} ranges",
+            ranges.iter().map(|r| r.end - r.start).sum::<u64>(),
+            ranges.len()
+        );
         state.set(Phase::Running);
-        for &index in &trace.indices {
-            // In range: `clamp_to` kept only blocks starting in the file.
-            let off = index * trace.block_size;
-            let end = off.saturating_add(trace.block_size).min(template.size());
-            if let Err(why) = self.block(&template, off..end) {
-                return state.set(Phase::Skipped(why));
-            }
-            state.walked.fetch_add(1, Ordering::Relaxed);
+        if let Err(why) = self.replay(&template, &ranges) {
+            return state.set(Phase::Skipped(why));
         }
         // Done once the last fetches queued have ended.
         while template
@@ -284,11 +366,67 @@ impl Run {
             }
             thread::sleep(BUSY_WAIT);
         }
-        state.set(Phase::Done);
-        log::debug!(
-            "build {build} {file}: prefetched {} blocks from {source}",
-            trace.indices.len()
-        );
+        log::debug!("build {build} {file}: prefetched from {source}");
+        state.set(Phase::Done(source));
+    }
+
+    /// The working set of the first source that has one. A trace that
+    /// cannot be used is warned about, and the next source is tried; `Err`
+    /// says why when none is left.
+    fn find(&self) -> Result<Option<Found>, String> {
+        let (build, file) = (self.build, self.file);
+        let mut failed = None;
+        for source in &self.sources.0 {
+            match source {
+                PrefetchSource::Trace => match self.load() {
+                    Ok(Some((parsed, from))) => return Ok(Some(Found::Trace(parsed, from))),
+                    Ok(None) => {}
+                    Err(why) => {
+                        log::warn!("build {build} {file}: prefetch trace skipped: {why}");
+                        failed = Some(why);
+                    }
+                },
+                PrefetchSource::LastCycle => {
+                    let ranges = own_blocks(&self.header, build);
+                    if !ranges.is_empty() {
+                        return Ok(Some(Found::OwnBlocks(ranges)));
+                    }
+                }
+            }
+        }
+        failed.map_or(Ok(None), Err)
+    }
+
+    /// The template-file ranges of `parsed`'s blocks inside a file of
+    /// `size` bytes, in first-touch order; repairs are warned about.
+    fn trace_ranges(&self, parsed: Parsed, from: &str, size: u64) -> Vec<Range<u64>> {
+        let Parsed {
+            mut trace,
+            mut notes,
+        } = parsed;
+        let past_end = trace.clamp_to(size);
+        if past_end > 0 {
+            notes.push(format!(
+                "{past_end} blocks past the end of the file ({size} bytes) skipped"
+            ));
+        }
+        if !notes.is_empty() {
+            log::warn!(
+                "build {} {}: prefetch trace from {from} repaired: {}",
+                self.build,
+                self.file,
+                notes.join("; ")
+            );
+        }
+        // In range: `clamp_to` kept only blocks starting in the file.
+        trace
+            .indices
+            .iter()
+            .map(|&index| {
+                let off = index * trace.block_size;
+                off..off.saturating_add(trace.block_size).min(size)
+            })
+            .collect()
     }
 
     /// The trace to replay and where it came from; `None` when there is
@@ -320,23 +458,46 @@ impl Run {
         }
     }
 
-    /// Queue the units holding template-file bytes `range`, through the
-    /// mappings; waits while the pool has no room. `Err` says why prefetch
-    /// stops.
-    fn block(&self, file: &TemplateFile, range: std::ops::Range<u64>) -> Result<(), String> {
-        let mut pos = range.start;
-        while pos < range.end {
-            let Some(hit) = file.header.mappings.lookup(pos) else {
-                return Ok(());
-            };
-            let n = hit.remaining.min(range.end - pos);
-            pos += n;
-            if hit.build_id.is_nil() {
-                continue;
+    /// Queue the units holding the template-file bytes `ranges` (in
+    /// first-touch order), through the mappings: grouped into runs per
+    /// diff, queued in the order of each run's first-touched range; waits
+    /// while the pool has no room. `Err` says why prefetch stops.
+    fn replay(&self, file: &TemplateFile, ranges: &[Range<u64>]) -> Result<(), String> {
+        // Per diff, the wanted storage ranges with their rank.
+        let mut wanted: Vec<(Uuid, Wanted)> = Vec::new();
+        for (rank, range) in ranges.iter().enumerate() {
+            let mut pos = range.start;
+            while pos < range.end {
+                let Some(hit) = file.header.mappings.lookup(pos) else {
+                    break;
+                };
+                let n = hit.remaining.min(range.end - pos);
+                pos += n;
+                if hit.build_id.is_nil() {
+                    continue;
+                }
+                let storage = hit.storage_offset..hit.storage_offset.saturating_add(n);
+                match wanted.iter_mut().find(|(id, _)| *id == hit.build_id) {
+                    Some((_, list)) => list.push((rank, storage)),
+                    None => wanted.push((hit.build_id, vec![(rank, storage)])),
+                }
             }
-            let Ok(chunker) = file.chunker(hit.build_id) else {
+        }
+        let mut runs: Vec<(&Chunker, PrefetchRun)> = Vec::new();
+        for (build, list) in &wanted {
+            let Ok(chunker) = file.chunker(*build) else {
                 continue;
             };
+            runs.extend(
+                chunker
+                    .plan_prefetch(list)
+                    .into_iter()
+                    .map(|r| (chunker, r)),
+            );
+        }
+        runs.sort_by_key(|(_, run)| run.first_touch());
+        self.state.total.store(runs.len(), Ordering::Relaxed);
+        for (chunker, mut run) in runs {
             if self.max_bytes > 0 && self.queued.load(Ordering::Relaxed) >= self.max_bytes {
                 return Err(format!(
                     "--prefetch-max of {} bytes reached for this build",
@@ -347,19 +508,39 @@ impl Run {
                 if self.stop.load(Ordering::Relaxed) {
                     return Err("the mount is stopping".into());
                 }
-                match chunker.prefetch(hit.storage_offset, n) {
-                    Ok(PrefetchStart::Started { queued_bytes }) => {
+                match chunker.prefetch_run(&mut run) {
+                    PrefetchStart::Started { queued_bytes } => {
                         self.queued.fetch_add(queued_bytes, Ordering::Relaxed);
                         break;
                     }
-                    Ok(PrefetchStart::Busy) => thread::sleep(BUSY_WAIT),
-                    // A mapping past its diff: reads report it; skip it.
-                    Err(_) => break,
+                    PrefetchStart::Busy { queued_bytes } => {
+                        self.queued.fetch_add(queued_bytes, Ordering::Relaxed);
+                        thread::sleep(BUSY_WAIT);
+                    }
                 }
             }
+            self.state.walked.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
+}
+
+/// The template-file ranges `build`'s own diff holds, in offset order,
+/// when `header` is a layer's (some mapping reads another build); none for
+/// a build that is no layer, whose own diff is the whole image.
+fn own_blocks(header: &Header, build: Uuid) -> Vec<Range<u64>> {
+    let mappings = header.mappings.as_slice();
+    let layered = mappings
+        .iter()
+        .any(|m| !m.build_id.is_nil() && m.build_id != build);
+    if !layered {
+        return Vec::new();
+    }
+    mappings
+        .iter()
+        .filter(|m| m.build_id == build)
+        .map(|m| m.offset..m.end())
+        .collect()
 }
 
 /// Where a recording of `build`'s `file` lives under `dir`.
@@ -455,7 +636,9 @@ mod tests {
             store.requests_for(&metadata) == 2
         });
         wait_until("replayed", || {
-            builds.prefetch_state(build, FileKind::Memfile) == "done"
+            builds
+                .prefetch_state(build, FileKind::Memfile)
+                .starts_with("done")
         });
     }
 }

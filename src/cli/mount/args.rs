@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::PeerArgs;
-use crate::cli::parse::{parse_fetch_timeout, parse_on_off, parse_size};
+use crate::cli::parse::{parse_fetch_timeout, parse_on_off, parse_prefetch_sources, parse_size};
 use crate::fs::MountConfig;
 use crate::store::Throttle;
-use crate::template::{PrefetchConfig, READAHEAD_CHUNKS, TemplateConfig};
+use crate::template::{PrefetchConfig, PrefetchSources, READAHEAD_CHUNKS, TemplateConfig};
 
 /// The flags of `tdfs mount`; `config` turns them into configuration.
 #[derive(Debug, Clone, PartialEq, clap::Args)]
@@ -127,6 +127,15 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR")]
     pub prefetch_dir: Option<PathBuf>,
 
+    /// Where the working set to replay comes from, tried in the order
+    /// given until one lists blocks: `trace` (metadata.json's, else
+    /// --prefetch-dir's recording) and `last-cycle` (E2B's name: a layered
+    /// build's own diff blocks in offset order, as a resumed VM first
+    /// touches what it dirtied last), e.g. trace,last-cycle.
+    #[arg(long, value_name = "SOURCES", default_value = "trace",
+          value_parser = parse_prefetch_sources)]
+    pub prefetch_source: PrefetchSources,
+
     /// Record the first-touch order of the blocks of each memfile and
     /// rootfs.ext4 read on the mount to DIR/<build>/<file>.prefetch.json
     /// (written when the file's last handle closes and at unmount), for
@@ -172,6 +181,7 @@ impl MountArgs {
             prefetch_max: prefetch.max_bytes,
             prefetch_dir: prefetch.dir,
             record_prefetch: prefetch.record_dir,
+            prefetch_source: prefetch.sources,
             bench_throttle: None,
         }
     }

@@ -47,6 +47,7 @@ impl MountArgs {
                 max_bytes: self.prefetch_max,
                 dir: self.prefetch_dir.clone(),
                 record_dir: self.record_prefetch.clone(),
+                sources: self.prefetch_source.clone(),
             },
             peers,
             passthrough: self.passthrough,
