@@ -19,6 +19,7 @@
 //!   of a mount: `xattr`, `settled` (prefetch ended), `wait_for_log`.
 //! - `tmpfs`: a small tmpfs for a cache disk that fills up.
 //! - `garage`, `fake_gcs`: throwaway S3 and GCS servers on loopback.
+//! - `redis`: a throwaway redis-server on loopback (the fleet registry).
 //! - `chunker`: a Chunker over a fault-injecting local store, diff objects
 //!   the tests write themselves (`Env::objects`: raw, zstd and LZ4), the
 //!   `cache_files` Chunkers leave and `wait_budget_empty`.
@@ -62,6 +63,7 @@ pub mod oracle;
 pub mod pack;
 pub mod peer;
 pub mod process;
+pub mod redis;
 pub mod rng;
 pub mod tmpfs;
 pub mod tools;
