@@ -78,7 +78,7 @@ impl Watch {
             .name("tdfs-registry".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(POLL) {
-                    publish(watcher.poll(false));
+                    publish(watcher.poll(true));
                 }
                 watcher.leave();
             })?;
