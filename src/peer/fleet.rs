@@ -63,7 +63,8 @@ pub fn parse_peer_url(text: &str) -> Result<String, String> {
 #[derive(Debug)]
 pub struct Fleet {
     shared: Arc<Shared>,
-    /// Declared last: dropped after `shared` is no longer needed here.
+    /// The registry's watcher, if any: dropping it stops the thread, which
+    /// removes this host's entry.
     _watch: Option<Watch>,
 }
 
