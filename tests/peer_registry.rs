@@ -12,13 +12,13 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::fixtures::fixture_store;
 use common::mount::{MountGuard, fuse_available};
 use common::oracle::oracle_flatten;
 use common::peer::free_loopback_addr;
+use common::process::wait_until;
 use common::redis::RedisServer;
 use tdfs::format::FileKind;
 use tdfs::peer::{REGISTRY_POLL, REGISTRY_TTL};
@@ -34,16 +34,6 @@ const OUTAGE: &str = "keeping the members last seen";
 
 fn store(path: &Path) -> Arc<dyn Store> {
     Arc::new(LocalStore::open(path.to_path_buf()).expect("store"))
-}
-
-/// Wait (at most `bound`) until `done` holds; panics naming `what`.
-fn wait_for(bound: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
-        sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
 }
 
 /// `build`'s `file` read whole through `mount`, checked against the oracle.
@@ -114,7 +104,7 @@ fn three_mounts_form_a_fleet_and_outlive_a_member_and_the_registry() {
     let mut fleet: Vec<MountGuard> = (0..3)
         .map(|_| fleet_mount(&path, &redis.url(), free_loopback_addr()))
         .collect();
-    wait_for(
+    wait_until(
         REGISTRY_POLL * 3 + Duration::from_secs(10),
         "every mount sees the three",
         || fleet.iter().all(|m| members(m) == 3),
@@ -146,7 +136,7 @@ fn three_mounts_form_a_fleet_and_outlive_a_member_and_the_registry() {
     for m in &fleet {
         read_build(m, s.as_ref(), LAYER1);
     }
-    wait_for(dropout_bound(), "the dead member leaves both rings", || {
+    wait_until(dropout_bound(), "the dead member leaves both rings", || {
         fleet.iter().all(|m| members(m) == 2)
     });
     assert!(
@@ -173,7 +163,7 @@ fn three_mounts_form_a_fleet_and_outlive_a_member_and_the_registry() {
         through_peers,
         "the peers known before the outage still serve"
     );
-    wait_for(
+    wait_until(
         REGISTRY_POLL * 4 + Duration::from_secs(5),
         "failed polls are counted",
         || {
@@ -224,13 +214,20 @@ fn bad_registry_entries_are_skipped_with_one_warning_each() {
     }
     let mount = fleet_mount(&path, &redis.url(), listen);
     // Its own entry is renewed from the second poll on.
-    wait_for(
+    wait_until(
         REGISTRY_POLL * 3 + Duration::from_secs(5),
         "this host joins",
         || members(&mount) == 1,
     );
-    // More polls see the same entries.
-    sleep(REGISTRY_POLL * 2);
+    // Two more polls (two more renewals of its entry) see the same entries.
+    let own = format!("http://{listen}");
+    let expiry = || redis.cli(&["ZSCORE", tdfs::peer::MEMBERS_KEY, &own]);
+    for _ in 0..2 {
+        let before = expiry();
+        wait_until(REGISTRY_POLL * 3, "the entry is renewed", || {
+            expiry() != before
+        });
+    }
     assert_eq!(members(&mount), 1, "only this host is a member");
     let log = mount.log();
     for entry in bad {
@@ -268,7 +265,7 @@ fn a_registry_that_never_answers_leaves_the_mount_to_its_store() {
         "no member to ask"
     );
     assert_eq!(members(&mount), 0);
-    wait_for(
+    wait_until(
         REGISTRY_POLL * 6 + Duration::from_secs(10),
         "failed polls are counted",
         || mount.stat("tdfs_peer_registry_errors_total") >= 3,

@@ -38,6 +38,7 @@
 //! - `TDFS_SKIP_S3`: the `garage` S3 server (`mount_s3` and the other
 //!   `s3_*` tests).
 //! - `TDFS_SKIP_GCS`: fake-gcs-server (`s3_gcs`).
+//! - `TDFS_SKIP_REDIS`: redis-server (`peer_registry`'s fleet tests).
 //! - `TDFS_SKIP_VM`: QEMU, a kernel in /boot and busybox (`vm_boot`).
 //! - `TDFS_SKIP_PYTHON`: python3 with prometheus_client, which parses the
 //!   metrics text in `mount_service` (that check alone is skipped).

@@ -2,14 +2,16 @@
 //! temporary directory), killed on drop: the fleet registry of the
 //! `--peer-registry` tests. Without `redis-server` on PATH the tests fail
 //! and say how to install it, unless `TDFS_SKIP_REDIS=1` is set, when
-//! `RedisServer::start` returns `None`.
+//! `RedisServer::start` returns `None` (`tools`).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
+
+use super::process::wait_until;
+use super::tools::tool_available;
 
 /// Longest wait for the server to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -24,8 +26,18 @@ pub struct RedisServer {
 impl RedisServer {
     /// Start one; `None` when the Redis tests are to be skipped.
     pub fn start() -> Option<RedisServer> {
-        if std::env::var("TDFS_SKIP_REDIS").is_ok_and(|v| v == "1") {
-            eprintln!("TDFS_SKIP_REDIS=1: skipping a test that needs redis-server");
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !tool_available(
+            found,
+            "TDFS_SKIP_REDIS",
+            "redis-server",
+            "the registry tests need it (apt-get install redis-server)",
+        ) {
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir for redis");
@@ -42,24 +54,15 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "the registry tests need redis-server on PATH ({e}): apt-get install redis-server, or set TDFS_SKIP_REDIS=1 to skip them"
-                )
-            });
+            .expect("spawning redis-server");
         let redis = RedisServer {
             _dir: dir,
             port,
             server: Some(server),
         };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while redis.cli(&["PING"]).as_deref() != Some("PONG") {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer on port {port}"
-            );
-            sleep(Duration::from_millis(50));
-        }
+        wait_until(START_TIMEOUT, "redis-server answers", || {
+            redis.cli(&["PING"]).as_deref() == Some("PONG")
+        });
         Some(redis)
     }
 
