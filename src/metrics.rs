@@ -73,6 +73,10 @@ pub struct Stats {
     pub peer_requests: Arc<AtomicU64>,
     /// Bytes received from peers and placed in cache files.
     pub peer_bytes: Arc<AtomicU64>,
+    /// Polls of the fleet's registry (`--peer-registry`) that failed.
+    pub peer_registry_errors: Arc<AtomicU64>,
+    /// Members of the fleet's ring now (this host included when listed).
+    pub peer_members: Gauge<u64, AtomicU64>,
     /// Units read from the store instead of their owner peer, by reason (a
     /// label given by the caller); see `record_peer_fallback`.
     peer_fallbacks: Family<ReasonLabel, Counter>,
@@ -132,6 +136,8 @@ impl Stats {
             peer_served_bytes: counter(),
             peer_requests: counter(),
             peer_bytes: counter(),
+            peer_registry_errors: counter(),
+            peer_members: Gauge::default(),
             peer_fallbacks: Family::default(),
             prefetch_fetches: counter(),
             prefetch_bytes: counter(),
@@ -231,6 +237,11 @@ impl Stats {
                 self.peer_bytes.clone(),
             ),
             (
+                "peer_registry_errors",
+                "polls of the peer registry that failed (its last members kept)",
+                self.peer_registry_errors.clone(),
+            ),
+            (
                 "prefetch_fetches",
                 "fetches started by prefetch",
                 self.prefetch_fetches.clone(),
@@ -256,6 +267,11 @@ impl Stats {
             "peer_fallbacks",
             "chunks or frames read from the store instead of their owner peer, by reason",
             self.peer_fallbacks.clone(),
+        );
+        r.register(
+            "peer_members",
+            "members of the fleet's ring now, this host included when listed",
+            self.peer_members.clone(),
         );
         r.register_with_unit(
             "cache_size",

@@ -6,23 +6,31 @@
 //! connect (plain text on loopback only, unless told otherwise; mutual TLS
 //! elsewhere) and runs the server on its own small tokio runtime.
 //!
-//! The client half: `fleet` is the member list (`--peer`, `--peers-file`),
-//! `ring` picks each unit's owner by rendezvous hashing, and `client` asks
-//! the owner for units as the Chunkers' `PeerSource`, on a runtime of its
-//! own. These runtimes and the object store client are the only async code
-//! of the read side.
+//! The client half: `fleet` is the member list (`--peer`, `--peers-file`,
+//! `--peer-registry`), `registry` the Redis registry of live members (its
+//! scheme, its connection, which entries to skip), `watch` the thread that
+//! keeps this host's entry alive and re-reads the members, `ring` picks
+//! each unit's owner by rendezvous hashing, and `client` asks the owner for
+//! units as the Chunkers' `PeerSource`, on a runtime of its own. These
+//! runtimes and the object store client are the only async code of the
+//! read side; the registry is read with the sync redis client, off the
+//! read path.
 
 mod client;
 mod fleet;
 mod listen;
+mod registry;
 mod ring;
 mod server;
+mod watch;
 
 pub use client::{PeerBackoff, PeerClient, PeerClientConfig};
 pub use fleet::parse_peer_url;
 pub use listen::{PeerListen, PeerServer, TlsFiles};
+pub use registry::{MEMBERS_KEY, RegistryUrl};
 pub use ring::{Member, Ring};
 pub use server::{ChunkServer, MAX_MESSAGE_DATA};
+pub use watch::{POLL as REGISTRY_POLL, TTL as REGISTRY_TTL};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +60,8 @@ pub enum PeerError {
     TlsWithoutListen,
     #[error("--peer {detail}")]
     BadPeer { detail: String },
+    #[error("--peer-registry {detail}")]
+    Registry { detail: String },
     #[error("--peers-file {}: {source} (check the path and its permissions)", .path.display())]
     PeersFile {
         path: PathBuf,

@@ -77,7 +77,7 @@ struct Setup {
     cache_dir: PathBuf,
     /// `--peer-listen` and its TLS, checked.
     peer_listen: Option<PeerListen>,
-    /// `--peer`, `--peers-file` and their companions, checked; the client
+    /// `--peer`, `--peers-file`, `--peer-registry` and their companions, checked; the client
     /// itself is made after the fork (its runtime has threads).
     peer_client: PeerClientConfig,
     args: MountArgs,
@@ -177,11 +177,14 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), MountError> {
     return_big_buffers();
     let args = &setup.args;
     let (store, build_count) = connect_store(args, &setup.store)?;
-    let peers =
-        PeerClient::from_config(&setup.peer_client)?.map(|c| Arc::new(c) as Arc<dyn PeerSource>);
+    let client = PeerClient::from_config(&setup.peer_client)?.map(Arc::new);
+    let peers = client.clone().map(|c| c as Arc<dyn PeerSource>);
     let max_idle_diffs = idle_diff_limit(raise_open_file_limit());
     let config = args.template_config(setup.cache_dir.clone(), peers, max_idle_diffs);
     let builds = Builds::new(store, config);
+    if let Some(client) = client {
+        client.count_into(Arc::clone(builds.stats()));
+    }
     // Made now, so a cache directory that cannot be made fails the mount.
     let cache_path = builds.cache_dir().map_err(MountError::open)?.to_path_buf();
     let _metrics = MetricsEndpoint::start_if_asked(args.metrics_listen, builds.stats())

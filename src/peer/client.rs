@@ -20,7 +20,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::mem::ManuallyDrop;
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -31,9 +32,11 @@ use super::fleet::Fleet;
 use super::listen::TlsFiles;
 use super::proto::chunk_service_client::ChunkServiceClient;
 use super::proto::{GetBuildFileSizeRequest, ReadAtBuildSeekableRequest};
+use super::registry::RegistryUrl;
 use super::server::MAX_MESSAGE_DATA;
 use crate::chunker::{PeerFallback, PeerSource};
 use crate::format::FileKind;
+use crate::metrics::Stats;
 use crate::sync;
 
 /// Threads of the client's runtime: they only drive sockets; the fetch
@@ -95,22 +98,45 @@ impl Default for PeerBackoff {
     }
 }
 
-/// What `--peer`, `--peers-file` and their companions asked for.
+/// What `--peer`, `--peers-file`, `--peer-registry` and their companions
+/// asked for. The default asks no peers (a first-byte timeout of 300 ms
+/// if some are added).
 #[derive(Debug, Clone)]
 pub struct PeerClientConfig {
     /// `--peer` URLs.
     pub peers: Vec<String>,
     /// `--peers-file`.
     pub peers_file: Option<std::path::PathBuf>,
+    /// `--peer-registry`: members from Redis, and this host's entry there
+    /// when `self_url` is set.
+    pub registry: Option<RegistryUrl>,
     /// This host's own URL in the fleet list (`--peer-advertise`, or
     /// derived from `--peer-listen`).
     pub self_url: Option<String>,
+    /// `--peer-listen`: registry entries naming it are this host's own
+    /// server.
+    pub listen: Option<SocketAddr>,
     /// Time to the first byte of an answer (`--peer-timeout`).
     pub timeout: Duration,
     /// Mutual TLS for https:// peers (`--peer-tls-*`).
     pub tls: Option<TlsFiles>,
     /// How long a faulty peer is skipped.
     pub backoff: PeerBackoff,
+}
+
+impl Default for PeerClientConfig {
+    fn default() -> Self {
+        PeerClientConfig {
+            peers: Vec::new(),
+            peers_file: None,
+            registry: None,
+            self_url: None,
+            listen: None,
+            timeout: Duration::from_millis(300),
+            tls: None,
+            backoff: PeerBackoff::default(),
+        }
+    }
 }
 
 /// A peer's recent faults.
@@ -146,23 +172,22 @@ impl fmt::Debug for PeerClient {
 }
 
 impl PeerClient {
-    /// The client of `config`'s fleet; `None` without any `--peer` or
-    /// `--peers-file`. Connects lazily, at the first request to a peer.
+    /// The client of `config`'s fleet; `None` without any `--peer`,
+    /// `--peers-file` or `--peer-registry`. Connects to peers lazily, at
+    /// the first request to each; waits for the registry's first answer
+    /// (see `Fleet::new`).
     ///
     /// # Errors
     /// `BadPeer` for a URL that is not http(s)://HOST:PORT or an https://
     /// peer without TLS files; `PeersFile` when the peers file cannot be
-    /// read; `ReadTls` when a PEM file cannot be read; `Server` when the
-    /// runtime cannot start.
+    /// read; `Registry` when the registry's watcher cannot start;
+    /// `ReadTls` when a PEM file cannot be read; `Server` when the runtime
+    /// cannot start.
     pub fn from_config(config: &PeerClientConfig) -> Result<Option<PeerClient>, PeerError> {
-        if config.peers.is_empty() && config.peers_file.is_none() {
+        if config.peers.is_empty() && config.peers_file.is_none() && config.registry.is_none() {
             return Ok(None);
         }
-        let fleet = Fleet::new(
-            &config.peers,
-            config.peers_file.clone(),
-            config.self_url.clone(),
-        )?;
+        let fleet = Fleet::new(config)?;
         let tls = match &config.tls {
             Some(files) => {
                 let pem = files.read()?;
@@ -208,6 +233,12 @@ impl PeerClient {
             channels: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Show the fleet's member count and registry errors in `stats` (the
+    /// mount's figures, made after the client).
+    pub fn count_into(&self, stats: Arc<Stats>) {
+        self.fleet.count_into(stats);
     }
 
     /// The (lazily connecting) channel to `url`, made once.

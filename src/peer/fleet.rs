@@ -1,18 +1,27 @@
 //! The fleet's member list: `--peer` URLs plus the lines of `--peers-file`,
 //! re-read when the file's modification time changes (looked at no more
-//! than every `RECHECK`), with this host's own URL marking "self". A bad
-//! line is warned about once and skipped; a file that cannot be read later
-//! keeps the last list (warned once per change of its error).
+//! than every `RECHECK`), plus the live members of `--peer-registry` (kept
+//! current by `watch`'s thread), with this host's own URL marking "self".
+//! A bad line is warned about once and skipped; a file that cannot be read
+//! later keeps the last list (warned once per change of its error), and a
+//! registry that does not answer keeps its last members. Hosts whose lists
+//! differ for a moment only cost fallbacks: a peer asked for a unit it
+//! does not own reads its own store, never another peer (`server`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tonic::codegen::http::Uri;
 
 use super::PeerError;
+use super::client::PeerClientConfig;
+use super::registry::{Me, Registry};
 use super::ring::Ring;
+use super::watch::{Poll, REGISTRY_TIMEOUT, Watch};
+use crate::metrics::Stats;
 use crate::sync;
 
 /// How often the peers file's modification time is looked at, at most: a
@@ -49,9 +58,19 @@ pub fn parse_peer_url(text: &str) -> Result<String, String> {
     Ok(url.to_string())
 }
 
-/// The member list; see the module docs.
+/// The member list; see the module docs. With a registry, a watcher
+/// thread (`watch`) keeps it current; it stops when the fleet is dropped.
 #[derive(Debug)]
 pub struct Fleet {
+    shared: Arc<Shared>,
+    /// The registry's watcher, if any: dropping it stops the thread, which
+    /// removes this host's entry.
+    _watch: Option<Watch>,
+}
+
+/// What the fleet and its watcher share.
+#[derive(Debug)]
+struct Shared {
     /// `--peer` URLs, checked.
     flags: Vec<String>,
     file: Option<PathBuf>,
@@ -67,61 +86,145 @@ struct State {
     read_at: Option<SystemTime>,
     /// Bad lines and read errors already warned about.
     warned: HashSet<String>,
+    /// The peers file's URLs, as last read.
+    listed: Vec<String>,
+    /// The registry's live members, as last read.
+    registered: Vec<String>,
+    /// Where the member count and registry errors go, once the mount's
+    /// figures exist (`count_into`).
+    stats: Option<Arc<Stats>>,
+    /// Registry errors before that.
+    unreported_errors: u64,
 }
 
 impl Fleet {
-    /// The fleet of `peers` (`--peer`) and the lines of `file`
-    /// (`--peers-file`), where the entry equal to `self_url` is this host.
+    /// The fleet of `config`'s `--peer` URLs, the lines of its
+    /// `--peers-file` and the live members of its `--peer-registry` (all
+    /// three together), where the entry equal to `self_url` is this host.
+    /// With a registry, its first answer is waited for (at most about
+    /// `REGISTRY_TIMEOUT`; a registry that does not answer is warned about
+    /// and polled again), then a watcher thread keeps the list current.
     ///
     /// # Errors
     /// `BadPeer` for a `--peer` that is not an http(s)://HOST:PORT URL;
-    /// `PeersFile` when the file cannot be read at start.
-    pub fn new(
-        peers: &[String],
-        file: Option<PathBuf>,
-        self_url: Option<String>,
-    ) -> Result<Fleet, PeerError> {
-        let flags = peers
+    /// `PeersFile` when the file cannot be read at start; `Registry` when
+    /// the watcher cannot start.
+    pub fn new(config: &PeerClientConfig) -> Result<Fleet, PeerError> {
+        let flags = config
+            .peers
             .iter()
             .map(|p| parse_peer_url(p).map_err(|detail| PeerError::BadPeer { detail }))
             .collect::<Result<Vec<_>, _>>()?;
-        let self_url = self_url
-            .map(|u| parse_peer_url(&u).map_err(|detail| PeerError::BadPeer { detail }))
+        let self_url = config
+            .self_url
+            .as_deref()
+            .map(|u| parse_peer_url(u).map_err(|detail| PeerError::BadPeer { detail }))
             .transpose()?;
         let mut state = State {
             ring: Arc::new(Ring::default()),
             checked: Instant::now(),
             read_at: None,
             warned: HashSet::new(),
+            listed: Vec::new(),
+            registered: Vec::new(),
+            stats: None,
+            unreported_errors: 0,
         };
-        let mut listed = Vec::new();
-        if let Some(path) = &file {
+        if let Some(path) = &config.peers_file {
             let (lines, mtime) = read_list(path).map_err(|source| PeerError::PeersFile {
                 path: path.clone(),
                 source,
             })?;
             state.read_at = mtime;
-            listed = parse_lines(path, &lines, &mut state.warned);
+            state.listed = parse_lines(path, &lines, &mut state.warned);
         }
-        let fleet = Fleet {
+        let shared = Arc::new(Shared {
             flags,
-            file,
-            self_url,
+            file: config.peers_file.clone(),
+            self_url: self_url.clone(),
             state: Mutex::new(state),
+        });
+        shared.rebuild(&mut sync::lock(&shared.state));
+        let watch = match &config.registry {
+            None => None,
+            Some(url) => {
+                let registry = Registry::new(url.clone(), REGISTRY_TIMEOUT)
+                    .map_err(|detail| PeerError::Registry { detail })?;
+                let me = Me {
+                    url: self_url,
+                    listen: config.listen,
+                    tls: config.tls.is_some(),
+                };
+                let to = Arc::clone(&shared);
+                let watch = Watch::start(registry, me, move |poll| to.registry_polled(poll))
+                    .map_err(|e| PeerError::Registry {
+                        detail: format!("{url}: starting its watcher: {e}"),
+                    })?;
+                Some(watch)
+            }
         };
-        let ring = fleet.make_ring(&listed);
-        sync::lock(&fleet.state).ring = ring;
-        Ok(fleet)
+        Ok(Fleet {
+            shared,
+            _watch: watch,
+        })
     }
 
-    fn make_ring(&self, listed: &[String]) -> Arc<Ring> {
-        let mut all = self.flags.clone();
-        all.extend_from_slice(listed);
-        Arc::new(Ring::new(&all, self.self_url.as_deref()))
-    }
-
-    /// The members now: the peers file is re-read when it changed.
+    /// The members now: the peers file is re-read when it changed; the
+    /// registry's members are the watcher's last answer (never waited for).
     pub fn ring(&self) -> Arc<Ring> {
+        self.shared.ring()
+    }
+
+    /// Count the member number (`tdfs_peer_members`) and registry errors
+    /// (`tdfs_peer_registry_errors_total`) into `stats` from now on (and
+    /// the errors seen before).
+    pub fn count_into(&self, stats: Arc<Stats>) {
+        let mut state = sync::lock(&self.shared.state);
+        stats.peer_members.set(state.ring.members().len() as u64);
+        stats
+            .peer_registry_errors
+            .fetch_add(state.unreported_errors, Relaxed);
+        state.unreported_errors = 0;
+        state.stats = Some(stats);
+    }
+}
+
+impl Shared {
+    /// Make the ring of every source again (`state` is this fleet's, locked).
+    fn rebuild(&self, state: &mut State) {
+        let mut all = self.flags.clone();
+        all.extend_from_slice(&state.listed);
+        all.extend_from_slice(&state.registered);
+        state.ring = Arc::new(Ring::new(&all, self.self_url.as_deref()));
+        if let Some(stats) = &state.stats {
+            stats.peer_members.set(state.ring.members().len() as u64);
+        }
+    }
+
+    /// Take a poll of the registry watcher.
+    fn registry_polled(&self, poll: Poll) {
+        let mut state = sync::lock(&self.state);
+        match poll {
+            Poll::Members(members) => {
+                if members != state.registered {
+                    state.registered = members;
+                    self.rebuild(&mut state);
+                    log::info!(
+                        "--peer-registry: {} members now",
+                        state.ring.members().len()
+                    );
+                }
+            }
+            Poll::Failed => match &state.stats {
+                Some(stats) => {
+                    stats.peer_registry_errors.fetch_add(1, Relaxed);
+                }
+                None => state.unreported_errors += 1,
+            },
+        }
+    }
+
+    fn ring(&self) -> Arc<Ring> {
         let mut state = sync::lock(&self.state);
         let Some(path) = &self.file else {
             return state.ring.clone();
@@ -136,9 +239,9 @@ impl Fleet {
         }
         match read_list(path) {
             Ok((lines, mtime)) => {
-                let listed = parse_lines(path, &lines, &mut state.warned);
+                state.listed = parse_lines(path, &lines, &mut state.warned);
                 state.read_at = mtime;
-                state.ring = self.make_ring(&listed);
+                self.rebuild(&mut state);
                 log::info!(
                     "--peers-file {}: {} members now",
                     path.display(),
@@ -193,6 +296,15 @@ fn parse_lines(path: &Path, text: &str, warned: &mut HashSet<String>) -> Vec<Str
 mod tests {
     use super::*;
 
+    fn config(peers: &[&str], file: Option<PathBuf>, self_url: Option<&str>) -> PeerClientConfig {
+        PeerClientConfig {
+            peers: peers.iter().map(|p| p.to_string()).collect(),
+            peers_file: file,
+            self_url: self_url.map(str::to_string),
+            ..PeerClientConfig::default()
+        }
+    }
+
     #[test]
     fn urls_are_checked_and_normalized() {
         assert_eq!(
@@ -224,11 +336,11 @@ mod tests {
             "# fleet\nhttp://10.0.0.1:5008\n\nnot a url\nhttp://10.0.0.2:5008 # me\n",
         )
         .unwrap();
-        let fleet = Fleet::new(
-            &["http://10.0.0.9:5008".into()],
+        let fleet = Fleet::new(&config(
+            &["http://10.0.0.9:5008"],
             Some(path.clone()),
-            Some("http://10.0.0.2:5008".into()),
-        )
+            Some("http://10.0.0.2:5008"),
+        ))
         .unwrap();
         let ring = fleet.ring();
         let urls: Vec<_> = ring.members().iter().map(|m| m.url.as_str()).collect();
@@ -251,7 +363,7 @@ mod tests {
             .unwrap()
             .set_modified(later)
             .unwrap();
-        sync::lock(&fleet.state).checked -= RECHECK;
+        sync::lock(&fleet.shared.state).checked -= RECHECK;
         let urls: Vec<_> = fleet
             .ring()
             .members()
@@ -261,11 +373,11 @@ mod tests {
         assert_eq!(urls, ["http://10.0.0.9:5008", "http://10.0.0.3:5008"]);
 
         assert!(matches!(
-            Fleet::new(&["nope".into()], None, None),
+            Fleet::new(&config(&["nope"], None, None)),
             Err(PeerError::BadPeer { .. })
         ));
         assert!(matches!(
-            Fleet::new(&[], Some(dir.path().join("missing")), None),
+            Fleet::new(&config(&[], Some(dir.path().join("missing")), None)),
             Err(PeerError::PeersFile { .. })
         ));
     }

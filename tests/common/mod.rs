@@ -19,6 +19,7 @@
 //!   of a mount: `xattr`, `settled` (prefetch ended), `wait_for_log`.
 //! - `tmpfs`: a small tmpfs for a cache disk that fills up.
 //! - `garage`, `fake_gcs`: throwaway S3 and GCS servers on loopback.
+//! - `redis`: a throwaway redis-server on loopback (the fleet registry).
 //! - `chunker`: a Chunker over a fault-injecting local store, diff objects
 //!   the tests write themselves (`Env::objects`: raw, zstd and LZ4), the
 //!   `cache_files` Chunkers leave and `wait_budget_empty`.
@@ -37,6 +38,7 @@
 //! - `TDFS_SKIP_S3`: the `garage` S3 server (`mount_s3` and the other
 //!   `s3_*` tests).
 //! - `TDFS_SKIP_GCS`: fake-gcs-server (`s3_gcs`).
+//! - `TDFS_SKIP_REDIS`: redis-server (`peer_registry`'s fleet tests).
 //! - `TDFS_SKIP_VM`: QEMU, a kernel in /boot and busybox (`vm_boot`).
 //! - `TDFS_SKIP_PYTHON`: python3 with prometheus_client, which parses the
 //!   metrics text in `mount_service` (that check alone is skipped).
@@ -62,6 +64,7 @@ pub mod oracle;
 pub mod pack;
 pub mod peer;
 pub mod process;
+pub mod redis;
 pub mod rng;
 pub mod tmpfs;
 pub mod tools;

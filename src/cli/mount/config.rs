@@ -5,13 +5,16 @@
 //! absolute (the daemon changes directory to `/`).
 
 use std::env;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{MountArgs, MountError, PeerArgs};
 use crate::chunker::PeerSource;
 use crate::fs::{FsConfig, MountConfig};
-use crate::peer::{PeerBackoff, PeerClientConfig, PeerError, PeerListen, TlsFiles, parse_peer_url};
+use crate::peer::{
+    PeerBackoff, PeerClientConfig, PeerError, PeerListen, RegistryUrl, TlsFiles, parse_peer_url,
+};
 use crate::store::{StoreConfig, StoreLocation};
 use crate::template::{PrefetchConfig, TemplateConfig};
 
@@ -84,7 +87,13 @@ impl PeerArgs {
             self.peer_tls_key.clone(),
             self.peer_tls_ca.clone(),
         )?;
-        let has_peers = !self.peers.is_empty() || self.peers_file.is_some();
+        let registry = self
+            .peer_registry
+            .as_deref()
+            .map(RegistryUrl::parse)
+            .transpose()
+            .map_err(|detail| PeerError::Registry { detail })?;
+        let has_peers = !self.peers.is_empty() || self.peers_file.is_some() || registry.is_some();
         let listen =
             PeerListen::from_flags(self.peer_listen, tls.clone(), self.peer_insecure, has_peers)?;
         for peer in &self.peers {
@@ -106,10 +115,15 @@ impl PeerArgs {
             }
             (None, None) => None,
         };
+        if let Some(registry) = &registry {
+            check_registry_self(registry, self.peer_listen, self.peer_advertise.is_some())?;
+        }
         let client = PeerClientConfig {
             peers: self.peers.clone(),
             peers_file: self.peers_file.clone(),
+            registry,
             self_url,
+            listen: self.peer_listen,
             timeout: self.peer_timeout,
             tls,
             backoff: match self.peer_backoff {
@@ -122,6 +136,30 @@ impl PeerArgs {
             },
         };
         Ok((listen, client))
+    }
+}
+
+/// What this host would register in `registry` must be a server the other
+/// members can reach: --peer-advertise needs --peer-listen, and a wildcard
+/// --peer-listen needs --peer-advertise (no peer can dial 0.0.0.0).
+fn check_registry_self(
+    registry: &RegistryUrl,
+    listen: Option<SocketAddr>,
+    advertised: bool,
+) -> Result<(), PeerError> {
+    match listen {
+        None if advertised => Err(PeerError::Registry {
+            detail: format!(
+                "{registry}: --peer-advertise without --peer-listen would register a server that is not there (add --peer-listen, or drop --peer-advertise to only ask the fleet)"
+            ),
+        }),
+        Some(addr) if addr.ip().is_unspecified() && !advertised => Err(PeerError::Registry {
+            detail: format!(
+                "{registry}: --peer-listen {addr} is no address a peer can dial (add --peer-advertise http(s)://THIS-HOST:{})",
+                addr.port()
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The peer flags of `tdfs mount`: serving peers (`--peer-listen`, mutual
 //! TLS, `--peer-insecure`) and asking them (`--peer`, `--peers-file`,
-//! `--peer-timeout`, `--peer-advertise`), checked together before the
+//! `--peer-registry`, `--peer-timeout`, `--peer-advertise`), checked together before the
 //! daemon forks, so a mistake reaches the terminal (`config`'s
 //! `PeerArgs::check`).
 
@@ -45,6 +45,14 @@ pub struct PeerArgs {
     /// and skipped.
     #[arg(long, value_name = "FILE")]
     pub peers_file: Option<PathBuf>,
+    /// A Redis holding the fleet's live members, redis://HOST:PORT[/DB]:
+    /// with --peer-listen this host keeps its own entry alive there
+    /// (renewed every 2 s, gone 10 s after its last renewal, removed at
+    /// unmount), and every member's list is re-read every 2 s. Adds to
+    /// --peer and --peers-file. While it does not answer, the members last
+    /// seen are used. Fleets sharing a Redis use different DBs.
+    #[arg(long, value_name = "URL")]
+    pub peer_registry: Option<String>,
     /// How long to wait for a peer's first byte before reading the store:
     /// a number with a unit, ms, s or m (e.g. 300ms or 2s).
     #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = parse_duration)]
@@ -75,6 +83,7 @@ impl Default for PeerArgs {
             peer_insecure: false,
             peers: Vec::new(),
             peers_file: None,
+            peer_registry: None,
             peer_timeout: Duration::from_millis(300),
             peer_advertise: None,
             peer_backoff: None,

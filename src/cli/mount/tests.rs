@@ -139,3 +139,56 @@ fn timeouts_take_units() {
         .to_string();
     assert!(err.contains("not a duration"), "{err}");
 }
+
+#[test]
+fn peer_registry_flags() {
+    let check = |extra: &[&str]| try_args(extra).unwrap().peer.check();
+    let (_, client) = check(&[
+        "--peer-registry",
+        "redis://127.0.0.1:6390/2",
+        "--peer-listen",
+        "127.0.0.1:5008",
+    ])
+    .unwrap();
+    assert_eq!(
+        client.registry.map(|r| r.to_string()).as_deref(),
+        Some("redis://127.0.0.1:6390/2")
+    );
+    assert_eq!(client.self_url.as_deref(), Some("http://127.0.0.1:5008"));
+    assert_eq!(client.listen, Some("127.0.0.1:5008".parse().unwrap()));
+    // Only asking the fleet: no entry of its own.
+    let (_, client) = check(&["--peer-registry", "redis://127.0.0.1"]).unwrap();
+    assert!(client.registry.is_some() && client.self_url.is_none());
+    for (extra, why) in [
+        (
+            &["--peer-registry", "rediss://h:6379"][..],
+            "the scheme is not redis://",
+        ),
+        (&["--peer-registry", "redis://h:70000"], "out of 1..=65535"),
+        (
+            &[
+                "--peer-registry",
+                "redis://h",
+                "--peer-advertise",
+                "http://10.0.0.1:5008",
+            ],
+            "without --peer-listen",
+        ),
+        (
+            &[
+                "--peer-registry",
+                "redis://h",
+                "--peer-listen",
+                "0.0.0.0:5008",
+                "--peer-insecure",
+            ],
+            "add --peer-advertise",
+        ),
+    ] {
+        let err = check(extra).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--peer-registry") && err.contains(why),
+            "{extra:?}: {err}"
+        );
+    }
+}
