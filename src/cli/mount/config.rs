@@ -68,6 +68,7 @@ impl MountArgs {
         MountOptions {
             allow_other: self.allow_other,
             threads: usize::from(self.threads),
+            ..MountOptions::default()
         }
     }
 }
