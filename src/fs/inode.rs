@@ -328,7 +328,7 @@ mod tests {
         let id = Uuid::from_u128(1).hyphenated().to_string();
         std::fs::write(
             &path,
-            format!("{id}\nnot-a-build-id-at-all-but-36-bytes!\n"),
+            format!("{id}\nnot-a-build-id-at-all-but-36-bytes!!\n"),
         )
         .unwrap();
         let err = InodeTable::persistent(&path, false)
