@@ -6,12 +6,14 @@ mod daemon;
 mod demo;
 mod export;
 mod inspect;
+mod keeper;
 mod logging;
 mod man;
 pub mod mount;
 mod pack;
 mod parse;
 mod readiness;
+mod supervisor;
 mod verify;
 mod working_set;
 

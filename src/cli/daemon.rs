@@ -91,7 +91,7 @@ fn run_daemon(serve: impl FnOnce(&mut dyn FnMut()) -> Result<(), MountError>, pi
 
 /// Point stdin, stdout and stderr at /dev/null: the daemon outlives the
 /// terminal that started it.
-fn detach_stdio() {
+pub(super) fn detach_stdio() {
     let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") else {
         return;
     };
@@ -119,14 +119,28 @@ fn child_status(pid: libc::pid_t) -> String {
     }
 }
 
-const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// Tells a supervised serving process to leave: exit at once without
+/// unmounting, for the next one to take the connection over (`supervisor`).
+pub(super) const LEAVE_SIGNAL: libc::c_int = libc::SIGUSR1;
+/// Tells the supervisor to upgrade in place (`supervisor`).
+pub(super) const UPGRADE_SIGNAL: libc::c_int = libc::SIGUSR2;
+
+/// The signals `wait_for_signals` takes: the stop signals, and the two of
+/// a takeover.
+const SIGNALS: [libc::c_int; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    LEAVE_SIGNAL,
+    UPGRADE_SIGNAL,
+];
 
 pub(super) fn block_stop_signals() -> Result<libc::sigset_t, MountError> {
     // SAFETY: sigset_t is plain data, initialized by sigemptyset before use.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in STOP_SIGNALS {
+        for s in SIGNALS {
             libc::sigaddset(&mut set, s);
         }
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -164,6 +178,8 @@ pub(super) fn signal_name(signal: libc::c_int) -> String {
         libc::SIGINT => "SIGINT".into(),
         libc::SIGTERM => "SIGTERM".into(),
         libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGUSR1 => "SIGUSR1".into(),
+        libc::SIGUSR2 => "SIGUSR2".into(),
         libc::SIGKILL => "SIGKILL".into(),
         libc::SIGSEGV => "SIGSEGV".into(),
         libc::SIGABRT => "SIGABRT".into(),

@@ -58,13 +58,23 @@ pub fn run(args: Args) -> Result<(), CliError> {
         args.mountpoint.clone(),
     );
     mount_args.foreground = args.foreground;
+    // What starts the mount's serving processes: the same mount as a
+    // `tdfs mount` command line (the demo's own would make a demo again).
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "mount".into(),
+        args.store.clone().into(),
+        args.mountpoint.clone().into(),
+    ];
+    if args.foreground {
+        argv.push("--foreground".into());
+    }
     if !args.foreground {
-        mount::run(mount_args)?;
+        mount::run_as(mount_args, argv)?;
         print_tour(&args.mountpoint, &builds);
         return Ok(());
     }
     print_tour(&args.mountpoint, &builds);
-    Ok(mount::run(mount_args)?)
+    Ok(mount::run_as(mount_args, argv)?)
 }
 
 fn print_tour(mnt: &std::path::Path, builds: &[uuid::Uuid]) {

@@ -5,21 +5,32 @@
 //! setup failures are `error`'s `MountError`; forking, the startup pipe and
 //! taking the signals are `daemon`'s job.
 
-use std::path::PathBuf;
+use std::env;
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::daemon::{self, block_stop_signals, signal_name, wait_for_signals};
+use super::daemon::{
+    self, LEAVE_SIGNAL, UPGRADE_SIGNAL, block_stop_signals, signal_name, wait_for_signals,
+};
+use super::keeper::Keeper;
 use super::logging::init_logging;
 use super::readiness;
+use super::supervisor::{self, Supervision};
 use crate::chunker::PeerSource;
-use crate::fs::{self, MountpointError, TemplateFs, Unmounted};
+use crate::fs::{self, Handover, MountpointError, StateDir, TemplateFs, Unmounted, chain};
 use crate::metrics::MetricsEndpoint;
 use crate::peer::{PeerClient, PeerClientConfig, PeerListen};
 use crate::store::{self, Store, ThrottleStore};
 use crate::template::Builds;
 use config::{absolute_dir, absolute_store, cache_root};
 
+/// Exit code of a serving process under systemd that leaves its connection
+/// to the next start (SIGUSR2): EX_TEMPFAIL, which tdfs@.service restarts
+/// on (RestartForceExitStatus=75).
+const EXIT_UPGRADE: i32 = 75;
 /// How long a stop waits for serving to wind down.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
 /// Allocations from this size up get a mapping of their own, unmapped when
@@ -29,13 +40,35 @@ const MMAP_THRESHOLD: libc::c_int = 256 << 10;
 
 /// Run `tdfs mount`: returns once the mount is up (daemon) or after it has
 /// been unmounted (foreground).
-pub fn run(mut args: MountArgs) -> Result<(), MountError> {
+pub fn run(args: MountArgs) -> Result<(), MountError> {
+    run_as(args, env::args_os().skip(1).collect())
+}
+
+/// `run`, where `argv` (without the program name) is what starts a serving
+/// process of this mount (`supervisor`): `tdfs mount`'s own arguments, or
+/// for a caller without them (`tdfs demo`) a `mount` command line that
+/// means the same.
+pub fn run_as(mut args: MountArgs, argv: Vec<OsString>) -> Result<(), MountError> {
     init_logging(args.debug, args.log_file.as_deref())?;
     let (peer_listen, peer_client) = args.peer.check()?;
     fs::check_fuse_device()?;
-    let mountpoint = fs::prepare_mountpoint(&args.mountpoint)?;
-    let store = absolute_store(&args.store);
     let cache_dir = cache_root(args.cache_dir.as_deref())?;
+    let mut keeper = Keeper::from_env(|| fd_store_state_dir(&cache_dir, &args.mountpoint))?;
+    let device = keeper.as_mut().and_then(Keeper::take_device);
+    let mountpoint = match (keeper.as_ref().and_then(Keeper::mountpoint), &device) {
+        (Some(prepared), _) => prepared.to_path_buf(),
+        // A mount waiting to be taken over answers nothing, so its path is
+        // not looked at (prepare_mountpoint would stat it and wait).
+        (None, Some(_)) => {
+            std::path::absolute(&args.mountpoint).map_err(|source| MountError::File {
+                what: "mountpoint",
+                path: args.mountpoint.clone(),
+                source,
+            })?
+        }
+        (None, None) => fs::prepare_mountpoint(&args.mountpoint)?,
+    };
+    let store = absolute_store(&args.store);
     // Absolute: the daemon changes directory to `/`.
     args.prefetch_dir = absolute_dir(args.prefetch_dir.as_deref(), "prefetch directory")?;
     args.record_prefetch = absolute_dir(args.record_prefetch.as_deref(), "recording directory")?;
@@ -56,8 +89,40 @@ pub fn run(mut args: MountArgs) -> Result<(), MountError> {
         peer_client,
         args,
     };
+    match keeper {
+        Some(keeper) => serve_kept(&setup, &keeper, device).inspect_err(|e| {
+            keeper.failed(&chain(e));
+        }),
+        None => supervise(&setup, argv),
+    }
+}
+
+/// Become the supervisor of the mount (`supervisor`): in the foreground,
+/// or as the daemon.
+fn supervise(setup: &Setup, argv: Vec<OsString>) -> Result<(), MountError> {
+    let process = |what: &str, e: std::io::Error| MountError::Process(format!("{what}: {e}"));
+    let exe = env::current_exe().map_err(|e| process("finding the tdfs binary", e))?;
+    let cwd = env::current_dir().map_err(|e| process("the working directory", e))?;
+    let state_path = state_dir_for(&setup.cache_dir, &setup.mountpoint);
+    let run = |ready: &mut dyn FnMut()| {
+        // Before any thread exists, so every thread inherits the mask.
+        let signals = wait_for_signals(block_stop_signals()?)?;
+        let state = StateDir::open(&state_path).map_err(|source| MountError::File {
+            what: "state directory (in the cache directory: it must be writable)",
+            path: state_path.clone(),
+            source,
+        })?;
+        let supervision = Supervision {
+            exe: &exe,
+            args: &argv,
+            cwd: &cwd,
+            mountpoint: &setup.mountpoint,
+            state,
+        };
+        supervisor::supervise(&supervision, signals, ready)
+    };
     if setup.args.foreground {
-        serve(&setup, || {
+        run(&mut || {
             eprintln!(
                 "tdfs: serving {} at {}; Ctrl-C or `umount {}` stops it",
                 setup.store,
@@ -66,8 +131,35 @@ pub fn run(mut args: MountArgs) -> Result<(), MountError> {
             )
         })
     } else {
-        daemon::daemonize(&setup.mountpoint, |ready| serve(&setup, ready))
+        daemon::daemonize(&setup.mountpoint, run)
     }
+}
+
+/// The state directory of an fd-store mount (`keeper`): the unit's
+/// RuntimeDirectory= when it has one, else one per mountpoint in the cache
+/// root.
+fn fd_store_state_dir(cache_root: &Path, mountpoint: &Path) -> PathBuf {
+    match env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd separates several directories with colons; the first is
+        // the unit's own.
+        Some(dirs) => {
+            let dirs = dirs.to_string_lossy().into_owned();
+            PathBuf::from(dirs.split(':').next().unwrap_or_default()).join("connection")
+        }
+        None => state_dir_for(
+            cache_root,
+            &std::path::absolute(mountpoint).unwrap_or_default(),
+        ),
+    }
+}
+
+/// `CACHE_ROOT/takeover-<hash of the mountpoint>`: one state directory per
+/// mountpoint (only one mount can be on a path at a time).
+fn state_dir_for(cache_root: &Path, mountpoint: &Path) -> PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    cache_root.join(format!("takeover-{hex}"))
 }
 
 /// What `serve` needs, resolved before any fork so errors reach the terminal.
@@ -168,9 +260,10 @@ fn idle_diff_limit(nofile: u64) -> usize {
     usize::try_from(limit).unwrap_or(8)
 }
 
-/// Mount and serve until a stop signal or an outside unmount; `ready` runs
-/// once the mount is usable.
-fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), MountError> {
+/// A serving process: mount (or take over the connection `device`) and
+/// serve until a stop signal or an outside unmount, the connection kept by
+/// `keeper` all along.
+fn serve_kept(setup: &Setup, keeper: &Keeper, device: Option<OwnedFd>) -> Result<(), MountError> {
     // Before any thread exists, so every thread inherits the mask and the
     // signals are only ever taken by `sigwait` below.
     let signals = block_stop_signals()?;
@@ -195,23 +288,84 @@ fn serve(setup: &Setup, ready: impl FnOnce()) -> Result<(), MountError> {
         Some(listen) => Some(listen.start(builds.clone())?),
         None => None,
     };
-    let tree = Arc::new(TemplateFs::new(Arc::clone(&builds), args.fs_config()));
-    let mounted = fs::mount(tree, &setup.mountpoint, &args.mount_config())?;
-    // After `ready`: a daemon's terminal should not get log lines once it
-    // is told the mount is up.
-    ready();
-    readiness::ready(build_count, &setup.store, &setup.mountpoint);
+    let state_failed = |source| MountError::File {
+        what: "state directory of the connection",
+        path: keeper.state_dir().to_path_buf(),
+        source,
+    };
+    let state = StateDir::open(keeper.state_dir()).map_err(state_failed)?;
+    let mut options = args.mount_config();
+    options.takeover = true;
+    let mountpoint = &setup.mountpoint;
+    let (mounted, generation) = match device {
+        Some(device) => {
+            let (negotiated, continuity) = state.resume().map_err(state_failed)?;
+            let generation = continuity.generation;
+            let tree = Arc::new(TemplateFs::continuing(
+                Arc::clone(&builds),
+                args.fs_config(),
+                continuity,
+            ));
+            let handover = Handover { device, negotiated };
+            (
+                fs::resume(tree, mountpoint, &options, handover)?,
+                generation,
+            )
+        }
+        None => {
+            let continuity = state.start().map_err(state_failed)?;
+            let tree = Arc::new(TemplateFs::continuing(
+                Arc::clone(&builds),
+                args.fs_config(),
+                continuity,
+            ));
+            let mounted = fs::mount(tree, mountpoint, &options)?;
+            let handover = mounted
+                .handover()
+                .map_err(|e| MountError::Process(format!("keeping the connection: {e}")))?;
+            state.save(&handover.negotiated, 0).map_err(state_failed)?;
+            keeper.keep(&handover)?;
+            (mounted, 0)
+        }
+    };
+    let status = readiness::serving_status(build_count, &setup.store, mountpoint);
+    match keeper {
+        Keeper::Supervisor { .. } => {
+            keeper.serving(&status);
+            // A daemon's serving process outlives the terminal too.
+            if !args.foreground {
+                daemon::detach_stdio();
+            }
+        }
+        Keeper::FdStore { .. } => readiness::ready(&status),
+    }
     log::info!(
-        "mounted {} ({build_count} builds) on {} ({} threads, cache {})",
+        "{} {} ({build_count} builds) on {} ({} threads, cache {}, generation {generation})",
+        if generation == 0 {
+            "mounted"
+        } else {
+            "took over"
+        },
         setup.store,
-        setup.mountpoint.display(),
+        mountpoint.display(),
         args.threads,
         cache_path.display()
     );
     let stop = wait_for_signals(signals)?;
-    let ended = wait_for_end(setup, mounted, &stop);
+    // The signal on which this process leaves the connection to the next
+    // one (an upgrade in place), and its exit code: the supervisor's
+    // SIGUSR1; under systemd, SIGUSR2 (the unit's ExecReload=), exiting
+    // with the code the unit restarts on (RestartForceExitStatus=).
+    let leave = match keeper {
+        Keeper::Supervisor { .. } => (LEAVE_SIGNAL, 0),
+        Keeper::FdStore { .. } => (UPGRADE_SIGNAL, EXIT_UPGRADE),
+    };
+    let ended = wait_for_end(setup, mounted, &stop, &builds, leave);
     // Files the kernel never released (a detached mount) are recorded now.
     builds.finish_recordings();
+    if ended.is_ok() {
+        state.remove();
+    }
     ended
 }
 
@@ -221,11 +375,24 @@ fn wait_for_end(
     setup: &Setup,
     mounted: fs::Mounted,
     stop: &crossbeam_channel::Receiver<libc::c_int>,
+    builds: &Builds,
+    (leave, code): (libc::c_int, i32),
 ) -> Result<(), MountError> {
     let mountpoint = setup.mountpoint.display();
     // Exactly one line says how the mount ended (operators grep for it).
     crossbeam_channel::select! {
         recv(stop) -> signal => {
+            if signal == Ok(leave) {
+                // Leave the connection to the next serving process (an
+                // upgrade in place): no unmount, no teardown; what this
+                // process had in flight is resent to the next one.
+                log::info!(
+                    "{}: leaving {mountpoint} to the next serving process",
+                    signal_name(leave)
+                );
+                builds.finish_recordings();
+                std::process::exit(code);
+            }
             readiness::stopping(&setup.mountpoint);
             let signal = signal_name(signal.unwrap_or(0));
             log::info!("{signal}: unmounting {mountpoint}");

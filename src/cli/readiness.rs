@@ -8,13 +8,19 @@ use std::path::Path;
 
 use sd_notify::NotifyState;
 
-/// Tell the service manager the mount serves `builds` builds of `store`.
-pub fn ready(builds: usize, store: &str, mountpoint: &Path) {
-    let status = format!(
+/// What the status line says once the mount serves `builds` builds of
+/// `store`.
+pub fn serving_status(builds: usize, store: &str, mountpoint: &Path) -> String {
+    format!(
         "serving {builds} builds of {store} at {}",
         mountpoint.display()
-    );
-    send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    )
+}
+
+/// Tell the service manager the mount serves, with `status`
+/// (`serving_status`).
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// Tell the service manager the mount is being taken down.

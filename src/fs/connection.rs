@@ -31,7 +31,7 @@ static CONNECTIONS: Mutex<Vec<Weak<OwnedFd>>> = Mutex::new(Vec::new());
 /// Its entry in `CONNECTIONS` lives as long as it does.
 #[derive(Debug)]
 pub struct Connection {
-    _fd: Arc<OwnedFd>,
+    fd: Arc<OwnedFd>,
 }
 
 impl Connection {
@@ -44,12 +44,21 @@ impl Connection {
         let mut all = sync::lock(&CONNECTIONS);
         all.retain(|c| c.strong_count() > 0);
         all.push(Arc::downgrade(&fd));
-        Ok(Connection { _fd: fd })
+        Ok(Connection { fd })
+    }
+
+    /// Another descriptor of the same open /dev/fuse file.
+    ///
+    /// # Errors
+    /// The error of dup(2) (out of descriptors).
+    pub fn duplicate(&self) -> std::io::Result<OwnedFd> {
+        self.fd.try_clone()
     }
 }
 
-/// True when the kernel has ended the connection of `fd`.
-fn has_ended(fd: &OwnedFd) -> bool {
+/// True when the kernel has ended the connection of the /dev/fuse
+/// descriptor `fd` (it polls POLLERR): unmounted, or aborted.
+pub fn has_ended(fd: &OwnedFd) -> bool {
     let mut poll = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: 0,

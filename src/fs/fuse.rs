@@ -12,9 +12,9 @@ use std::time::SystemTime;
 
 use fuser::{
     Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    SessionUnmounter, TimeOrNow, WriteFlags,
+    LockOwner, Negotiated, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, SessionUnmounter, TimeOrNow, WriteFlags,
 };
 
 use super::error::report;
@@ -48,6 +48,25 @@ impl FuseAdapter {
             },
             mount,
         )
+    }
+}
+
+impl FuseAdapter {
+    /// Take on a connection another process initialised (`fs::resume`):
+    /// `init` is never called for it, so what it would have decided from
+    /// the kernel's offer is decided from what was negotiated.
+    pub fn adopt(&self, negotiated: &Negotiated) {
+        if self.fs.passthrough_enabled() && !may_register_backing_files() {
+            self.fs.passthrough_unavailable(
+                "tdfs lacks CAP_SYS_ADMIN, which the kernel requires of a backing file",
+            );
+        }
+        if self.fs.passthrough_enabled() && !negotiated.flags.contains(InitFlags::FUSE_PASSTHROUGH)
+        {
+            self.fs
+                .passthrough_unavailable("the connection was set up without FUSE passthrough");
+        }
+        log::debug!("kernel connection taken over: {negotiated:?}");
     }
 }
 
@@ -138,6 +157,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        try_reply!(reply, self.fs.adopt(ino.0, fh.0), "readdir of inode {ino}");
         let entries = try_reply!(
             reply,
             self.fs.readdir(fh.0, offset),
@@ -209,6 +229,11 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        try_reply!(
+            reply,
+            self.fs.adopt(ino.0, fh.0),
+            "read of {size} bytes at {offset} of inode {ino}"
+        );
         READ_BUF.with_borrow_mut(|buf| {
             // The reply goes inside the read: in-place bytes are pinned
             // cache only while it runs.

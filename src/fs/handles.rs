@@ -49,7 +49,9 @@ pub(super) enum Handle {
     Dir(Vec<DirEntry>),
 }
 
-/// Open handles by number; numbers are never reused within a mount.
+/// Open handles by number; numbers are never reused within a mount, nor
+/// across the serving processes of one connection (each starts at its own
+/// `first`, see `starting_at`).
 pub(super) struct HandleTable {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next: AtomicU64,
@@ -57,14 +59,32 @@ pub(super) struct HandleTable {
 
 impl Default for HandleTable {
     fn default() -> Self {
-        HandleTable {
-            handles: RwLock::new(HashMap::new()),
-            next: AtomicU64::new(1),
-        }
+        HandleTable::starting_at(1)
     }
 }
 
 impl HandleTable {
+    /// A table whose handles are numbered from `first` on.
+    pub(super) fn starting_at(first: u64) -> Self {
+        HandleTable {
+            handles: RwLock::new(HashMap::new()),
+            next: AtomicU64::new(first.max(1)),
+        }
+    }
+
+    /// Put `handle` under number `fh`, one the kernel already holds (see
+    /// `TemplateFs::adopt`), unless another thread did first.
+    pub(super) fn insert(&self, fh: u64, handle: Handle) {
+        sync::write(&self.handles)
+            .entry(fh)
+            .or_insert_with(|| Arc::new(handle));
+    }
+
+    /// True when `fh` is open here.
+    pub(super) fn contains(&self, fh: u64) -> bool {
+        sync::read(&self.handles).contains_key(&fh)
+    }
+
     pub(super) fn add(&self, handle: Handle) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
         sync::write(&self.handles).insert(fh, Arc::new(handle));

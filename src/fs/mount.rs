@@ -15,10 +15,11 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use fuser::{Config, InitFlags, MountOption, Negotiated, Session, SessionACL, SessionUnmounter};
 
 use super::connection::Connection;
 use super::fuse::{FuseAdapter, MAX_READAHEAD};
+use super::takeover::Handover;
 use super::templatefs::TemplateFs;
 use crate::sync;
 
@@ -48,6 +49,9 @@ pub struct MountConfig {
     /// FUSE worker threads. They block while a read waits on a fetch, so
     /// there should be enough that cache hits never queue behind misses.
     pub threads: usize,
+    /// The connection may be taken over by a later serving process (see
+    /// `takeover`): every worker reads the one /dev/fuse file.
+    pub takeover: bool,
 }
 
 impl Default for MountConfig {
@@ -60,6 +64,7 @@ impl Default for MountConfig {
             // cache hits from queueing behind a burst of misses (a VM's
             // page faults come many at once) at a few idle threads' cost.
             threads: 32,
+            takeover: false,
         }
     }
 }
@@ -175,6 +180,32 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Unmount `path` now (EBUSY when a file is open): directly when we may
+/// (root), else through fusermount3.
+fn unmount_path(path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: c_path is a valid NUL-terminated string for the call.
+    if unsafe { libc::umount2(c_path.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let direct = io::Error::last_os_error();
+    if direct.raw_os_error() == Some(libc::EBUSY) {
+        return Err(direct);
+    }
+    match Command::new("fusermount3")
+        .args(["-u", "--"])
+        .arg(path)
+        .status()
+    {
+        Ok(s) if s.success() => Ok(()),
+        // fusermount3 says why on stderr; a busy mount is what it means.
+        Ok(_) => Err(io::Error::from_raw_os_error(libc::EBUSY)),
+        Err(e) => Err(io::Error::other(format!(
+            "umount2: {direct}; fusermount3: {e}"
+        ))),
+    }
+}
+
 /// Lazily unmount `path`: directly when we may (root), else through
 /// fusermount3.
 fn detach(path: &Path) -> io::Result<()> {
@@ -203,11 +234,22 @@ fn detach(path: &Path) -> io::Result<()> {
 /// serving thread (the process exiting ends it).
 pub struct Mounted {
     path: PathBuf,
-    unmounter: SessionUnmounter,
+    unmounter: Unmounter,
     serving: JoinHandle<()>,
     ended: Receiver<io::Result<()>>,
-    /// Watched while the mount lives (see `connection`).
-    _connection: Connection,
+    /// What INIT settled, for a process that takes the connection over.
+    negotiated: Negotiated,
+    /// Watched while the mount lives (see `connection`); also what
+    /// `handover` duplicates.
+    connection: Connection,
+}
+
+/// How a mount is unmounted: through fuser, which mounted it, or, for a
+/// connection taken over from another process (fuser holds no mount for
+/// it), by its path.
+enum Unmounter {
+    Session(SessionUnmounter),
+    Path,
 }
 
 /// How `unmount` went.
@@ -223,14 +265,8 @@ pub enum Unmounted {
     StillInUse,
 }
 
-/// Mount `fs` on `mountpoint` (already prepared) and serve it from
-/// `options.threads` worker threads. Returns once the kernel has
-/// connected, so the mount is usable.
-pub fn mount(
-    fs: Arc<TemplateFs>,
-    mountpoint: &Path,
-    options: &MountConfig,
-) -> Result<Mounted, MountpointError> {
+/// fuser's configuration of a tdfs mount.
+fn session_config(options: &MountConfig) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -246,29 +282,94 @@ pub fn mount(
         SessionACL::Owner
     };
     config.n_threads = Some(options.threads.max(1));
-    config.clone_fd = true;
-    let (adapter, adapter_mount) = FuseAdapter::new(fs);
-    let mut fuse =
-        Session::new(adapter, mountpoint, &config).map_err(|source| MountpointError::Mount {
-            path: mountpoint.to_path_buf(),
-            source,
-        })?;
-    let unmounter = fuse.unmount_callable();
-    *sync::lock(&adapter_mount) = Some(fuse.unmount_callable());
-    let connection = Connection::watch(&fuse).map_err(|source| MountpointError::Mount {
+    // A cloned /dev/fuse file per worker spares the workers one shared
+    // file's queue lock, but each is a device of its own in the kernel,
+    // which ends the requests read from it (ECONNABORTED to the reader)
+    // when the process holding it dies. A mount that may be taken over
+    // keeps every request on the one file the keeper holds too, so they
+    // survive for FUSE_NOTIFY_RESEND (see `takeover`). Not measured.
+    config.clone_fd = !options.takeover;
+    config
+}
+
+/// Mount `fs` on `mountpoint` (already prepared) and serve it from
+/// `options.threads` worker threads. Returns once the kernel has
+/// connected, so the mount is usable.
+pub fn mount(
+    fs: Arc<TemplateFs>,
+    mountpoint: &Path,
+    options: &MountConfig,
+) -> Result<Mounted, MountpointError> {
+    let failed = |source| MountpointError::Mount {
         path: mountpoint.to_path_buf(),
         source,
-    })?;
+    };
+    let (adapter, adapter_mount) = FuseAdapter::new(fs);
+    let mut fuse = Session::new(adapter, mountpoint, &session_config(options)).map_err(failed)?;
+    let negotiated = fuse
+        .negotiated()
+        .ok_or_else(|| failed(io::Error::other("no INIT from the kernel")))?;
+    let unmounter = Unmounter::Session(fuse.unmount_callable());
+    *sync::lock(&adapter_mount) = Some(fuse.unmount_callable());
+    serve(fuse, mountpoint, unmounter, negotiated)
+}
+
+/// Serve `fs` on the connection `handover` of a mount on `mountpoint` that
+/// another process made and served: no INIT (it happened once), the
+/// negotiated parameters as handed over, and the requests the other
+/// process left unanswered queued again (FUSE_NOTIFY_RESEND).
+pub fn resume(
+    fs: Arc<TemplateFs>,
+    mountpoint: &Path,
+    options: &MountConfig,
+    handover: Handover,
+) -> Result<Mounted, MountpointError> {
+    let Handover { device, negotiated } = handover;
+    let (adapter, _) = FuseAdapter::new(fs);
+    adapter.adopt(&negotiated);
+    let fuse = Session::from_initialized_fd(
+        adapter,
+        device,
+        session_config(options).acl,
+        session_config(options),
+        negotiated,
+    );
+    let notifier = fuse.notifier();
+    let mounted = serve(fuse, mountpoint, Unmounter::Path, negotiated)?;
+    if !negotiated.kernel_flags.contains(InitFlags::FUSE_HAS_RESEND) {
+        log::warn!(
+            "{}: the kernel cannot resend requests (FUSE_NOTIFY_RESEND needs Linux 6.9): \
+             reads that were in flight in the previous serving process wait forever",
+            mountpoint.display()
+        );
+    } else if let Err(e) = notifier.resend() {
+        log::warn!(
+            "{}: asking the kernel to resend the requests in flight: {e}",
+            mountpoint.display()
+        );
+    }
+    Ok(mounted)
+}
+
+/// Run `fuse`'s serving loop on a thread of its own.
+fn serve(
+    fuse: Session<FuseAdapter>,
+    mountpoint: &Path,
+    unmounter: Unmounter,
+    negotiated: Negotiated,
+) -> Result<Mounted, MountpointError> {
+    let failed = |source| MountpointError::Mount {
+        path: mountpoint.to_path_buf(),
+        source,
+    };
+    let connection = Connection::watch(&fuse).map_err(failed)?;
     let (tx, ended) = crossbeam_channel::bounded(1);
     let serving = thread::Builder::new()
         .name("fuse-serve".into())
         .spawn(move || {
             let _ = tx.send(fuse.run().or_else(normal_end));
         })
-        .map_err(|source| MountpointError::Mount {
-            path: mountpoint.to_path_buf(),
-            source,
-        })?;
+        .map_err(failed)?;
     // Only now: finding the mount's device stats its root, which needs the
     // mount served.
     raise_readahead(mountpoint);
@@ -277,7 +378,8 @@ pub fn mount(
         unmounter,
         serving,
         ended,
-        _connection: connection,
+        negotiated,
+        connection,
     })
 }
 
@@ -314,6 +416,18 @@ fn raise_readahead(mountpoint: &Path) {
 }
 
 impl Mounted {
+    /// The connection, for a later process to take over: a duplicate of
+    /// the /dev/fuse descriptor (the same open file) and what INIT settled.
+    ///
+    /// # Errors
+    /// The error of dup(2) (out of descriptors).
+    pub fn handover(&self) -> io::Result<Handover> {
+        Ok(Handover {
+            device: self.connection.duplicate()?,
+            negotiated: self.negotiated,
+        })
+    }
+
     /// Yields once when serving ends (unmounted by us or from outside, or
     /// failed).
     pub fn ended(&self) -> &Receiver<io::Result<()>> {
@@ -330,7 +444,11 @@ impl Mounted {
     /// detached, or serving failed.
     pub fn unmount(mut self, grace: Duration) -> Result<Unmounted, MountpointError> {
         let mut how = Unmounted::Done;
-        if let Err(e) = self.unmounter.unmount() {
+        let unmounted = match &mut self.unmounter {
+            Unmounter::Session(session) => session.unmount(),
+            Unmounter::Path => unmount_path(&self.path),
+        };
+        if let Err(e) = unmounted {
             if e.raw_os_error() != Some(libc::EBUSY) {
                 log::warn!(
                     "{}: unmount failed ({e}); detaching it lazily",

@@ -20,6 +20,7 @@ use super::inode::{
     BuildDirFile, DIFF_DIR_NAME, InodeTable, Node, ROOT_INO, STATS_INO, STATS_NAME,
 };
 use super::passthrough::{Backing, Passthrough};
+use super::takeover::Continuity;
 use super::xattr;
 use crate::format::{Blob, FileKind, Header, parse_build_id};
 use crate::template::{BuildContents, Builds, DiffFile, TemplateError, TemplateFile};
@@ -94,6 +95,17 @@ impl TemplateFs {
         }
     }
 
+    /// The tree of a mount whose connection may be taken over: inodes from
+    /// (and noted in) the saved table, handles numbered from this
+    /// process's first (see `fs::takeover`).
+    pub fn continuing(builds: Arc<Builds>, options: FsConfig, continuity: Continuity) -> Self {
+        TemplateFs {
+            handles: HandleTable::starting_at(continuity.first_handle),
+            inodes: continuity.inodes,
+            ..TemplateFs::new(builds, options)
+        }
+    }
+
     /// The entry `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Entry, FsError> {
         let text = || name.to_string_lossy().into_owned();
@@ -138,6 +150,17 @@ impl TemplateFs {
 
     /// Snapshot the listing of directory `ino` into a new handle.
     pub fn opendir(&self, ino: u64) -> Result<Opened, FsError> {
+        let (handle, flags) = self.dir_handle(ino)?;
+        Ok(Opened {
+            fh: self.handles.add(handle),
+            flags,
+            backing: None,
+        })
+    }
+
+    /// The listing of directory `ino` as an open handle, and its caching
+    /// flags.
+    pub(super) fn dir_handle(&self, ino: u64) -> Result<(Handle, FopenFlags), FsError> {
         let mut flags = FopenFlags::empty();
         let entries = match self.node(ino)? {
             Node::Root => {
@@ -201,11 +224,7 @@ impl TemplateFs {
             }
             Node::Stats | Node::File(..) | Node::Diff(..) => return Err(FsError::NotADirectory),
         };
-        Ok(Opened {
-            fh: self.handles.add(Handle::Dir(entries)),
-            flags,
-            backing: None,
-        })
+        Ok((Handle::Dir(entries), flags))
     }
 
     /// The NUL-separated attribute names of `ino`.

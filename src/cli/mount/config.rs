@@ -72,6 +72,7 @@ impl MountArgs {
         MountConfig {
             allow_other: self.allow_other,
             threads: usize::from(self.threads),
+            ..MountConfig::default()
         }
     }
 }

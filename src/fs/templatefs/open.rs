@@ -24,11 +24,56 @@ impl TemplateFs {
         }
     }
 
+    /// Make sure the handle `fh` of inode `ino`, which the kernel holds, is
+    /// open here. It is not when a previous serving process of this
+    /// connection opened it and died (see `fs::takeover`): it is opened
+    /// again from its inode, read-only (the only way anything is opened),
+    /// under the same number. Cheap when it is open (one table lookup).
+    ///
+    /// # Errors
+    /// The inode's node is gone (`NoEntry`) or cannot be opened.
+    pub fn adopt(&self, ino: u64, fh: u64) -> Result<(), FsError> {
+        if self.handles.contains(fh) {
+            return Ok(());
+        }
+        let handle = match self.node(ino)? {
+            Node::Root | Node::Build(_) | Node::DiffDir(_) => self.dir_handle(ino)?.0,
+            _ => self.file_handle(ino)?.0,
+        };
+        log::debug!("handle {fh} of inode {ino} opened again after a takeover");
+        self.handles.insert(fh, handle);
+        Ok(())
+    }
+
     pub fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
         if flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(FsError::ReadOnly);
         }
-        let (handle, flags) = match self.node(ino)? {
+        let (handle, flags) = self.file_handle(ino)?;
+        let Handle::Template { file, .. } = &handle else {
+            return Ok(Opened {
+                fh: self.handles.add(handle),
+                flags,
+                backing: None,
+            });
+        };
+        let (build, kind) = (file.build_id(), file.file());
+        self.builds.start_prefetch(file);
+        if self.passthrough.enabled() {
+            self.builds.flatten_when_cached(file);
+        }
+        let flat = self.builds.flat_file(build, kind);
+        let fh = self.handles.add(handle);
+        Ok(Opened {
+            fh,
+            flags,
+            backing: self.passthrough.open(ino, fh, flat),
+        })
+    }
+
+    /// What an open of file `ino` reads from, and its caching flags.
+    fn file_handle(&self, ino: u64) -> Result<(Handle, FopenFlags), FsError> {
+        Ok(match self.node(ino)? {
             Node::Root | Node::Build(_) | Node::DiffDir(_) => return Err(FsError::IsADirectory),
             // Direct I/O: the size is not known before the content exists.
             Node::Stats => (
@@ -39,21 +84,14 @@ impl TemplateFs {
                 let file = self.open_template(build, kind)?;
                 let read_ahead = file.read_ahead_state();
                 let recording = self.builds.record(&file);
-                self.builds.start_prefetch(&file);
-                if self.passthrough.enabled() {
-                    self.builds.flatten_when_cached(&file);
-                }
-                let flat = self.builds.flat_file(build, kind);
-                let fh = self.handles.add(Handle::Template {
-                    file,
-                    read_ahead,
-                    recording,
-                });
-                return Ok(Opened {
-                    fh,
-                    flags: FopenFlags::FOPEN_KEEP_CACHE,
-                    backing: self.passthrough.open(ino, fh, flat),
-                });
+                (
+                    Handle::Template {
+                        file,
+                        read_ahead,
+                        recording,
+                    },
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
             }
             Node::Diff(build, kind) => (
                 Handle::Diff(self.open_diff(build, kind)?),
@@ -70,11 +108,6 @@ impl TemplateFs {
                 };
                 (Handle::Blob { build, blob, size }, flags)
             }
-        };
-        Ok(Opened {
-            fh: self.handles.add(handle),
-            flags,
-            backing: None,
         })
     }
 
