@@ -9,18 +9,22 @@
 //! The client half: `fleet` is the member list (`--peer`, `--peers-file`),
 //! `ring` picks each unit's owner by rendezvous hashing, and `client` asks
 //! the owner for units as the Chunkers' `PeerSource`, on a runtime of its
-//! own. These runtimes and the object store client are the only async code
+//! own. `origin` is E2B's registry of origin peers (`--peer-registry`): a
+//! build registered there is asked of its origin first (headers, sizes,
+//! blobs, units) until the origin says it is uploaded. These runtimes and the object store client are the only async code
 //! of the read side.
 
 mod client;
 mod fleet;
 mod listen;
+mod origin;
 mod ring;
 mod server;
 
 pub use client::{PeerBackoff, PeerClient, PeerClientConfig};
 pub use fleet::parse_peer_url;
 pub use listen::{PeerListen, PeerServer, TlsFiles};
+pub use origin::{Origins, check_registry_url, registry_key};
 pub use ring::{Member, Ring};
 pub use server::{ChunkServer, MAX_MESSAGE_DATA};
 
@@ -52,6 +56,8 @@ pub enum PeerError {
     TlsWithoutListen,
     #[error("--peer {detail}")]
     BadPeer { detail: String },
+    #[error("--peer-registry {url}: {detail}")]
+    BadRegistry { url: String, detail: String },
     #[error("--peers-file {}: {source} (check the path and its permissions)", .path.display())]
     PeersFile {
         path: PathBuf,

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use super::{MountArgs, MountError, PeerArgs};
 use crate::chunker::PeerSource;
 use crate::fs::{FsConfig, MountConfig};
-use crate::peer::{PeerBackoff, PeerClientConfig, PeerError, PeerListen, TlsFiles, parse_peer_url};
+use crate::peer::{
+    PeerBackoff, PeerClientConfig, PeerError, PeerListen, TlsFiles, check_registry_url,
+    parse_peer_url,
+};
 use crate::store::{StoreConfig, StoreLocation};
 use crate::template::{PrefetchConfig, TemplateConfig};
 
@@ -83,7 +86,8 @@ impl PeerArgs {
             self.peer_tls_key.clone(),
             self.peer_tls_ca.clone(),
         )?;
-        let has_peers = !self.peers.is_empty() || self.peers_file.is_some();
+        let has_peers =
+            !self.peers.is_empty() || self.peers_file.is_some() || self.peer_registry.is_some();
         let listen =
             PeerListen::from_flags(self.peer_listen, tls.clone(), self.peer_insecure, has_peers)?;
         for peer in &self.peers {
@@ -94,6 +98,9 @@ impl PeerArgs {
                 path: file.clone(),
                 source,
             })?;
+        }
+        if let Some(url) = &self.peer_registry {
+            check_registry_url(url)?;
         }
         let self_url = match (&self.peer_advertise, self.peer_listen) {
             (Some(url), _) => Some(parse_peer_url(url).map_err(|detail| PeerError::BadPeer {
@@ -119,6 +126,7 @@ impl PeerArgs {
                 },
                 None => PeerBackoff::default(),
             },
+            registry: self.peer_registry.clone(),
         };
         Ok((listen, client))
     }

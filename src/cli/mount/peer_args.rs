@@ -1,6 +1,6 @@
 //! The peer flags of `tdfs mount`: serving peers (`--peer-listen`, mutual
 //! TLS, `--peer-insecure`) and asking them (`--peer`, `--peers-file`,
-//! `--peer-timeout`, `--peer-advertise`), checked together before the
+//! `--peer-timeout`, `--peer-advertise`, `--peer-registry`), checked together before the
 //! daemon forks, so a mistake reaches the terminal (`config`'s
 //! `PeerArgs::check`).
 
@@ -53,6 +53,13 @@ pub struct PeerArgs {
     /// of --peer-listen]: the entry equal to it is this host.
     #[arg(long, value_name = "URL")]
     pub peer_advertise: Option<String>,
+    /// E2B's registry of origin peers, redis://HOST:PORT[/DB]: a build
+    /// whose key `peer:<build>` names another node (NODE_IP:PORT, the E2B
+    /// node that paused the sandbox and is still uploading it) is read from
+    /// that node while the store lacks it, and from the store once the node
+    /// says it is uploaded.
+    #[arg(long, value_name = "URL")]
+    pub peer_registry: Option<String>,
     /// First skip of a faulty peer, after a timeout too (doubled on each
     /// fault in a row up to 60 s) [default: 5s, 1s after a timeout].
     /// Hidden: it exists so that the peer tests see a back-off end within
@@ -78,6 +85,7 @@ impl Default for PeerArgs {
             peer_timeout: Duration::from_millis(300),
             peer_advertise: None,
             peer_backoff: None,
+            peer_registry: None,
         }
     }
 }
