@@ -73,6 +73,10 @@ pub struct Stats {
     pub peer_requests: Arc<AtomicU64>,
     /// Bytes received from peers and placed in cache files.
     pub peer_bytes: Arc<AtomicU64>,
+    /// Builds read from their E2B origin peer (`--peer-registry`) that
+    /// moved to the store: the origin said `use_storage`, or the store got
+    /// the build.
+    pub origin_switches: Arc<AtomicU64>,
     /// Units read from the store instead of their owner peer, by reason (a
     /// label given by the caller); see `record_peer_fallback`.
     peer_fallbacks: Family<ReasonLabel, Counter>,
@@ -132,6 +136,7 @@ impl Stats {
             peer_served_bytes: counter(),
             peer_requests: counter(),
             peer_bytes: counter(),
+            origin_switches: counter(),
             peer_fallbacks: Family::default(),
             prefetch_fetches: counter(),
             prefetch_bytes: counter(),
@@ -229,6 +234,11 @@ impl Stats {
                 "peer_bytes",
                 "bytes received from peers",
                 self.peer_bytes.clone(),
+            ),
+            (
+                "origin_switches",
+                "builds switched from their origin peer to the store",
+                self.origin_switches.clone(),
             ),
             (
                 "prefetch_fetches",
