@@ -156,6 +156,7 @@ impl Builds {
             return Ok(contents);
         };
         if contents.complete() {
+            self.from_origin.stored(&cx, build);
             return Ok(contents);
         }
         // What the store lacks, its origin may have (a build being uploaded).
@@ -304,6 +305,23 @@ impl Builds {
     /// when a diff it references is missing or disagrees with it, `Cache`
     /// when the cache directory cannot be made; store errors otherwise.
     pub fn open(&self, build: Uuid, file: FileKind) -> Result<TemplateFile, TemplateError> {
+        match self.open_once(build, file) {
+            // The build's origin said `use_storage` during the open (asked
+            // for its diff's size): open it again, from the store.
+            Err(_)
+                if self
+                    .config
+                    .peers
+                    .as_ref()
+                    .is_some_and(|p| p.origin_switched(build)) =>
+            {
+                self.open_once(build, file)
+            }
+            opened => opened,
+        }
+    }
+
+    fn open_once(&self, build: Uuid, file: FileKind) -> Result<TemplateFile, TemplateError> {
         let header = self.header(build, file)?;
         let mut opened = TemplateFile {
             file,

@@ -31,6 +31,16 @@ use crate::sync;
 /// 1–20 MiB), so this is far over any real one.
 const MAX_ORIGIN_SNAPFILE: u64 = 256 << 20;
 
+/// Whether an object from an origin is still to be used.
+enum Still {
+    /// Within the TTL of its last check.
+    Fresh,
+    /// The store was asked and still lacks it: trusted for another TTL.
+    Checked,
+    /// The build left its origin.
+    Gone,
+}
+
 /// What came from origin peers, owned by `Builds`.
 pub(super) struct FromOrigin {
     ttl: Duration,
@@ -66,13 +76,16 @@ impl FromOrigin {
         file: FileKind,
     ) -> Option<Arc<Header>> {
         let (header, at) = sync::lock(&self.headers).get(&(build, file)).cloned()?;
-        let key = ObjectKey::header(build, file);
-        if self.still_origin(cx, build, at, &key) {
-            sync::lock(&self.headers).insert((build, file), (header.clone(), Instant::now()));
-            Some(header)
-        } else {
-            self.switch(cx, build);
-            None
+        match self.still_origin(cx, build, at, &ObjectKey::header(build, file)) {
+            Still::Fresh => Some(header),
+            Still::Checked => {
+                sync::lock(&self.headers).insert((build, file), (header.clone(), Instant::now()));
+                Some(header)
+            }
+            Still::Gone => {
+                self.switch(cx, build);
+                None
+            }
         }
     }
 
@@ -114,12 +127,17 @@ impl FromOrigin {
     ) -> Option<Arc<Vec<u8>>> {
         let known = sync::lock(&self.blobs).get(&(build, blob)).cloned();
         if let Some((bytes, at)) = known {
-            if self.still_origin(cx, build, at, &ObjectKey::blob(build, blob)) {
-                sync::lock(&self.blobs).insert((build, blob), (bytes.clone(), Instant::now()));
-                return Some(bytes);
-            }
-            self.switch(cx, build);
-            return None;
+            return match self.still_origin(cx, build, at, &ObjectKey::blob(build, blob)) {
+                Still::Fresh => Some(bytes),
+                Still::Checked => {
+                    sync::lock(&self.blobs).insert((build, blob), (bytes.clone(), Instant::now()));
+                    Some(bytes)
+                }
+                Still::Gone => {
+                    self.switch(cx, build);
+                    None
+                }
+            };
         }
         if !fetch {
             return None;
@@ -133,14 +151,29 @@ impl FromOrigin {
         Some(bytes)
     }
 
-    /// Whether an object of `build` loaded from its origin at `at` is still
-    /// to be used: not switched, and (past the TTL) still missing from the
-    /// store. A store that cannot be asked keeps the origin's copy.
-    fn still_origin(&self, cx: &Context<'_>, build: Uuid, at: Instant, key: &ObjectKey) -> bool {
+    /// Whether an object of `build` loaded (or last checked) at `at` is
+    /// still to be used: not switched, and, past the TTL, still missing from
+    /// the store (a store that cannot be asked keeps the origin's copy).
+    fn still_origin(&self, cx: &Context<'_>, build: Uuid, at: Instant, key: &ObjectKey) -> Still {
         if cx.peers.origin_switched(build) {
-            return false;
+            return Still::Gone;
         }
-        at.elapsed() < self.ttl || !matches!(cx.store.exists(key), Ok(true))
+        if at.elapsed() < self.ttl {
+            return Still::Fresh;
+        }
+        match cx.store.exists(key) {
+            Ok(true) => Still::Gone,
+            _ => Still::Checked,
+        }
+    }
+
+    /// The store has `build` whole: whatever came from its origin goes.
+    pub(super) fn stored(&self, cx: &Context<'_>, build: Uuid) {
+        let known = sync::lock(&self.headers).keys().any(|(b, _)| *b == build)
+            || sync::lock(&self.blobs).keys().any(|(b, _)| *b == build);
+        if known {
+            self.switch(cx, build);
+        }
     }
 
     /// `build` leaves its origin: see the module docs.
