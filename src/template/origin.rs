@@ -44,9 +44,16 @@ enum Still {
 /// What came from origin peers, owned by `Builds`.
 pub(super) struct FromOrigin {
     ttl: Duration,
-    headers: Mutex<HashMap<FileId, (Arc<Header>, Instant)>>,
-    blobs: Mutex<HashMap<(Uuid, Blob), (Arc<Vec<u8>>, Instant)>>,
+    /// Each object with when it was loaded or last checked in the store.
+    headers: Mutex<HashMap<FileId, Loaded<Header>>>,
+    blobs: Mutex<HashMap<BlobId, Loaded<Vec<u8>>>>,
 }
+
+/// An object and when it was loaded or last checked in the store.
+type Loaded<T> = (Arc<T>, Instant);
+
+/// A build's blob.
+type BlobId = (Uuid, Blob);
 
 /// What `FromOrigin` needs of its `Builds`.
 pub(super) struct Context<'a> {
