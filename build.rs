@@ -11,6 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // `bytes` fields as `bytes::Bytes`: a message's data is then a slice
+        // of tonic's receive buffer, not a fresh Vec per message (E2B sends
+        // one 4 KiB block per message: 1024 per 4 MiB chunk).
+        .bytes(".")
         .compile_protos(&["proto/chunk_service.proto"], &["proto"])?;
     Ok(())
 }

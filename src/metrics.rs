@@ -77,6 +77,10 @@ pub struct Stats {
     pub peer_registry_errors: Arc<AtomicU64>,
     /// Members of the fleet's ring now (this host included when listed).
     pub peer_members: Gauge<u64, AtomicU64>,
+    /// Builds read from their E2B origin peer (`--peer-registry`) that
+    /// moved to the store: the origin said `use_storage`, or the store got
+    /// the build.
+    pub origin_switches: Arc<AtomicU64>,
     /// Units read from the store instead of their owner peer, by reason (a
     /// label given by the caller); see `record_peer_fallback`.
     peer_fallbacks: Family<ReasonLabel, Counter>,
@@ -138,6 +142,7 @@ impl Stats {
             peer_bytes: counter(),
             peer_registry_errors: counter(),
             peer_members: Gauge::default(),
+            origin_switches: counter(),
             peer_fallbacks: Family::default(),
             prefetch_fetches: counter(),
             prefetch_bytes: counter(),
@@ -240,6 +245,11 @@ impl Stats {
                 "peer_registry_errors",
                 "polls of the peer registry that failed (its last members kept)",
                 self.peer_registry_errors.clone(),
+            ),
+            (
+                "origin_switches",
+                "builds switched from their origin peer to the store",
+                self.origin_switches.clone(),
             ),
             (
                 "prefetch_fetches",

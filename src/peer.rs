@@ -15,10 +15,15 @@
 //! runtimes and the object store client are the only async code of the
 //! read side; the registry is read with the sync redis client, off the
 //! read path.
+//! `origin` is E2B's registry of origin peers (the same `--peer-registry`:
+//! `peer:<build>` keys): a build registered there is asked of its origin
+//! first (headers, sizes, blobs, units) until the origin says it is
+//! uploaded.
 
 mod client;
 mod fleet;
 mod listen;
+mod origin;
 mod registry;
 mod ring;
 mod server;
@@ -27,6 +32,7 @@ mod watch;
 pub use client::{PeerBackoff, PeerClient, PeerClientConfig};
 pub use fleet::parse_peer_url;
 pub use listen::{PeerListen, PeerServer, TlsFiles};
+pub use origin::{Origins, check_registry_url, registry_key};
 pub use registry::{MEMBERS_KEY, RegistryUrl};
 pub use ring::{Member, Ring};
 pub use server::{ChunkServer, MAX_MESSAGE_DATA};
@@ -62,6 +68,8 @@ pub enum PeerError {
     BadPeer { detail: String },
     #[error("--peer-registry {detail}")]
     Registry { detail: String },
+    #[error("--peer-registry {url}: {detail}")]
+    BadRegistry { url: String, detail: String },
     #[error("--peers-file {}: {source} (check the path and its permissions)", .path.display())]
     PeersFile {
         path: PathBuf,

@@ -23,6 +23,7 @@ mod file;
 mod flat;
 mod listing;
 mod live_chunkers;
+mod origin;
 mod readahead;
 mod record;
 mod replay;

@@ -51,6 +51,35 @@ pub trait PeerSource: Send + Sync + fmt::Debug {
         let _ = (build, file);
         Err(PeerFallback::Owned)
     }
+
+    /// All of the object `name` of `build` (E2B's `GetBuildBlob`: a header
+    /// such as `memfile.header`, or `snapfile`, `metadata.json`) from the
+    /// build's origin peer, for a build the store does not have yet (see
+    /// `crate::peer::Origins`). Refused past `max_len` bytes. Blocks at
+    /// most the source's own time limits.
+    ///
+    /// # Errors
+    /// Why the caller should read its store instead: `Owned` when the build
+    /// has no origin (or was switched to the store), `UseStorage` when the
+    /// origin says the build is uploaded (the build is switched then, see
+    /// `origin_switched`), `Long` past `max_len`; see `PeerFallback`.
+    fn origin_object(
+        &self,
+        build: Uuid,
+        name: &str,
+        max_len: u64,
+    ) -> Result<Vec<u8>, PeerFallback> {
+        let _ = (build, name, max_len);
+        Err(PeerFallback::Owned)
+    }
+
+    /// True once `build`'s origin peer said the build is uploaded
+    /// (`use_storage`, in any answer): the store is read for it from then
+    /// on, and what came from the origin is to be dropped.
+    fn origin_switched(&self, build: Uuid) -> bool {
+        let _ = build;
+        false
+    }
 }
 
 /// Why a unit was read from the store rather than from a peer.

@@ -47,8 +47,22 @@ const FLAG_UPLOAD_IN_FLIGHT: u8 = 1;
 
 impl Header {
     /// Decode any version 1–5. The builds section comes back sorted by UUID
-    /// bytes whatever order the file used (readers must not require it).
+    /// bytes whatever order the file used (readers must not require it). A
+    /// V4/V5 header with flags bit 0 (upload in flight) is refused: a store
+    /// never holds one (E2B refuses to persist it).
     pub fn decode(bytes: &[u8]) -> Result<Header, FormatError> {
+        Header::decode_flagged(bytes, false)
+    }
+
+    /// Decode a header an E2B origin peer served while the build's upload
+    /// is in flight: as `decode`, but flags bit 0 is accepted (E2B sets it
+    /// on every header its peers serve). For a peer's answer only, never a
+    /// store's object.
+    pub fn decode_from_peer(bytes: &[u8]) -> Result<Header, FormatError> {
+        Header::decode_flagged(bytes, true)
+    }
+
+    fn decode_flagged(bytes: &[u8], upload_in_flight_ok: bool) -> Result<Header, FormatError> {
         let metadata = Metadata::decode(bytes)?;
         let mut cur = Cursor::new(bytes);
         cur.take(METADATA_LEN, "header metadata")?;
@@ -74,7 +88,7 @@ impl Header {
             }
             version @ (4 | 5) => {
                 let flags = cur.u8("header flags")?;
-                if flags & FLAG_UPLOAD_IN_FLIGHT != 0 {
+                if flags & FLAG_UPLOAD_IN_FLIGHT != 0 && !upload_in_flight_ok {
                     return Err(FormatError::invalid(
                         "header flags",
                         "bit 0 is set: this header was captured while its upload was still \

@@ -14,6 +14,14 @@
 //! success; the fault that starts a back-off is logged, and so is its end,
 //! the requests that were already in flight to it are only counted.
 //!
+//! With `--peer-registry`, a build registered by an E2B node (see
+//! `origin`) has that node as the owner of all its units, before the
+//! ring, and its headers and blobs are asked of it whole (`GetBuildBlob`,
+//! one message or many, appended into one buffer; the decode limit raised
+//! to the object's own cap, since E2B sends a header as one message and a
+//! snapfile in 4 MiB ones). `use_storage` in any message of any answer
+//! switches the build to the store for the rest of the mount.
+//!
 //! The Chunker's fetch workers are plain threads: each blocks on this
 //! client's own small tokio runtime for the one request it makes.
 
@@ -30,8 +38,9 @@ use uuid::Uuid;
 use super::PeerError;
 use super::fleet::Fleet;
 use super::listen::TlsFiles;
+use super::origin::Origins;
 use super::proto::chunk_service_client::ChunkServiceClient;
-use super::proto::{GetBuildFileSizeRequest, ReadAtBuildSeekableRequest};
+use super::proto::{GetBuildBlobRequest, GetBuildFileSizeRequest, ReadAtBuildSeekableRequest};
 use super::registry::RegistryUrl;
 use super::server::MAX_MESSAGE_DATA;
 use crate::chunker::{PeerFallback, PeerSource};
@@ -63,6 +72,12 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 /// Largest HTTP/2 frame this client accepts: fewer frames per 2 MiB
 /// message than the default 16 KiB, so less work per byte on both hosts.
 const MAX_FRAME: u32 = 1 << 20;
+/// Room over an object's own cap that tonic's decode limit of a
+/// `GetBuildBlob` message leaves for the message's framing: E2B sends a
+/// header or metadata.json as one message, so the limit of a header is
+/// `MAX_HEADER_LEN` plus this (the bytes are then checked against the cap
+/// itself), far over tonic's default of 4 MiB.
+const BLOB_MESSAGE_SLACK: u64 = 64 << 10;
 /// `not_available` answers of one peer are logged at most this often.
 const NOT_AVAILABLE_LOG: Duration = Duration::from_secs(60);
 
@@ -153,6 +168,7 @@ struct Health {
 /// The client; see the module docs.
 pub struct PeerClient {
     fleet: Fleet,
+    origins: Option<Origins>,
     /// Shut down without waiting on drop (see `Drop`).
     runtime: ManuallyDrop<tokio::runtime::Runtime>,
     tls: Option<ClientTlsConfig>,
@@ -172,21 +188,35 @@ impl fmt::Debug for PeerClient {
 }
 
 impl PeerClient {
-    /// The client of `config`'s fleet; `None` without any `--peer`,
-    /// `--peers-file` or `--peer-registry`. Connects to peers lazily, at
-    /// the first request to each; waits for the registry's first answer
-    /// (see `Fleet::new`).
+    /// The client of `config`'s fleet and registry; `None` without any
+    /// `--peer`, `--peers-file` or `--peer-registry`. Connects lazily, at
+    /// the first request to a peer or the registry.
     ///
     /// # Errors
     /// `BadPeer` for a URL that is not http(s)://HOST:PORT or an https://
-    /// peer without TLS files; `PeersFile` when the peers file cannot be
-    /// read; `Registry` when the registry's watcher cannot start;
-    /// `ReadTls` when a PEM file cannot be read; `Server` when the runtime
-    /// cannot start.
+    /// peer without TLS files; `Registry` when the registry's watcher cannot
+    /// start; `BadRegistry` when E2B's origin lookup cannot be made; `PeersFile` when the peers file cannot be
+    /// read; `ReadTls` when a PEM file cannot be read; `Server` when the
+    /// runtime cannot start.
     pub fn from_config(config: &PeerClientConfig) -> Result<Option<PeerClient>, PeerError> {
         if config.peers.is_empty() && config.peers_file.is_none() && config.registry.is_none() {
             return Ok(None);
         }
+        let origins = match &config.registry {
+            Some(url) => {
+                // E2B's registry holds NODE_IP:PORT, without a scheme.
+                let own = config
+                    .self_url
+                    .iter()
+                    .filter_map(|u| u.split_once("://").map(|(_, addr)| addr.to_string()));
+                Some(Origins::new(
+                    &url.to_string(),
+                    config.timeout,
+                    own.collect(),
+                )?)
+            }
+            None => None,
+        };
         let fleet = Fleet::new(config)?;
         let tls = match &config.tls {
             Some(files) => {
@@ -224,8 +254,14 @@ impl PeerClient {
             "asking peers for the chunks they own (fleet of {members}; first-byte timeout {:?})",
             config.timeout
         );
+        if let Some(url) = &config.registry {
+            log::info!(
+                "asking the origin peers E2B's registry {url} names for builds being uploaded"
+            );
+        }
         Ok(Some(PeerClient {
             fleet,
+            origins,
             runtime: ManuallyDrop::new(runtime),
             tls,
             timeout: config.timeout,
@@ -348,8 +384,8 @@ impl PeerSource for PeerClient {
         buf: &mut [u8],
     ) -> Result<(), PeerFallback> {
         let what = format!("{build}/{file} at {offset} ({} bytes)", buf.len());
-        let (url, channel) = self.owner_channel(build, file, unit, &what)?;
-        let url = url.as_str();
+        let owner = self.owner_channel(build, file, unit, &what)?;
+        let url = owner.url.as_str();
         let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(buf.len())) else {
             return Err(PeerFallback::Owned);
         };
@@ -360,22 +396,20 @@ impl PeerSource for PeerClient {
             length,
         };
         let stall = self.timeout.max(MIN_STALL);
-        let read = read_range(channel, request, buf, self.timeout, stall);
+        let read = read_range(owner.channel.clone(), request, buf, self.timeout, stall);
         match self.runtime.block_on(read) {
             Ok(()) => {
                 self.succeeded(url);
                 Ok(())
             }
-            Err((reason, detail)) => {
-                self.fault(url, reason, &what, &detail);
-                Err(reason)
-            }
+            Err((reason, detail)) => Err(self.failed(build, &owner, reason, &what, &detail)),
         }
     }
 
     fn diff_size(&self, build: Uuid, file: FileKind) -> Result<u64, PeerFallback> {
         let what = format!("the size of {build}/{file}");
-        let (url, channel) = self.owner_channel(build, file, 0, &what)?;
+        let owner = self.owner_channel(build, file, 0, &what)?;
+        let channel = owner.channel.clone();
         let request = GetBuildFileSizeRequest {
             build_id: build.to_string(),
             name: file.name().to_string(),
@@ -405,17 +439,53 @@ impl PeerSource for PeerClient {
             }
         };
         answer
-            .inspect(|_| self.succeeded(&url))
-            .map_err(|(reason, detail)| {
-                self.fault(&url, reason, &what, &detail);
-                reason
-            })
+            .inspect(|_| self.succeeded(&owner.url))
+            .map_err(|(reason, detail)| self.failed(build, &owner, reason, &what, &detail))
+    }
+
+    fn origin_object(
+        &self,
+        build: Uuid,
+        name: &str,
+        max_len: u64,
+    ) -> Result<Vec<u8>, PeerFallback> {
+        let Some(url) = self.origins.as_ref().and_then(|o| o.origin(build)) else {
+            return Err(PeerFallback::Owned);
+        };
+        let owner = self.connect(url, true, &format!("{build}/{name}"))?;
+        let what = format!("{build}/{name} from its origin");
+        let request = GetBuildBlobRequest {
+            build_id: build.to_string(),
+            name: name.to_string(),
+        };
+        let stall = self.timeout.max(MIN_STALL);
+        let read = read_object(owner.channel.clone(), request, max_len, self.timeout, stall);
+        match self.runtime.block_on(read) {
+            Ok(bytes) => {
+                self.succeeded(&owner.url);
+                Ok(bytes)
+            }
+            Err((reason, detail)) => Err(self.failed(build, &owner, reason, &what, &detail)),
+        }
+    }
+
+    fn origin_switched(&self, build: Uuid) -> bool {
+        self.origins.as_ref().is_some_and(|o| o.is_switched(build))
     }
 }
 
+/// The peer a request goes to.
+struct Owner {
+    url: String,
+    channel: Channel,
+    /// The build's origin (from the registry), not a ring member.
+    origin: bool,
+}
+
 impl PeerClient {
-    /// The URL of the peer owning `build`'s `file` unit `unit` and a
-    /// channel to it, for a request about `what`.
+    /// The peer owning `build`'s `file` unit `unit` and a channel to it,
+    /// for a request about `what`: the build's origin while it has one
+    /// (see `origin`), else the ring's owner.
     ///
     /// # Errors
     /// `Owned` when this host owns the unit (or there is no member);
@@ -427,12 +497,20 @@ impl PeerClient {
         file: FileKind,
         unit: u64,
         what: &str,
-    ) -> Result<(String, Channel), PeerFallback> {
+    ) -> Result<Owner, PeerFallback> {
+        if let Some(url) = self.origins.as_ref().and_then(|o| o.origin(build)) {
+            return self.connect(url, true, what);
+        }
         let ring = self.fleet.ring();
         let url = match ring.owner(build, file, unit) {
             Some(m) if !m.is_self => m.url.clone(),
             _ => return Err(PeerFallback::Owned),
         };
+        self.connect(url, false, what)
+    }
+
+    /// `url` as the owner of a request about `what`, unless it is skipped.
+    fn connect(&self, url: String, origin: bool, what: &str) -> Result<Owner, PeerFallback> {
         if self.skipped(&url) {
             return Err(PeerFallback::Backoff);
         }
@@ -440,8 +518,81 @@ impl PeerClient {
             self.fault(&url, PeerFallback::Error, what, &detail);
             PeerFallback::Error
         })?;
-        Ok((url, channel))
+        Ok(Owner {
+            url,
+            channel,
+            origin,
+        })
     }
+
+    /// Note a failed request about `what` to `owner`, returning `reason`:
+    /// `use_storage` from a build's origin switches the build to the store
+    /// (the origin is not at fault); anything else is the peer's fault.
+    fn failed(
+        &self,
+        build: Uuid,
+        owner: &Owner,
+        reason: PeerFallback,
+        what: &str,
+        detail: &str,
+    ) -> PeerFallback {
+        match &self.origins {
+            Some(origins) if owner.origin && reason == PeerFallback::UseStorage => {
+                origins.switch(build);
+            }
+            _ => self.fault(&owner.url, reason, what, detail),
+        }
+        reason
+    }
+}
+
+/// All of the object `request` names, its messages appended into one
+/// buffer (which grows with the bytes received, never past `max_len`):
+/// `use_storage` in any message, `not_available` in the first, ends it.
+async fn read_object(
+    channel: Channel,
+    request: GetBuildBlobRequest,
+    max_len: u64,
+    first_byte: Duration,
+    stall: Duration,
+) -> Result<Vec<u8>, (PeerFallback, String)> {
+    use PeerFallback::{Error, Long, Malformed, NotAvailable, Timeout, UseStorage};
+    let limit = usize::try_from(max_len.saturating_add(BLOB_MESSAGE_SLACK)).unwrap_or(usize::MAX);
+    let mut client = ChunkServiceClient::new(channel).max_decoding_message_size(limit);
+    let first_deadline = tokio::time::Instant::now() + first_byte;
+    let mut stream =
+        match tokio::time::timeout_at(first_deadline, client.get_build_blob(request)).await {
+            Err(_) => return Err((Timeout, "no answer within the first-byte timeout".into())),
+            Ok(Err(status)) => return Err((Error, status.to_string())),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+    let mut bytes = Vec::new();
+    let mut first = true;
+    loop {
+        let deadline = tokio::time::Instant::now() + stall;
+        let message = match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => return Err((Timeout, "the stream stalled".into())),
+            Ok(Err(status)) => return Err((Error, status.to_string())),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(m))) => m,
+        };
+        match (&message.availability, first) {
+            (Some(a), _) if a.use_storage => return Err((UseStorage, "use_storage".into())),
+            (Some(a), true) if a.not_available => {
+                return Err((NotAvailable, "not_available".into()));
+            }
+            (Some(a), false) if a.not_available => {
+                return Err((Malformed, "not_available past the first message".into()));
+            }
+            _ => {}
+        }
+        first = false;
+        if (bytes.len() + message.data.len()) as u64 > max_len {
+            return Err((Long, format!("over {max_len} bytes, the object's cap")));
+        }
+        bytes.extend_from_slice(&message.data);
+    }
+    Ok(bytes)
 }
 
 /// Stream `request`'s range into all of `buf`, checking every message.
@@ -482,7 +633,8 @@ async fn read_range(
             Ok(Ok(Some(m))) => m,
         };
         match (&message.availability, first) {
-            (Some(a), true) if a.use_storage => return Err((UseStorage, "use_storage".into())),
+            // E2B's origin may say it in the middle of a stream too.
+            (Some(a), _) if a.use_storage => return Err((UseStorage, "use_storage".into())),
             (Some(a), true) if a.not_available => {
                 return Err((NotAvailable, "not_available".into()));
             }

@@ -131,13 +131,19 @@ trait Message: Send + 'static {
 
 impl Message for ReadAtBuildSeekableResponse {
     fn new(data: Vec<u8>, availability: Option<PeerAvailability>) -> Self {
-        ReadAtBuildSeekableResponse { data, availability }
+        ReadAtBuildSeekableResponse {
+            data: data.into(),
+            availability,
+        }
     }
 }
 
 impl Message for GetBuildBlobResponse {
     fn new(data: Vec<u8>, availability: Option<PeerAvailability>) -> Self {
-        GetBuildBlobResponse { data, availability }
+        GetBuildBlobResponse {
+            data: data.into(),
+            availability,
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use super::cache_dir::CacheDir;
 use super::flat::{FlatFile, FlatFiles};
 use super::listing::{BuildContents, Listing};
 use super::live_chunkers::{FileId, LiveChunkers};
+use super::origin::{self, FromOrigin};
 use super::record::{Recorder, Recording};
 use super::replay::Prefetcher;
 use super::{DiffFile, TemplateConfig, TemplateError, TemplateFile};
@@ -63,6 +64,8 @@ pub struct Builds {
     config: TemplateConfig,
     headers: Mutex<HashMap<FileId, Arc<Header>>>,
     listing: Listing,
+    /// Headers and blobs of builds the store lacks, from their origin peer.
+    from_origin: FromOrigin,
     prefetcher: Prefetcher,
     flats: FlatFiles,
     /// `--record-prefetch`: the first-touch order of files read.
@@ -88,6 +91,7 @@ impl Builds {
             store,
             stats,
             listing: Listing::new(config.listing_ttl),
+            from_origin: FromOrigin::new(config.listing_ttl),
             headers: Mutex::new(HashMap::new()),
             live_chunkers: Arc::new(LiveChunkers::new(config.max_idle_diffs)),
             making_fetching: Mutex::new(()),
@@ -147,7 +151,39 @@ impl Builds {
     /// # Errors
     /// `TemplateError::Store` when the store cannot be asked.
     pub fn contents(&self, build: Uuid) -> Result<BuildContents, TemplateError> {
-        self.listing.contents(&*self.store, build)
+        let contents = self.listing.contents(&*self.store, build)?;
+        let Some(cx) = self.origin_context() else {
+            return Ok(contents);
+        };
+        if contents.complete() {
+            self.from_origin.stored(&cx, build);
+            return Ok(contents);
+        }
+        // What the store lacks, its origin may have (a build being uploaded).
+        let mut headers = [false; 2];
+        for (has, file) in headers.iter_mut().zip(FileKind::ALL) {
+            *has = contents.has_header(file)
+                || self.from_origin.cached_header(&cx, build, file).is_some()
+                || self.from_origin.load_header(&cx, build, file)?.is_some();
+        }
+        let mut blobs = [None; 2];
+        for (size, blob) in blobs.iter_mut().zip(Blob::ALL) {
+            *size = contents.blob_size(blob).or_else(|| {
+                let bytes = self.from_origin.blob(&cx, build, blob, true)?;
+                Some(bytes.len() as u64)
+            });
+        }
+        Ok(BuildContents::new(headers, blobs))
+    }
+
+    /// What the origin side of `Builds` needs; `None` without peers.
+    fn origin_context(&self) -> Option<origin::Context<'_>> {
+        Some(origin::Context {
+            peers: self.config.peers.as_deref()?,
+            store: &*self.store,
+            stats: &self.stats,
+            live_chunkers: &self.live_chunkers,
+        })
     }
 
     /// The size in bytes of `build`'s `blob`, None when it does not exist.
@@ -155,7 +191,13 @@ impl Builds {
     /// # Errors
     /// `TemplateError::Store` when the store cannot be asked.
     pub fn blob_size(&self, build: Uuid, blob: Blob) -> Result<Option<u64>, TemplateError> {
-        blob::size(&*self.store, build, blob)
+        match blob::size(&*self.store, build, blob)? {
+            Some(size) => Ok(Some(size)),
+            None => Ok(self
+                .origin_context()
+                .and_then(|cx| self.from_origin.blob(&cx, build, blob, true))
+                .map(|bytes| bytes.len() as u64)),
+        }
     }
 
     /// Fill `buf` with bytes `[offset, offset + buf.len())` of `build`'s
@@ -171,7 +213,26 @@ impl Builds {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), TemplateError> {
-        blob::read(&*self.store, &self.stats, build, blob, offset, buf)
+        let key = ObjectKey::blob(build, blob);
+        let cx = self.origin_context();
+        // A blob from the build's origin is served without asking the store
+        // each read; the store is asked again past the listing TTL.
+        if let Some(bytes) = cx
+            .as_ref()
+            .and_then(|cx| self.from_origin.blob(cx, build, blob, false))
+        {
+            return origin::copy_range(&bytes, &key, offset, buf);
+        }
+        match blob::read(&*self.store, &self.stats, build, blob, offset, buf) {
+            Err(TemplateError::NoBlob { .. })
+                if let Some(bytes) = cx
+                    .as_ref()
+                    .and_then(|cx| self.from_origin.blob(cx, build, blob, true)) =>
+            {
+                origin::copy_range(&bytes, &key, offset, buf)
+            }
+            answer => answer,
+        }
     }
 
     /// All of `build`'s `blob`, None when it does not exist.
@@ -185,7 +246,14 @@ impl Builds {
         blob: Blob,
         max_len: u64,
     ) -> Result<Option<Vec<u8>>, TemplateError> {
-        blob::read_whole(&*self.store, build, blob, max_len)
+        match blob::read_whole(&*self.store, build, blob, max_len)? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => Ok(self
+                .origin_context()
+                .and_then(|cx| self.from_origin.blob(&cx, build, blob, true))
+                .filter(|bytes| bytes.len() as u64 <= max_len)
+                .map(|bytes| bytes.to_vec())),
+        }
     }
 
     /// The header object of `build`'s `file` as stored (E2B peers pass
@@ -237,6 +305,23 @@ impl Builds {
     /// when a diff it references is missing or disagrees with it, `Cache`
     /// when the cache directory cannot be made; store errors otherwise.
     pub fn open(&self, build: Uuid, file: FileKind) -> Result<TemplateFile, TemplateError> {
+        match self.open_once(build, file) {
+            // The build's origin said `use_storage` during the open (asked
+            // for its diff's size): open it again, from the store.
+            Err(_)
+                if self
+                    .config
+                    .peers
+                    .as_ref()
+                    .is_some_and(|p| p.origin_switched(build)) =>
+            {
+                self.open_once(build, file)
+            }
+            opened => opened,
+        }
+    }
+
+    fn open_once(&self, build: Uuid, file: FileKind) -> Result<TemplateFile, TemplateError> {
         let header = self.header(build, file)?;
         let mut opened = TemplateFile {
             file,
@@ -349,13 +434,28 @@ impl Builds {
         if let Some(h) = sync::lock(&self.headers).get(&(build, file)) {
             return Ok(h.clone());
         }
+        let cx = self.origin_context();
+        if let Some(h) = cx
+            .as_ref()
+            .and_then(|cx| self.from_origin.cached_header(cx, build, file))
+        {
+            return Ok(h);
+        }
         let key = ObjectKey::header(build, file);
         let header = match self.store.read_all(&key, MAX_HEADER_LEN) {
             Ok(bytes) => Header::decode(&bytes).map_err(|source| TemplateError::CorruptHeader {
                 key: key.to_string(),
                 source,
             })?,
-            Err(StoreError::NotFound { .. }) => self.legacy_header(build, file)?,
+            Err(StoreError::NotFound { .. }) => {
+                // A build being uploaded: its origin has the header.
+                if let Some(cx) = &cx
+                    && let Some(h) = self.from_origin.load_header(cx, build, file)?
+                {
+                    return Ok(h);
+                }
+                self.legacy_header(build, file)?
+            }
             Err(e) => return Err(e.into()),
         };
         let header = Arc::new(header);

@@ -123,6 +123,17 @@ pub struct BuildContents {
 }
 
 impl BuildContents {
+    /// Contents known otherwise than by probing the store (a build's
+    /// origin peer): `headers` indexed like `FileKind::ALL`, blob sizes in
+    /// bytes like `Blob::ALL`.
+    pub(super) fn new(headers: [bool; 2], blobs: [Option<u64>; 2]) -> BuildContents {
+        BuildContents {
+            headers,
+            blobs,
+            probed: Instant::now(),
+        }
+    }
+
     /// True when the header of `file` exists.
     pub fn has_header(&self, file: FileKind) -> bool {
         FileKind::ALL

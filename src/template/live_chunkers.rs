@@ -104,6 +104,17 @@ impl LiveChunkers {
         }
     }
 
+    /// Stop sharing `id`'s Chunker: the next open makes a new one (a build
+    /// switched from its origin peer to the store has a new header, so
+    /// maybe a new data object). An idle one is closed; one held by open
+    /// files lives on with them.
+    pub(super) fn forget(&self, id: FileId) {
+        let mut state = sync::lock(&self.state);
+        state.live.remove(&id);
+        // Dropped here, under the lock: see the module docs.
+        state.recent.retain(|(i, _)| *i != id);
+    }
+
     /// Chunkers open now (held by open files or kept idle).
     #[cfg(test)]
     pub(super) fn open_count(&self) -> usize {

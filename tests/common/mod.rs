@@ -56,6 +56,7 @@
 pub mod builds;
 pub mod chunker;
 pub mod digest;
+pub mod e2b;
 pub mod fake_gcs;
 pub mod fixtures;
 pub mod garage;

@@ -79,7 +79,7 @@ pub async fn read_range(
     let mut stream = client.read_at_build_seekable(request).await?.into_inner();
     let mut messages = Vec::new();
     while let Some(m) = stream.message().await? {
-        messages.push((m.data, m.availability));
+        messages.push((m.data.to_vec(), m.availability));
     }
     Ok(messages)
 }
@@ -240,8 +240,12 @@ impl ChunkService for FakeService {
     ) -> Result<Response<Messages>, Status> {
         let r = request.into_inner();
         let mode = *self.mode.lock().unwrap();
-        let message =
-            |data: Vec<u8>, availability| Ok(ReadAtBuildSeekableResponse { data, availability });
+        let message = |data: Vec<u8>, availability| {
+            Ok(ReadAtBuildSeekableResponse {
+                data: data.into(),
+                availability,
+            })
+        };
         let flags = |not_available, use_storage| {
             Some(PeerAvailability {
                 not_available,

@@ -175,6 +175,9 @@ mod tests {
         // Flags bit 0: upload in flight.
         let err = decode_err(&wrap(4, 0, 1, &inner));
         assert!(err.to_string().contains("in flight"), "{err}");
+        // ... accepted from an E2B origin peer, and only there.
+        assert!(Header::decode_from_peer(&wrap(4, 0, 1, &[0u8; 8])).is_ok());
+        assert!(Header::decode(&wrap(4, 0, 1, &[0u8; 8])).is_err());
         // Other flag bits are ignored.
         assert!(Header::decode(&wrap(4, 0, 0b10, &[0u8; 8])).is_ok());
         // Inner length over the cap, refused before decoding anything.
