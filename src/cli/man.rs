@@ -54,6 +54,7 @@ mod tests {
                 "tdfs-mount.1",
                 "tdfs-pack.1",
                 "tdfs-verify.1",
+                "tdfs-working-set.1",
                 "tdfs.1"
             ]
         );
