@@ -281,6 +281,6 @@ fn metadata_version_1_lists_no_trace_and_a_reupload_is_seen() {
     // The memfile, opened for the first time now, replays the new trace.
     let memfile = mount.join(format!("{b}/{MEM}"));
     let _held = std::fs::File::open(&memfile).unwrap();
-    assert_eq!(settled(&memfile), "done");
+    assert_eq!(settled(&memfile), "done (trace from metadata.json)");
     assert!(mount.stat("tdfs_prefetch_fetches_total") >= 1);
 }
