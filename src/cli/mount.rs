@@ -107,6 +107,9 @@ fn supervise(setup: &Setup, argv: Vec<OsString>) -> Result<(), MountError> {
     let run = |ready: &mut dyn FnMut()| {
         // Before any thread exists, so every thread inherits the mask.
         let signals = wait_for_signals(block_stop_signals()?)?;
+        // The serving processes inherit the raised limit; the supervisor
+        // shows it too, where operators look (/proc/PID/limits of the mount).
+        raise_open_file_limit();
         let state = StateDir::open(&state_path).map_err(|source| MountError::File {
             what: "state directory (in the cache directory: it must be writable)",
             path: state_path.clone(),

@@ -18,6 +18,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use fuser::{InitFlags, Negotiated, Version};
@@ -124,7 +125,15 @@ impl StateDir {
         );
         let path = self.path.join(CONNECTION_FILE);
         let new = self.path.join(format!("{CONNECTION_FILE}.new"));
-        fs::write(&new, text)?;
+        // 0600 like every file of the cache directory: INIT's parameters
+        // are nobody else's business.
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&new)?;
+        io::Write::write_all(&mut file, text.as_bytes())?;
         fs::rename(&new, &path)
     }
 
