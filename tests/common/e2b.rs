@@ -4,49 +4,13 @@
 //! test's store lacks. Both are killed by their guards.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::peer::free_loopback_addr;
-use super::process::{require_tool, wait_until};
-
-/// A `redis-server` with nothing persisted; killed on drop.
-pub struct RedisGuard {
-    child: Child,
-    pub port: u16,
-}
-
-impl RedisGuard {
-    pub fn start() -> RedisGuard {
-        require_tool("redis-server");
-        let port = free_loopback_addr().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let guard = RedisGuard { child, port };
-        wait_until(Duration::from_secs(10), "redis-server listening", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        guard
-    }
-
-    /// `--peer-registry`'s value.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for RedisGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use super::process::require_tool;
+use super::redis::RedisServer;
 
 /// The fake origin peer of `build`, serving the objects in `dir`; killed
 /// on drop (or by `kill`).
@@ -61,7 +25,7 @@ impl E2bPeer {
     /// Start it and wait until it registered `peer:<build>` in `redis`.
     /// `blocks` are the memfile's and rootfs's block sizes (bytes per
     /// message of a seekable read).
-    pub fn start(dir: &Path, build: &str, redis: &RedisGuard, blocks: (u64, u64)) -> E2bPeer {
+    pub fn start(dir: &Path, build: &str, redis: &RedisServer, blocks: (u64, u64)) -> E2bPeer {
         require_tool("python3");
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let out_dir = tempfile::tempdir().expect("tempdir");
@@ -75,7 +39,7 @@ impl E2bPeer {
             .arg(port.to_string())
             .arg(dir)
             .arg(build)
-            .arg(redis.port.to_string())
+            .arg(redis.port().to_string())
             .arg(&flip_file)
             .arg(blocks.0.to_string())
             .arg(blocks.1.to_string())
