@@ -8,10 +8,11 @@
 
 mod common;
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::digest::sha256_of_file;
+use common::digest::{sha256_hex, sha256_of_file};
 use common::e2b::E2bPeer;
 use common::fixtures::{fixture_store, manifest_build};
 use common::mount::{MountGuard, fuse_available};
@@ -129,6 +130,17 @@ fn a_build_being_uploaded_reads_from_its_origin_then_from_the_store() {
     // Not in the store's listing, openable by id through its origin.
     let reader = mount_with_registry(store.path(), &redis);
     let later = mount_with_registry(store.path(), &redis);
+    // Files held open across the switch: their first bytes read now, from
+    // the origin (the uncompressed diff), the rest after it (the store's
+    // zstd frames).
+    let held_mount = mount_with_registry(store.path(), &redis);
+    let mut held = Vec::new();
+    for file in ["memfile", "rootfs.ext4"] {
+        let f = std::fs::File::open(held_mount.join(format!("{BUILD}/{file}"))).unwrap();
+        let mut first = vec![0; 64 << 10];
+        f.read_exact_at(&mut first, 0).unwrap();
+        held.push((file, f, first));
+    }
     check_every_file(&reader, &fixture).unwrap();
     assert!(reader.stat("tdfs_peer_bytes_total") > 0, "{}", reader.log());
     assert_eq!(reader.stat("tdfs_origin_switches_total"), 0);
@@ -147,6 +159,27 @@ fn a_build_being_uploaded_reads_from_its_origin_then_from_the_store() {
         later.log()
     );
     assert!(later.stat("tdfs_peer_fallbacks_total{reason=\"use_storage\"}") > 0);
+
+    // The held files read on through the store, right bytes, no EIO.
+    let manifest = manifest_build(&fixture, BUILD);
+    for (file, f, first) in held {
+        let mut all = first;
+        let size = f.metadata().unwrap().len() as usize;
+        all.resize(size, 0);
+        f.read_exact_at(&mut all[64 << 10..], 64 << 10)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{file} held open across the switch: {e}\n{}",
+                    held_mount.log()
+                )
+            });
+        assert_eq!(
+            sha256_hex(&all),
+            manifest["files"][file]["sha256"].as_str().unwrap(),
+            "{file} held open across the switch"
+        );
+    }
+    assert_eq!(held_mount.stat("tdfs_origin_switches_total"), 1);
 
     // The mount that read everything from the origin moves to the store
     // too (at the latest when its origin copies are checked again).

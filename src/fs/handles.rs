@@ -28,7 +28,7 @@ pub(super) enum Handle {
     /// readers of one file, or of files sharing a base, do not reset each
     /// other's window).
     Template {
-        file: Arc<TemplateFile>,
+        file: CurrentFile,
         read_ahead: ReadAhead,
         /// With `--record-prefetch`: where this handle's reads are noted.
         recording: Option<Recording>,
@@ -47,6 +47,47 @@ pub(super) enum Handle {
     /// A directory listing taken at opendir, so paging through it with
     /// offsets stays consistent while the store changes.
     Dir(Vec<DirEntry>),
+}
+
+/// The template file a handle reads: fixed, or, for one whose header came
+/// from the build's origin peer, replaced when the build leaves its origin
+/// (`Builds::reopen`; the bytes are the same, the objects maybe not).
+pub(super) enum CurrentFile {
+    Fixed(Arc<TemplateFile>),
+    FromOrigin(RwLock<Arc<TemplateFile>>),
+}
+
+impl CurrentFile {
+    pub(super) fn new(file: Arc<TemplateFile>) -> CurrentFile {
+        if file.from_origin() {
+            CurrentFile::FromOrigin(RwLock::new(file))
+        } else {
+            CurrentFile::Fixed(file)
+        }
+    }
+
+    /// The file to read now.
+    pub(super) fn get(&self) -> Arc<TemplateFile> {
+        match self {
+            CurrentFile::Fixed(file) => file.clone(),
+            CurrentFile::FromOrigin(file) => sync::read(file).clone(),
+        }
+    }
+
+    /// Put `new` in place of `old` unless another reader replaced `old`
+    /// first; the file to read now.
+    pub(super) fn replace(&self, old: &Arc<TemplateFile>, new: TemplateFile) -> Arc<TemplateFile> {
+        match self {
+            CurrentFile::Fixed(file) => file.clone(),
+            CurrentFile::FromOrigin(file) => {
+                let mut current = sync::write(file);
+                if Arc::ptr_eq(&current, old) {
+                    *current = Arc::new(new);
+                }
+                current.clone()
+            }
+        }
+    }
 }
 
 /// Open handles by number; numbers are never reused within a mount, nor

@@ -334,20 +334,23 @@ pub fn resume(
         session_config(options),
         negotiated,
     );
-    let notifier = fuse.notifier();
-    let mounted = serve(fuse, mountpoint, Unmounter::Path, negotiated)?;
+    // Before any worker reads: the kernel resends every request read and
+    // not answered on the connection, so a request this process had
+    // already read would be served twice and its first reply refused
+    // (ENOENT, the id changed).
     if !negotiated.kernel_flags.contains(InitFlags::FUSE_HAS_RESEND) {
         log::warn!(
             "{}: the kernel cannot resend requests (FUSE_NOTIFY_RESEND needs Linux 6.9): \
              reads that were in flight in the previous serving process wait forever",
             mountpoint.display()
         );
-    } else if let Err(e) = notifier.resend() {
+    } else if let Err(e) = fuse.notifier().resend() {
         log::warn!(
             "{}: asking the kernel to resend the requests in flight: {e}",
             mountpoint.display()
         );
     }
+    let mounted = serve(fuse, mountpoint, Unmounter::Path, negotiated)?;
     Ok(mounted)
 }
 

@@ -322,7 +322,14 @@ impl Builds {
     }
 
     fn open_once(&self, build: Uuid, file: FileKind) -> Result<TemplateFile, TemplateError> {
+        // Before the header: a switch while it loads counts as after.
+        let switches = self.stats.origin_switches.load(Ordering::Relaxed);
         let header = self.header(build, file)?;
+        // Store headers are kept for good; any other came from an origin.
+        let from_store = sync::lock(&self.headers)
+            .get(&(build, file))
+            .is_some_and(|h| Arc::ptr_eq(h, &header));
+        let from_origin = (!from_store).then_some(switches);
         let mut opened = TemplateFile {
             file,
             header: header.clone(),
@@ -330,6 +337,7 @@ impl Builds {
             stats: self.stats.clone(),
             live_chunkers: self.live_chunkers.clone(),
             readahead: self.config.readahead,
+            from_origin,
         };
         for m in header.mappings.as_slice() {
             if m.is_zero() || opened.diffs.iter().any(|(id, _)| *id == m.build_id) {
@@ -339,6 +347,24 @@ impl Builds {
             opened.diffs.push((m.build_id, chunker));
         }
         Ok(opened)
+    }
+
+    /// `file` opened again when its header came from the build's origin
+    /// peer and the build has left it since (the store's header, maybe a
+    /// compressed data object): the same bytes, read from the store. `None`
+    /// when nothing changed, the file did not come from an origin, or the
+    /// new open failed (the caller keeps `file` and its error). Asking for
+    /// the header is what notices a switch the peer client saw mid-stream.
+    pub fn reopen(&self, file: &TemplateFile) -> Option<TemplateFile> {
+        if !file.from_origin() {
+            return None;
+        }
+        let (build, kind) = (file.build_id(), file.file());
+        let header = self.header(build, kind).ok()?;
+        if Arc::ptr_eq(&header, &file.header) {
+            return None;
+        }
+        self.open(build, kind).ok()
     }
 
     /// The diff view of `build`'s own diff of `file`, sharing the Chunker

@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -54,6 +55,11 @@ pub struct TemplateFile {
     pub(super) live_chunkers: Arc<LiveChunkers>,
     /// Start window of a reader's read-ahead, in steps (`--readahead`).
     pub(super) readahead: usize,
+    /// Whether its header came from the build's origin peer (a build being
+    /// uploaded), and `Stats::origin_switches` before it was loaded: a
+    /// switch since may have made its Chunkers unable to read (the store's
+    /// data object may be compressed where the origin's was not).
+    pub(super) from_origin: Option<u64>,
 }
 
 impl Drop for TemplateFile {
@@ -74,6 +80,18 @@ impl TemplateFile {
 
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// Whether its header came from an origin peer (see `Builds::reopen`).
+    pub fn from_origin(&self) -> bool {
+        self.from_origin.is_some()
+    }
+
+    /// Whether a build left its origin since this was opened from one: a
+    /// hint to ask `Builds::reopen` (one relaxed load per read).
+    pub fn origin_switched_since(&self) -> bool {
+        self.from_origin
+            .is_some_and(|at| self.stats.origin_switches.load(Ordering::Relaxed) != at)
     }
 
     /// Logical size (the header's size).

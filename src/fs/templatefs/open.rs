@@ -3,12 +3,15 @@
 //! listing an open directory, reads from a handle (in place from the cache
 //! when the range allows, copied otherwise) and releasing it.
 
+use std::sync::Arc;
+
 use fuser::FopenFlags;
 
 use super::{Opened, TemplateFs};
 use crate::fs::error::FsError;
-use crate::fs::handles::{DirEntry, Handle};
+use crate::fs::handles::{CurrentFile, DirEntry, Handle};
 use crate::fs::inode::{BuildDirFile, Node};
+use crate::template::TemplateFile;
 
 impl TemplateFs {
     /// The entries of an open directory from position `offset` on; the
@@ -57,6 +60,7 @@ impl TemplateFs {
                 backing: None,
             });
         };
+        let file = &file.get();
         let (build, kind) = (file.build_id(), file.file());
         self.builds.start_prefetch(file);
         if self.passthrough.enabled() {
@@ -86,7 +90,7 @@ impl TemplateFs {
                 let recording = self.builds.record(&file);
                 (
                     Handle::Template {
-                        file,
+                        file: CurrentFile::new(file),
                         read_ahead,
                         recording,
                     },
@@ -126,7 +130,7 @@ impl TemplateFs {
     ) -> Result<R, FsError> {
         let handle = self.handles.get(fh)?;
         if let Handle::Template {
-            file,
+            file: current,
             read_ahead,
             recording,
         } = &*handle
@@ -136,13 +140,25 @@ impl TemplateFs {
             if let Some(recording) = recording {
                 recording.note(offset, u64::from(len));
             }
-            file.read_ahead(read_ahead, offset, u64::from(len));
-            let in_place = file
-                .read_in_place(offset, len as usize)
-                .map_err(|e| FsError::template(file.build_id(), file.file(), Some(offset), e))?;
-            if let Some(bytes) = in_place {
-                return Ok(reply(&bytes));
+            let mut file = current.get();
+            if file.origin_switched_since()
+                && let Some(new) = self.builds.reopen(&file)
+            {
+                file = current.replace(&file, new);
             }
+            file.read_ahead(read_ahead, offset, u64::from(len));
+            let mut retried = false;
+            loop {
+                let failed = match file.read_in_place(offset, len as usize) {
+                    Ok(Some(bytes)) => return Ok(reply(&bytes)),
+                    Ok(None) => break,
+                    Err(e) => e,
+                };
+                file = self.after_failure(current, &file, &mut retried, offset, failed)?;
+            }
+            return self
+                .read_template_copy(current, file, offset, len, buf)
+                .map(reply);
         }
         if let Handle::Diff(diff) = &*handle {
             let in_place = diff
@@ -155,6 +171,51 @@ impl TemplateFs {
         self.read_copy(&handle, offset, len, buf).map(reply)
     }
 
+    /// A read of `file` failed: the file to try once more when its build
+    /// left its origin peer since it was opened (its Chunkers may read an
+    /// object the store does not have), else the failure as the reply.
+    fn after_failure(
+        &self,
+        current: &CurrentFile,
+        file: &Arc<TemplateFile>,
+        retried: &mut bool,
+        offset: u64,
+        failed: crate::template::TemplateError,
+    ) -> Result<Arc<TemplateFile>, FsError> {
+        if !*retried && let Some(new) = self.builds.reopen(file) {
+            *retried = true;
+            return Ok(current.replace(file, new));
+        }
+        Err(FsError::template(
+            file.build_id(),
+            file.file(),
+            Some(offset),
+            failed,
+        ))
+    }
+
+    /// A template file's range copied into `buf` (see `read`).
+    fn read_template_copy<'b>(
+        &self,
+        current: &CurrentFile,
+        mut file: Arc<TemplateFile>,
+        offset: u64,
+        len: u32,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], FsError> {
+        let want = file.size().saturating_sub(offset).min(u64::from(len)) as usize;
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let mut retried = false;
+        loop {
+            match file.read_at(&mut buf[..want], offset) {
+                Ok(n) => return Ok(&buf[..n]),
+                Err(e) => file = self.after_failure(current, &file, &mut retried, offset, e)?,
+            }
+        }
+    }
+
     fn read_copy<'b>(
         &self,
         handle: &Handle,
@@ -163,7 +224,9 @@ impl TemplateFs {
         buf: &'b mut Vec<u8>,
     ) -> Result<&'b [u8], FsError> {
         let size = match handle {
-            Handle::Template { file, .. } => file.size(),
+            Handle::Template { file, .. } => {
+                return self.read_template_copy(file, file.get(), offset, len, buf);
+            }
             Handle::Diff(diff) => diff.size(),
             Handle::Blob { size, .. } => *size,
             Handle::Stats(text) => text.len() as u64,
@@ -178,12 +241,8 @@ impl TemplateFs {
             return Ok(out);
         }
         match handle {
-            Handle::Template { file, .. } => {
-                let n = file.read_at(out, offset).map_err(|e| {
-                    FsError::template(file.build_id(), file.file(), Some(offset), e)
-                })?;
-                Ok(&out[..n])
-            }
+            // Answered above.
+            Handle::Template { .. } | Handle::Dir(_) => Err(FsError::IsADirectory),
             Handle::Diff(diff) => {
                 let n = diff
                     .read_at(out, offset)
@@ -201,7 +260,6 @@ impl TemplateFs {
                 out.copy_from_slice(&text[start..start + want]);
                 Ok(out)
             }
-            Handle::Dir(_) => Err(FsError::IsADirectory),
         }
     }
 
@@ -214,7 +272,7 @@ impl TemplateFs {
             && let Handle::Template { file, .. } = &*handle
             && self.passthrough.enabled()
         {
-            self.builds.flatten_when_cached(file);
+            self.builds.flatten_when_cached(&file.get());
         }
     }
 }
